@@ -1,0 +1,47 @@
+//! Errors of the wire layer (framing, handshake, decoding).
+
+use std::fmt;
+use std::io;
+
+/// Anything that went wrong below the PKCS#11 layer.
+#[derive(Debug)]
+pub enum ProtocolError {
+    /// The transport failed (connection closed, timeout, reset...).
+    Io(io::Error),
+    /// A frame announced more bytes than [`crate::frame::MAX_FRAME_LEN`].
+    FrameTooLarge { len: u64, max: u32 },
+    /// A frame's payload could not be decoded (or encoded) as the expected message.
+    Codec(String),
+    /// The peer does not speak this protocol (wrong magic).
+    BadMagic,
+    /// The peer speaks another version of this protocol.
+    VersionMismatch { ours: u16, theirs: u16 },
+    /// The peer refused the handshake, with its reason.
+    Refused(String),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "transport error: {e}"),
+            Self::FrameTooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max} bytes")
+            }
+            Self::Codec(e) => write!(f, "malformed message: {e}"),
+            Self::BadMagic => write!(f, "peer is not a pkcs11-proxy endpoint (bad magic)"),
+            Self::VersionMismatch { ours, theirs } => write!(
+                f,
+                "protocol version mismatch: we speak {ours}, the peer speaks {theirs}"
+            ),
+            Self::Refused(reason) => write!(f, "handshake refused by peer: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+impl From<io::Error> for ProtocolError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}

@@ -1,0 +1,56 @@
+//! Mechanisms and their parameters (PKCS#11 v2.40 §5.11 "CK_MECHANISM", Current Mechanisms
+//! Specification v2.40 for each parameter structure).
+//!
+//! Parameters that hold pointers travel as owned, typed values; each side builds its own C
+//! structure. A parameter structure without pointers that is not in this catalogue travels as
+//! [`MechParam::Bytes`], unchanged: that is only meaningful between machines of the same ABI
+//! (width, endianness, padding), which is the case for a proxy and its clients on x86_64 Linux.
+//! A mechanism known to carry pointers but not yet catalogued is refused by the shim with
+//! `CKR_MECHANISM_PARAM_INVALID`, never sent as bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// A `CK_MECHANISM`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mechanism {
+    pub ty: u64,
+    pub param: MechParam,
+}
+
+/// The parameter of a mechanism.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MechParam {
+    /// `pParameter == NULL`, `ulParameterLen == 0`.
+    None,
+    /// A byte string (an IV for CBC/ECB-less modes, an optional AES key wrap IV) or a parameter
+    /// structure without pointers, forwarded as it is.
+    Bytes(Vec<u8>),
+    /// A single `CK_ULONG` (`CK_MAC_GENERAL_PARAMS` of `*_HMAC_GENERAL`, `CKM_AES_MAC_GENERAL`).
+    Ulong(u64),
+    /// `CK_RSA_PKCS_OAEP_PARAMS` (v2.40 Mechanisms §2.1.8).
+    RsaPkcsOaep {
+        hash_alg: u64,
+        mgf: u64,
+        source: u64,
+        source_data: Vec<u8>,
+    },
+    /// `CK_RSA_PKCS_PSS_PARAMS` (v2.40 Mechanisms §2.1.13).
+    RsaPkcsPss { hash_alg: u64, mgf: u64, salt_len: u64 },
+    /// `CK_ECDH1_DERIVE_PARAMS` (v2.40 Mechanisms §2.3.16).
+    Ecdh1Derive {
+        kdf: u64,
+        shared_data: Vec<u8>,
+        public_data: Vec<u8>,
+    },
+    /// `CK_AES_CTR_PARAMS` (v2.40 Mechanisms §2.8.4).
+    AesCtr { counter_bits: u64, cb: [u8; 16] },
+    /// `CK_GCM_PARAMS` (v2.40 Mechanisms §2.12.3). `iv_bits` is `Some` for the v2.40 header's
+    /// layout (with `ulIvBits`) and `None` for the original layout without it; the caller's
+    /// layout is reproduced unchanged for the vendor library.
+    Gcm {
+        iv: Vec<u8>,
+        iv_bits: Option<u64>,
+        aad: Vec<u8>,
+        tag_bits: u64,
+    },
+}
