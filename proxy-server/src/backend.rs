@@ -1,0 +1,656 @@
+//! The loaded vendor library and the only `unsafe` calls into it.
+//!
+//! Loading follows PKCS#11 v3.0 §5.2: `C_GetInterface` (the default "PKCS 11" interface) when
+//! the library exports it, else `C_GetFunctionList`. Either way the first part of the table is
+//! the v2.40 `CK_FUNCTION_LIST`, which is all this server calls. The library is initialised
+//! once with `CKF_OS_LOCKING_OK` (v2.40 §5.4) and finalised when the server stops.
+
+use std::ffi::{c_void, CString};
+use std::ptr;
+
+use cryptoki_sys::*;
+use libloading::Library;
+
+use crate::mechanism::CMechanism;
+use crate::template::CTemplate;
+
+/// A vendor function with the shape `(session, in, in_len, out, out_len)`.
+pub type UpdateFn =
+    unsafe extern "C" fn(CK_SESSION_HANDLE, *mut u8, CK_ULONG, *mut u8, *mut CK_ULONG) -> CK_RV;
+/// A vendor function with the shape `(session, out, out_len)`.
+pub type FinalFn = unsafe extern "C" fn(CK_SESSION_HANDLE, *mut u8, *mut CK_ULONG) -> CK_RV;
+/// A vendor function with the shape `(session, in, in_len)`.
+pub type InputFn = unsafe extern "C" fn(CK_SESSION_HANDLE, *mut u8, CK_ULONG) -> CK_RV;
+/// A vendor function with the shape `(session, mechanism, key)`.
+pub type InitFn =
+    unsafe extern "C" fn(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE) -> CK_RV;
+/// A vendor function with the shape `(session)`.
+pub type SessionFn = unsafe extern "C" fn(CK_SESSION_HANDLE) -> CK_RV;
+
+/// Output of a size-query call: return value, reported length, and the bytes written.
+pub struct Output {
+    pub rv: CK_RV,
+    pub len: CK_ULONG,
+    pub data: Vec<u8>,
+}
+
+/// The vendor library, loaded and initialised.
+pub struct Backend {
+    list: &'static CK_FUNCTION_LIST,
+    _library: Library,
+}
+
+// SAFETY: the library was initialised with CKF_OS_LOCKING_OK, so the spec (v2.40 §6.7.6)
+// allows calls from any thread at once; the table itself is immutable.
+unsafe impl Send for Backend {}
+unsafe impl Sync for Backend {}
+
+/// Picks a function pointer out of the table, or answers CKR_FUNCTION_NOT_SUPPORTED for a
+/// NULL entry.
+macro_rules! func {
+    ($self:ident . $name:ident) => {
+        match $self.list.$name {
+            Some(f) => f,
+            None => return CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    };
+}
+
+impl Backend {
+    /// Loads `path` and initialises it, passing `init_args` as `pReserved` when given.
+    pub fn load(path: &str, init_args: Option<&str>) -> Result<Self, String> {
+        // SAFETY: loading a PKCS#11 module runs its initialisers; that is the point.
+        let library = unsafe { Library::new(path) }
+            .map_err(|e| format!("cannot load PKCS#11 module {path}: {e}"))?;
+        let list = Self::function_list(&library, path)?;
+        let backend = Self {
+            list,
+            _library: library,
+        };
+        let reserved = init_args
+            .map(CString::new)
+            .transpose()
+            .map_err(|_| "--init-args contains a NUL byte".to_string())?;
+        let mut args = CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: reserved
+                .as_ref()
+                .map_or(ptr::null_mut(), |s| s.as_ptr() as *mut c_void),
+        };
+        let init = backend
+            .list
+            .C_Initialize
+            .ok_or_else(|| format!("{path}: C_Initialize is missing from its function list"))?;
+        // SAFETY: args is a valid CK_C_INITIALIZE_ARGS living across the call.
+        let rv = unsafe { init(&mut args as *mut _ as *mut c_void) };
+        if rv != CKR_OK {
+            return Err(format!(
+                "{path}: C_Initialize failed with {}",
+                crate::rv::name(rv)
+            ));
+        }
+        Ok(backend)
+    }
+
+    fn function_list(library: &Library, path: &str) -> Result<&'static CK_FUNCTION_LIST, String> {
+        // SAFETY: symbol types are those of the PKCS#11 headers; the table a module returns
+        // lives as long as the module, which this server never unloads.
+        unsafe {
+            if let Ok(get_interface) = library.get::<CK_C_GetInterface>(b"C_GetInterface\0") {
+                if let Some(get_interface) = *get_interface {
+                    let mut iface: *mut CK_INTERFACE = ptr::null_mut();
+                    let name = b"PKCS 11\0".as_ptr() as *mut CK_UTF8CHAR;
+                    let rv = get_interface(name, ptr::null_mut(), &mut iface, 0);
+                    if rv == CKR_OK && !iface.is_null() && !(*iface).pFunctionList.is_null() {
+                        return Ok(&*((*iface).pFunctionList as *const CK_FUNCTION_LIST));
+                    }
+                }
+            }
+            let get_list = library
+                .get::<CK_C_GetFunctionList>(b"C_GetFunctionList\0")
+                .map_err(|e| format!("{path} is not a PKCS#11 module: {e}"))?;
+            let get_list = (*get_list).ok_or("C_GetFunctionList is NULL")?;
+            let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
+            let rv = get_list(&mut list);
+            if rv != CKR_OK || list.is_null() {
+                return Err(format!(
+                    "{path}: C_GetFunctionList failed with {}",
+                    crate::rv::name(rv)
+                ));
+            }
+            Ok(&*list)
+        }
+    }
+
+    /// The vendor's function table, to pick functions for the shape helpers below.
+    pub fn list(&self) -> &'static CK_FUNCTION_LIST {
+        self.list
+    }
+
+    /// Finalises the library (at server exit only).
+    pub fn finalize(&self) -> CK_RV {
+        let f = func!(self.C_Finalize);
+        // SAFETY: NULL is the only valid argument.
+        unsafe { f(ptr::null_mut()) }
+    }
+
+    /// Calls a `(session, in, in_len, out, out_len)` function with a NULL output buffer for a
+    /// size query (`capacity == None`) or a buffer of `capacity` bytes.
+    pub fn update(
+        &self,
+        f: Option<UpdateFn>,
+        session: CK_SESSION_HANDLE,
+        input: &[u8],
+        capacity: Option<usize>,
+    ) -> Output {
+        let Some(f) = f else {
+            return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
+        };
+        let Ok(in_len) = CK_ULONG::try_from(input.len()) else {
+            return Output::rv(CKR_ARGUMENTS_BAD);
+        };
+        with_out_buffer(capacity, |out, len| {
+            // SAFETY: input is a live slice of in_len bytes; out/len come from with_out_buffer.
+            unsafe { f(session, input.as_ptr() as *mut u8, in_len, out, len) }
+        })
+    }
+
+    /// Calls a `(session, out, out_len)` function (the `*Final` functions, GetOperationState).
+    pub fn final_(
+        &self,
+        f: Option<FinalFn>,
+        session: CK_SESSION_HANDLE,
+        capacity: Option<usize>,
+    ) -> Output {
+        let Some(f) = f else {
+            return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
+        };
+        // SAFETY: out/len come from with_out_buffer.
+        with_out_buffer(capacity, |out, len| unsafe { f(session, out, len) })
+    }
+
+    /// Calls a `(session, in, in_len)` function.
+    pub fn input(&self, f: Option<InputFn>, session: CK_SESSION_HANDLE, input: &[u8]) -> CK_RV {
+        let Some(f) = f else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        let Ok(len) = CK_ULONG::try_from(input.len()) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: a live slice of len bytes; the vendor only reads it.
+        unsafe { f(session, input.as_ptr() as *mut u8, len) }
+    }
+
+    /// Calls a `(session, mechanism, key)` function (the `*Init` functions).
+    pub fn init(
+        &self,
+        f: Option<InitFn>,
+        session: CK_SESSION_HANDLE,
+        mech: &mut CMechanism,
+        key: CK_OBJECT_HANDLE,
+    ) -> CK_RV {
+        let Some(f) = f else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        // SAFETY: CMechanism keeps its parameter storage alive for its own lifetime.
+        unsafe { f(session, mech.as_mut_ptr(), key) }
+    }
+
+    /// Calls a `(session)` function.
+    pub fn session(&self, f: Option<SessionFn>, session: CK_SESSION_HANDLE) -> CK_RV {
+        let Some(f) = f else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        // SAFETY: no pointer argument.
+        unsafe { f(session) }
+    }
+
+    pub fn get_info(&self, info: &mut CK_INFO) -> CK_RV {
+        let f = func!(self.C_GetInfo);
+        // SAFETY: a valid, writable CK_INFO.
+        unsafe { f(info) }
+    }
+
+    /// C_GetSlotList or C_GetMechanismList-style calls: a list of CK_ULONGs with a size query.
+    pub fn slot_list(
+        &self,
+        token_present: bool,
+        capacity: Option<usize>,
+    ) -> (CK_RV, CK_ULONG, Vec<CK_ULONG>) {
+        let Some(f) = self.list.C_GetSlotList else {
+            return (CKR_FUNCTION_NOT_SUPPORTED, 0, vec![]);
+        };
+        let present = CK_BBOOL::from(token_present);
+        // SAFETY: ptr/len come from with_ulong_buffer.
+        with_ulong_buffer(capacity, |p, n| unsafe { f(present, p, n) })
+    }
+
+    pub fn mechanism_list(
+        &self,
+        slot: CK_SLOT_ID,
+        capacity: Option<usize>,
+    ) -> (CK_RV, CK_ULONG, Vec<CK_ULONG>) {
+        let Some(f) = self.list.C_GetMechanismList else {
+            return (CKR_FUNCTION_NOT_SUPPORTED, 0, vec![]);
+        };
+        // SAFETY: ptr/len come from with_ulong_buffer.
+        with_ulong_buffer(capacity, |p, n| unsafe { f(slot, p, n) })
+    }
+
+    pub fn get_slot_info(&self, slot: CK_SLOT_ID, info: &mut CK_SLOT_INFO) -> CK_RV {
+        let f = func!(self.C_GetSlotInfo);
+        // SAFETY: a valid, writable struct.
+        unsafe { f(slot, info) }
+    }
+
+    pub fn get_token_info(&self, slot: CK_SLOT_ID, info: &mut CK_TOKEN_INFO) -> CK_RV {
+        let f = func!(self.C_GetTokenInfo);
+        // SAFETY: a valid, writable struct.
+        unsafe { f(slot, info) }
+    }
+
+    pub fn get_mechanism_info(
+        &self,
+        slot: CK_SLOT_ID,
+        mech: CK_MECHANISM_TYPE,
+        info: &mut CK_MECHANISM_INFO,
+    ) -> CK_RV {
+        let f = func!(self.C_GetMechanismInfo);
+        // SAFETY: a valid, writable struct.
+        unsafe { f(slot, mech, info) }
+    }
+
+    pub fn wait_for_slot_event(&self, flags: CK_FLAGS, slot: &mut CK_SLOT_ID) -> CK_RV {
+        let f = func!(self.C_WaitForSlotEvent);
+        // SAFETY: a valid, writable slot id; pReserved must be NULL.
+        unsafe { f(flags, slot, ptr::null_mut()) }
+    }
+
+    pub fn init_token(&self, slot: CK_SLOT_ID, pin: Option<&[u8]>, label: &[u8; 32]) -> CK_RV {
+        let f = func!(self.C_InitToken);
+        let Some((p, n)) = opt_bytes(pin) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: pin and label are live buffers of the stated lengths.
+        unsafe { f(slot, p, n, label.as_ptr() as *mut u8) }
+    }
+
+    pub fn init_pin(&self, session: CK_SESSION_HANDLE, pin: Option<&[u8]>) -> CK_RV {
+        let f = func!(self.C_InitPIN);
+        let Some((p, n)) = opt_bytes(pin) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: pin is a live buffer of n bytes (or NULL).
+        unsafe { f(session, p, n) }
+    }
+
+    pub fn set_pin(
+        &self,
+        session: CK_SESSION_HANDLE,
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> CK_RV {
+        let f = func!(self.C_SetPIN);
+        let (Some((op, on)), Some((np, nn))) = (opt_bytes(old), opt_bytes(new)) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: both PINs are live buffers (or NULL).
+        unsafe { f(session, op, on, np, nn) }
+    }
+
+    pub fn open_session(
+        &self,
+        slot: CK_SLOT_ID,
+        flags: CK_FLAGS,
+        session: &mut CK_SESSION_HANDLE,
+    ) -> CK_RV {
+        let f = func!(self.C_OpenSession);
+        // SAFETY: no application callback is passed to the vendor (notifications are not
+        // forwarded); session is writable.
+        unsafe { f(slot, flags, ptr::null_mut(), None, session) }
+    }
+
+    pub fn get_session_info(
+        &self,
+        session: CK_SESSION_HANDLE,
+        info: &mut CK_SESSION_INFO,
+    ) -> CK_RV {
+        let f = func!(self.C_GetSessionInfo);
+        // SAFETY: a valid, writable struct.
+        unsafe { f(session, info) }
+    }
+
+    pub fn set_operation_state(
+        &self,
+        session: CK_SESSION_HANDLE,
+        state: &[u8],
+        enc: CK_OBJECT_HANDLE,
+        auth: CK_OBJECT_HANDLE,
+    ) -> CK_RV {
+        let f = func!(self.C_SetOperationState);
+        let Ok(n) = CK_ULONG::try_from(state.len()) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: state is a live buffer of n bytes.
+        unsafe { f(session, state.as_ptr() as *mut u8, n, enc, auth) }
+    }
+
+    pub fn login(
+        &self,
+        session: CK_SESSION_HANDLE,
+        user: CK_USER_TYPE,
+        pin: Option<&[u8]>,
+    ) -> CK_RV {
+        let f = func!(self.C_Login);
+        let Some((p, n)) = opt_bytes(pin) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: pin is a live buffer of n bytes (or NULL).
+        unsafe { f(session, user, p, n) }
+    }
+
+    pub fn create_object(
+        &self,
+        session: CK_SESSION_HANDLE,
+        t: &mut CTemplate,
+        obj: &mut CK_OBJECT_HANDLE,
+    ) -> CK_RV {
+        let f = func!(self.C_CreateObject);
+        // SAFETY: CTemplate owns every buffer its attributes point to.
+        unsafe { f(session, t.as_mut_ptr(), t.count(), obj) }
+    }
+
+    pub fn copy_object(
+        &self,
+        session: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+        t: &mut CTemplate,
+        obj: &mut CK_OBJECT_HANDLE,
+    ) -> CK_RV {
+        let f = func!(self.C_CopyObject);
+        // SAFETY: as create_object.
+        unsafe { f(session, object, t.as_mut_ptr(), t.count(), obj) }
+    }
+
+    pub fn destroy_object(&self, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> CK_RV {
+        let f = func!(self.C_DestroyObject);
+        // SAFETY: no pointer argument.
+        unsafe { f(session, object) }
+    }
+
+    pub fn get_object_size(
+        &self,
+        session: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+        size: &mut CK_ULONG,
+    ) -> CK_RV {
+        let f = func!(self.C_GetObjectSize);
+        // SAFETY: size is writable.
+        unsafe { f(session, object, size) }
+    }
+
+    pub fn get_attribute_value(
+        &self,
+        session: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+        t: &mut CTemplate,
+    ) -> CK_RV {
+        let f = func!(self.C_GetAttributeValue);
+        // SAFETY: every non-NULL pValue points to a buffer of ulValueLen bytes owned by t.
+        unsafe { f(session, object, t.as_mut_ptr(), t.count()) }
+    }
+
+    pub fn set_attribute_value(
+        &self,
+        session: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+        t: &mut CTemplate,
+    ) -> CK_RV {
+        let f = func!(self.C_SetAttributeValue);
+        // SAFETY: as create_object.
+        unsafe { f(session, object, t.as_mut_ptr(), t.count()) }
+    }
+
+    pub fn find_objects_init(&self, session: CK_SESSION_HANDLE, t: &mut CTemplate) -> CK_RV {
+        let f = func!(self.C_FindObjectsInit);
+        // SAFETY: as create_object.
+        unsafe { f(session, t.as_mut_ptr(), t.count()) }
+    }
+
+    pub fn find_objects(
+        &self,
+        session: CK_SESSION_HANDLE,
+        max: usize,
+    ) -> (CK_RV, Vec<CK_OBJECT_HANDLE>) {
+        let Some(f) = self.list.C_FindObjects else {
+            return (CKR_FUNCTION_NOT_SUPPORTED, vec![]);
+        };
+        let mut found = vec![0 as CK_OBJECT_HANDLE; max];
+        let mut count: CK_ULONG = 0;
+        let Ok(max_c) = CK_ULONG::try_from(max) else {
+            return (CKR_ARGUMENTS_BAD, vec![]);
+        };
+        // SAFETY: found holds max handles; count is writable.
+        let rv = unsafe { f(session, found.as_mut_ptr(), max_c, &mut count) };
+        found.truncate(usize::try_from(count).unwrap_or(0).min(max));
+        (rv, found)
+    }
+
+    pub fn digest_key(&self, session: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
+        let f = func!(self.C_DigestKey);
+        // SAFETY: no pointer argument.
+        unsafe { f(session, key) }
+    }
+
+    pub fn digest_init(&self, session: CK_SESSION_HANDLE, mech: &mut CMechanism) -> CK_RV {
+        let f = func!(self.C_DigestInit);
+        // SAFETY: CMechanism keeps its parameter alive.
+        unsafe { f(session, mech.as_mut_ptr()) }
+    }
+
+    pub fn verify(&self, session: CK_SESSION_HANDLE, data: &[u8], sig: &[u8]) -> CK_RV {
+        let f = func!(self.C_Verify);
+        let (Ok(dn), Ok(sn)) = (
+            CK_ULONG::try_from(data.len()),
+            CK_ULONG::try_from(sig.len()),
+        ) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: live buffers of the stated lengths, only read.
+        unsafe {
+            f(
+                session,
+                data.as_ptr() as *mut u8,
+                dn,
+                sig.as_ptr() as *mut u8,
+                sn,
+            )
+        }
+    }
+
+    pub fn generate_key(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mech: &mut CMechanism,
+        t: &mut CTemplate,
+        key: &mut CK_OBJECT_HANDLE,
+    ) -> CK_RV {
+        let f = func!(self.C_GenerateKey);
+        // SAFETY: owned mechanism and template.
+        unsafe { f(session, mech.as_mut_ptr(), t.as_mut_ptr(), t.count(), key) }
+    }
+
+    pub fn generate_key_pair(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mech: &mut CMechanism,
+        public: &mut CTemplate,
+        private: &mut CTemplate,
+        keys: (&mut CK_OBJECT_HANDLE, &mut CK_OBJECT_HANDLE),
+    ) -> CK_RV {
+        let f = func!(self.C_GenerateKeyPair);
+        // SAFETY: owned mechanism and templates; key handles writable.
+        unsafe {
+            f(
+                session,
+                mech.as_mut_ptr(),
+                public.as_mut_ptr(),
+                public.count(),
+                private.as_mut_ptr(),
+                private.count(),
+                keys.0,
+                keys.1,
+            )
+        }
+    }
+
+    pub fn wrap_key(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mech: &mut CMechanism,
+        wrapping: CK_OBJECT_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        capacity: Option<usize>,
+    ) -> Output {
+        let Some(f) = self.list.C_WrapKey else {
+            return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
+        };
+        let m = mech.as_mut_ptr();
+        // SAFETY: owned mechanism; out/len come from with_out_buffer.
+        with_out_buffer(capacity, |out, len| unsafe {
+            f(session, m, wrapping, key, out, len)
+        })
+    }
+
+    pub fn unwrap_key(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mech: &mut CMechanism,
+        unwrapping: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        t: &mut CTemplate,
+        key: &mut CK_OBJECT_HANDLE,
+    ) -> CK_RV {
+        let f = func!(self.C_UnwrapKey);
+        let Ok(n) = CK_ULONG::try_from(wrapped.len()) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: owned mechanism, template and wrapped bytes.
+        unsafe {
+            f(
+                session,
+                mech.as_mut_ptr(),
+                unwrapping,
+                wrapped.as_ptr() as *mut u8,
+                n,
+                t.as_mut_ptr(),
+                t.count(),
+                key,
+            )
+        }
+    }
+
+    pub fn derive_key(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mech: &mut CMechanism,
+        base: CK_OBJECT_HANDLE,
+        t: &mut CTemplate,
+        key: &mut CK_OBJECT_HANDLE,
+    ) -> CK_RV {
+        let f = func!(self.C_DeriveKey);
+        // SAFETY: owned mechanism and template.
+        unsafe {
+            f(
+                session,
+                mech.as_mut_ptr(),
+                base,
+                t.as_mut_ptr(),
+                t.count(),
+                key,
+            )
+        }
+    }
+
+    pub fn generate_random(&self, session: CK_SESSION_HANDLE, len: usize) -> (CK_RV, Vec<u8>) {
+        let Some(f) = self.list.C_GenerateRandom else {
+            return (CKR_FUNCTION_NOT_SUPPORTED, vec![]);
+        };
+        let Ok(n) = CK_ULONG::try_from(len) else {
+            return (CKR_ARGUMENTS_BAD, vec![]);
+        };
+        let mut out = vec![0u8; len];
+        // SAFETY: out holds len writable bytes.
+        let rv = unsafe { f(session, out.as_mut_ptr(), n) };
+        (rv, out)
+    }
+}
+
+impl Output {
+    fn rv(rv: CK_RV) -> Self {
+        Self {
+            rv,
+            len: 0,
+            data: Vec::new(),
+        }
+    }
+}
+
+/// A PIN as pointer and length; `None` if its length does not fit a CK_ULONG.
+fn opt_bytes(b: Option<&[u8]>) -> Option<(*mut u8, CK_ULONG)> {
+    match b {
+        None => Some((ptr::null_mut(), 0)),
+        Some(b) => Some((b.as_ptr() as *mut u8, CK_ULONG::try_from(b.len()).ok()?)),
+    }
+}
+
+/// Runs a size-query call with a NULL buffer (`None`) or a buffer of `capacity` bytes, and
+/// returns what the vendor reported. The reported length is trusted only up to the buffer size.
+fn with_out_buffer(
+    capacity: Option<usize>,
+    call: impl FnOnce(*mut u8, *mut CK_ULONG) -> CK_RV,
+) -> Output {
+    let mut buf = vec![0u8; capacity.unwrap_or(0)];
+    let Ok(mut len) = CK_ULONG::try_from(buf.len()) else {
+        return Output::rv(CKR_ARGUMENTS_BAD);
+    };
+    let out = if capacity.is_some() {
+        buf.as_mut_ptr()
+    } else {
+        ptr::null_mut()
+    };
+    let rv = call(out, &mut len);
+    if rv == CKR_OK && capacity.is_some() {
+        buf.truncate(usize::try_from(len).unwrap_or(usize::MAX).min(buf.len()));
+    } else {
+        buf.clear();
+    }
+    Output { rv, len, data: buf }
+}
+
+/// As [`with_out_buffer`] for arrays of CK_ULONG (slot and mechanism lists).
+fn with_ulong_buffer(
+    capacity: Option<usize>,
+    call: impl FnOnce(*mut CK_ULONG, *mut CK_ULONG) -> CK_RV,
+) -> (CK_RV, CK_ULONG, Vec<CK_ULONG>) {
+    let mut buf = vec![0 as CK_ULONG; capacity.unwrap_or(0)];
+    let Ok(mut count) = CK_ULONG::try_from(buf.len()) else {
+        return (CKR_ARGUMENTS_BAD, 0, vec![]);
+    };
+    let p = if capacity.is_some() {
+        buf.as_mut_ptr()
+    } else {
+        ptr::null_mut()
+    };
+    let rv = call(p, &mut count);
+    if rv == CKR_OK && capacity.is_some() {
+        buf.truncate(usize::try_from(count).unwrap_or(usize::MAX).min(buf.len()));
+    } else {
+        buf.clear();
+    }
+    (rv, count, buf)
+}

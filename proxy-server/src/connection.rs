@@ -1,0 +1,298 @@
+//! One client connection, and the per-application view that all connections of one shim
+//! instance share (DESIGN.md, "Server semantics").
+//!
+//! An application is known by the 128-bit client id of its handshake. It owns the sessions it
+//! opened: a session handle of another application answers `CKR_SESSION_HANDLE_INVALID`, and
+//! when the application's last connection ends, its sessions are closed.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cryptoki_sys::*;
+use parking_lot::Mutex;
+use protocol::codec;
+use protocol::frame::{read_frame, write_frame, MAX_FRAME_LEN};
+use protocol::handshake::{ClientId, Hello, Welcome, VERSION};
+use protocol::message::{Request, Response};
+use protocol::ProtocolError;
+
+use crate::backend::Backend;
+use crate::rv;
+
+/// How long a new connection may take to send its hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected socket of either family.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(match self {
+            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
+            Self::Unix(s) => Self::Unix(s.try_clone()?),
+        })
+    }
+
+    pub fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Self::Tcp(s) => s.shutdown(how),
+            Self::Unix(s) => s.shutdown(how),
+        };
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(t),
+            Self::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf),
+            Self::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One application's view: its C_Initialize state and the sessions it opened.
+pub struct App {
+    state: Mutex<AppState>,
+}
+
+#[derive(Default)]
+struct AppState {
+    initialized: bool,
+    /// Session handle to the slot it was opened on.
+    sessions: HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>,
+}
+
+impl App {
+    pub fn is_initialized(&self) -> bool {
+        self.state.lock().initialized
+    }
+
+    /// Marks the application initialised; false if it already was.
+    pub fn initialize(&self) -> bool {
+        !std::mem::replace(&mut self.state.lock().initialized, true)
+    }
+
+    /// Marks the application finalised and hands back its sessions, to be closed.
+    pub fn finalize(&self) -> Option<Vec<CK_SESSION_HANDLE>> {
+        let mut st = self.state.lock();
+        if !std::mem::replace(&mut st.initialized, false) {
+            return None;
+        }
+        Some(st.sessions.drain().map(|(s, _)| s).collect())
+    }
+
+    /// `Ok` if the application owns `session` (PKCS#11 v2.40 §5.6: a handle it did not get is
+    /// invalid for it).
+    pub fn check(&self, session: u64) -> Result<CK_SESSION_HANDLE, CK_RV> {
+        let h = CK_SESSION_HANDLE::try_from(session).map_err(|_| CKR_SESSION_HANDLE_INVALID)?;
+        if self.state.lock().sessions.contains_key(&h) {
+            Ok(h)
+        } else {
+            Err(CKR_SESSION_HANDLE_INVALID)
+        }
+    }
+
+    pub fn add_session(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID) {
+        self.state.lock().sessions.insert(session, slot);
+    }
+
+    pub fn remove_session(&self, session: CK_SESSION_HANDLE) {
+        self.state.lock().sessions.remove(&session);
+    }
+
+    /// Takes the sessions opened on `slot` out of the view, to be closed.
+    pub fn take_sessions_of_slot(&self, slot: CK_SLOT_ID) -> Vec<CK_SESSION_HANDLE> {
+        let mut st = self.state.lock();
+        let on_slot: Vec<_> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| **s == slot)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &on_slot {
+            st.sessions.remove(h);
+        }
+        on_slot
+    }
+
+    fn take_all_sessions(&self) -> Vec<CK_SESSION_HANDLE> {
+        let mut st = self.state.lock();
+        st.initialized = false;
+        st.sessions.drain().map(|(s, _)| s).collect()
+    }
+}
+
+/// Every application with at least one live connection.
+#[derive(Default)]
+pub struct Registry {
+    apps: Mutex<HashMap<ClientId, (Arc<App>, usize)>>,
+}
+
+impl Registry {
+    fn attach(&self, id: ClientId) -> Arc<App> {
+        let mut apps = self.apps.lock();
+        let entry = apps.entry(id).or_insert_with(|| {
+            (
+                Arc::new(App {
+                    state: Mutex::new(AppState::default()),
+                }),
+                0,
+            )
+        });
+        entry.1 += 1;
+        entry.0.clone()
+    }
+
+    /// Drops one connection of `id`; returns the application when that was its last one.
+    fn detach(&self, id: &ClientId) -> Option<Arc<App>> {
+        let mut apps = self.apps.lock();
+        let entry = apps.get_mut(id)?;
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            apps.remove(id).map(|(app, _)| app)
+        } else {
+            None
+        }
+    }
+
+    /// Every application still attached (at shutdown).
+    pub fn drain(&self) -> Vec<Arc<App>> {
+        self.apps.lock().drain().map(|(_, (app, _))| app).collect()
+    }
+
+    pub fn app_count(&self) -> usize {
+        self.apps.lock().len()
+    }
+}
+
+/// Closes sessions on the vendor library, logging failures other than an already-closed one.
+pub fn close_sessions(backend: &Backend, sessions: &[CK_SESSION_HANDLE]) {
+    for &s in sessions {
+        let r = backend.session(backend.list().C_CloseSession, s);
+        if r != CKR_OK && r != CKR_SESSION_HANDLE_INVALID && r != CKR_SESSION_CLOSED {
+            tracing::warn!(session = s, rv = %rv::name(r), "closing a departed client's session failed");
+        }
+    }
+}
+
+/// Shared state of the server, as seen by each connection.
+pub struct Shared {
+    pub backend: Backend,
+    pub registry: Registry,
+    pub instance_id: [u8; 16],
+}
+
+/// Serves one connection until the peer goes away or the stream is shut down.
+pub fn serve(shared: &Shared, stream: Stream, peer: &str) {
+    let Some((client_id, reader)) = handshake(stream, peer, shared) else {
+        return;
+    };
+    let app = shared.registry.attach(client_id);
+    tracing::debug!(peer, "client connected");
+    if let Err(e) = request_loop(shared, &app, reader) {
+        match e {
+            ProtocolError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(peer, "client disconnected")
+            }
+            e => tracing::warn!(peer, error = %e, "closing connection"),
+        }
+    }
+    if let Some(app) = shared.registry.detach(&client_id) {
+        let sessions = app.take_all_sessions();
+        if !sessions.is_empty() {
+            tracing::info!(
+                peer,
+                sessions = sessions.len(),
+                "application gone: closing its sessions"
+            );
+        }
+        close_sessions(&shared.backend, &sessions);
+    }
+}
+
+fn handshake(stream: Stream, peer: &str, shared: &Shared) -> Option<(ClientId, BufReader<Stream>)> {
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut buf = Vec::new();
+    let mut scratch = Vec::new();
+    if let Err(e) = read_frame(&mut reader, &mut buf, 64) {
+        tracing::warn!(peer, error = %e, "handshake failed: no valid hello");
+        return None;
+    }
+    let hello = match Hello::decode(&buf) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "handshake refused");
+            let reason = format!("server speaks protocol version {VERSION}: {e}");
+            let _ = write_frame(
+                reader.get_mut(),
+                &Welcome::Refused {
+                    version: VERSION,
+                    reason,
+                }
+                .encode(),
+                &mut scratch,
+            );
+            return None;
+        }
+    };
+    let welcome = Welcome::Accepted {
+        version: VERSION,
+        instance_id: shared.instance_id,
+    };
+    if let Err(e) = write_frame(reader.get_mut(), &welcome.encode(), &mut scratch) {
+        tracing::warn!(peer, error = %e, "handshake failed");
+        return None;
+    }
+    let _ = reader.get_ref().set_read_timeout(None);
+    Some((hello.client_id, reader))
+}
+
+fn request_loop(
+    shared: &Shared,
+    app: &App,
+    mut reader: BufReader<Stream>,
+) -> Result<(), ProtocolError> {
+    let mut frame = Vec::new();
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    loop {
+        read_frame(&mut reader, &mut frame, MAX_FRAME_LEN)?;
+        let request: Request = codec::decode(&frame)?;
+        let name = request.function_name();
+        let response = crate::dispatch::dispatch(shared, app, request);
+        if let Response::Rv(r) = response {
+            if r != CKR_OK {
+                tracing::debug!(function = name, rv = %rv::name(r), "call failed");
+            }
+        }
+        codec::encode(&response, &mut out)?;
+        write_frame(reader.get_mut(), &out, &mut scratch)?;
+    }
+}

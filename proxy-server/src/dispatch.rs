@@ -1,0 +1,658 @@
+//! One `match` over [`Request`]: checks the application's view, calls the vendor library, and
+//! builds the response. Each arm is the server side of one PKCS#11 function.
+
+use cryptoki_sys::*;
+use protocol::frame::MAX_DATA_LEN;
+use protocol::message::{Info, MechanismInfo, Request, Response, SessionInfo, SlotInfo, TokenInfo};
+
+use crate::backend::Output;
+use crate::connection::{close_sessions, App, Shared};
+use crate::mechanism::CMechanism;
+use crate::template::{to_ulong, CTemplate};
+
+/// Most handles returned by one C_FindObjects (the caller loops until none are left).
+const MAX_FIND_COUNT: u64 = 65_536;
+/// Most entries of a slot or mechanism list buffer.
+const MAX_LIST_LEN: u64 = 65_536;
+
+/// Serves one request for `app`.
+pub fn dispatch(shared: &Shared, app: &App, request: Request) -> Response {
+    match &request {
+        Request::Initialize => {}
+        _ if !app.is_initialized() => return Response::Rv(CKR_CRYPTOKI_NOT_INITIALIZED),
+        _ => {}
+    }
+    match call(shared, app, request) {
+        Ok(r) => r,
+        Err(rv) => Response::Rv(rv),
+    }
+}
+
+/// A caller's output capacity, bounded by what one frame can carry.
+fn cap(c: Option<u64>) -> Option<usize> {
+    c.map(|c| c.min(MAX_DATA_LEN) as usize)
+}
+
+fn output(o: Output) -> Response {
+    Response::Output {
+        rv: o.rv as u64,
+        len: o.len as u64,
+        data: o.data,
+    }
+}
+
+fn rv(r: CK_RV) -> Result<Response, CK_RV> {
+    Ok(Response::Rv(r as u64))
+}
+
+fn handle(r: CK_RV, h: CK_ULONG) -> Result<Response, CK_RV> {
+    if r == CKR_OK {
+        Ok(Response::Handle(h as u64))
+    } else {
+        Err(r)
+    }
+}
+
+fn ok_then(r: CK_RV, response: impl FnOnce() -> Response) -> Result<Response, CK_RV> {
+    if r == CKR_OK {
+        Ok(response())
+    } else {
+        Err(r)
+    }
+}
+
+fn version(v: CK_VERSION) -> (u8, u8) {
+    (v.major, v.minor)
+}
+
+fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV> {
+    let b = &shared.backend;
+    let f = b.list();
+    match request {
+        // General purpose functions (v2.40 §5.4): the application's own view only.
+        Request::Initialize => rv(if app.initialize() {
+            CKR_OK
+        } else {
+            CKR_CRYPTOKI_ALREADY_INITIALIZED
+        }),
+        Request::Finalize => {
+            if let Some(sessions) = app.finalize() {
+                close_sessions(b, &sessions);
+            }
+            rv(CKR_OK)
+        }
+        Request::GetInfo => {
+            let mut i = CK_INFO::default();
+            let r = b.get_info(&mut i);
+            ok_then(r, || {
+                Response::Info(Info {
+                    cryptoki_version: version(i.cryptokiVersion),
+                    manufacturer_id: i.manufacturerID.to_vec(),
+                    flags: i.flags as u64,
+                    library_description: i.libraryDescription.to_vec(),
+                    library_version: version(i.libraryVersion),
+                })
+            })
+        }
+        Request::GetFunctionStatus { session } => {
+            rv(b.session(f.C_GetFunctionStatus, app.check(session)?))
+        }
+        Request::CancelFunction { session } => {
+            rv(b.session(f.C_CancelFunction, app.check(session)?))
+        }
+
+        // Slot and token management (v2.40 §5.5).
+        Request::GetSlotList {
+            token_present,
+            capacity,
+        } => {
+            let (r, count, values) = b.slot_list(
+                token_present,
+                capacity.map(|c| c.min(MAX_LIST_LEN) as usize),
+            );
+            Ok(Response::Ulongs {
+                rv: r as u64,
+                count: count as u64,
+                values: values.into_iter().map(|v| v as u64).collect(),
+            })
+        }
+        Request::GetSlotInfo { slot } => {
+            let mut i = CK_SLOT_INFO::default();
+            let r = b.get_slot_info(to_ulong(slot)?, &mut i);
+            ok_then(r, || {
+                Response::SlotInfo(SlotInfo {
+                    slot_description: i.slotDescription.to_vec(),
+                    manufacturer_id: i.manufacturerID.to_vec(),
+                    flags: i.flags as u64,
+                    hardware_version: version(i.hardwareVersion),
+                    firmware_version: version(i.firmwareVersion),
+                })
+            })
+        }
+        Request::GetTokenInfo { slot } => {
+            let mut i = CK_TOKEN_INFO::default();
+            let r = b.get_token_info(to_ulong(slot)?, &mut i);
+            ok_then(r, || Response::TokenInfo(token_info(&i)))
+        }
+        Request::WaitForSlotEvent { flags } => {
+            let mut slot = 0;
+            handle(b.wait_for_slot_event(to_ulong(flags)?, &mut slot), slot)
+        }
+        Request::GetMechanismList { slot, capacity } => {
+            let (r, count, values) = b.mechanism_list(
+                to_ulong(slot)?,
+                capacity.map(|c| c.min(MAX_LIST_LEN) as usize),
+            );
+            Ok(Response::Ulongs {
+                rv: r as u64,
+                count: count as u64,
+                values: values.into_iter().map(|v| v as u64).collect(),
+            })
+        }
+        Request::GetMechanismInfo { slot, mechanism } => {
+            let mut i = CK_MECHANISM_INFO::default();
+            let r = b.get_mechanism_info(to_ulong(slot)?, to_ulong(mechanism)?, &mut i);
+            ok_then(r, || {
+                Response::MechanismInfo(MechanismInfo {
+                    min_key_size: i.ulMinKeySize as u64,
+                    max_key_size: i.ulMaxKeySize as u64,
+                    flags: i.flags as u64,
+                })
+            })
+        }
+        Request::InitToken {
+            slot,
+            so_pin,
+            label,
+        } => {
+            let label: [u8; 32] = label.try_into().map_err(|_| CKR_ARGUMENTS_BAD)?;
+            rv(b.init_token(to_ulong(slot)?, so_pin.as_deref(), &label))
+        }
+        Request::InitPin { session, pin } => rv(b.init_pin(app.check(session)?, pin.as_deref())),
+        Request::SetPin {
+            session,
+            old_pin,
+            new_pin,
+        } => rv(b.set_pin(app.check(session)?, old_pin.as_deref(), new_pin.as_deref())),
+
+        // Session management (v2.40 §5.6).
+        Request::OpenSession { slot, flags } => {
+            let slot = to_ulong(slot)?;
+            let mut h = 0;
+            let r = b.open_session(slot, to_ulong(flags)?, &mut h);
+            if r == CKR_OK {
+                app.add_session(h, slot);
+            }
+            handle(r, h)
+        }
+        Request::CloseSession { session } => {
+            let h = app.check(session)?;
+            let r = b.session(f.C_CloseSession, h);
+            if r == CKR_OK || r == CKR_SESSION_HANDLE_INVALID || r == CKR_SESSION_CLOSED {
+                app.remove_session(h);
+            }
+            rv(r)
+        }
+        Request::CloseAllSessions { slot } => {
+            // Never the vendor's C_CloseAllSessions: it would close every client's sessions.
+            let slot = to_ulong(slot)?;
+            let mut probe = CK_SLOT_INFO::default();
+            let r = b.get_slot_info(slot, &mut probe);
+            if r != CKR_OK {
+                return rv(r);
+            }
+            close_sessions(b, &app.take_sessions_of_slot(slot));
+            rv(CKR_OK)
+        }
+        Request::GetSessionInfo { session } => {
+            let mut i = CK_SESSION_INFO::default();
+            let r = b.get_session_info(app.check(session)?, &mut i);
+            ok_then(r, || {
+                Response::SessionInfo(SessionInfo {
+                    slot: i.slotID as u64,
+                    state: i.state as u64,
+                    flags: i.flags as u64,
+                    device_error: i.ulDeviceError as u64,
+                })
+            })
+        }
+        Request::GetOperationState { session, capacity } => Ok(output(b.final_(
+            f.C_GetOperationState,
+            app.check(session)?,
+            cap(capacity),
+        ))),
+        Request::SetOperationState {
+            session,
+            state,
+            encryption_key,
+            authentication_key,
+        } => rv(b.set_operation_state(
+            app.check(session)?,
+            &state,
+            to_ulong(encryption_key)?,
+            to_ulong(authentication_key)?,
+        )),
+        Request::Login {
+            session,
+            user_type,
+            pin,
+        } => rv(b.login(app.check(session)?, to_ulong(user_type)?, pin.as_deref())),
+        Request::Logout { session } => rv(b.session(f.C_Logout, app.check(session)?)),
+
+        // Object management (v2.40 §5.7).
+        Request::CreateObject { session, template } => {
+            let s = app.check(session)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            let mut h = 0;
+            handle(b.create_object(s, &mut t, &mut h), h)
+        }
+        Request::CopyObject {
+            session,
+            object,
+            template,
+        } => {
+            let s = app.check(session)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            let mut h = 0;
+            handle(b.copy_object(s, to_ulong(object)?, &mut t, &mut h), h)
+        }
+        Request::DestroyObject { session, object } => {
+            rv(b.destroy_object(app.check(session)?, to_ulong(object)?))
+        }
+        Request::GetObjectSize { session, object } => {
+            let mut size = 0;
+            let r = b.get_object_size(app.check(session)?, to_ulong(object)?, &mut size);
+            ok_then(r, || Response::Size(size as u64))
+        }
+        Request::GetAttributeValue {
+            session,
+            object,
+            query,
+        } => {
+            let s = app.check(session)?;
+            let mut t = CTemplate::for_query(&query)?;
+            let r = b.get_attribute_value(s, to_ulong(object)?, &mut t);
+            Ok(Response::Attributes {
+                rv: r as u64,
+                values: t.results(),
+            })
+        }
+        Request::SetAttributeValue {
+            session,
+            object,
+            template,
+        } => {
+            let s = app.check(session)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            rv(b.set_attribute_value(s, to_ulong(object)?, &mut t))
+        }
+        Request::FindObjectsInit { session, template } => {
+            let s = app.check(session)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            rv(b.find_objects_init(s, &mut t))
+        }
+        Request::FindObjects { session, max_count } => {
+            let (r, found) =
+                b.find_objects(app.check(session)?, max_count.min(MAX_FIND_COUNT) as usize);
+            let values: Vec<u64> = found.into_iter().map(|h| h as u64).collect();
+            Ok(Response::Ulongs {
+                rv: r as u64,
+                count: values.len() as u64,
+                values,
+            })
+        }
+        Request::FindObjectsFinal { session } => {
+            rv(b.session(f.C_FindObjectsFinal, app.check(session)?))
+        }
+
+        // Encryption, decryption, digest, sign, verify (v2.40 §5.8 to §5.13).
+        Request::EncryptInit {
+            session,
+            mechanism,
+            key,
+        } => init(shared, app, f.C_EncryptInit, session, &mechanism, key),
+        Request::DecryptInit {
+            session,
+            mechanism,
+            key,
+        } => init(shared, app, f.C_DecryptInit, session, &mechanism, key),
+        Request::SignInit {
+            session,
+            mechanism,
+            key,
+        } => init(shared, app, f.C_SignInit, session, &mechanism, key),
+        Request::SignRecoverInit {
+            session,
+            mechanism,
+            key,
+        } => init(shared, app, f.C_SignRecoverInit, session, &mechanism, key),
+        Request::VerifyInit {
+            session,
+            mechanism,
+            key,
+        } => init(shared, app, f.C_VerifyInit, session, &mechanism, key),
+        Request::VerifyRecoverInit {
+            session,
+            mechanism,
+            key,
+        } => init(shared, app, f.C_VerifyRecoverInit, session, &mechanism, key),
+        Request::DigestInit { session, mechanism } => {
+            let s = app.check(session)?;
+            rv(b.digest_init(s, &mut CMechanism::from_wire(&mechanism)?))
+        }
+        Request::Encrypt {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_Encrypt,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::EncryptUpdate {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_EncryptUpdate,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::EncryptFinal { session, capacity } => Ok(output(b.final_(
+            f.C_EncryptFinal,
+            app.check(session)?,
+            cap(capacity),
+        ))),
+        Request::Decrypt {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_Decrypt,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::DecryptUpdate {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_DecryptUpdate,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::DecryptFinal { session, capacity } => Ok(output(b.final_(
+            f.C_DecryptFinal,
+            app.check(session)?,
+            cap(capacity),
+        ))),
+        Request::Digest {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_Digest,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::DigestUpdate { session, data } => {
+            rv(b.input(f.C_DigestUpdate, app.check(session)?, &data))
+        }
+        Request::DigestKey { session, key } => {
+            rv(b.digest_key(app.check(session)?, to_ulong(key)?))
+        }
+        Request::DigestFinal { session, capacity } => Ok(output(b.final_(
+            f.C_DigestFinal,
+            app.check(session)?,
+            cap(capacity),
+        ))),
+        Request::Sign {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_Sign,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::SignUpdate { session, data } => {
+            rv(b.input(f.C_SignUpdate, app.check(session)?, &data))
+        }
+        Request::SignFinal { session, capacity } => Ok(output(b.final_(
+            f.C_SignFinal,
+            app.check(session)?,
+            cap(capacity),
+        ))),
+        Request::SignRecover {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_SignRecover,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::Verify {
+            session,
+            data,
+            signature,
+        } => rv(b.verify(app.check(session)?, &data, &signature)),
+        Request::VerifyUpdate { session, data } => {
+            rv(b.input(f.C_VerifyUpdate, app.check(session)?, &data))
+        }
+        Request::VerifyFinal { session, signature } => {
+            rv(b.input(f.C_VerifyFinal, app.check(session)?, &signature))
+        }
+        Request::VerifyRecover {
+            session,
+            signature,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_VerifyRecover,
+            app.check(session)?,
+            &signature,
+            cap(capacity),
+        ))),
+        Request::DigestEncryptUpdate {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_DigestEncryptUpdate,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::DecryptDigestUpdate {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_DecryptDigestUpdate,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::SignEncryptUpdate {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_SignEncryptUpdate,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+        Request::DecryptVerifyUpdate {
+            session,
+            data,
+            capacity,
+        } => Ok(output(b.update(
+            f.C_DecryptVerifyUpdate,
+            app.check(session)?,
+            &data,
+            cap(capacity),
+        ))),
+
+        // Key management (v2.40 §5.14).
+        Request::GenerateKey {
+            session,
+            mechanism,
+            template,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            let mut h = 0;
+            handle(b.generate_key(s, &mut m, &mut t, &mut h), h)
+        }
+        Request::GenerateKeyPair {
+            session,
+            mechanism,
+            public_template,
+            private_template,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let mut public = CTemplate::from_wire(&public_template)?;
+            let mut private = CTemplate::from_wire(&private_template)?;
+            let (mut pubk, mut privk) = (0, 0);
+            let r = b.generate_key_pair(
+                s,
+                &mut m,
+                &mut public,
+                &mut private,
+                (&mut pubk, &mut privk),
+            );
+            ok_then(r, || Response::KeyPair {
+                public_key: pubk as u64,
+                private_key: privk as u64,
+            })
+        }
+        Request::WrapKey {
+            session,
+            mechanism,
+            wrapping_key,
+            key,
+            capacity,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            Ok(output(b.wrap_key(
+                s,
+                &mut m,
+                to_ulong(wrapping_key)?,
+                to_ulong(key)?,
+                cap(capacity),
+            )))
+        }
+        Request::UnwrapKey {
+            session,
+            mechanism,
+            unwrapping_key,
+            wrapped_key,
+            template,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            let mut h = 0;
+            handle(
+                b.unwrap_key(
+                    s,
+                    &mut m,
+                    to_ulong(unwrapping_key)?,
+                    &wrapped_key,
+                    &mut t,
+                    &mut h,
+                ),
+                h,
+            )
+        }
+        Request::DeriveKey {
+            session,
+            mechanism,
+            base_key,
+            template,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            let mut h = 0;
+            handle(
+                b.derive_key(s, &mut m, to_ulong(base_key)?, &mut t, &mut h),
+                h,
+            )
+        }
+
+        // Random number generation (v2.40 §5.15).
+        Request::SeedRandom { session, seed } => {
+            rv(b.input(f.C_SeedRandom, app.check(session)?, &seed))
+        }
+        Request::GenerateRandom { session, len } => {
+            let s = app.check(session)?;
+            if len > MAX_DATA_LEN {
+                tracing::warn!(len, "C_GenerateRandom: more bytes than one frame carries");
+                return Err(CKR_ARGUMENTS_BAD);
+            }
+            let (r, data) = b.generate_random(s, len as usize);
+            ok_then(r, || Response::Output {
+                rv: CKR_OK as u64,
+                len,
+                data,
+            })
+        }
+    }
+}
+
+fn init(
+    shared: &Shared,
+    app: &App,
+    f: Option<crate::backend::InitFn>,
+    session: u64,
+    mechanism: &protocol::mechanism::Mechanism,
+    key: u64,
+) -> Result<Response, CK_RV> {
+    let s = app.check(session)?;
+    let mut m = CMechanism::from_wire(mechanism)?;
+    rv(shared.backend.init(f, s, &mut m, to_ulong(key)?))
+}
+
+fn token_info(i: &CK_TOKEN_INFO) -> TokenInfo {
+    TokenInfo {
+        label: i.label.to_vec(),
+        manufacturer_id: i.manufacturerID.to_vec(),
+        model: i.model.to_vec(),
+        serial_number: i.serialNumber.to_vec(),
+        flags: i.flags as u64,
+        max_session_count: wide(i.ulMaxSessionCount),
+        session_count: wide(i.ulSessionCount),
+        max_rw_session_count: wide(i.ulMaxRwSessionCount),
+        rw_session_count: wide(i.ulRwSessionCount),
+        max_pin_len: wide(i.ulMaxPinLen),
+        min_pin_len: wide(i.ulMinPinLen),
+        total_public_memory: wide(i.ulTotalPublicMemory),
+        free_public_memory: wide(i.ulFreePublicMemory),
+        total_private_memory: wide(i.ulTotalPrivateMemory),
+        free_private_memory: wide(i.ulFreePrivateMemory),
+        hardware_version: version(i.hardwareVersion),
+        firmware_version: version(i.firmwareVersion),
+        utc_time: i.utcTime.to_vec(),
+    }
+}
+
+/// A native CK_ULONG on the wire, keeping CK_UNAVAILABLE_INFORMATION as all ones.
+fn wide(v: CK_ULONG) -> u64 {
+    if v == CK_UNAVAILABLE_INFORMATION {
+        u64::MAX
+    } else {
+        v as u64
+    }
+}

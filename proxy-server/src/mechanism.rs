@@ -1,0 +1,180 @@
+//! Builds vendor-side `CK_MECHANISM`s from wire mechanisms (PKCS#11 v2.40 §3.6 CK_MECHANISM;
+//! parameter structures from the Current Mechanisms Specification v2.40).
+
+use std::ffi::c_void;
+use std::mem::size_of;
+use std::ptr;
+
+use cryptoki_sys::*;
+use protocol::mechanism::{MechParam, Mechanism};
+
+use crate::template::to_ulong;
+
+/// `CK_GCM_PARAMS` as first published, without `ulIvBits` (some HSMs, Thales Luna among them,
+/// only accept this layout).
+#[repr(C)]
+struct GcmParamsNoIvBits {
+    p_iv: *mut u8,
+    ul_iv_len: CK_ULONG,
+    p_aad: *mut u8,
+    ul_aad_len: CK_ULONG,
+    ul_tag_bits: CK_ULONG,
+}
+
+/// The parameter structure and the buffers its pointers refer to (held, never read: they keep
+/// the pointers valid).
+#[allow(dead_code)]
+enum Param {
+    None,
+    Bytes(Vec<u8>),
+    Ulong(Box<CK_ULONG>),
+    Oaep(Box<CK_RSA_PKCS_OAEP_PARAMS>, Vec<u8>),
+    Pss(Box<CK_RSA_PKCS_PSS_PARAMS>),
+    Ecdh(Box<CK_ECDH1_DERIVE_PARAMS>, Vec<u8>, Vec<u8>),
+    Ctr(Box<CK_AES_CTR_PARAMS>),
+    Gcm(Box<CK_GCM_PARAMS>, Vec<u8>, Vec<u8>),
+    GcmNoIvBits(Box<GcmParamsNoIvBits>, Vec<u8>, Vec<u8>),
+}
+
+/// A C mechanism owning its parameter.
+pub struct CMechanism {
+    mech: CK_MECHANISM,
+    _param: Param,
+}
+
+fn ptr_len(b: &mut [u8]) -> Result<(*mut u8, CK_ULONG), CK_RV> {
+    let p = if b.is_empty() {
+        ptr::null_mut()
+    } else {
+        b.as_mut_ptr()
+    };
+    Ok((
+        p,
+        CK_ULONG::try_from(b.len()).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?,
+    ))
+}
+
+fn boxed<T>(b: &mut Box<T>) -> (*mut c_void, usize) {
+    ((&mut **b as *mut T).cast(), size_of::<T>())
+}
+
+impl CMechanism {
+    pub fn from_wire(m: &Mechanism) -> Result<Self, CK_RV> {
+        let mut param = match &m.param {
+            MechParam::None => Param::None,
+            MechParam::Bytes(b) => Param::Bytes(b.clone()),
+            MechParam::Ulong(v) => Param::Ulong(Box::new(to_ulong(*v)?)),
+            MechParam::RsaPkcsOaep {
+                hash_alg,
+                mgf,
+                source,
+                source_data,
+            } => {
+                let mut data = source_data.clone();
+                let (p, n) = ptr_len(&mut data)?;
+                Param::Oaep(
+                    Box::new(CK_RSA_PKCS_OAEP_PARAMS {
+                        hashAlg: to_ulong(*hash_alg)?,
+                        mgf: to_ulong(*mgf)?,
+                        source: to_ulong(*source)?,
+                        pSourceData: p.cast(),
+                        ulSourceDataLen: n,
+                    }),
+                    data,
+                )
+            }
+            MechParam::RsaPkcsPss {
+                hash_alg,
+                mgf,
+                salt_len,
+            } => Param::Pss(Box::new(CK_RSA_PKCS_PSS_PARAMS {
+                hashAlg: to_ulong(*hash_alg)?,
+                mgf: to_ulong(*mgf)?,
+                sLen: to_ulong(*salt_len)?,
+            })),
+            MechParam::Ecdh1Derive {
+                kdf,
+                shared_data,
+                public_data,
+            } => {
+                let (mut shared, mut public) = (shared_data.clone(), public_data.clone());
+                let (sp, sn) = ptr_len(&mut shared)?;
+                let (pp, pn) = ptr_len(&mut public)?;
+                Param::Ecdh(
+                    Box::new(CK_ECDH1_DERIVE_PARAMS {
+                        kdf: to_ulong(*kdf)?,
+                        ulSharedDataLen: sn,
+                        pSharedData: sp,
+                        ulPublicDataLen: pn,
+                        pPublicData: pp,
+                    }),
+                    shared,
+                    public,
+                )
+            }
+            MechParam::AesCtr { counter_bits, cb } => Param::Ctr(Box::new(CK_AES_CTR_PARAMS {
+                ulCounterBits: to_ulong(*counter_bits)?,
+                cb: *cb,
+            })),
+            MechParam::Gcm {
+                iv,
+                iv_bits,
+                aad,
+                tag_bits,
+            } => {
+                let (mut iv, mut aad) = (iv.clone(), aad.clone());
+                let (ip, il) = ptr_len(&mut iv)?;
+                let (ap, al) = ptr_len(&mut aad)?;
+                match iv_bits {
+                    Some(bits) => Param::Gcm(
+                        Box::new(CK_GCM_PARAMS {
+                            pIv: ip,
+                            ulIvLen: il,
+                            ulIvBits: to_ulong(*bits)?,
+                            pAAD: ap,
+                            ulAADLen: al,
+                            ulTagBits: to_ulong(*tag_bits)?,
+                        }),
+                        iv,
+                        aad,
+                    ),
+                    None => Param::GcmNoIvBits(
+                        Box::new(GcmParamsNoIvBits {
+                            p_iv: ip,
+                            ul_iv_len: il,
+                            p_aad: ap,
+                            ul_aad_len: al,
+                            ul_tag_bits: to_ulong(*tag_bits)?,
+                        }),
+                        iv,
+                        aad,
+                    ),
+                }
+            }
+        };
+        let (p, len): (*mut c_void, usize) = match &mut param {
+            Param::None => (ptr::null_mut(), 0),
+            Param::Bytes(b) if b.is_empty() => (ptr::null_mut(), 0),
+            Param::Bytes(b) => (b.as_mut_ptr().cast(), b.len()),
+            Param::Ulong(b) => boxed(b),
+            Param::Oaep(b, _) => boxed(b),
+            Param::Pss(b) => boxed(b),
+            Param::Ecdh(b, _, _) => boxed(b),
+            Param::Ctr(b) => boxed(b),
+            Param::Gcm(b, _, _) => boxed(b),
+            Param::GcmNoIvBits(b, _, _) => boxed(b),
+        };
+        Ok(Self {
+            mech: CK_MECHANISM {
+                mechanism: to_ulong(m.ty)?,
+                pParameter: p,
+                ulParameterLen: CK_ULONG::try_from(len).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?,
+            },
+            _param: param,
+        })
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut CK_MECHANISM {
+        &mut self.mech
+    }
+}

@@ -1,0 +1,91 @@
+//! The running server: listeners, live connections, and the orderly stop.
+
+use std::collections::HashMap;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::connection::{close_sessions, Shared, Stream};
+use crate::listener::Listener;
+
+/// How long a stop waits for calls in flight before closing sessions anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub shared: Shared,
+    pub listeners: Vec<Listener>,
+    stopping: AtomicBool,
+    next_conn: AtomicU64,
+    connections: Mutex<HashMap<u64, Stream>>,
+    drained: Condvar,
+}
+
+impl Server {
+    pub fn new(shared: Shared, listeners: Vec<Listener>) -> Self {
+        Self {
+            shared,
+            listeners,
+            stopping: AtomicBool::new(false),
+            next_conn: AtomicU64::new(0),
+            connections: Mutex::new(HashMap::new()),
+            drained: Condvar::new(),
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Records a live connection so a stop can wake it; `None` if it cannot be tracked.
+    pub fn track(&self, stream: &Stream) -> Option<u64> {
+        let clone = stream
+            .try_clone()
+            .map_err(|e| tracing::warn!(error = %e, "cannot track connection"))
+            .ok()?;
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.connections.lock().insert(id, clone);
+        Some(id)
+    }
+
+    pub fn untrack(&self, id: u64) {
+        let mut conns = self.connections.lock();
+        conns.remove(&id);
+        if conns.is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Stops accepting, lets calls in flight finish (bounded), closes every client's sessions
+    /// and finalises the vendor library.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for l in &self.listeners {
+            l.stop();
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut conns = self.connections.lock();
+        // Shutting down the read side ends each connection after the call it is serving.
+        for s in conns.values() {
+            s.shutdown(Shutdown::Read);
+        }
+        while !conns.is_empty() {
+            if self.drained.wait_until(&mut conns, deadline).timed_out() {
+                tracing::warn!(
+                    connections = conns.len(),
+                    "calls still in flight at stop; closing anyway"
+                );
+                break;
+            }
+        }
+        drop(conns);
+        for app in self.shared.registry.drain() {
+            if let Some(sessions) = app.finalize() {
+                close_sessions(&self.shared.backend, &sessions);
+            }
+        }
+        let rv = self.shared.backend.finalize();
+        tracing::info!(rv = %crate::rv::name(rv), "vendor library finalised; stopped");
+    }
+}

@@ -1,0 +1,198 @@
+//! Builds vendor-side `CK_ATTRIBUTE` arrays from wire attributes and reads results back
+//! (PKCS#11 v2.40 §5.7 C_GetAttributeValue; nested templates: v2.40 §4.1.5 / v3.0 §4.1.3).
+//!
+//! A [`CTemplate`] owns every buffer its attributes point to, so its pointers stay valid for as
+//! long as it lives; buffers of `CK_ULONG`s are `CK_ULONG` vectors so they are aligned.
+
+use std::ffi::c_void;
+use std::mem::size_of;
+use std::ptr;
+
+use cryptoki_sys::*;
+use protocol::attribute::{
+    bytes_to_units, kind_of, units_to_bytes, AttrOut, AttrQuery, AttrValue, Attribute, Kind, Want,
+    MAX_TEMPLATE_DEPTH,
+};
+use protocol::frame::MAX_DATA_LEN;
+
+const ULONG: usize = size_of::<CK_ULONG>();
+const ATTRIBUTE: usize = size_of::<CK_ATTRIBUTE>();
+
+/// Storage behind one attribute's `pValue`.
+enum Storage {
+    None,
+    Bytes(Vec<u8>),
+    Ulongs(Vec<CK_ULONG>),
+    Nested(CTemplate),
+}
+
+/// A C template with the storage its pointers refer to.
+pub struct CTemplate {
+    attrs: Vec<CK_ATTRIBUTE>,
+    storage: Vec<Storage>,
+}
+
+impl CTemplate {
+    /// A template for an input call (C_CreateObject, C_FindObjectsInit, key generation...).
+    pub fn from_wire(template: &[Attribute]) -> Result<Self, CK_RV> {
+        Self::from_wire_at(template, 0)
+    }
+
+    fn from_wire_at(template: &[Attribute], depth: usize) -> Result<Self, CK_RV> {
+        if depth > MAX_TEMPLATE_DEPTH {
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
+        let mut t = Self::with_capacity(template.len());
+        for a in template {
+            let storage = match &a.value {
+                AttrValue::Bool(b) => Storage::Bytes(vec![u8::from(*b)]),
+                AttrValue::Ulong(v) => Storage::Ulongs(vec![to_ulong(*v)?]),
+                AttrValue::Date(d) => Storage::Bytes(d.to_vec()),
+                AttrValue::UlongArray(v) => {
+                    Storage::Ulongs(v.iter().map(|x| to_ulong(*x)).collect::<Result<_, _>>()?)
+                }
+                AttrValue::Template(nested) => {
+                    Storage::Nested(Self::from_wire_at(nested, depth + 1)?)
+                }
+                AttrValue::Bytes(b) => Storage::Bytes(b.clone()),
+            };
+            t.push(to_ulong(a.ty)?, storage)?;
+        }
+        Ok(t)
+    }
+
+    /// A template for C_GetAttributeValue with a buffer of the asked size per attribute.
+    pub fn for_query(query: &[AttrQuery]) -> Result<Self, CK_RV> {
+        Self::for_query_at(query, 0)
+    }
+
+    fn for_query_at(query: &[AttrQuery], depth: usize) -> Result<Self, CK_RV> {
+        if depth > MAX_TEMPLATE_DEPTH {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let mut t = Self::with_capacity(query.len());
+        for q in query {
+            let kind = kind_of(q.ty);
+            let storage = match &q.want {
+                Want::Len => Storage::None,
+                Want::Buffer(units) => {
+                    let bytes = units_to_bytes(kind, *units, ULONG, ATTRIBUTE)
+                        .filter(|b| *b <= MAX_DATA_LEN)
+                        .ok_or(CKR_ARGUMENTS_BAD)?;
+                    let bytes = bytes as usize;
+                    match kind {
+                        Kind::Ulong | Kind::UlongArray => Storage::Ulongs(vec![0; bytes / ULONG]),
+                        _ => Storage::Bytes(vec![0; bytes]),
+                    }
+                }
+                Want::Template(nested) => Storage::Nested(Self::for_query_at(nested, depth + 1)?),
+            };
+            t.push(to_ulong(q.ty)?, storage)?;
+        }
+        Ok(t)
+    }
+
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            attrs: Vec::with_capacity(n),
+            storage: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, ty: CK_ATTRIBUTE_TYPE, mut storage: Storage) -> Result<(), CK_RV> {
+        let (p, len): (*mut c_void, usize) = match &mut storage {
+            Storage::None => (ptr::null_mut(), 0),
+            Storage::Bytes(b) if b.is_empty() => (ptr::null_mut(), 0),
+            Storage::Bytes(b) => (b.as_mut_ptr().cast(), b.len()),
+            Storage::Ulongs(v) => (v.as_mut_ptr().cast(), v.len() * ULONG),
+            Storage::Nested(t) => (t.attrs.as_mut_ptr().cast(), t.attrs.len() * ATTRIBUTE),
+        };
+        let len = CK_ULONG::try_from(len).map_err(|_| CKR_ARGUMENTS_BAD)?;
+        self.attrs.push(CK_ATTRIBUTE {
+            type_: ty,
+            pValue: p,
+            ulValueLen: len,
+        });
+        self.storage.push(storage);
+        Ok(())
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut CK_ATTRIBUTE {
+        if self.attrs.is_empty() {
+            ptr::null_mut()
+        } else {
+            self.attrs.as_mut_ptr()
+        }
+    }
+
+    pub fn count(&self) -> CK_ULONG {
+        self.attrs.len() as CK_ULONG
+    }
+
+    /// Reads what the vendor wrote after C_GetAttributeValue, one result per attribute.
+    /// A length the vendor reports beyond the buffer it was given is treated as unavailable.
+    pub fn results(&self) -> Vec<AttrOut> {
+        self.attrs
+            .iter()
+            .zip(&self.storage)
+            .map(|(a, s)| {
+                if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
+                    return AttrOut::Unavailable;
+                }
+                let kind = kind_of(a.type_ as u64);
+                let len = a.ulValueLen as u64;
+                match s {
+                    Storage::None => AttrOut::Len(bytes_to_units(kind, len, ULONG, ATTRIBUTE)),
+                    Storage::Bytes(b) => {
+                        match usize::try_from(len).ok().filter(|l| *l <= b.len()) {
+                            Some(l) => AttrOut::Value(value_from_bytes(kind, &b[..l])),
+                            None => AttrOut::Unavailable,
+                        }
+                    }
+                    Storage::Ulongs(v) => {
+                        match usize::try_from(len).ok().filter(|l| *l <= v.len() * ULONG) {
+                            Some(l) if l % ULONG == 0 => {
+                                let vals = v[..l / ULONG].iter().map(|x| *x as u64);
+                                AttrOut::Value(match kind {
+                                    Kind::Ulong if l == ULONG => AttrValue::Ulong(v[0] as u64),
+                                    _ => AttrValue::UlongArray(vals.collect()),
+                                })
+                            }
+                            Some(l) => AttrOut::Value(AttrValue::Bytes(
+                                v.iter().flat_map(|x| x.to_ne_bytes()).take(l).collect(),
+                            )),
+                            None => AttrOut::Unavailable,
+                        }
+                    }
+                    Storage::Nested(t) => {
+                        let n = (len as usize) / ATTRIBUTE;
+                        let mut nested = t.results();
+                        nested.truncate(n);
+                        AttrOut::Template(nested)
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Types a value the vendor returned as bytes; a length that does not fit the kind stays bytes.
+fn value_from_bytes(kind: Kind, b: &[u8]) -> AttrValue {
+    match kind {
+        Kind::Bool if b.len() == 1 && b[0] <= 1 => AttrValue::Bool(b[0] == 1),
+        Kind::Date if b.len() == 8 => {
+            let mut d = [0u8; 8];
+            d.copy_from_slice(b);
+            AttrValue::Date(d)
+        }
+        _ => AttrValue::Bytes(b.to_vec()),
+    }
+}
+
+/// A wire u64 as a CK_ULONG; `u64::MAX` (CK_UNAVAILABLE_INFORMATION) maps to the native all-ones.
+pub fn to_ulong(v: u64) -> Result<CK_ULONG, CK_RV> {
+    if v == u64::MAX {
+        return Ok(CK_ULONG::MAX);
+    }
+    CK_ULONG::try_from(v).map_err(|_| CKR_ARGUMENTS_BAD)
+}
