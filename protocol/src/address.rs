@@ -31,7 +31,10 @@ impl Address {
             if host.is_empty() {
                 return Err(format!("`{text}`: empty host"));
             }
-            Ok(Self::Tcp { host: host.to_string(), port })
+            Ok(Self::Tcp {
+                host: host.to_string(),
+                port,
+            })
         } else if let Some(path) = text.strip_prefix("unix://") {
             Self::unix_path(text, path)
         } else if text.starts_with('/') {
@@ -96,29 +99,50 @@ mod tests {
     fn parses_every_documented_form() {
         assert_eq!(
             Address::parse("tcp://172.21.191.187:2345").unwrap(),
-            Address::Tcp { host: "172.21.191.187".into(), port: 2345 }
+            Address::Tcp {
+                host: "172.21.191.187".into(),
+                port: 2345
+            }
         );
         assert_eq!(
             Address::parse("tcp://[::1]:2345").unwrap(),
-            Address::Tcp { host: "::1".into(), port: 2345 }
+            Address::Tcp {
+                host: "::1".into(),
+                port: 2345
+            }
         );
         assert_eq!(
-            Address::parse("tcp://hsm-proxy.local:1").unwrap().to_string(),
+            Address::parse("tcp://hsm-proxy.local:1")
+                .unwrap()
+                .to_string(),
             "tcp://hsm-proxy.local:1"
         );
         assert_eq!(
             Address::parse("unix:///run/p.sock").unwrap(),
             Address::Unix("/run/p.sock".into())
         );
-        assert_eq!(Address::parse("/run/p.sock").unwrap(), Address::Unix("/run/p.sock".into()));
+        assert_eq!(
+            Address::parse("/run/p.sock").unwrap(),
+            Address::Unix("/run/p.sock".into())
+        );
     }
 
     #[test]
     fn refuses_bad_forms_with_a_reason() {
-        for bad in ["tcp://host", "tcp://::1:80", "tcp://h:99999", "unix://rel", "http://x:1", ""] {
+        for bad in [
+            "tcp://host",
+            "tcp://::1:80",
+            "tcp://h:99999",
+            "unix://rel",
+            "http://x:1",
+            "",
+        ] {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(Address::parse_list("tcp://a:1, tcp://b:2").unwrap().len(), 2);
+        assert_eq!(
+            Address::parse_list("tcp://a:1, tcp://b:2").unwrap().len(),
+            2
+        );
         assert!(Address::parse_list(" , ").is_err());
     }
 }

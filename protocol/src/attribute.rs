@@ -62,16 +62,46 @@ impl Kind {
 pub fn kind_of(ty: u64) -> Kind {
     match ty {
         // CK_BBOOL attributes.
-        0x001 | 0x002 | 0x086 | 0x103..=0x10C | 0x162..=0x165 | 0x170..=0x172 | 0x200
-        | 0x202 | 0x210 | 0x223 | 0x301 | 0x302 | 0x405 => Kind::Bool,
+        0x001
+        | 0x002
+        | 0x086
+        | 0x103..=0x10C
+        | 0x162..=0x165
+        | 0x170..=0x172
+        | 0x200
+        | 0x202
+        | 0x210
+        | 0x223
+        | 0x301
+        | 0x302
+        | 0x405 => Kind::Bool,
         // CK_ULONG attributes (CKA_CLASS, CKA_CERTIFICATE_TYPE, CKA_CERTIFICATE_CATEGORY,
         // CKA_JAVA_MIDP_SECURITY_DOMAIN, CKA_NAME_HASH_ALGORITHM, CKA_KEY_TYPE,
         // CKA_MODULUS_BITS, CKA_PRIME_BITS, CKA_SUBPRIME_BITS, CKA_VALUE_BITS, CKA_VALUE_LEN,
         // CKA_KEY_GEN_MECHANISM, CKA_AUTH_PIN_FLAGS, CKA_OTP_*, CKA_HW_FEATURE_TYPE,
         // CKA_PIXEL_X.., CKA_MECHANISM_TYPE, CKA_PROFILE_ID).
-        0x000 | 0x080 | 0x087 | 0x088 | 0x08C | 0x100 | 0x121 | 0x133 | 0x134 | 0x160 | 0x161
-        | 0x166 | 0x201 | 0x220 | 0x221 | 0x222 | 0x224..=0x227 | 0x300 | 0x400..=0x404
-        | 0x406 | 0x500 | 0x601 => Kind::Ulong,
+        0x000
+        | 0x080
+        | 0x087
+        | 0x088
+        | 0x08C
+        | 0x100
+        | 0x121
+        | 0x133
+        | 0x134
+        | 0x160
+        | 0x161
+        | 0x166
+        | 0x201
+        | 0x220
+        | 0x221
+        | 0x222
+        | 0x224..=0x227
+        | 0x300
+        | 0x400..=0x404
+        | 0x406
+        | 0x500
+        | 0x601 => Kind::Ulong,
         0x110 | 0x111 => Kind::Date,
         ALLOWED_MECHANISMS => Kind::UlongArray,
         WRAP_TEMPLATE | UNWRAP_TEMPLATE | DERIVE_TEMPLATE => Kind::Template,

@@ -35,7 +35,11 @@ pub enum MechParam {
         source_data: Vec<u8>,
     },
     /// `CK_RSA_PKCS_PSS_PARAMS` (v2.40 Mechanisms §2.1.13).
-    RsaPkcsPss { hash_alg: u64, mgf: u64, salt_len: u64 },
+    RsaPkcsPss {
+        hash_alg: u64,
+        mgf: u64,
+        salt_len: u64,
+    },
     /// `CK_ECDH1_DERIVE_PARAMS` (v2.40 Mechanisms §2.3.16).
     Ecdh1Derive {
         kdf: u64,

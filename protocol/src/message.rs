@@ -26,81 +26,279 @@ pub enum Request {
     Initialize,
     Finalize,
     GetInfo,
-    GetFunctionStatus { session: u64 },
-    CancelFunction { session: u64 },
+    GetFunctionStatus {
+        session: u64,
+    },
+    CancelFunction {
+        session: u64,
+    },
     // Slot and token management (v2.40 §5.5).
-    GetSlotList { token_present: bool, capacity: Option<u64> },
-    GetSlotInfo { slot: u64 },
-    GetTokenInfo { slot: u64 },
-    WaitForSlotEvent { flags: u64 },
-    GetMechanismList { slot: u64, capacity: Option<u64> },
-    GetMechanismInfo { slot: u64, mechanism: u64 },
-    InitToken { slot: u64, so_pin: Pin, label: Vec<u8> },
-    InitPin { session: u64, pin: Pin },
-    SetPin { session: u64, old_pin: Pin, new_pin: Pin },
+    GetSlotList {
+        token_present: bool,
+        capacity: Option<u64>,
+    },
+    GetSlotInfo {
+        slot: u64,
+    },
+    GetTokenInfo {
+        slot: u64,
+    },
+    WaitForSlotEvent {
+        flags: u64,
+    },
+    GetMechanismList {
+        slot: u64,
+        capacity: Option<u64>,
+    },
+    GetMechanismInfo {
+        slot: u64,
+        mechanism: u64,
+    },
+    InitToken {
+        slot: u64,
+        so_pin: Pin,
+        label: Vec<u8>,
+    },
+    InitPin {
+        session: u64,
+        pin: Pin,
+    },
+    SetPin {
+        session: u64,
+        old_pin: Pin,
+        new_pin: Pin,
+    },
     // Session management (v2.40 §5.6).
-    OpenSession { slot: u64, flags: u64 },
-    CloseSession { session: u64 },
-    CloseAllSessions { slot: u64 },
-    GetSessionInfo { session: u64 },
-    GetOperationState { session: u64, capacity: Option<u64> },
-    SetOperationState { session: u64, state: Vec<u8>, encryption_key: u64, authentication_key: u64 },
-    Login { session: u64, user_type: u64, pin: Pin },
-    Logout { session: u64 },
+    OpenSession {
+        slot: u64,
+        flags: u64,
+    },
+    CloseSession {
+        session: u64,
+    },
+    CloseAllSessions {
+        slot: u64,
+    },
+    GetSessionInfo {
+        session: u64,
+    },
+    GetOperationState {
+        session: u64,
+        capacity: Option<u64>,
+    },
+    SetOperationState {
+        session: u64,
+        state: Vec<u8>,
+        encryption_key: u64,
+        authentication_key: u64,
+    },
+    Login {
+        session: u64,
+        user_type: u64,
+        pin: Pin,
+    },
+    Logout {
+        session: u64,
+    },
     // Object management (v2.40 §5.7).
-    CreateObject { session: u64, template: Vec<Attribute> },
-    CopyObject { session: u64, object: u64, template: Vec<Attribute> },
-    DestroyObject { session: u64, object: u64 },
-    GetObjectSize { session: u64, object: u64 },
-    GetAttributeValue { session: u64, object: u64, query: Vec<AttrQuery> },
-    SetAttributeValue { session: u64, object: u64, template: Vec<Attribute> },
-    FindObjectsInit { session: u64, template: Vec<Attribute> },
-    FindObjects { session: u64, max_count: u64 },
-    FindObjectsFinal { session: u64 },
+    CreateObject {
+        session: u64,
+        template: Vec<Attribute>,
+    },
+    CopyObject {
+        session: u64,
+        object: u64,
+        template: Vec<Attribute>,
+    },
+    DestroyObject {
+        session: u64,
+        object: u64,
+    },
+    GetObjectSize {
+        session: u64,
+        object: u64,
+    },
+    GetAttributeValue {
+        session: u64,
+        object: u64,
+        query: Vec<AttrQuery>,
+    },
+    SetAttributeValue {
+        session: u64,
+        object: u64,
+        template: Vec<Attribute>,
+    },
+    FindObjectsInit {
+        session: u64,
+        template: Vec<Attribute>,
+    },
+    FindObjects {
+        session: u64,
+        max_count: u64,
+    },
+    FindObjectsFinal {
+        session: u64,
+    },
     // Encryption (v2.40 §5.8).
-    EncryptInit { session: u64, mechanism: Mechanism, key: u64 },
-    Encrypt { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    EncryptUpdate { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    EncryptFinal { session: u64, capacity: Option<u64> },
+    EncryptInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    Encrypt {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    EncryptUpdate {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    EncryptFinal {
+        session: u64,
+        capacity: Option<u64>,
+    },
     // Decryption (v2.40 §5.9).
-    DecryptInit { session: u64, mechanism: Mechanism, key: u64 },
-    Decrypt { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    DecryptUpdate { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    DecryptFinal { session: u64, capacity: Option<u64> },
+    DecryptInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    Decrypt {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    DecryptUpdate {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    DecryptFinal {
+        session: u64,
+        capacity: Option<u64>,
+    },
     // Message digesting (v2.40 §5.10).
-    DigestInit { session: u64, mechanism: Mechanism },
-    Digest { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    DigestUpdate { session: u64, data: Vec<u8> },
-    DigestKey { session: u64, key: u64 },
-    DigestFinal { session: u64, capacity: Option<u64> },
+    DigestInit {
+        session: u64,
+        mechanism: Mechanism,
+    },
+    Digest {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    DigestUpdate {
+        session: u64,
+        data: Vec<u8>,
+    },
+    DigestKey {
+        session: u64,
+        key: u64,
+    },
+    DigestFinal {
+        session: u64,
+        capacity: Option<u64>,
+    },
     // Signing and MACing (v2.40 §5.11).
-    SignInit { session: u64, mechanism: Mechanism, key: u64 },
-    Sign { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    SignUpdate { session: u64, data: Vec<u8> },
-    SignFinal { session: u64, capacity: Option<u64> },
-    SignRecoverInit { session: u64, mechanism: Mechanism, key: u64 },
-    SignRecover { session: u64, data: Vec<u8>, capacity: Option<u64> },
+    SignInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    Sign {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    SignUpdate {
+        session: u64,
+        data: Vec<u8>,
+    },
+    SignFinal {
+        session: u64,
+        capacity: Option<u64>,
+    },
+    SignRecoverInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    SignRecover {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
     // Verifying signatures and MACs (v2.40 §5.12).
-    VerifyInit { session: u64, mechanism: Mechanism, key: u64 },
-    Verify { session: u64, data: Vec<u8>, signature: Vec<u8> },
-    VerifyUpdate { session: u64, data: Vec<u8> },
-    VerifyFinal { session: u64, signature: Vec<u8> },
-    VerifyRecoverInit { session: u64, mechanism: Mechanism, key: u64 },
-    VerifyRecover { session: u64, signature: Vec<u8>, capacity: Option<u64> },
+    VerifyInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    Verify {
+        session: u64,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    VerifyUpdate {
+        session: u64,
+        data: Vec<u8>,
+    },
+    VerifyFinal {
+        session: u64,
+        signature: Vec<u8>,
+    },
+    VerifyRecoverInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    VerifyRecover {
+        session: u64,
+        signature: Vec<u8>,
+        capacity: Option<u64>,
+    },
     // Dual-function cryptographic functions (v2.40 §5.13).
-    DigestEncryptUpdate { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    DecryptDigestUpdate { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    SignEncryptUpdate { session: u64, data: Vec<u8>, capacity: Option<u64> },
-    DecryptVerifyUpdate { session: u64, data: Vec<u8>, capacity: Option<u64> },
+    DigestEncryptUpdate {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    DecryptDigestUpdate {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    SignEncryptUpdate {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    DecryptVerifyUpdate {
+        session: u64,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
     // Key management (v2.40 §5.14).
-    GenerateKey { session: u64, mechanism: Mechanism, template: Vec<Attribute> },
+    GenerateKey {
+        session: u64,
+        mechanism: Mechanism,
+        template: Vec<Attribute>,
+    },
     GenerateKeyPair {
         session: u64,
         mechanism: Mechanism,
         public_template: Vec<Attribute>,
         private_template: Vec<Attribute>,
     },
-    WrapKey { session: u64, mechanism: Mechanism, wrapping_key: u64, key: u64, capacity: Option<u64> },
+    WrapKey {
+        session: u64,
+        mechanism: Mechanism,
+        wrapping_key: u64,
+        key: u64,
+        capacity: Option<u64>,
+    },
     UnwrapKey {
         session: u64,
         mechanism: Mechanism,
@@ -108,10 +306,21 @@ pub enum Request {
         wrapped_key: Vec<u8>,
         template: Vec<Attribute>,
     },
-    DeriveKey { session: u64, mechanism: Mechanism, base_key: u64, template: Vec<Attribute> },
+    DeriveKey {
+        session: u64,
+        mechanism: Mechanism,
+        base_key: u64,
+        template: Vec<Attribute>,
+    },
     // Random number generation (v2.40 §5.15).
-    SeedRandom { session: u64, seed: Vec<u8> },
-    GenerateRandom { session: u64, len: u64 },
+    SeedRandom {
+        session: u64,
+        seed: Vec<u8>,
+    },
+    GenerateRandom {
+        session: u64,
+        len: u64,
+    },
 }
 
 impl Request {
@@ -123,18 +332,73 @@ impl Request {
             };
         }
         names!(
-            Initialize, Finalize, GetInfo, GetFunctionStatus, CancelFunction, GetSlotList,
-            GetSlotInfo, GetTokenInfo, WaitForSlotEvent, GetMechanismList, GetMechanismInfo,
-            InitToken, InitPin, SetPin, OpenSession, CloseSession, CloseAllSessions,
-            GetSessionInfo, GetOperationState, SetOperationState, Login, Logout, CreateObject,
-            CopyObject, DestroyObject, GetObjectSize, GetAttributeValue, SetAttributeValue,
-            FindObjectsInit, FindObjects, FindObjectsFinal, EncryptInit, Encrypt, EncryptUpdate,
-            EncryptFinal, DecryptInit, Decrypt, DecryptUpdate, DecryptFinal, DigestInit, Digest,
-            DigestUpdate, DigestKey, DigestFinal, SignInit, Sign, SignUpdate, SignFinal,
-            SignRecoverInit, SignRecover, VerifyInit, Verify, VerifyUpdate, VerifyFinal,
-            VerifyRecoverInit, VerifyRecover, DigestEncryptUpdate, DecryptDigestUpdate,
-            SignEncryptUpdate, DecryptVerifyUpdate, GenerateKey, GenerateKeyPair, WrapKey,
-            UnwrapKey, DeriveKey, SeedRandom, GenerateRandom,
+            Initialize,
+            Finalize,
+            GetInfo,
+            GetFunctionStatus,
+            CancelFunction,
+            GetSlotList,
+            GetSlotInfo,
+            GetTokenInfo,
+            WaitForSlotEvent,
+            GetMechanismList,
+            GetMechanismInfo,
+            InitToken,
+            InitPin,
+            SetPin,
+            OpenSession,
+            CloseSession,
+            CloseAllSessions,
+            GetSessionInfo,
+            GetOperationState,
+            SetOperationState,
+            Login,
+            Logout,
+            CreateObject,
+            CopyObject,
+            DestroyObject,
+            GetObjectSize,
+            GetAttributeValue,
+            SetAttributeValue,
+            FindObjectsInit,
+            FindObjects,
+            FindObjectsFinal,
+            EncryptInit,
+            Encrypt,
+            EncryptUpdate,
+            EncryptFinal,
+            DecryptInit,
+            Decrypt,
+            DecryptUpdate,
+            DecryptFinal,
+            DigestInit,
+            Digest,
+            DigestUpdate,
+            DigestKey,
+            DigestFinal,
+            SignInit,
+            Sign,
+            SignUpdate,
+            SignFinal,
+            SignRecoverInit,
+            SignRecover,
+            VerifyInit,
+            Verify,
+            VerifyUpdate,
+            VerifyFinal,
+            VerifyRecoverInit,
+            VerifyRecover,
+            DigestEncryptUpdate,
+            DecryptDigestUpdate,
+            SignEncryptUpdate,
+            DecryptVerifyUpdate,
+            GenerateKey,
+            GenerateKeyPair,
+            WrapKey,
+            UnwrapKey,
+            DeriveKey,
+            SeedRandom,
+            GenerateRandom,
         )
     }
 }
@@ -215,16 +479,30 @@ pub enum Response {
     /// `CKR_OK` with one handle (session, object, key, or the slot of a slot event).
     Handle(u64),
     /// `CKR_OK` with the two keys of C_GenerateKeyPair.
-    KeyPair { public_key: u64, private_key: u64 },
+    KeyPair {
+        public_key: u64,
+        private_key: u64,
+    },
     /// `CKR_OK` with a size (C_GetObjectSize).
     Size(u64),
     /// A list of `CK_ULONG`s (slots, mechanisms, objects) with the vendor's return value and
     /// the count it reported (for size queries and `CKR_BUFFER_TOO_SMALL`).
-    Ulongs { rv: u64, count: u64, values: Vec<u64> },
+    Ulongs {
+        rv: u64,
+        count: u64,
+        values: Vec<u64>,
+    },
     /// Output bytes with the vendor's return value and the length it reported.
-    Output { rv: u64, len: u64, data: Vec<u8> },
+    Output {
+        rv: u64,
+        len: u64,
+        data: Vec<u8>,
+    },
     /// C_GetAttributeValue: the return value and one result per queried attribute.
-    Attributes { rv: u64, values: Vec<AttrOut> },
+    Attributes {
+        rv: u64,
+        values: Vec<AttrOut>,
+    },
 }
 
 #[cfg(test)]
@@ -238,12 +516,20 @@ mod tests {
     fn requests_round_trip_through_the_codec() {
         let requests = vec![
             Request::Initialize,
-            Request::GetSlotList { token_present: true, capacity: None },
+            Request::GetSlotList {
+                token_present: true,
+                capacity: None,
+            },
             Request::SignInit {
                 session: 1,
                 mechanism: Mechanism {
                     ty: 0x1041,
-                    param: MechParam::Gcm { iv: vec![1; 12], iv_bits: None, aad: vec![], tag_bits: 128 },
+                    param: MechParam::Gcm {
+                        iv: vec![1; 12],
+                        iv_bits: None,
+                        aad: vec![],
+                        tag_bits: 128,
+                    },
                 },
                 key: u64::MAX,
             },
@@ -251,13 +537,19 @@ mod tests {
                 session: 7,
                 template: vec![Attribute {
                     ty: crate::attribute::WRAP_TEMPLATE,
-                    value: AttrValue::Template(vec![Attribute { ty: 0, value: AttrValue::Ulong(3) }]),
+                    value: AttrValue::Template(vec![Attribute {
+                        ty: 0,
+                        value: AttrValue::Ulong(3),
+                    }]),
                 }],
             },
             Request::GetAttributeValue {
                 session: 1,
                 object: 2,
-                query: vec![AttrQuery { ty: 0x11, want: Want::Buffer(64) }],
+                query: vec![AttrQuery {
+                    ty: 0x11,
+                    want: Want::Buffer(64),
+                }],
             },
         ];
         let mut buf = Vec::new();
@@ -277,6 +569,13 @@ mod tests {
 
     #[test]
     fn function_names_follow_the_spec() {
-        assert_eq!(Request::GetSlotList { token_present: false, capacity: None }.function_name(), "C_GetSlotList");
+        assert_eq!(
+            Request::GetSlotList {
+                token_present: false,
+                capacity: None
+            }
+            .function_name(),
+            "C_GetSlotList"
+        );
     }
 }

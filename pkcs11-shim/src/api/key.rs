@@ -1,0 +1,201 @@
+//! Key management and random number functions (PKCS#11 v2.40 §5.14, §5.15).
+
+use cryptoki_sys::*;
+use protocol::message::{Request, Response};
+
+use crate::api::object::write_handle;
+use crate::client;
+use crate::ffi::{bytes, entry, len, narrow, out, rv_of, unexpected, OutBuf};
+use crate::{mechanism, template};
+
+/// C_GenerateKey (v2.40 §5.14.1).
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateKey(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let key = out(key)?;
+        let mechanism = mechanism::read(mech)?;
+        let template = template::read(t, count)?;
+        write_handle(
+            client::call(Request::GenerateKey {
+                session: session as u64,
+                mechanism,
+                template,
+            })?,
+            key,
+        )
+    })
+}
+
+/// C_GenerateKeyPair (v2.40 §5.14.2).
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateKeyPair(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    public_t: *mut CK_ATTRIBUTE,
+    public_count: CK_ULONG,
+    private_t: *mut CK_ATTRIBUTE,
+    private_count: CK_ULONG,
+    public_key: *mut CK_OBJECT_HANDLE,
+    private_key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let (public_key, private_key) = (out(public_key)?, out(private_key)?);
+        let mechanism = mechanism::read(mech)?;
+        let public_template = template::read(public_t, public_count)?;
+        let private_template = template::read(private_t, private_count)?;
+        let r = client::call(Request::GenerateKeyPair {
+            session: session as u64,
+            mechanism,
+            public_template,
+            private_template,
+        })?;
+        match r {
+            Response::KeyPair {
+                public_key: p,
+                private_key: k,
+            } => {
+                *public_key = narrow(p)?;
+                *private_key = narrow(k)?;
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+}
+
+/// C_WrapKey (v2.40 §5.14.3), with the two-call size convention.
+#[no_mangle]
+pub unsafe extern "C" fn C_WrapKey(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    wrapping_key: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    wrapped: *mut CK_BYTE,
+    wrapped_len: *mut CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let mechanism = mechanism::read(mech)?;
+        let buf = OutBuf::new(wrapped, wrapped_len)?;
+        let r = client::call(Request::WrapKey {
+            session: session as u64,
+            mechanism,
+            wrapping_key: wrapping_key as u64,
+            key: key as u64,
+            capacity: buf.capacity(),
+        })?;
+        buf.write_output(r)
+    })
+}
+
+/// C_UnwrapKey (v2.40 §5.14.4).
+#[no_mangle]
+pub unsafe extern "C" fn C_UnwrapKey(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    unwrapping_key: CK_OBJECT_HANDLE,
+    wrapped: *mut CK_BYTE,
+    wrapped_len: CK_ULONG,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let key = out(key)?;
+        let mechanism = mechanism::read(mech)?;
+        let wrapped_key = bytes(wrapped, wrapped_len)?.to_vec();
+        let template = template::read(t, count)?;
+        let r = client::call(Request::UnwrapKey {
+            session: session as u64,
+            mechanism,
+            unwrapping_key: unwrapping_key as u64,
+            wrapped_key,
+            template,
+        })?;
+        write_handle(r, key)
+    })
+}
+
+/// C_DeriveKey (v2.40 §5.14.5).
+#[no_mangle]
+pub unsafe extern "C" fn C_DeriveKey(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    base_key: CK_OBJECT_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let key = out(key)?;
+        let mechanism = mechanism::read(mech)?;
+        let template = template::read(t, count)?;
+        let r = client::call(Request::DeriveKey {
+            session: session as u64,
+            mechanism,
+            base_key: base_key as u64,
+            template,
+        })?;
+        write_handle(r, key)
+    })
+}
+
+/// C_SeedRandom (v2.40 §5.15.1).
+#[no_mangle]
+pub unsafe extern "C" fn C_SeedRandom(
+    session: CK_SESSION_HANDLE,
+    seed: *mut CK_BYTE,
+    seed_len: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let seed = bytes(seed, seed_len)?.to_vec();
+        rv_of(client::call(Request::SeedRandom {
+            session: session as u64,
+            seed,
+        })?)
+    })
+}
+
+/// C_GenerateRandom (v2.40 §5.15.2).
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateRandom(
+    session: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let n = len(data_len)?;
+        if data.is_null() && n > 0 {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        match client::call(Request::GenerateRandom {
+            session: session as u64,
+            len: n as u64,
+        })? {
+            Response::Output {
+                rv: 0,
+                data: random,
+                ..
+            } if random.len() == n => {
+                if n > 0 {
+                    std::ptr::copy_nonoverlapping(random.as_ptr(), data, n);
+                }
+                Ok(())
+            }
+            Response::Output { .. } => Err(CKR_GENERAL_ERROR),
+            other => rv_of(other),
+        }
+    })
+}

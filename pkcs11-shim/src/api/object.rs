@@ -1,0 +1,212 @@
+//! Object management functions (PKCS#11 v2.40 §5.7).
+
+use cryptoki_sys::*;
+use protocol::message::{Request, Response};
+
+use crate::client;
+use crate::ffi::{entry, len, narrow, out, rv_of, unexpected};
+use crate::template;
+
+/// Writes a `Response::Handle` into the caller's handle.
+pub(crate) fn write_handle(r: Response, h: &mut CK_OBJECT_HANDLE) -> crate::ffi::Rv {
+    match r {
+        Response::Handle(v) => {
+            *h = narrow(v)?;
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// C_CreateObject (v2.40 §5.7.1).
+#[no_mangle]
+pub unsafe extern "C" fn C_CreateObject(
+    session: CK_SESSION_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    object: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let object = out(object)?;
+        let template = template::read(t, count)?;
+        write_handle(
+            client::call(Request::CreateObject {
+                session: session as u64,
+                template,
+            })?,
+            object,
+        )
+    })
+}
+
+/// C_CopyObject (v2.40 §5.7.2).
+#[no_mangle]
+pub unsafe extern "C" fn C_CopyObject(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    new_object: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let new_object = out(new_object)?;
+        let template = template::read(t, count)?;
+        let r = client::call(Request::CopyObject {
+            session: session as u64,
+            object: object as u64,
+            template,
+        })?;
+        write_handle(r, new_object)
+    })
+}
+
+/// C_DestroyObject (v2.40 §5.7.3).
+#[no_mangle]
+pub unsafe extern "C" fn C_DestroyObject(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!({
+        rv_of(client::call(Request::DestroyObject {
+            session: session as u64,
+            object: object as u64,
+        })?)
+    })
+}
+
+/// C_GetObjectSize (v2.40 §5.7.4).
+#[no_mangle]
+pub unsafe extern "C" fn C_GetObjectSize(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    size: *mut CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let size = out(size)?;
+        match client::call(Request::GetObjectSize {
+            session: session as u64,
+            object: object as u64,
+        })? {
+            Response::Size(s) => {
+                *size = narrow(s)?;
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+}
+
+/// C_GetAttributeValue (v2.40 §5.7.5): every attribute gets its own result (value, length,
+/// or CK_UNAVAILABLE_INFORMATION), whatever the call returns.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetAttributeValue(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let query = template::query(t, count)?;
+        match client::call(Request::GetAttributeValue {
+            session: session as u64,
+            object: object as u64,
+            query,
+        })? {
+            Response::Attributes { rv, values } => {
+                match template::write_results(t, count, &values, narrow(rv)?)? {
+                    CKR_OK => Ok(()),
+                    rv => Err(rv),
+                }
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+}
+
+/// C_SetAttributeValue (v2.40 §5.7.6).
+#[no_mangle]
+pub unsafe extern "C" fn C_SetAttributeValue(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let template = template::read(t, count)?;
+        rv_of(client::call(Request::SetAttributeValue {
+            session: session as u64,
+            object: object as u64,
+            template,
+        })?)
+    })
+}
+
+/// C_FindObjectsInit (v2.40 §5.7.7).
+#[no_mangle]
+pub unsafe extern "C" fn C_FindObjectsInit(
+    session: CK_SESSION_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let template = template::read(t, count)?;
+        rv_of(client::call(Request::FindObjectsInit {
+            session: session as u64,
+            template,
+        })?)
+    })
+}
+
+/// C_FindObjects (v2.40 §5.7.8).
+#[no_mangle]
+pub unsafe extern "C" fn C_FindObjects(
+    session: CK_SESSION_HANDLE,
+    objects: *mut CK_OBJECT_HANDLE,
+    max_count: CK_ULONG,
+    count: *mut CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let count = out(count)?;
+        if objects.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let max = len(max_count)?;
+        match client::call(Request::FindObjects {
+            session: session as u64,
+            max_count: max_count as u64,
+        })? {
+            Response::Ulongs { rv, values, .. } => {
+                let rv = narrow(rv)?;
+                if rv != CKR_OK {
+                    return Err(rv);
+                }
+                if values.len() > max {
+                    return Err(CKR_GENERAL_ERROR);
+                }
+                for (i, v) in values.iter().enumerate() {
+                    *objects.add(i) = narrow(*v)?;
+                }
+                *count = values.len() as CK_ULONG;
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+}
+
+/// C_FindObjectsFinal (v2.40 §5.7.9).
+#[no_mangle]
+pub unsafe extern "C" fn C_FindObjectsFinal(session: CK_SESSION_HANDLE) -> CK_RV {
+    entry!({
+        rv_of(client::call(Request::FindObjectsFinal {
+            session: session as u64,
+        })?)
+    })
+}

@@ -1,0 +1,150 @@
+//! Session management functions (PKCS#11 v2.40 §5.6).
+
+use std::ffi::c_void;
+
+use cryptoki_sys::*;
+use protocol::message::{Request, Response};
+
+use crate::client;
+use crate::ffi::{bytes, entry, narrow, out, pin, rv_of, unexpected, OutBuf};
+
+/// C_OpenSession (v2.40 §5.6.1). Notification callbacks stay in this process: they are not
+/// forwarded (vendor libraries, SoftHSM2 and Luna among them, do not call them either).
+#[no_mangle]
+pub unsafe extern "C" fn C_OpenSession(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _application: *mut c_void,
+    _notify: CK_NOTIFY,
+    session: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let session = out(session)?;
+        match client::call(Request::OpenSession {
+            slot: slot as u64,
+            flags: flags as u64,
+        })? {
+            Response::Handle(h) => {
+                *session = narrow(h)?;
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+}
+
+/// C_CloseSession (v2.40 §5.6.2).
+#[no_mangle]
+pub unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
+    entry!({
+        rv_of(client::call(Request::CloseSession {
+            session: session as u64,
+        })?)
+    })
+}
+
+/// C_CloseAllSessions (v2.40 §5.6.3): closes this application's sessions on the slot only.
+#[no_mangle]
+pub unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
+    entry!({
+        rv_of(client::call(Request::CloseAllSessions {
+            slot: slot as u64,
+        })?)
+    })
+}
+
+/// C_GetSessionInfo (v2.40 §5.6.4).
+#[no_mangle]
+pub unsafe extern "C" fn C_GetSessionInfo(
+    session: CK_SESSION_HANDLE,
+    info: *mut CK_SESSION_INFO,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let info = out(info)?;
+        match client::call(Request::GetSessionInfo {
+            session: session as u64,
+        })? {
+            Response::SessionInfo(i) => {
+                *info = CK_SESSION_INFO {
+                    slotID: narrow(i.slot)?,
+                    state: narrow(i.state)?,
+                    flags: narrow(i.flags)?,
+                    ulDeviceError: narrow(i.device_error)?,
+                };
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+}
+
+/// C_GetOperationState (v2.40 §5.6.5), with the two-call size convention.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetOperationState(
+    session: CK_SESSION_HANDLE,
+    state: *mut CK_BYTE,
+    len: *mut CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let buf = OutBuf::new(state, len)?;
+        let r = client::call(Request::GetOperationState {
+            session: session as u64,
+            capacity: buf.capacity(),
+        })?;
+        buf.write_output(r)
+    })
+}
+
+/// C_SetOperationState (v2.40 §5.6.6).
+#[no_mangle]
+pub unsafe extern "C" fn C_SetOperationState(
+    session: CK_SESSION_HANDLE,
+    state: *mut CK_BYTE,
+    len: CK_ULONG,
+    encryption_key: CK_OBJECT_HANDLE,
+    authentication_key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let state = bytes(state, len)?.to_vec();
+        rv_of(client::call(Request::SetOperationState {
+            session: session as u64,
+            state,
+            encryption_key: encryption_key as u64,
+            authentication_key: authentication_key as u64,
+        })?)
+    })
+}
+
+/// C_Login (v2.40 §5.6.7). Login state is the vendor library's: through a shared server, all
+/// applications share it (see the README's security section).
+#[no_mangle]
+pub unsafe extern "C" fn C_Login(
+    session: CK_SESSION_HANDLE,
+    user_type: CK_USER_TYPE,
+    p: *mut CK_UTF8CHAR,
+    n: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        client::current()?;
+        let pin = pin(p, n)?;
+        rv_of(client::call(Request::Login {
+            session: session as u64,
+            user_type: user_type as u64,
+            pin,
+        })?)
+    })
+}
+
+/// C_Logout (v2.40 §5.6.8).
+#[no_mangle]
+pub unsafe extern "C" fn C_Logout(session: CK_SESSION_HANDLE) -> CK_RV {
+    entry!({
+        rv_of(client::call(Request::Logout {
+            session: session as u64,
+        })?)
+    })
+}

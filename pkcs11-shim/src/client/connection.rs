@@ -1,0 +1,123 @@
+//! One connection to the server: connect (trying each address in order), handshake, and
+//! request/response round trips with every wait bounded by a timeout.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+
+use protocol::address::Address;
+use protocol::codec;
+use protocol::frame::{read_frame, write_frame, MAX_FRAME_LEN};
+use protocol::handshake::{ClientId, Hello, Welcome};
+use protocol::message::{Request, Response};
+use protocol::ProtocolError;
+
+use super::config::Config;
+use crate::ffi::ULONG;
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf),
+            Self::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A connected, handshaken connection with its reusable buffers.
+pub struct Connection {
+    reader: BufReader<Stream>,
+    out: Vec<u8>,
+    frame: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects to the first address that answers and performs the handshake.
+    pub fn open(config: &Config, client_id: &ClientId) -> Result<Self, String> {
+        let mut errors = Vec::new();
+        for addr in &config.addresses {
+            match Self::open_one(addr, config, client_id) {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    fn open_one(addr: &Address, config: &Config, client_id: &ClientId) -> Result<Self, String> {
+        let stream = match addr {
+            Address::Tcp { host, port } => {
+                let mut last = "no address resolved".to_string();
+                let mut found = None;
+                for sa in (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| e.to_string())?
+                {
+                    match TcpStream::connect_timeout(&sa, config.connect_timeout) {
+                        Ok(s) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                let s = found.ok_or(last)?;
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(config.call_timeout))
+                    .map_err(|e| e.to_string())?;
+                s.set_write_timeout(Some(config.call_timeout))
+                    .map_err(|e| e.to_string())?;
+                Stream::Tcp(s)
+            }
+            Address::Unix(path) => {
+                let s = UnixStream::connect(path).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(config.call_timeout))
+                    .map_err(|e| e.to_string())?;
+                s.set_write_timeout(Some(config.call_timeout))
+                    .map_err(|e| e.to_string())?;
+                Stream::Unix(s)
+            }
+        };
+        let mut conn = Self {
+            reader: BufReader::with_capacity(16 * 1024, stream),
+            out: Vec::new(),
+            frame: Vec::new(),
+            scratch: Vec::new(),
+        };
+        conn.handshake(client_id).map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    fn handshake(&mut self, client_id: &ClientId) -> Result<[u8; 16], ProtocolError> {
+        let hello = Hello::new(ULONG as u8, *client_id).encode();
+        write_frame(self.reader.get_mut(), &hello, &mut self.scratch)?;
+        read_frame(&mut self.reader, &mut self.frame, 4096)?;
+        Welcome::decode_accepted(&self.frame)
+    }
+
+    /// Sends one request and waits (bounded by the call timeout) for its response.
+    pub fn call(&mut self, request: &Request) -> Result<Response, ProtocolError> {
+        codec::encode(request, &mut self.out)?;
+        write_frame(self.reader.get_mut(), &self.out, &mut self.scratch)?;
+        read_frame(&mut self.reader, &mut self.frame, MAX_FRAME_LEN)?;
+        codec::decode(&self.frame)
+    }
+}

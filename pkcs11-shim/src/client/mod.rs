@@ -1,0 +1,146 @@
+//! The shim's client side: the configuration, the connections to the server, and the
+//! application's C_Initialize state.
+//!
+//! Threads call concurrently: each call takes an idle connection from the pool (or opens a new
+//! one), so no lock is held across a round trip. All connections of one shim instance present
+//! the same client id, so the server sees one application (DESIGN.md, "Shim semantics").
+
+pub mod config;
+mod connection;
+
+use std::sync::Arc;
+
+use cryptoki_sys::*;
+use parking_lot::{Mutex, RwLock};
+use protocol::handshake::ClientId;
+use protocol::message::{Request, Response};
+
+use self::config::Config;
+use self::connection::Connection;
+use crate::ffi::Rv;
+
+/// Idle connections kept for reuse; more may be open while busy.
+const MAX_IDLE: usize = 64;
+
+/// One initialised shim instance.
+pub struct Client {
+    config: Config,
+    client_id: ClientId,
+    /// The process that called C_Initialize: a forked child must initialise again.
+    pid: u32,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// The instance, present between C_Initialize and C_Finalize.
+static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
+
+/// Writes one line on stderr: the shim has no other channel to its host's operator.
+pub fn log(msg: &str) {
+    eprintln!("pkcs11-shim: {msg}");
+}
+
+impl Client {
+    fn take_connection(&self) -> Rv<Connection> {
+        if let Some(c) = self.idle.lock().pop() {
+            return Ok(c);
+        }
+        Connection::open(&self.config, &self.client_id).map_err(|e| {
+            log(&format!("cannot reach the proxy server: {e}"));
+            CKR_DEVICE_ERROR
+        })
+    }
+
+    /// One round trip. A transport failure drops the connection and answers
+    /// `CKR_DEVICE_ERROR`.
+    pub fn call(&self, request: &Request) -> Rv<Response> {
+        let mut conn = self.take_connection()?;
+        match conn.call(request) {
+            Ok(r) => {
+                let mut idle = self.idle.lock();
+                if idle.len() < MAX_IDLE {
+                    idle.push(conn);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                log(&format!("{}: {e}", request.function_name()));
+                Err(CKR_DEVICE_ERROR)
+            }
+        }
+    }
+}
+
+/// The initialised instance of this process, or CKR_CRYPTOKI_NOT_INITIALIZED.
+pub fn current() -> Rv<Arc<Client>> {
+    match &*CLIENT.read() {
+        Some(c) if c.pid == std::process::id() => Ok(c.clone()),
+        _ => Err(CKR_CRYPTOKI_NOT_INITIALIZED),
+    }
+}
+
+/// Sends `request` through the initialised instance.
+pub fn call(request: Request) -> Rv<Response> {
+    current()?.call(&request)
+}
+
+/// C_Initialize's work once the arguments are checked: read the configuration, connect,
+/// and open this application's view on the server.
+pub fn initialize() -> Rv {
+    let mut slot = CLIENT.write();
+    if let Some(c) = &*slot {
+        if c.pid == std::process::id() {
+            return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
+        }
+        // A child after fork(): the parent's connections are not ours to use. Dropping them
+        // closes only this process's descriptors.
+    }
+    *slot = None;
+    let config = Config::from_env().map_err(|e| {
+        log(&format!("C_Initialize: configuration error: {e}"));
+        CKR_GENERAL_ERROR
+    })?;
+    let client_id = random_id().ok_or_else(|| {
+        log("C_Initialize: no randomness for the client id");
+        CKR_GENERAL_ERROR
+    })?;
+    let conn = Connection::open(&config, &client_id).map_err(|e| {
+        log(&format!("C_Initialize: cannot reach the proxy server: {e}"));
+        CKR_FUNCTION_FAILED
+    })?;
+    let client = Client {
+        config,
+        client_id,
+        pid: std::process::id(),
+        idle: Mutex::new(vec![conn]),
+    };
+    match client.call(&Request::Initialize)? {
+        Response::Rv(0) => {}
+        other => return Err(crate::ffi::unexpected(other)),
+    }
+    *slot = Some(Arc::new(client));
+    Ok(())
+}
+
+/// C_Finalize: ends this application's view on the server (its sessions are closed) and
+/// drops every connection.
+pub fn finalize() -> Rv {
+    let client = {
+        let mut slot = CLIENT.write();
+        match slot.take() {
+            Some(c) if c.pid == std::process::id() => c,
+            _ => return Err(CKR_CRYPTOKI_NOT_INITIALIZED),
+        }
+    };
+    // The server also closes the sessions when the connections drop, so a failure here only
+    // delays that; C_Finalize itself succeeds.
+    let _ = client.call(&Request::Finalize);
+    Ok(())
+}
+
+/// A new random client id, from getrandom(2).
+fn random_id() -> Option<ClientId> {
+    let mut id = [0u8; 16];
+    // SAFETY: id is writable for its length.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    (n == id.len() as isize).then_some(id)
+}

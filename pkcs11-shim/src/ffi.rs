@@ -1,0 +1,174 @@
+//! The one place for the panic boundary and raw-pointer handling of the C API.
+//!
+//! Every exported function runs its body inside [`entry!`]: a panic becomes
+//! `CKR_GENERAL_ERROR` and never unwinds into the host application. Pointers are checked for
+//! NULL before use (`CKR_ARGUMENTS_BAD`), slices are built only after that check, and every
+//! length crosses widths with a checked conversion.
+
+use std::mem::size_of;
+
+use cryptoki_sys::*;
+use protocol::message::Response;
+
+/// The result type of the logic behind each C function.
+pub type Rv<T = ()> = Result<T, CK_RV>;
+
+/// Runs a body returning [`Rv`] and turns it into a `CK_RV`, catching panics.
+macro_rules! entry {
+    ($body:block) => {{
+        let result =
+            ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| -> $crate::ffi::Rv {
+                $body
+            }));
+        match result {
+            Ok(Ok(())) => ::cryptoki_sys::CKR_OK,
+            Ok(Err(rv)) => rv,
+            Err(_) => ::cryptoki_sys::CKR_GENERAL_ERROR,
+        }
+    }};
+}
+pub(crate) use entry;
+
+/// Size of a native `CK_ULONG`.
+pub const ULONG: usize = size_of::<CK_ULONG>();
+/// Size of a native `CK_ATTRIBUTE`.
+pub const ATTRIBUTE: usize = size_of::<CK_ATTRIBUTE>();
+
+/// A wire `u64` as a native `CK_ULONG`; all ones stays all ones (CK_UNAVAILABLE_INFORMATION),
+/// anything else too wide for this platform is an error from a bad peer.
+pub fn narrow(v: u64) -> Rv<CK_ULONG> {
+    if v == u64::MAX {
+        return Ok(CK_ULONG::MAX);
+    }
+    CK_ULONG::try_from(v).map_err(|_| CKR_GENERAL_ERROR)
+}
+
+/// A native length as `usize`.
+pub fn len(v: CK_ULONG) -> Rv<usize> {
+    usize::try_from(v).map_err(|_| CKR_ARGUMENTS_BAD)
+}
+
+/// The caller's input buffer: NULL is allowed only with a zero length.
+///
+/// # Safety
+/// `p` must point to `n` readable bytes when not NULL.
+pub unsafe fn bytes<'a>(p: *const u8, n: CK_ULONG) -> Rv<&'a [u8]> {
+    let n = len(n)?;
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    Ok(std::slice::from_raw_parts(p, n))
+}
+
+/// An optional PIN: NULL is a protected-authentication-path login.
+///
+/// # Safety
+/// As [`bytes`].
+pub unsafe fn pin(p: *const u8, n: CK_ULONG) -> Rv<Option<Vec<u8>>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(bytes(p, n)?.to_vec()))
+}
+
+/// A required output pointer.
+///
+/// # Safety
+/// `p` must be NULL or valid for writes of a `T`.
+pub unsafe fn out<'a, T>(p: *mut T) -> Rv<&'a mut T> {
+    p.as_mut().ok_or(CKR_ARGUMENTS_BAD)
+}
+
+/// The caller's output buffer of the two-call convention (PKCS#11 v2.40 §5.2): a NULL buffer
+/// asks for the length; a buffer too small gets `CKR_BUFFER_TOO_SMALL` and the length.
+pub struct OutBuf<'a, T> {
+    buf: *mut T,
+    len: &'a mut CK_ULONG,
+}
+
+impl<T: Copy> OutBuf<'_, T> {
+    /// # Safety
+    /// `len` must be NULL or writable; `buf` NULL or writable for `*len` elements.
+    pub unsafe fn new(buf: *mut T, len: *mut CK_ULONG) -> Rv<Self> {
+        Ok(Self {
+            buf,
+            len: len.as_mut().ok_or(CKR_ARGUMENTS_BAD)?,
+        })
+    }
+
+    /// What the request says of the caller's buffer: `None` for NULL, else its element count.
+    pub fn capacity(&self) -> Option<u64> {
+        (!self.buf.is_null()).then(|| *self.len as u64)
+    }
+
+    /// Writes what the server answered: the reported length always (as the vendor library
+    /// did), the data when the call succeeded with a buffer. Data longer than the caller's
+    /// buffer (a hostile or broken server) is refused without writing.
+    pub fn write(self, rv: u64, reported: u64, data: &[T]) -> Rv {
+        let rv = narrow(rv)?;
+        if !self.buf.is_null() && rv == CKR_OK {
+            if data.len() > len(*self.len)? {
+                return Err(CKR_GENERAL_ERROR);
+            }
+            // SAFETY: buf holds *len elements (checked above), data is a distinct Rust slice.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf, data.len()) };
+        }
+        *self.len = narrow(reported)?;
+        if rv == CKR_OK {
+            Ok(())
+        } else {
+            Err(rv)
+        }
+    }
+}
+
+impl OutBuf<'_, u8> {
+    /// Writes a [`Response::Output`].
+    pub fn write_output(self, r: Response) -> Rv {
+        match r {
+            Response::Output { rv, len, data } => self.write(rv, len, &data),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl OutBuf<'_, CK_ULONG> {
+    /// Writes a [`Response::Ulongs`] (slot and mechanism lists).
+    pub fn write_ulongs(self, r: Response) -> Rv {
+        match r {
+            Response::Ulongs { rv, count, values } => {
+                let native = values.into_iter().map(narrow).collect::<Rv<Vec<_>>>()?;
+                self.write(rv, count, &native)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// The return value for a response of the wrong shape: the server's error, or a protocol
+/// violation (`CKR_GENERAL_ERROR`).
+pub fn unexpected(r: Response) -> CK_RV {
+    match r {
+        Response::Rv(rv) if rv != 0 => narrow(rv).unwrap_or(CKR_GENERAL_ERROR),
+        _ => CKR_GENERAL_ERROR,
+    }
+}
+
+/// Copies `src` into a fixed-size, blank-padded text field of a PKCS#11 info structure.
+pub fn padded<const N: usize>(src: &[u8]) -> [u8; N] {
+    let mut out = [b' '; N];
+    let n = src.len().min(N);
+    out[..n].copy_from_slice(&src[..n]);
+    out
+}
+
+/// Answers `Response::Rv` as a result.
+pub fn rv_of(r: Response) -> Rv {
+    match r {
+        Response::Rv(0) => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}

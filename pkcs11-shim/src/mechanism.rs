@@ -1,0 +1,181 @@
+//! The caller's `CK_MECHANISM` to a wire mechanism (PKCS#11 v2.40 §3.6; parameter structures
+//! from the Current Mechanisms Specification v2.40).
+//!
+//! The parameter is read according to the mechanism type. Structures with pointers are
+//! followed and sent as typed data; a structure without pointers that is not catalogued is
+//! sent as raw bytes (same ABI on both ends, see `protocol::mechanism`); a mechanism known to
+//! carry pointers that is not catalogued yet is refused with `CKR_MECHANISM_PARAM_INVALID`.
+
+use std::mem::size_of;
+
+use cryptoki_sys::*;
+use protocol::mechanism::{MechParam, Mechanism};
+
+use crate::ffi::{bytes, Rv, ULONG};
+
+/// `CK_GCM_PARAMS` without `ulIvBits`, the layout of the original v2.40 header.
+#[repr(C)]
+struct GcmParamsNoIvBits {
+    p_iv: *mut u8,
+    ul_iv_len: CK_ULONG,
+    p_aad: *mut u8,
+    ul_aad_len: CK_ULONG,
+    ul_tag_bits: CK_ULONG,
+}
+
+/// Mechanisms whose parameter is a `CK_RSA_PKCS_PSS_PARAMS`.
+const PSS: &[CK_MECHANISM_TYPE] = &[
+    CKM_RSA_PKCS_PSS,
+    CKM_SHA1_RSA_PKCS_PSS,
+    CKM_SHA224_RSA_PKCS_PSS,
+    CKM_SHA256_RSA_PKCS_PSS,
+    CKM_SHA384_RSA_PKCS_PSS,
+    CKM_SHA512_RSA_PKCS_PSS,
+    CKM_SHA3_224_RSA_PKCS_PSS,
+    CKM_SHA3_256_RSA_PKCS_PSS,
+    CKM_SHA3_384_RSA_PKCS_PSS,
+    CKM_SHA3_512_RSA_PKCS_PSS,
+];
+
+/// Mechanisms whose parameter is a `CK_MAC_GENERAL_PARAMS` (one CK_ULONG).
+const MAC_GENERAL: &[CK_MECHANISM_TYPE] = &[
+    CKM_MD5_HMAC_GENERAL,
+    CKM_SHA_1_HMAC_GENERAL,
+    CKM_SHA224_HMAC_GENERAL,
+    CKM_SHA256_HMAC_GENERAL,
+    CKM_SHA384_HMAC_GENERAL,
+    CKM_SHA512_HMAC_GENERAL,
+    CKM_AES_MAC_GENERAL,
+    CKM_AES_CMAC_GENERAL,
+    CKM_DES3_MAC_GENERAL,
+    CKM_DES3_CMAC_GENERAL,
+];
+
+/// Mechanisms whose parameter structure holds pointers and is not in the typed catalogue yet:
+/// sending their bytes would send this process's addresses, so they are refused.
+const POINTER_PARAMS: &[CK_MECHANISM_TYPE] = &[
+    CKM_AES_CCM,
+    CKM_ECMQV_DERIVE,
+    CKM_X9_42_DH_DERIVE,
+    CKM_X9_42_DH_HYBRID_DERIVE,
+    CKM_X9_42_MQV_DERIVE,
+    CKM_PKCS5_PBKD2,
+    CKM_CONCATENATE_BASE_AND_DATA,
+    CKM_CONCATENATE_DATA_AND_BASE,
+    CKM_XOR_BASE_AND_DATA,
+    CKM_DES_ECB_ENCRYPT_DATA,
+    CKM_DES_CBC_ENCRYPT_DATA,
+    CKM_DES3_ECB_ENCRYPT_DATA,
+    CKM_DES3_CBC_ENCRYPT_DATA,
+    CKM_AES_ECB_ENCRYPT_DATA,
+    CKM_AES_CBC_ENCRYPT_DATA,
+    CKM_RSA_AES_KEY_WRAP,
+    CKM_KEY_WRAP_SET_OAEP,
+    CKM_EDDSA,
+    CKM_CHACHA20_POLY1305,
+    CKM_SALSA20_POLY1305,
+    CKM_HKDF_DERIVE,
+    CKM_HKDF_DATA,
+    CKM_SP800_108_COUNTER_KDF,
+    CKM_SP800_108_FEEDBACK_KDF,
+    CKM_SP800_108_DOUBLE_PIPELINE_KDF,
+    CKM_TLS12_KEY_AND_MAC_DERIVE,
+    CKM_TLS12_MASTER_KEY_DERIVE,
+    CKM_TLS_KDF,
+    CKM_TLS_PRF,
+    CKM_SSL3_MASTER_KEY_DERIVE,
+    CKM_SSL3_KEY_AND_MAC_DERIVE,
+    CKM_TLS_MASTER_KEY_DERIVE,
+    CKM_TLS_KEY_AND_MAC_DERIVE,
+];
+
+/// Reads the caller's parameter as a `T`, checking its length first.
+///
+/// # Safety
+/// `m.pParameter` must point to `m.ulParameterLen` readable bytes.
+unsafe fn param<T>(m: &CK_MECHANISM) -> Rv<T> {
+    if m.pParameter.is_null() || m.ulParameterLen as usize != size_of::<T>() {
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    }
+    Ok((m.pParameter as *const T).read_unaligned())
+}
+
+/// Reads a mechanism.
+///
+/// # Safety
+/// `p` must be NULL or point to a valid `CK_MECHANISM` whose parameter is readable.
+pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
+    let m = p.as_ref().ok_or(CKR_ARGUMENTS_BAD)?;
+    let ty = m.mechanism;
+    let param = if m.pParameter.is_null() {
+        if m.ulParameterLen != 0 {
+            return Err(CKR_MECHANISM_PARAM_INVALID);
+        }
+        MechParam::None
+    } else if ty == CKM_RSA_PKCS_OAEP {
+        let p: CK_RSA_PKCS_OAEP_PARAMS = param(m)?;
+        MechParam::RsaPkcsOaep {
+            hash_alg: p.hashAlg as u64,
+            mgf: p.mgf as u64,
+            source: p.source as u64,
+            source_data: param_bytes(p.pSourceData as *const u8, p.ulSourceDataLen)?,
+        }
+    } else if PSS.contains(&ty) {
+        let p: CK_RSA_PKCS_PSS_PARAMS = param(m)?;
+        MechParam::RsaPkcsPss {
+            hash_alg: p.hashAlg as u64,
+            mgf: p.mgf as u64,
+            salt_len: p.sLen as u64,
+        }
+    } else if ty == CKM_ECDH1_DERIVE || ty == CKM_ECDH1_COFACTOR_DERIVE {
+        let p: CK_ECDH1_DERIVE_PARAMS = param(m)?;
+        MechParam::Ecdh1Derive {
+            kdf: p.kdf as u64,
+            shared_data: param_bytes(p.pSharedData, p.ulSharedDataLen)?,
+            public_data: param_bytes(p.pPublicData, p.ulPublicDataLen)?,
+        }
+    } else if ty == CKM_AES_CTR {
+        let p: CK_AES_CTR_PARAMS = param(m)?;
+        MechParam::AesCtr {
+            counter_bits: p.ulCounterBits as u64,
+            cb: p.cb,
+        }
+    } else if ty == CKM_AES_GCM {
+        // Both layouts exist in the wild; the length tells which one the caller used.
+        if m.ulParameterLen as usize == size_of::<CK_GCM_PARAMS>() {
+            let p: CK_GCM_PARAMS = param(m)?;
+            MechParam::Gcm {
+                iv: param_bytes(p.pIv, p.ulIvLen)?,
+                iv_bits: Some(p.ulIvBits as u64),
+                aad: param_bytes(p.pAAD, p.ulAADLen)?,
+                tag_bits: p.ulTagBits as u64,
+            }
+        } else {
+            let p: GcmParamsNoIvBits = param(m)?;
+            MechParam::Gcm {
+                iv: param_bytes(p.p_iv, p.ul_iv_len)?,
+                iv_bits: None,
+                aad: param_bytes(p.p_aad, p.ul_aad_len)?,
+                tag_bits: p.ul_tag_bits as u64,
+            }
+        }
+    } else if MAC_GENERAL.contains(&ty) && m.ulParameterLen as usize == ULONG {
+        MechParam::Ulong(param::<CK_ULONG>(m)? as u64)
+    } else if POINTER_PARAMS.contains(&ty) {
+        eprintln!("pkcs11-shim: mechanism {ty:#x}: its parameter holds pointers and cannot be forwarded yet");
+        return Err(CKR_MECHANISM_PARAM_INVALID);
+    } else {
+        MechParam::Bytes(bytes(m.pParameter as *const u8, m.ulParameterLen)?.to_vec())
+    };
+    Ok(Mechanism {
+        ty: ty as u64,
+        param,
+    })
+}
+
+/// Bytes a parameter structure points to; a bad pointer/length pair is a parameter error.
+unsafe fn param_bytes(p: *const u8, n: CK_ULONG) -> Rv<Vec<u8>> {
+    bytes(p, n)
+        .map(<[u8]>::to_vec)
+        .map_err(|_| CKR_MECHANISM_PARAM_INVALID)
+}
