@@ -1,1 +1,273 @@
+//! Test harness: a throwaway SoftHSM2 token, the real `pkcs11-proxy-server` binary, and
+//! private copies of the PKCS#11 modules so that several instances live in one process.
 
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Debian's SoftHSM2 module, the vendor library of every test.
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The user PIN of test tokens.
+pub const PIN: &str = "1234";
+/// The SO PIN of test tokens.
+pub const SO_PIN: &str = "5678";
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// Serialises the moments when a PKCS#11 module reads the process environment (C_Initialize).
+static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+/// `target/<profile>`, where the shim and the server were built.
+pub fn build_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("P11_BUILD_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The built shim.
+pub fn shim_path() -> PathBuf {
+    let p = build_dir().join("libpkcs11_shim.so");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release` (or the matching profile) first",
+        p.display()
+    );
+    p
+}
+
+/// The built server.
+pub fn server_path() -> PathBuf {
+    let p = build_dir().join("pkcs11-proxy-server");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first",
+        p.display()
+    );
+    p
+}
+
+/// A directory removed at drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "p11proxy-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A SoftHSM2 configuration with one initialised token, in its own directory.
+pub struct SoftHsm {
+    pub dir: TempDir,
+    pub conf: PathBuf,
+    pub label: String,
+}
+
+impl SoftHsm {
+    pub fn new(label: &str) -> Self {
+        let dir = TempDir::new("softhsm");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                PIN,
+                "--so-pin",
+                SO_PIN,
+            ])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .expect("softhsm2-util (Debian package softhsm2) must be installed");
+        assert!(
+            out.status.success(),
+            "softhsm2-util failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir,
+            conf,
+            label: label.to_string(),
+        }
+    }
+
+    /// A private copy of the SoftHSM2 module, so this process can hold several instances.
+    pub fn module_copy(&self) -> PathBuf {
+        private_copy(Path::new(SOFTHSM), self.dir.path())
+    }
+}
+
+/// Copies a shared object under a unique name in `dir`: `dlopen` of a new path gives a new
+/// instance with its own globals.
+pub fn private_copy(src: &Path, dir: &Path) -> PathBuf {
+    let name = format!(
+        "{}-{}.so",
+        src.file_stem().unwrap().to_string_lossy(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let dst = dir.join(name);
+    std::fs::copy(src, &dst).expect("copy module");
+    dst
+}
+
+/// Runs `f` (a C_Initialize) with the given environment variables set, under a process-wide
+/// lock, since PKCS#11 modules read their configuration from the environment then.
+pub fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for (k, v) in vars {
+        std::env::set_var(k, v);
+    }
+    let r = f();
+    for (k, _) in vars {
+        std::env::remove_var(k);
+    }
+    r
+}
+
+/// A running `pkcs11-proxy-server`, stopped with SIGTERM at drop.
+pub struct ProxyServer {
+    child: Child,
+    /// The address it listens on (real port).
+    pub address: String,
+    /// Everything it wrote on stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ProxyServer {
+    /// Starts the server on SoftHSM `hsm`, listening on `listen` (e.g. `tcp://127.0.0.1:0`).
+    pub fn start(hsm: &SoftHsm, listen: &str) -> Self {
+        Self::start_with(hsm, &["--module", SOFTHSM, "--listen", listen], &[])
+    }
+
+    /// Starts the server with the given arguments and extra environment.
+    pub fn start_with(hsm: &SoftHsm, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(server_path());
+        cmd.args(args)
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start pkcs11-proxy-server");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let address = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.split_whitespace().next().unwrap().to_string(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not report `listening on`; log: {:?}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Self {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+
+    /// Whether the log holds a line containing `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for ProxyServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A cryptoki context on a private copy of the shim, initialised against `server`.
+pub fn proxy_context(server: &ProxyServer, dir: &Path) -> cryptoki::context::Pkcs11 {
+    let shim = private_copy(&shim_path(), dir);
+    let ctx = cryptoki::context::Pkcs11::new(shim).expect("load shim");
+    with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || {
+        ctx.initialize(cryptoki::context::CInitializeArgs::new(
+            cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+        ))
+    })
+    .expect("C_Initialize through the proxy");
+    ctx
+}
+
+/// A cryptoki context on a private copy of SoftHSM2 itself (the direct reference).
+pub fn direct_context(hsm: &SoftHsm) -> cryptoki::context::Pkcs11 {
+    let ctx = cryptoki::context::Pkcs11::new(hsm.module_copy()).expect("load softhsm");
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    with_env(&[("SOFTHSM2_CONF", &conf)], || {
+        ctx.initialize(cryptoki::context::CInitializeArgs::new(
+            cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+        ))
+    })
+    .expect("C_Initialize of SoftHSM2");
+    ctx
+}

@@ -15,6 +15,10 @@ use crate::ffi::{entry, narrow, out, padded, rv_of, unexpected};
 #[no_mangle]
 pub unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
     entry!({
+        // Checked before the arguments, as vendor libraries (SoftHSM2 among them) do.
+        if client::current().is_ok() {
+            return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
+        }
         if let Some(args) = (init_args as *const CK_C_INITIALIZE_ARGS).as_ref() {
             if !args.pReserved.is_null() {
                 return Err(CKR_ARGUMENTS_BAD);

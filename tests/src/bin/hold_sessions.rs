@@ -1,0 +1,26 @@
+//! Test helper: loads a PKCS#11 module, opens sessions, prints `ready`, and waits to be killed.
+//! Used to check that the server closes the sessions of a client that dies.
+
+use std::io::Write;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let module = args.next().expect("usage: hold-sessions MODULE COUNT");
+    let count: usize = args.next().and_then(|c| c.parse().ok()).unwrap_or(3);
+    let m = tests::raw::RawModule::load(std::path::Path::new(&module));
+    assert_eq!(m.initialize(), cryptoki_sys::CKR_OK);
+    let slot = m.first_slot();
+    let sessions: Vec<_> = (0..count).map(|_| m.open_rw(slot)).collect();
+    println!(
+        "ready {}",
+        sessions
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,87 @@
+//! A PKCS#11 module loaded by hand, to call its C functions with exact arguments (NULL
+//! buffers, short buffers, bad pointers) that high-level bindings never produce.
+
+use std::path::Path;
+use std::ptr;
+
+use cryptoki_sys::*;
+
+/// A loaded module and its v2.40 function table.
+pub struct RawModule {
+    list: &'static CK_FUNCTION_LIST,
+    _lib: libloading::Library,
+}
+
+impl RawModule {
+    /// Loads `path` (not initialised).
+    pub fn load(path: &Path) -> Self {
+        // SAFETY: loading a PKCS#11 module and reading its function table, as any consumer does.
+        unsafe {
+            let lib = libloading::Library::new(path).expect("dlopen");
+            let get: libloading::Symbol<CK_C_GetFunctionList> =
+                lib.get(b"C_GetFunctionList\0").expect("C_GetFunctionList");
+            let mut list = ptr::null_mut();
+            assert_eq!(get.unwrap()(&mut list), CKR_OK);
+            Self {
+                list: &*list,
+                _lib: lib,
+            }
+        }
+    }
+
+    /// The function table.
+    pub fn f(&self) -> &CK_FUNCTION_LIST {
+        self.list
+    }
+
+    /// C_Initialize with CKF_OS_LOCKING_OK.
+    pub fn initialize(&self) -> CK_RV {
+        let mut args = CK_C_INITIALIZE_ARGS {
+            flags: CKF_OS_LOCKING_OK,
+            ..Default::default()
+        };
+        // SAFETY: valid arguments.
+        unsafe { self.list.C_Initialize.unwrap()(&mut args as *mut _ as *mut _) }
+    }
+
+    /// The first slot with a token.
+    pub fn first_slot(&self) -> CK_SLOT_ID {
+        let mut slots = [0 as CK_SLOT_ID; 8];
+        let mut n = slots.len() as CK_ULONG;
+        // SAFETY: buffer of n slots.
+        let rv = unsafe { self.list.C_GetSlotList.unwrap()(CK_TRUE, slots.as_mut_ptr(), &mut n) };
+        assert_eq!(rv, CKR_OK);
+        assert!(n > 0, "no token");
+        slots[0]
+    }
+
+    /// Opens a read-write session on `slot`.
+    pub fn open_rw(&self, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
+        let mut h = 0;
+        // SAFETY: valid pointer for the handle.
+        let rv = unsafe {
+            self.list.C_OpenSession.unwrap()(
+                slot,
+                CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                ptr::null_mut(),
+                None,
+                &mut h,
+            )
+        };
+        assert_eq!(rv, CKR_OK);
+        h
+    }
+
+    /// C_Login as user with `pin`.
+    pub fn login(&self, session: CK_SESSION_HANDLE, pin: &str) -> CK_RV {
+        // SAFETY: pin buffer of its length.
+        unsafe {
+            self.list.C_Login.unwrap()(
+                session,
+                CKU_USER,
+                pin.as_ptr() as *mut u8,
+                pin.len() as CK_ULONG,
+            )
+        }
+    }
+}
