@@ -1,4 +1,4 @@
-//! Test helper: loads a PKCS#11 module, opens sessions, prints `ready`, and waits to be killed.
+//! Test helper: loads a PKCS#11 module, opens sessions, logs in, prints `ready`, and waits to be killed.
 //! Used to check that the server closes the sessions of a client that dies.
 
 use std::io::Write;
@@ -11,6 +11,7 @@ fn main() {
     assert_eq!(m.initialize(), cryptoki_sys::CKR_OK);
     let slot = m.first_slot();
     let sessions: Vec<_> = (0..count).map(|_| m.open_rw(slot)).collect();
+    assert_eq!(m.login(sessions[0], tests::PIN), cryptoki_sys::CKR_OK);
     println!(
         "ready {}",
         sessions
