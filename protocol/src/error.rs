@@ -23,6 +23,9 @@ pub enum ProtocolError {
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                write!(f, "connection closed by the peer")
+            }
             Self::Io(e) => write!(f, "transport error: {e}"),
             Self::FrameTooLarge { len, max } => {
                 write!(f, "frame of {len} bytes exceeds the maximum of {max} bytes")

@@ -1,0 +1,140 @@
+//! Real PKCS#11 consumers through the proxy, compared with the same consumer on SoftHSM2
+//! directly: OpenSC's pkcs11-tool.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tests::{private_copy, shim_path, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM};
+
+fn pkcs11_tool(module: &Path, hsm: &SoftHsm, server: &ProxyServer, args: &[&str]) -> Output {
+    Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(module)
+        .args(args)
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .env("PKCS11_PROXY_SOCKET", &server.address)
+        .output()
+        .expect("pkcs11-tool (Debian package opensc) must be installed")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The output as a sorted list of blocks (a line and its indented continuation): SoftHSM2
+/// enumerates objects in an order that differs from one process to the next.
+fn blocks(text: &str) -> Vec<String> {
+    let mut blocks: Vec<String> = Vec::new();
+    for line in text.lines() {
+        match blocks.last_mut() {
+            Some(b) if line.starts_with(' ') => {
+                b.push('\n');
+                b.push_str(line);
+            }
+            _ => blocks.push(line.to_string()),
+        }
+    }
+    blocks.sort();
+    blocks
+}
+
+#[test]
+fn pkcs11_tool_test_and_listings_match_direct() {
+    let hsm = SoftHsm::new("opensc");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("opensc");
+    let shim = private_copy(&shim_path(), dir.path());
+    let direct = Path::new(SOFTHSM);
+
+    // Key generation through the proxy; the key lands in the token for both to see.
+    let gen = pkcs11_tool(
+        &shim,
+        &hsm,
+        &server,
+        &[
+            "--login",
+            "--pin",
+            PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "fabric",
+            "--id",
+            "0a",
+        ],
+    );
+    assert!(gen.status.success(), "{}", text(&gen));
+
+    for args in [
+        vec!["--list-mechanisms"],
+        vec!["--list-slots"],
+        vec!["--login", "--pin", PIN, "--list-objects"],
+        vec!["--login", "--pin", PIN, "--test"],
+    ] {
+        let d = pkcs11_tool(direct, &hsm, &server, &args);
+        let p = pkcs11_tool(&shim, &hsm, &server, &args);
+        assert_eq!(
+            p.status.code(),
+            d.status.code(),
+            "{args:?}\ndirect:\n{}\nproxy:\n{}",
+            text(&d),
+            text(&p)
+        );
+        assert_eq!(blocks(&text(&p)), blocks(&text(&d)), "{args:?}");
+        assert!(d.status.success(), "{args:?}: {}", text(&d));
+    }
+
+    // Sign through the proxy, verify directly.
+    let data = dir.path().join("data");
+    let sig = dir.path().join("sig");
+    std::fs::write(&data, [0x42u8; 32]).unwrap();
+    let s = pkcs11_tool(
+        &shim,
+        &hsm,
+        &server,
+        &[
+            "--login",
+            "--pin",
+            PIN,
+            "--sign",
+            "--mechanism",
+            "ECDSA",
+            "--id",
+            "0a",
+            "--input-file",
+            data.to_str().unwrap(),
+            "--output-file",
+            sig.to_str().unwrap(),
+        ],
+    );
+    assert!(s.status.success(), "{}", text(&s));
+    let v = pkcs11_tool(
+        direct,
+        &hsm,
+        &server,
+        &[
+            "--login",
+            "--pin",
+            PIN,
+            "--verify",
+            "--mechanism",
+            "ECDSA",
+            "--id",
+            "0a",
+            "--input-file",
+            data.to_str().unwrap(),
+            "--signature-file",
+            sig.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        v.status.success() && text(&v).contains("Signature is valid"),
+        "{}",
+        text(&v)
+    );
+}

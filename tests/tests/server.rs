@@ -1,0 +1,193 @@
+//! The server binary as an operator runs it: addresses, the compatible command line, the
+//! handshake, hostile input, configuration errors in the shim, and the orderly stop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use cryptoki_sys::*;
+use tests::raw::RawModule;
+use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM};
+
+fn client(address: &str, dir: &TempDir) -> RawModule {
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", address)], || m.initialize()),
+        CKR_OK
+    );
+    m
+}
+
+fn tcp_target(server: &ProxyServer) -> String {
+    server.address.trim_start_matches("tcp://").to_string()
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A client that still works proves the server survived whatever came before.
+fn assert_serves(server: &ProxyServer, dir: &TempDir) {
+    let m = client(&server.address, dir);
+    let s = m.open_rw(m.first_slot());
+    assert_eq!(m.login(s, PIN), CKR_OK);
+}
+
+#[test]
+fn sigterm_closes_sessions_finalises_and_exits_zero() {
+    let hsm = SoftHsm::new("stop");
+    let mut server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("stop");
+    let m = client(&server.address, &dir);
+    let s = m.open_rw(m.first_slot());
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    let status = server.stop().expect("server exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(server.log_contains("vendor library finalised"));
+    // The client sees a clean error, not a hang.
+    assert_eq!(m.login(s, PIN), CKR_DEVICE_ERROR);
+}
+
+#[test]
+fn unix_socket_with_the_old_daemon_command_line() {
+    let hsm = SoftHsm::new("unix");
+    let dir = TempDir::new("unix");
+    let path = dir.path().join("proxy.sock");
+    let address = format!("unix://{}", path.display());
+    let server =
+        ProxyServer::start_with(&hsm, &[SOFTHSM, "-"], &[("PKCS11_DAEMON_SOCKET", &address)]);
+    assert_eq!(server.address, address);
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_serves(&server, &dir);
+    // The bare-path form of the old proxy is accepted by the shim too.
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", path.to_str().unwrap())], || m
+            .initialize()),
+        CKR_OK
+    );
+}
+
+#[test]
+fn a_file_in_the_way_of_the_unix_socket_is_not_replaced() {
+    let hsm = SoftHsm::new("stale");
+    let dir = TempDir::new("stale");
+    let path = dir.path().join("not-a-socket");
+    std::fs::write(&path, b"precious").unwrap();
+    let out = std::process::Command::new(tests::server_path())
+        .args([
+            "--module",
+            SOFTHSM,
+            "--listen",
+            &format!("unix://{}", path.display()),
+        ])
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+}
+
+#[test]
+fn other_protocol_versions_and_garbage_are_refused_and_the_server_keeps_serving() {
+    let hsm = SoftHsm::new("hostile");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("hostile");
+
+    // A hello of protocol version 99: refused with a reason naming our version.
+    let mut hello = b"P11PROXY".to_vec();
+    hello.extend_from_slice(&99u16.to_le_bytes());
+    hello.extend_from_slice(&[8, 0]);
+    hello.extend_from_slice(&[1; 16]);
+    let mut c = TcpStream::connect(tcp_target(&server)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&frame(&hello)).unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("P11PROXY") && text.contains("version"),
+        "{text}"
+    );
+
+    // An HTTP request, a frame announcing 4 GiB, and a valid hello followed by junk.
+    for junk in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        u32::MAX.to_le_bytes().to_vec(),
+    ] {
+        let mut c = TcpStream::connect(tcp_target(&server)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(&junk).unwrap();
+        let mut sink = Vec::new();
+        let _ = c.read_to_end(&mut sink); // the server closes the connection
+    }
+    let mut good = b"P11PROXY".to_vec();
+    good.extend_from_slice(&1u16.to_le_bytes());
+    good.extend_from_slice(&[8, 0]);
+    good.extend_from_slice(&[2; 16]);
+    let mut c = TcpStream::connect(tcp_target(&server)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&frame(&good)).unwrap();
+    let mut welcome = [0u8; 31];
+    c.read_exact(&mut welcome).unwrap();
+    c.write_all(&frame(&[0xff; 40])).unwrap();
+    let mut sink = Vec::new();
+    let _ = c.read_to_end(&mut sink);
+
+    assert!(server.log_contains("handshake refused"));
+    assert_serves(&server, &dir);
+}
+
+#[test]
+fn shim_configuration_errors_fail_c_initialize_cleanly() {
+    let dir = TempDir::new("config");
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    // SAFETY: valid arguments.
+    let slot_list = || unsafe {
+        let mut n = 0;
+        m.f().C_GetSlotList.unwrap()(CK_TRUE, std::ptr::null_mut(), &mut n)
+    };
+    assert_eq!(slot_list(), CKR_CRYPTOKI_NOT_INITIALIZED);
+    assert_eq!(
+        with_env(&[], || m.initialize()),
+        CKR_GENERAL_ERROR,
+        "PKCS11_PROXY_SOCKET unset"
+    );
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", "http://x:1")], || m.initialize()),
+        CKR_GENERAL_ERROR
+    );
+    assert_eq!(
+        with_env(
+            &[
+                ("PKCS11_PROXY_SOCKET", "tcp://127.0.0.1:1"),
+                ("PKCS11_PROXY_CALL_TIMEOUT_MS", "soon")
+            ],
+            || m.initialize()
+        ),
+        CKR_GENERAL_ERROR
+    );
+    // Nothing listens on port 1: the server is unreachable.
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", "tcp://127.0.0.1:1")], || m
+            .initialize()),
+        CKR_FUNCTION_FAILED
+    );
+    assert_eq!(slot_list(), CKR_CRYPTOKI_NOT_INITIALIZED);
+}
+
+#[test]
+fn failover_to_the_next_address() {
+    let hsm = SoftHsm::new("failover");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("failover");
+    let list = format!("tcp://127.0.0.1:1,{}", server.address);
+    let m = client(&list, &dir);
+    assert_eq!(m.login(m.open_rw(m.first_slot()), PIN), CKR_OK);
+}
