@@ -34,6 +34,13 @@ pub const ULONG: usize = size_of::<CK_ULONG>();
 /// Size of a native `CK_ATTRIBUTE`.
 pub const ATTRIBUTE: usize = size_of::<CK_ATTRIBUTE>();
 
+/// A native `CK_ULONG` as a wire `u64` (lossless on every platform; an identity where
+/// `CK_ULONG` is 64 bits wide).
+#[allow(clippy::useless_conversion)]
+pub fn wire(v: CK_ULONG) -> u64 {
+    u64::from(v)
+}
+
 /// A wire `u64` as a native `CK_ULONG`; all ones stays all ones (CK_UNAVAILABLE_INFORMATION),
 /// anything else too wide for this platform is an error from a bad peer.
 pub fn narrow(v: u64) -> Rv<CK_ULONG> {
@@ -101,7 +108,7 @@ impl<T: Copy> OutBuf<'_, T> {
 
     /// What the request says of the caller's buffer: `None` for NULL, else its element count.
     pub fn capacity(&self) -> Option<u64> {
-        (!self.buf.is_null()).then(|| *self.len as u64)
+        (!self.buf.is_null()).then_some(wire(*self.len))
     }
 
     /// Writes what the server answered: the reported length always (as the vendor library

@@ -11,7 +11,7 @@ use std::mem::size_of;
 use cryptoki_sys::*;
 use protocol::mechanism::{MechParam, Mechanism};
 
-use crate::ffi::{bytes, Rv, ULONG};
+use crate::ffi::{bytes, wire, Rv, ULONG};
 
 /// `CK_GCM_PARAMS` without `ulIvBits`, the layout of the original v2.40 header.
 #[repr(C)]
@@ -168,7 +168,7 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
         MechParam::Bytes(bytes(m.pParameter as *const u8, m.ulParameterLen)?.to_vec())
     };
     Ok(Mechanism {
-        ty: ty as u64,
+        ty: wire(ty),
         param,
     })
 }

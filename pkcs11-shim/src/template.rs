@@ -7,7 +7,7 @@ use protocol::attribute::{
     MAX_TEMPLATE_DEPTH, MAX_TEMPLATE_LEN,
 };
 
-use crate::ffi::{bytes, len, narrow, Rv, ATTRIBUTE, ULONG};
+use crate::ffi::{bytes, len, narrow, wire, Rv, ATTRIBUTE, ULONG};
 
 /// The caller's `CK_ATTRIBUTE` array, checked: NULL only with a zero count.
 ///
@@ -39,19 +39,19 @@ unsafe fn read_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<V
     attributes(p, count)?
         .iter()
         .map(|a| {
-            let ty = a.type_ as u64;
+            let ty = wire(a.type_);
             let raw = bytes(a.pValue as *const u8, a.ulValueLen)?;
             let value = match kind_of(ty) {
                 Kind::Bool if raw.len() == 1 && raw[0] <= 1 => AttrValue::Bool(raw[0] == 1),
                 Kind::Ulong if raw.len() == ULONG => {
-                    AttrValue::Ulong((a.pValue as *const CK_ULONG).read_unaligned() as u64)
+                    AttrValue::Ulong(wire((a.pValue as *const CK_ULONG).read_unaligned()))
                 }
                 Kind::Date if raw.len() == 8 => {
                     AttrValue::Date(raw.try_into().map_err(|_| CKR_GENERAL_ERROR)?)
                 }
                 Kind::UlongArray if raw.len() % ULONG == 0 => AttrValue::UlongArray(
                     (0..raw.len() / ULONG)
-                        .map(|i| (a.pValue as *const CK_ULONG).add(i).read_unaligned() as u64)
+                        .map(|i| wire((a.pValue as *const CK_ULONG).add(i).read_unaligned()))
                         .collect(),
                 ),
                 Kind::Template if raw.len() % ATTRIBUTE == 0 => AttrValue::Template(read_at(
@@ -82,11 +82,11 @@ unsafe fn query_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<
     attributes(p, count)?
         .iter()
         .map(|a| {
-            let ty = a.type_ as u64;
+            let ty = wire(a.type_);
             let kind = kind_of(ty);
             let want = if a.pValue.is_null() {
                 Want::Len
-            } else if kind == Kind::Template && a.ulValueLen as usize % ATTRIBUTE == 0 {
+            } else if kind == Kind::Template && (a.ulValueLen as usize).is_multiple_of(ATTRIBUTE) {
                 Want::Template(query_at(
                     a.pValue as *const CK_ATTRIBUTE,
                     a.ulValueLen / ATTRIBUTE as CK_ULONG,
@@ -95,7 +95,7 @@ unsafe fn query_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<
             } else {
                 // Whole elements only: a 7-byte buffer holds no CK_ULONG.
                 let unit = kind.unit(ULONG, ATTRIBUTE) as u64;
-                Want::Buffer(a.ulValueLen as u64 / unit)
+                Want::Buffer(wire(a.ulValueLen) / unit)
             };
             Ok(AttrQuery { ty, want })
         })
@@ -130,7 +130,7 @@ pub unsafe fn write_results(
 
 /// Writes one result; false if the value did not fit the caller's buffer.
 unsafe fn write_one(a: &mut CK_ATTRIBUTE, result: &AttrOut) -> Rv<bool> {
-    let kind = kind_of(a.type_ as u64);
+    let kind = kind_of(wire(a.type_));
     match result {
         AttrOut::Unavailable => a.ulValueLen = CK_UNAVAILABLE_INFORMATION,
         AttrOut::Len(units) => {

@@ -103,7 +103,7 @@ impl Backend {
             if let Ok(get_interface) = library.get::<CK_C_GetInterface>(b"C_GetInterface\0") {
                 if let Some(get_interface) = *get_interface {
                     let mut iface: *mut CK_INTERFACE = ptr::null_mut();
-                    let name = b"PKCS 11\0".as_ptr() as *mut CK_UTF8CHAR;
+                    let name = c"PKCS 11".as_ptr() as *mut CK_UTF8CHAR;
                     let rv = get_interface(name, ptr::null_mut(), &mut iface, 0);
                     if rv == CKR_OK && !iface.is_null() && !(*iface).pFunctionList.is_null() {
                         return Ok(&*((*iface).pFunctionList as *const CK_FUNCTION_LIST));

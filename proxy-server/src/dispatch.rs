@@ -8,7 +8,7 @@ use protocol::message::{Info, MechanismInfo, Request, Response, SessionInfo, Slo
 use crate::backend::Output;
 use crate::connection::{close_sessions, App, Shared};
 use crate::mechanism::CMechanism;
-use crate::template::{to_ulong, CTemplate};
+use crate::template::{to_ulong, wire, CTemplate};
 
 /// Most handles returned by one C_FindObjects (the caller loops until none are left).
 const MAX_FIND_COUNT: u64 = 65_536;
@@ -35,19 +35,19 @@ fn cap(c: Option<u64>) -> Option<usize> {
 
 fn output(o: Output) -> Response {
     Response::Output {
-        rv: o.rv as u64,
-        len: o.len as u64,
+        rv: wire(o.rv),
+        len: wire(o.len),
         data: o.data,
     }
 }
 
 fn rv(r: CK_RV) -> Result<Response, CK_RV> {
-    Ok(Response::Rv(r as u64))
+    Ok(Response::Rv(wire(r)))
 }
 
 fn handle(r: CK_RV, h: CK_ULONG) -> Result<Response, CK_RV> {
     if r == CKR_OK {
-        Ok(Response::Handle(h as u64))
+        Ok(Response::Handle(wire(h)))
     } else {
         Err(r)
     }
@@ -88,7 +88,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 Response::Info(Info {
                     cryptoki_version: version(i.cryptokiVersion),
                     manufacturer_id: i.manufacturerID.to_vec(),
-                    flags: i.flags as u64,
+                    flags: wire(i.flags),
                     library_description: i.libraryDescription.to_vec(),
                     library_version: version(i.libraryVersion),
                 })
@@ -111,9 +111,9 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 capacity.map(|c| c.min(MAX_LIST_LEN) as usize),
             );
             Ok(Response::Ulongs {
-                rv: r as u64,
-                count: count as u64,
-                values: values.into_iter().map(|v| v as u64).collect(),
+                rv: wire(r),
+                count: wire(count),
+                values: values.into_iter().map(wire).collect(),
             })
         }
         Request::GetSlotInfo { slot } => {
@@ -123,7 +123,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 Response::SlotInfo(SlotInfo {
                     slot_description: i.slotDescription.to_vec(),
                     manufacturer_id: i.manufacturerID.to_vec(),
-                    flags: i.flags as u64,
+                    flags: wire(i.flags),
                     hardware_version: version(i.hardwareVersion),
                     firmware_version: version(i.firmwareVersion),
                 })
@@ -144,9 +144,9 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 capacity.map(|c| c.min(MAX_LIST_LEN) as usize),
             );
             Ok(Response::Ulongs {
-                rv: r as u64,
-                count: count as u64,
-                values: values.into_iter().map(|v| v as u64).collect(),
+                rv: wire(r),
+                count: wire(count),
+                values: values.into_iter().map(wire).collect(),
             })
         }
         Request::GetMechanismInfo { slot, mechanism } => {
@@ -154,9 +154,9 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let r = b.get_mechanism_info(to_ulong(slot)?, to_ulong(mechanism)?, &mut i);
             ok_then(r, || {
                 Response::MechanismInfo(MechanismInfo {
-                    min_key_size: i.ulMinKeySize as u64,
-                    max_key_size: i.ulMaxKeySize as u64,
-                    flags: i.flags as u64,
+                    min_key_size: wire(i.ulMinKeySize),
+                    max_key_size: wire(i.ulMaxKeySize),
+                    flags: wire(i.flags),
                 })
             })
         }
@@ -209,10 +209,10 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let r = b.get_session_info(app.check(session)?, &mut i);
             ok_then(r, || {
                 Response::SessionInfo(SessionInfo {
-                    slot: i.slotID as u64,
-                    state: i.state as u64,
-                    flags: i.flags as u64,
-                    device_error: i.ulDeviceError as u64,
+                    slot: wire(i.slotID),
+                    state: wire(i.state),
+                    flags: wire(i.flags),
+                    device_error: wire(i.ulDeviceError),
                 })
             })
         }
@@ -262,7 +262,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::GetObjectSize { session, object } => {
             let mut size = 0;
             let r = b.get_object_size(app.check(session)?, to_ulong(object)?, &mut size);
-            ok_then(r, || Response::Size(size as u64))
+            ok_then(r, || Response::Size(wire(size)))
         }
         Request::GetAttributeValue {
             session,
@@ -273,7 +273,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut t = CTemplate::for_query(&query)?;
             let r = b.get_attribute_value(s, to_ulong(object)?, &mut t);
             Ok(Response::Attributes {
-                rv: r as u64,
+                rv: wire(r),
                 values: t.results(),
             })
         }
@@ -294,9 +294,9 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::FindObjects { session, max_count } => {
             let (r, found) =
                 b.find_objects(app.check(session)?, max_count.min(MAX_FIND_COUNT) as usize);
-            let values: Vec<u64> = found.into_iter().map(|h| h as u64).collect();
+            let values: Vec<u64> = found.into_iter().map(wire).collect();
             Ok(Response::Ulongs {
-                rv: r as u64,
+                rv: wire(r),
                 count: values.len() as u64,
                 values,
             })
@@ -532,8 +532,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 (&mut pubk, &mut privk),
             );
             ok_then(r, || Response::KeyPair {
-                public_key: pubk as u64,
-                private_key: privk as u64,
+                public_key: wire(pubk),
+                private_key: wire(privk),
             })
         }
         Request::WrapKey {
@@ -604,7 +604,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             }
             let (r, data) = b.generate_random(s, len as usize);
             ok_then(r, || Response::Output {
-                rv: CKR_OK as u64,
+                rv: wire(CKR_OK),
                 len,
                 data,
             })
@@ -631,7 +631,7 @@ fn token_info(i: &CK_TOKEN_INFO) -> TokenInfo {
         manufacturer_id: i.manufacturerID.to_vec(),
         model: i.model.to_vec(),
         serial_number: i.serialNumber.to_vec(),
-        flags: i.flags as u64,
+        flags: wire(i.flags),
         max_session_count: wide(i.ulMaxSessionCount),
         session_count: wide(i.ulSessionCount),
         max_rw_session_count: wide(i.ulMaxRwSessionCount),
@@ -653,6 +653,6 @@ fn wide(v: CK_ULONG) -> u64 {
     if v == CK_UNAVAILABLE_INFORMATION {
         u64::MAX
     } else {
-        v as u64
+        wire(v)
     }
 }

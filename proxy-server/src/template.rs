@@ -139,8 +139,8 @@ impl CTemplate {
                 if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
                     return AttrOut::Unavailable;
                 }
-                let kind = kind_of(a.type_ as u64);
-                let len = a.ulValueLen as u64;
+                let kind = kind_of(wire(a.type_));
+                let len = wire(a.ulValueLen);
                 match s {
                     Storage::None => AttrOut::Len(bytes_to_units(kind, len, ULONG, ATTRIBUTE)),
                     Storage::Bytes(b) => {
@@ -152,9 +152,9 @@ impl CTemplate {
                     Storage::Ulongs(v) => {
                         match usize::try_from(len).ok().filter(|l| *l <= v.len() * ULONG) {
                             Some(l) if l % ULONG == 0 => {
-                                let vals = v[..l / ULONG].iter().map(|x| *x as u64);
+                                let vals = v[..l / ULONG].iter().map(|x| wire(*x));
                                 AttrOut::Value(match kind {
-                                    Kind::Ulong if l == ULONG => AttrValue::Ulong(v[0] as u64),
+                                    Kind::Ulong if l == ULONG => AttrValue::Ulong(wire(v[0])),
                                     _ => AttrValue::UlongArray(vals.collect()),
                                 })
                             }
@@ -187,6 +187,13 @@ fn value_from_bytes(kind: Kind, b: &[u8]) -> AttrValue {
         }
         _ => AttrValue::Bytes(b.to_vec()),
     }
+}
+
+/// A native `CK_ULONG` as a wire `u64` (lossless on every platform; an identity where
+/// `CK_ULONG` is 64 bits wide).
+#[allow(clippy::useless_conversion)]
+pub fn wire(v: CK_ULONG) -> u64 {
+    u64::from(v)
 }
 
 /// A wire u64 as a CK_ULONG; `u64::MAX` (CK_UNAVAILABLE_INFORMATION) maps to the native all-ones.

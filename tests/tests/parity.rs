@@ -539,7 +539,7 @@ unsafe fn scenario(m: &RawModule) -> Vec<Step> {
     rec("Initialize(again)", m.initialize(), vec![]);
     let mut reserved = CK_C_INITIALIZE_ARGS {
         flags: CKF_OS_LOCKING_OK,
-        pReserved: 1 as *mut _,
+        pReserved: ptr::dangling_mut(),
         ..Default::default()
     };
     rec(
@@ -549,7 +549,7 @@ unsafe fn scenario(m: &RawModule) -> Vec<Step> {
     );
     rec(
         "Finalize(non-NULL)",
-        f.C_Finalize.unwrap()(1 as *mut _),
+        f.C_Finalize.unwrap()(ptr::dangling_mut()),
         vec![],
     );
     rec("Finalize", f.C_Finalize.unwrap()(ptr::null_mut()), vec![]);

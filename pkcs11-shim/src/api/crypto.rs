@@ -10,7 +10,7 @@ use cryptoki_sys::*;
 use protocol::message::Request;
 
 use crate::client;
-use crate::ffi::{bytes, entry, rv_of, OutBuf};
+use crate::ffi::{bytes, entry, rv_of, wire, OutBuf};
 use crate::mechanism;
 
 /// `C_*Init(session, mechanism, key)`.
@@ -110,7 +110,7 @@ pub unsafe extern "C" fn C_DigestInit(
         client::current()?;
         let mechanism = mechanism::read(mech)?;
         rv_of(client::call(Request::DigestInit {
-            session: session as u64,
+            session: wire(session),
             mechanism,
         })?)
     })
@@ -124,8 +124,8 @@ input_fn!(/// C_DigestUpdate (v2.40 §5.10.3).
 pub unsafe extern "C" fn C_DigestKey(session: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
     entry!({
         rv_of(client::call(Request::DigestKey {
-            session: session as u64,
-            key: key as u64,
+            session: wire(session),
+            key: wire(key),
         })?)
     })
 }
@@ -161,7 +161,7 @@ pub unsafe extern "C" fn C_Verify(
         let data = bytes(data, data_len)?.to_vec();
         let signature = bytes(signature, signature_len)?.to_vec();
         rv_of(client::call(Request::Verify {
-            session: session as u64,
+            session: wire(session),
             data,
             signature,
         })?)

@@ -6,7 +6,7 @@ use cryptoki_sys::*;
 use protocol::message::{Request, Response};
 
 use crate::client;
-use crate::ffi::{entry, narrow, out, padded, rv_of, unexpected};
+use crate::ffi::{entry, narrow, out, padded, rv_of, unexpected, wire};
 
 /// C_Initialize (v2.40 §5.4.1). `pReserved` must be NULL; the four mutex callbacks are all set
 /// or all NULL; callbacks without CKF_OS_LOCKING_OK get CKR_CANT_LOCK, as this library can only
@@ -88,7 +88,7 @@ pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
 pub unsafe extern "C" fn C_GetFunctionStatus(session: CK_SESSION_HANDLE) -> CK_RV {
     entry!({
         rv_of(client::call(Request::GetFunctionStatus {
-            session: session as u64,
+            session: wire(session),
         })?)
     })
 }
@@ -98,7 +98,7 @@ pub unsafe extern "C" fn C_GetFunctionStatus(session: CK_SESSION_HANDLE) -> CK_R
 pub unsafe extern "C" fn C_CancelFunction(session: CK_SESSION_HANDLE) -> CK_RV {
     entry!({
         rv_of(client::call(Request::CancelFunction {
-            session: session as u64,
+            session: wire(session),
         })?)
     })
 }

@@ -5,7 +5,7 @@ use protocol::message::{Request, Response};
 
 use crate::api::object::write_handle;
 use crate::client;
-use crate::ffi::{bytes, entry, len, narrow, out, rv_of, unexpected, OutBuf};
+use crate::ffi::{bytes, entry, len, narrow, out, rv_of, unexpected, wire, OutBuf};
 use crate::{mechanism, template};
 
 /// C_GenerateKey (v2.40 §5.14.1).
@@ -24,7 +24,7 @@ pub unsafe extern "C" fn C_GenerateKey(
         let template = template::read(t, count)?;
         write_handle(
             client::call(Request::GenerateKey {
-                session: session as u64,
+                session: wire(session),
                 mechanism,
                 template,
             })?,
@@ -52,7 +52,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
         let public_template = template::read(public_t, public_count)?;
         let private_template = template::read(private_t, private_count)?;
         let r = client::call(Request::GenerateKeyPair {
-            session: session as u64,
+            session: wire(session),
             mechanism,
             public_template,
             private_template,
@@ -86,10 +86,10 @@ pub unsafe extern "C" fn C_WrapKey(
         let mechanism = mechanism::read(mech)?;
         let buf = OutBuf::new(wrapped, wrapped_len)?;
         let r = client::call(Request::WrapKey {
-            session: session as u64,
+            session: wire(session),
             mechanism,
-            wrapping_key: wrapping_key as u64,
-            key: key as u64,
+            wrapping_key: wire(wrapping_key),
+            key: wire(key),
             capacity: buf.capacity(),
         })?;
         buf.write_output(r)
@@ -115,9 +115,9 @@ pub unsafe extern "C" fn C_UnwrapKey(
         let wrapped_key = bytes(wrapped, wrapped_len)?.to_vec();
         let template = template::read(t, count)?;
         let r = client::call(Request::UnwrapKey {
-            session: session as u64,
+            session: wire(session),
             mechanism,
-            unwrapping_key: unwrapping_key as u64,
+            unwrapping_key: wire(unwrapping_key),
             wrapped_key,
             template,
         })?;
@@ -141,9 +141,9 @@ pub unsafe extern "C" fn C_DeriveKey(
         let mechanism = mechanism::read(mech)?;
         let template = template::read(t, count)?;
         let r = client::call(Request::DeriveKey {
-            session: session as u64,
+            session: wire(session),
             mechanism,
-            base_key: base_key as u64,
+            base_key: wire(base_key),
             template,
         })?;
         write_handle(r, key)
@@ -161,7 +161,7 @@ pub unsafe extern "C" fn C_SeedRandom(
         client::current()?;
         let seed = bytes(seed, seed_len)?.to_vec();
         rv_of(client::call(Request::SeedRandom {
-            session: session as u64,
+            session: wire(session),
             seed,
         })?)
     })
@@ -181,7 +181,7 @@ pub unsafe extern "C" fn C_GenerateRandom(
             return Err(CKR_ARGUMENTS_BAD);
         }
         match client::call(Request::GenerateRandom {
-            session: session as u64,
+            session: wire(session),
             len: n as u64,
         })? {
             Response::Output {

@@ -4,7 +4,7 @@ use cryptoki_sys::*;
 use protocol::message::{Request, Response};
 
 use crate::client;
-use crate::ffi::{entry, len, narrow, out, rv_of, unexpected};
+use crate::ffi::{entry, len, narrow, out, rv_of, unexpected, wire};
 use crate::template;
 
 /// Writes a `Response::Handle` into the caller's handle.
@@ -32,7 +32,7 @@ pub unsafe extern "C" fn C_CreateObject(
         let template = template::read(t, count)?;
         write_handle(
             client::call(Request::CreateObject {
-                session: session as u64,
+                session: wire(session),
                 template,
             })?,
             object,
@@ -54,8 +54,8 @@ pub unsafe extern "C" fn C_CopyObject(
         let new_object = out(new_object)?;
         let template = template::read(t, count)?;
         let r = client::call(Request::CopyObject {
-            session: session as u64,
-            object: object as u64,
+            session: wire(session),
+            object: wire(object),
             template,
         })?;
         write_handle(r, new_object)
@@ -70,8 +70,8 @@ pub unsafe extern "C" fn C_DestroyObject(
 ) -> CK_RV {
     entry!({
         rv_of(client::call(Request::DestroyObject {
-            session: session as u64,
-            object: object as u64,
+            session: wire(session),
+            object: wire(object),
         })?)
     })
 }
@@ -87,8 +87,8 @@ pub unsafe extern "C" fn C_GetObjectSize(
         client::current()?;
         let size = out(size)?;
         match client::call(Request::GetObjectSize {
-            session: session as u64,
-            object: object as u64,
+            session: wire(session),
+            object: wire(object),
         })? {
             Response::Size(s) => {
                 *size = narrow(s)?;
@@ -112,8 +112,8 @@ pub unsafe extern "C" fn C_GetAttributeValue(
         client::current()?;
         let query = template::query(t, count)?;
         match client::call(Request::GetAttributeValue {
-            session: session as u64,
-            object: object as u64,
+            session: wire(session),
+            object: wire(object),
             query,
         })? {
             Response::Attributes { rv, values } => {
@@ -139,8 +139,8 @@ pub unsafe extern "C" fn C_SetAttributeValue(
         client::current()?;
         let template = template::read(t, count)?;
         rv_of(client::call(Request::SetAttributeValue {
-            session: session as u64,
-            object: object as u64,
+            session: wire(session),
+            object: wire(object),
             template,
         })?)
     })
@@ -157,7 +157,7 @@ pub unsafe extern "C" fn C_FindObjectsInit(
         client::current()?;
         let template = template::read(t, count)?;
         rv_of(client::call(Request::FindObjectsInit {
-            session: session as u64,
+            session: wire(session),
             template,
         })?)
     })
@@ -179,8 +179,8 @@ pub unsafe extern "C" fn C_FindObjects(
         }
         let max = len(max_count)?;
         match client::call(Request::FindObjects {
-            session: session as u64,
-            max_count: max_count as u64,
+            session: wire(session),
+            max_count: wire(max_count),
         })? {
             Response::Ulongs { rv, values, .. } => {
                 let rv = narrow(rv)?;
@@ -206,7 +206,7 @@ pub unsafe extern "C" fn C_FindObjects(
 pub unsafe extern "C" fn C_FindObjectsFinal(session: CK_SESSION_HANDLE) -> CK_RV {
     entry!({
         rv_of(client::call(Request::FindObjectsFinal {
-            session: session as u64,
+            session: wire(session),
         })?)
     })
 }

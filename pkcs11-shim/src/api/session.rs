@@ -6,7 +6,7 @@ use cryptoki_sys::*;
 use protocol::message::{Request, Response};
 
 use crate::client;
-use crate::ffi::{bytes, entry, narrow, out, pin, rv_of, unexpected, OutBuf};
+use crate::ffi::{bytes, entry, narrow, out, pin, rv_of, unexpected, wire, OutBuf};
 
 /// C_OpenSession (v2.40 §5.6.1). Notification callbacks stay in this process: they are not
 /// forwarded (vendor libraries, SoftHSM2 and Luna among them, do not call them either).
@@ -22,8 +22,8 @@ pub unsafe extern "C" fn C_OpenSession(
         client::current()?;
         let session = out(session)?;
         match client::call(Request::OpenSession {
-            slot: slot as u64,
-            flags: flags as u64,
+            slot: wire(slot),
+            flags: wire(flags),
         })? {
             Response::Handle(h) => {
                 *session = narrow(h)?;
@@ -39,7 +39,7 @@ pub unsafe extern "C" fn C_OpenSession(
 pub unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
     entry!({
         rv_of(client::call(Request::CloseSession {
-            session: session as u64,
+            session: wire(session),
         })?)
     })
 }
@@ -49,7 +49,7 @@ pub unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
 pub unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
     entry!({
         rv_of(client::call(Request::CloseAllSessions {
-            slot: slot as u64,
+            slot: wire(slot),
         })?)
     })
 }
@@ -64,7 +64,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(
         client::current()?;
         let info = out(info)?;
         match client::call(Request::GetSessionInfo {
-            session: session as u64,
+            session: wire(session),
         })? {
             Response::SessionInfo(i) => {
                 *info = CK_SESSION_INFO {
@@ -91,7 +91,7 @@ pub unsafe extern "C" fn C_GetOperationState(
         client::current()?;
         let buf = OutBuf::new(state, len)?;
         let r = client::call(Request::GetOperationState {
-            session: session as u64,
+            session: wire(session),
             capacity: buf.capacity(),
         })?;
         buf.write_output(r)
@@ -111,10 +111,10 @@ pub unsafe extern "C" fn C_SetOperationState(
         client::current()?;
         let state = bytes(state, len)?.to_vec();
         rv_of(client::call(Request::SetOperationState {
-            session: session as u64,
+            session: wire(session),
             state,
-            encryption_key: encryption_key as u64,
-            authentication_key: authentication_key as u64,
+            encryption_key: wire(encryption_key),
+            authentication_key: wire(authentication_key),
         })?)
     })
 }
@@ -132,8 +132,8 @@ pub unsafe extern "C" fn C_Login(
         client::current()?;
         let pin = pin(p, n)?;
         rv_of(client::call(Request::Login {
-            session: session as u64,
-            user_type: user_type as u64,
+            session: wire(session),
+            user_type: wire(user_type),
             pin,
         })?)
     })
@@ -144,7 +144,7 @@ pub unsafe extern "C" fn C_Login(
 pub unsafe extern "C" fn C_Logout(session: CK_SESSION_HANDLE) -> CK_RV {
     entry!({
         rv_of(client::call(Request::Logout {
-            session: session as u64,
+            session: wire(session),
         })?)
     })
 }

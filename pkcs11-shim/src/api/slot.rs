@@ -6,7 +6,7 @@ use cryptoki_sys::*;
 use protocol::message::{Request, Response};
 
 use crate::client;
-use crate::ffi::{bytes, entry, narrow, out, padded, pin, rv_of, unexpected, OutBuf};
+use crate::ffi::{bytes, entry, narrow, out, padded, pin, rv_of, unexpected, wire, OutBuf};
 
 fn version(v: (u8, u8)) -> CK_VERSION {
     CK_VERSION {
@@ -39,7 +39,7 @@ pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO
     entry!({
         client::current()?;
         let info = out(info)?;
-        match client::call(Request::GetSlotInfo { slot: slot as u64 })? {
+        match client::call(Request::GetSlotInfo { slot: wire(slot) })? {
             Response::SlotInfo(i) => {
                 *info = CK_SLOT_INFO {
                     slotDescription: padded(&i.slot_description),
@@ -61,7 +61,7 @@ pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_IN
     entry!({
         client::current()?;
         let info = out(info)?;
-        match client::call(Request::GetTokenInfo { slot: slot as u64 })? {
+        match client::call(Request::GetTokenInfo { slot: wire(slot) })? {
             Response::TokenInfo(i) => {
                 *info = CK_TOKEN_INFO {
                     label: padded(&i.label),
@@ -104,9 +104,7 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
             return Err(CKR_ARGUMENTS_BAD);
         }
         let slot = out(slot)?;
-        match client::call(Request::WaitForSlotEvent {
-            flags: flags as u64,
-        })? {
+        match client::call(Request::WaitForSlotEvent { flags: wire(flags) })? {
             Response::Handle(s) => {
                 *slot = narrow(s)?;
                 Ok(())
@@ -127,7 +125,7 @@ pub unsafe extern "C" fn C_GetMechanismList(
         client::current()?;
         let buf = OutBuf::new(list, count)?;
         let r = client::call(Request::GetMechanismList {
-            slot: slot as u64,
+            slot: wire(slot),
             capacity: buf.capacity(),
         })?;
         buf.write_ulongs(r)
@@ -145,8 +143,8 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
         client::current()?;
         let info = out(info)?;
         match client::call(Request::GetMechanismInfo {
-            slot: slot as u64,
-            mechanism: ty as u64,
+            slot: wire(slot),
+            mechanism: wire(ty),
         })? {
             Response::MechanismInfo(i) => {
                 *info = CK_MECHANISM_INFO {
@@ -174,7 +172,7 @@ pub unsafe extern "C" fn C_InitToken(
         let label = bytes(label, 32)?.to_vec();
         let so_pin = pin(so_pin, pin_len)?;
         rv_of(client::call(Request::InitToken {
-            slot: slot as u64,
+            slot: wire(slot),
             so_pin,
             label,
         })?)
@@ -192,7 +190,7 @@ pub unsafe extern "C" fn C_InitPIN(
         client::current()?;
         let pin = pin(p, n)?;
         rv_of(client::call(Request::InitPin {
-            session: session as u64,
+            session: wire(session),
             pin,
         })?)
     })
@@ -211,7 +209,7 @@ pub unsafe extern "C" fn C_SetPIN(
         client::current()?;
         let (old_pin, new_pin) = (pin(old, old_len)?, pin(new, new_len)?);
         rv_of(client::call(Request::SetPin {
-            session: session as u64,
+            session: wire(session),
             old_pin,
             new_pin,
         })?)
