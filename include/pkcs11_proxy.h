@@ -1,0 +1,42 @@
+/*
+ * pkcs11_proxy.h - public header of the PKCS#11 proxy (libpkcs11_shim.so).
+ *
+ * The shim is a standard PKCS#11 module: use it through the system's PKCS#11 header
+ * (e.g. <p11-kit/pkcs11.h>) with C_GetFunctionList, C_GetInterface or the C_* symbols.
+ * This header adds what is specific to the proxy: the names of its configuration and the
+ * versions it implements. It declares no function beyond the standard API.
+ *
+ * Configuration is read in C_Initialize, never at dlopen time. A missing or invalid
+ * configuration makes C_Initialize return CKR_GENERAL_ERROR with one line on stderr; an
+ * unreachable server makes it return CKR_FUNCTION_FAILED.
+ */
+#ifndef PKCS11_PROXY_H
+#define PKCS11_PROXY_H
+
+/* Version of this proxy. */
+#define PKCS11_PROXY_VERSION_MAJOR 0
+#define PKCS11_PROXY_VERSION_MINOR 1
+
+/* Version of the wire protocol between shim and server (refused on mismatch). */
+#define PKCS11_PROXY_PROTOCOL_VERSION 1
+
+/* PKCS#11 interface versions offered by C_GetInterface, default first: 3.0, then 2.40. */
+#define PKCS11_PROXY_INTERFACE_NAME "PKCS 11"
+
+/*
+ * Server address(es), comma-separated, tried in order:
+ *   tcp://HOST:PORT   (HOST a name, an IPv4 address or [IPv6])
+ *   unix:///absolute/path   or   /absolute/path   (used as given: no ".pkcs11" suffix)
+ */
+#define PKCS11_PROXY_ENV_SOCKET "PKCS11_PROXY_SOCKET"
+
+/* Connect timeout in milliseconds (default 5000). */
+#define PKCS11_PROXY_ENV_CONNECT_TIMEOUT_MS "PKCS11_PROXY_CONNECT_TIMEOUT_MS"
+
+/* Longest wait for one call's answer in milliseconds (default 300000). */
+#define PKCS11_PROXY_ENV_CALL_TIMEOUT_MS "PKCS11_PROXY_CALL_TIMEOUT_MS"
+
+/* Server side: the address of the compatible command line `pkcs11-proxy-server LIB [-]`. */
+#define PKCS11_PROXY_ENV_DAEMON_SOCKET "PKCS11_DAEMON_SOCKET"
+
+#endif /* PKCS11_PROXY_H */
