@@ -7,11 +7,20 @@ use tests::{shim_path, TempDir};
 
 #[test]
 fn c_program_builds_against_the_header_and_loads_the_shim() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let dir = TempDir::new("c-header");
     let exe = dir.path().join("header_test");
     let cc = Command::new("cc")
-        .args(["-Wall", "-Wextra", "-Werror", "-std=c11", "-D_POSIX_C_SOURCE=200809L"])
+        .args([
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-std=c11",
+            "-D_POSIX_C_SOURCE=200809L",
+        ])
         .arg("-I")
         .arg(root.join("include"))
         .arg("-I/usr/include/p11-kit-1")
@@ -21,8 +30,16 @@ fn c_program_builds_against_the_header_and_loads_the_shim() {
         .arg("-ldl")
         .output()
         .expect("a C compiler (cc) must be installed");
-    assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
-    let run = Command::new(&exe).arg(shim_path()).env_remove("PKCS11_PROXY_SOCKET").output().unwrap();
+    assert!(
+        cc.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let run = Command::new(&exe)
+        .arg(shim_path())
+        .env_remove("PKCS11_PROXY_SOCKET")
+        .output()
+        .unwrap();
     assert!(
         run.status.success(),
         "{}{}",
