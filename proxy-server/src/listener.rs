@@ -16,6 +16,12 @@ use crate::server::Server;
 /// Stack of each connection thread: vendor libraries get the room they need.
 const CONNECTION_STACK: usize = 1024 * 1024;
 
+/// TCP keepalive of client connections: first probe after 30 s idle, then every 10 s, 3 tries.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(std::time::Duration::from_secs(30))
+    .with_interval(std::time::Duration::from_secs(10))
+    .with_retries(3);
+
 /// A bound listening socket.
 pub enum Listener {
     Tcp(TcpListener),
@@ -81,6 +87,9 @@ impl Listener {
             Self::Tcp(l) => {
                 let (s, peer) = l.accept()?;
                 s.set_nodelay(true)?;
+                // A client that vanished without a FIN (power loss, network cut) is noticed
+                // within about a minute, and its sessions are closed.
+                socket2::SockRef::from(&s).set_tcp_keepalive(&KEEPALIVE)?;
                 Ok((Stream::Tcp(s), peer.to_string()))
             }
             Self::Unix(l) => {

@@ -15,6 +15,13 @@ use protocol::ProtocolError;
 use super::config::Config;
 use crate::ffi::ULONG;
 
+/// TCP keepalive towards the server: a silently dead peer fails the call in about a minute
+/// instead of waiting for the whole call timeout.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(std::time::Duration::from_secs(30))
+    .with_interval(std::time::Duration::from_secs(10))
+    .with_retries(3);
+
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -81,6 +88,9 @@ impl Connection {
                 }
                 let s = found.ok_or(last)?;
                 s.set_nodelay(true).map_err(|e| e.to_string())?;
+                socket2::SockRef::from(&s)
+                    .set_tcp_keepalive(&KEEPALIVE)
+                    .map_err(|e| e.to_string())?;
                 s.set_read_timeout(Some(config.call_timeout))
                     .map_err(|e| e.to_string())?;
                 s.set_write_timeout(Some(config.call_timeout))
