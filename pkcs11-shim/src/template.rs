@@ -54,11 +54,14 @@ unsafe fn read_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<V
                         .map(|i| wire((a.pValue as *const CK_ULONG).add(i).read_unaligned()))
                         .collect(),
                 ),
-                Kind::Template if raw.len() % ATTRIBUTE == 0 => AttrValue::Template(read_at(
-                    a.pValue as *const CK_ATTRIBUTE,
-                    (raw.len() / ATTRIBUTE) as CK_ULONG,
-                    depth + 1,
-                )?),
+                Kind::Template if raw.len() % ATTRIBUTE == 0 => AttrValue::Template(
+                    read_at(
+                        a.pValue as *const CK_ATTRIBUTE,
+                        (raw.len() / ATTRIBUTE) as CK_ULONG,
+                        depth + 1,
+                    )?
+                    .into(),
+                ),
                 _ => AttrValue::Bytes(raw.to_vec()),
             };
             Ok(Attribute { ty, value })
@@ -87,11 +90,14 @@ unsafe fn query_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<
             let want = if a.pValue.is_null() {
                 Want::Len
             } else if kind == Kind::Template && (a.ulValueLen as usize).is_multiple_of(ATTRIBUTE) {
-                Want::Template(query_at(
-                    a.pValue as *const CK_ATTRIBUTE,
-                    a.ulValueLen / ATTRIBUTE as CK_ULONG,
-                    depth + 1,
-                )?)
+                Want::Template(
+                    query_at(
+                        a.pValue as *const CK_ATTRIBUTE,
+                        a.ulValueLen / ATTRIBUTE as CK_ULONG,
+                        depth + 1,
+                    )?
+                    .into(),
+                )
             } else {
                 // Whole elements only: a 7-byte buffer holds no CK_ULONG.
                 let unit = kind.unit(ULONG, ATTRIBUTE) as u64;

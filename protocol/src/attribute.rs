@@ -10,7 +10,10 @@
 //! arrays and nested templates, bytes otherwise, so each side multiplies by its own
 //! `sizeof(CK_ULONG)` / `sizeof(CK_ATTRIBUTE)`.
 
-use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+use std::ops::Deref;
+
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
 
 /// `CKF_ARRAY_ATTRIBUTE`.
 pub const ARRAY_ATTRIBUTE: u64 = 0x4000_0000;
@@ -109,6 +112,65 @@ pub fn kind_of(ty: u64) -> Kind {
     }
 }
 
+/// The attributes of a nested template (`CKA_WRAP_TEMPLATE`...). Decoding counts the
+/// nesting depth and refuses more than [`MAX_TEMPLATE_DEPTH`] levels, so a hostile frame of
+/// templates nested a million deep is an error, not a stack overflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Nested<T>(pub Vec<T>);
+
+impl<T> Deref for Nested<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.0
+    }
+}
+
+impl<T> From<Vec<T>> for Nested<T> {
+    fn from(v: Vec<T>) -> Self {
+        Self(v)
+    }
+}
+
+impl<T: Serialize> Serialize for Nested<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+thread_local! {
+    static DECODE_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One level of template nesting while decoding; released on drop, errors included.
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter() -> Option<Self> {
+        DECODE_DEPTH.with(|d| {
+            if d.get() >= MAX_TEMPLATE_DEPTH {
+                None
+            } else {
+                d.set(d.get() + 1);
+                Some(DepthGuard)
+            }
+        })
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        DECODE_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nested<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _level =
+            DepthGuard::enter().ok_or_else(|| D::Error::custom("templates nested too deeply"))?;
+        Vec::<T>::deserialize(d).map(Nested)
+    }
+}
+
 /// An attribute value as it travels. A value whose length does not fit its kind (a `CK_ULONG`
 /// attribute given 3 bytes, say) travels as `Bytes`, unchanged, so the vendor library judges it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +179,7 @@ pub enum AttrValue {
     Ulong(u64),
     Date([u8; 8]),
     UlongArray(Vec<u64>),
-    Template(Vec<Attribute>),
+    Template(Nested<Attribute>),
     Bytes(Vec<u8>),
 }
 
@@ -143,7 +205,7 @@ pub enum Want {
     /// A buffer of this many units.
     Buffer(u64),
     /// A nested `CK_ATTRIBUTE` array (template attributes), each entry asked for in turn.
-    Template(Vec<AttrQuery>),
+    Template(Nested<AttrQuery>),
 }
 
 /// What the vendor library answered for one attribute.
@@ -156,7 +218,7 @@ pub enum AttrOut {
     /// The value.
     Value(AttrValue),
     /// A nested template answered entry by entry.
-    Template(Vec<AttrOut>),
+    Template(Nested<AttrOut>),
 }
 
 /// Converts a byte length of `kind` into wire units; lengths that are not a whole number of
@@ -179,6 +241,45 @@ pub fn units_to_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec;
+
+    /// A one-attribute template nested `depth` levels deep, as postcard bytes written by hand:
+    /// (ty = 0, AttrValue::Template = variant 4, one element) per level, then a CK_BBOOL.
+    fn nested_bytes(depth: usize) -> Vec<u8> {
+        let mut bytes = vec![1u8];
+        for _ in 0..depth {
+            bytes.extend_from_slice(&[0, 4, 1]);
+        }
+        bytes.extend_from_slice(&[1, 0, 1]); // CKA_TOKEN = Bool(true)
+        bytes
+    }
+
+    #[test]
+    fn nesting_is_bounded_while_decoding() {
+        assert!(codec::decode::<Vec<Attribute>>(&nested_bytes(MAX_TEMPLATE_DEPTH)).is_ok());
+        assert!(codec::decode::<Vec<Attribute>>(&nested_bytes(MAX_TEMPLATE_DEPTH + 1)).is_err());
+        // A hundred thousand levels: an error, not a stack overflow.
+        assert!(codec::decode::<Vec<Attribute>>(&nested_bytes(100_000)).is_err());
+        // The depth counter was released after the errors: a legal value still decodes, and
+        // encoding agrees with the hand-written bytes.
+        let mut value = AttrValue::Bool(true);
+        for _ in 0..MAX_TEMPLATE_DEPTH {
+            value = AttrValue::Template(vec![Attribute { ty: 0, value }].into());
+        }
+        let mut buf = Vec::new();
+        codec::encode(
+            &vec![Attribute {
+                ty: 0,
+                value: value.clone(),
+            }],
+            &mut buf,
+        )
+        .unwrap();
+        assert_eq!(
+            codec::decode::<Vec<Attribute>>(&buf).unwrap()[0].value,
+            value
+        );
+    }
 
     #[test]
     fn kinds_of_well_known_attributes() {

@@ -537,10 +537,13 @@ mod tests {
                 session: 7,
                 template: vec![Attribute {
                     ty: crate::attribute::WRAP_TEMPLATE,
-                    value: AttrValue::Template(vec![Attribute {
-                        ty: 0,
-                        value: AttrValue::Ulong(3),
-                    }]),
+                    value: AttrValue::Template(
+                        vec![Attribute {
+                            ty: 0,
+                            value: AttrValue::Ulong(3),
+                        }]
+                        .into(),
+                    ),
                 }],
             },
             Request::GetAttributeValue {

@@ -62,11 +62,14 @@ impl CTemplate {
     }
 
     /// A template for C_GetAttributeValue with a buffer of the asked size per attribute.
+    /// All buffers together are bounded by what one response frame can carry, so a caller
+    /// announcing huge buffers cannot make the server allocate more than that.
     pub fn for_query(query: &[AttrQuery]) -> Result<Self, CK_RV> {
-        Self::for_query_at(query, 0)
+        let mut budget = MAX_DATA_LEN;
+        Self::for_query_at(query, 0, &mut budget)
     }
 
-    fn for_query_at(query: &[AttrQuery], depth: usize) -> Result<Self, CK_RV> {
+    fn for_query_at(query: &[AttrQuery], depth: usize, budget: &mut u64) -> Result<Self, CK_RV> {
         if depth > MAX_TEMPLATE_DEPTH {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -76,16 +79,18 @@ impl CTemplate {
             let storage = match &q.want {
                 Want::Len => Storage::None,
                 Want::Buffer(units) => {
-                    let bytes = units_to_bytes(kind, *units, ULONG, ATTRIBUTE)
-                        .filter(|b| *b <= MAX_DATA_LEN)
-                        .ok_or(CKR_ARGUMENTS_BAD)?;
-                    let bytes = bytes as usize;
+                    let asked = units_to_bytes(kind, *units, ULONG, ATTRIBUTE).unwrap_or(u64::MAX);
+                    let granted = asked.min(*budget);
+                    *budget -= granted;
+                    let bytes = granted as usize;
                     match kind {
                         Kind::Ulong | Kind::UlongArray => Storage::Ulongs(vec![0; bytes / ULONG]),
                         _ => Storage::Bytes(vec![0; bytes]),
                     }
                 }
-                Want::Template(nested) => Storage::Nested(Self::for_query_at(nested, depth + 1)?),
+                Want::Template(nested) => {
+                    Storage::Nested(Self::for_query_at(nested, depth + 1, budget)?)
+                }
             };
             t.push(to_ulong(q.ty)?, storage)?;
         }
@@ -168,7 +173,7 @@ impl CTemplate {
                         let n = (len as usize) / ATTRIBUTE;
                         let mut nested = t.results();
                         nested.truncate(n);
-                        AttrOut::Template(nested)
+                        AttrOut::Template(nested.into())
                     }
                 }
             })
