@@ -486,6 +486,285 @@ unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         vec![],
     );
 
+    // More parameter shapes with deterministic results: ECB, CTR, GCM in both layouts.
+    let mut ecb = CK_MECHANISM {
+        mechanism: CKM_AES_ECB,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let block = [0x33u8; 32];
+    rec(
+        "EncryptInit(ECB)",
+        f.C_EncryptInit.unwrap()(s, &mut ecb, aes),
+        vec![],
+    );
+    let mut el: CK_ULONG = 64;
+    let rv = f.C_Encrypt.unwrap()(s, block.as_ptr() as *mut u8, 32, ct.as_mut_ptr(), &mut el);
+    rec("Encrypt(ECB)", rv, ct[..el as usize].to_vec());
+    let mut ctr_params = CK_AES_CTR_PARAMS {
+        ulCounterBits: 32,
+        cb: [0x44; 16],
+    };
+    let mut ctr = CK_MECHANISM {
+        mechanism: CKM_AES_CTR,
+        pParameter: (&mut ctr_params as *mut CK_AES_CTR_PARAMS).cast(),
+        ulParameterLen: std::mem::size_of::<CK_AES_CTR_PARAMS>() as CK_ULONG,
+    };
+    rec(
+        "EncryptInit(CTR)",
+        f.C_EncryptInit.unwrap()(s, &mut ctr, aes),
+        vec![],
+    );
+    let mut el: CK_ULONG = 64;
+    let rv = f.C_Encrypt.unwrap()(
+        s,
+        data.as_ptr() as *mut u8,
+        data.len() as CK_ULONG,
+        ct.as_mut_ptr(),
+        &mut el,
+    );
+    rec("Encrypt(CTR)", rv, ct[..el as usize].to_vec());
+    let mut gcm_iv = [0x55u8; 12];
+    let aad = b"header";
+    let mut gcm_params = CK_GCM_PARAMS {
+        pIv: gcm_iv.as_mut_ptr(),
+        ulIvLen: 12,
+        ulIvBits: 96,
+        pAAD: aad.as_ptr() as *mut u8,
+        ulAADLen: aad.len() as CK_ULONG,
+        ulTagBits: 128,
+    };
+    let mut gcm = CK_MECHANISM {
+        mechanism: CKM_AES_GCM,
+        pParameter: (&mut gcm_params as *mut CK_GCM_PARAMS).cast(),
+        ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+    };
+    rec(
+        "EncryptInit(GCM)",
+        f.C_EncryptInit.unwrap()(s, &mut gcm, aes),
+        vec![],
+    );
+    let mut el: CK_ULONG = 64;
+    let rv = f.C_Encrypt.unwrap()(
+        s,
+        data.as_ptr() as *mut u8,
+        data.len() as CK_ULONG,
+        ct.as_mut_ptr(),
+        &mut el,
+    );
+    rec("Encrypt(GCM)", rv, ct[..el as usize].to_vec());
+    /// The original CK_GCM_PARAMS layout, without ulIvBits.
+    #[repr(C)]
+    struct GcmNoIvBits {
+        iv: *mut u8,
+        iv_len: CK_ULONG,
+        aad: *mut u8,
+        aad_len: CK_ULONG,
+        tag_bits: CK_ULONG,
+    }
+    let mut old_layout = GcmNoIvBits {
+        iv: gcm_iv.as_mut_ptr(),
+        iv_len: 12,
+        aad: aad.as_ptr() as *mut u8,
+        aad_len: 6,
+        tag_bits: 128,
+    };
+    let mut gcm_old = CK_MECHANISM {
+        mechanism: CKM_AES_GCM,
+        pParameter: (&mut old_layout as *mut GcmNoIvBits).cast(),
+        ulParameterLen: std::mem::size_of::<GcmNoIvBits>() as CK_ULONG,
+    };
+    rec(
+        "EncryptInit(GCM without ulIvBits)",
+        f.C_EncryptInit.unwrap()(s, &mut gcm_old, aes),
+        vec![],
+    );
+
+    // Key wrap with a known key: deterministic, with the two-call sizes.
+    let mut kw = CK_MECHANISM {
+        mechanism: CKM_AES_KEY_WRAP,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let wrap_value = [0x66u8; 16];
+    let extractable = CKA_EXTRACTABLE;
+    let mut wt = [
+        attr(CKA_CLASS, &key_class),
+        attr(CKA_KEY_TYPE, &aes_type),
+        attr(CKA_VALUE, &wrap_value),
+        attr(CKA_WRAP, &tru),
+        attr(CKA_UNWRAP, &tru),
+    ];
+    let mut wrapper = 0;
+    rec(
+        "CreateObject(wrapping key)",
+        f.C_CreateObject.unwrap()(s, wt.as_mut_ptr(), 5, &mut wrapper),
+        vec![],
+    );
+    let fals = [CK_FALSE];
+    let mut xt = [
+        attr(CKA_CLASS, &key_class),
+        attr(CKA_KEY_TYPE, &aes_type),
+        attr(CKA_VALUE, &[0x99u8; 32]),
+        attr(extractable, &tru),
+        attr(CKA_SENSITIVE, &fals),
+    ];
+    let mut target = 0;
+    rec(
+        "CreateObject(extractable key)",
+        f.C_CreateObject.unwrap()(s, xt.as_mut_ptr(), 5, &mut target),
+        vec![],
+    );
+    let mut wl: CK_ULONG = 0;
+    let rv = f.C_WrapKey.unwrap()(s, &mut kw, wrapper, target, ptr::null_mut(), &mut wl);
+    rec("WrapKey(NULL)", rv, ulong_bytes(&[wl]));
+    let mut wrapped = [0u8; 64];
+    let mut short: CK_ULONG = 8;
+    let rv = f.C_WrapKey.unwrap()(
+        s,
+        &mut kw,
+        wrapper,
+        target,
+        wrapped.as_mut_ptr(),
+        &mut short,
+    );
+    rec("WrapKey(short)", rv, ulong_bytes(&[short]));
+    let rv = f.C_WrapKey.unwrap()(s, &mut kw, wrapper, target, wrapped.as_mut_ptr(), &mut wl);
+    rec("WrapKey", rv, wrapped[..wl as usize].to_vec());
+
+    // Array attributes: CKA_ALLOWED_MECHANISMS (mechanism array) and CKA_WRAP_TEMPLATE
+    // (nested template), each read with a length query, then per-entry lengths, then values.
+    let allowed = [CKM_AES_CBC_PAD, CKM_AES_GCM];
+    let allowed_bytes = ulong_bytes(&allowed);
+    let inner_class = CKO_SECRET_KEY.to_ne_bytes();
+    let inner_type = CKK_AES.to_ne_bytes();
+    let mut inner = [
+        attr(CKA_CLASS, &inner_class),
+        attr(CKA_KEY_TYPE, &inner_type),
+    ];
+    let inner_attr = CK_ATTRIBUTE {
+        type_: CKA_WRAP_TEMPLATE,
+        pValue: inner.as_mut_ptr().cast(),
+        ulValueLen: (2 * std::mem::size_of::<CK_ATTRIBUTE>()) as CK_ULONG,
+    };
+    let mut tt = [
+        attr(CKA_CLASS, &key_class),
+        attr(CKA_KEY_TYPE, &aes_type),
+        attr(CKA_VALUE, &[0x77u8; 16]),
+        attr(CKA_WRAP, &tru),
+        attr(CKA_ALLOWED_MECHANISMS, &allowed_bytes),
+        inner_attr,
+    ];
+    let mut templated = 0;
+    rec(
+        "CreateObject(wrap template)",
+        f.C_CreateObject.unwrap()(s, tt.as_mut_ptr(), 6, &mut templated),
+        vec![],
+    );
+    let mut q = [
+        CK_ATTRIBUTE {
+            type_: CKA_ALLOWED_MECHANISMS,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_WRAP_TEMPLATE,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        },
+    ];
+    let rv = f.C_GetAttributeValue.unwrap()(s, templated, q.as_mut_ptr(), 2);
+    rec(
+        "GetAttributeValue(array lengths)",
+        rv,
+        ulong_bytes(&[q[0].ulValueLen, q[1].ulValueLen]),
+    );
+    let mut mechs_out = [0 as CK_ULONG; 4];
+    let mut nested = [
+        CK_ATTRIBUTE {
+            type_: CKA_CLASS,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_KEY_TYPE,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        },
+    ];
+    let mut q = [
+        CK_ATTRIBUTE {
+            type_: CKA_ALLOWED_MECHANISMS,
+            pValue: mechs_out.as_mut_ptr().cast(),
+            ulValueLen: 32,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_WRAP_TEMPLATE,
+            pValue: nested.as_mut_ptr().cast(),
+            ulValueLen: q[1].ulValueLen,
+        },
+    ];
+    let rv = f.C_GetAttributeValue.unwrap()(s, templated, q.as_mut_ptr(), 2);
+    rec(
+        "GetAttributeValue(arrays, nested lengths)",
+        rv,
+        [
+            ulong_bytes(&[
+                q[0].ulValueLen,
+                q[1].ulValueLen,
+                nested[0].ulValueLen,
+                nested[1].ulValueLen,
+            ]),
+            ulong_bytes(&mechs_out),
+        ]
+        .concat(),
+    );
+    let (mut c_out, mut t_out) = (0 as CK_ULONG, 0 as CK_ULONG);
+    nested[0].pValue = (&mut c_out as *mut CK_ULONG).cast();
+    nested[1].pValue = (&mut t_out as *mut CK_ULONG).cast();
+    let rv = f.C_GetAttributeValue.unwrap()(s, templated, q[1..].as_mut_ptr(), 1);
+    rec(
+        "GetAttributeValue(nested values)",
+        rv,
+        ulong_bytes(&[q[1].ulValueLen, c_out, t_out]),
+    );
+
+    // Functions SoftHSM2 may not implement: the proxy must answer as it does.
+    let mut st_len: CK_ULONG = 0;
+    rec(
+        "GetOperationState",
+        f.C_GetOperationState.unwrap()(s, ptr::null_mut(), &mut st_len),
+        ulong_bytes(&[st_len]),
+    );
+    rec(
+        "DigestInit(3)",
+        f.C_DigestInit.unwrap()(s, &mut mech),
+        vec![],
+    );
+    rec("DigestKey", f.C_DigestKey.unwrap()(s, aes), vec![]);
+    let mut rsa_x = CK_MECHANISM {
+        mechanism: CKM_RSA_X_509,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    rec(
+        "SignRecoverInit",
+        f.C_SignRecoverInit.unwrap()(s, &mut rsa_x, key),
+        vec![],
+    );
+    let mut info = CK_INFO::default();
+    let rv = f.C_GetInfo.unwrap()(&mut info);
+    rec(
+        "GetInfo",
+        rv,
+        [
+            vec![info.cryptokiVersion.major, info.cryptokiVersion.minor],
+            info.manufacturerID.to_vec(),
+            info.libraryDescription.to_vec(),
+        ]
+        .concat(),
+    );
+
     // Random, sessions, logout, close.
     let mut r = [0u8; 32];
     rec(
@@ -598,6 +877,22 @@ fn direct_and_proxy_answer_the_same_call_by_call() {
     // SAFETY: as above.
     let got = unsafe { scenario(&proxy) };
 
+    // The scenario exercises real work, not only errors: these succeed on SoftHSM2.
+    for must in [
+        "Sign(HMAC)",
+        "Encrypt(CTR)",
+        "Encrypt(GCM)",
+        "WrapKey",
+        "GetAttributeValue(arrays, nested lengths)",
+        "GetAttributeValue(nested values)",
+        "DecryptFinal",
+    ] {
+        let step = expected.iter().find(|s| s.0 == must).expect(must);
+        assert_eq!(
+            step.1, CKR_OK,
+            "{must} failed directly: the scenario is wrong"
+        );
+    }
     assert_eq!(expected.len(), got.len());
     let mut mismatches = Vec::new();
     for (e, g) in expected.iter().zip(&got) {
