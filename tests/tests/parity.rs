@@ -692,6 +692,8 @@ unsafe fn scenario(m: &RawModule) -> Vec<Step> {
             ulValueLen: 0,
         },
     ];
+    // The module writes into the nested entries through this pointer; so do we.
+    let np = nested.as_mut_ptr();
     let mut q = [
         CK_ATTRIBUTE {
             type_: CKA_ALLOWED_MECHANISMS,
@@ -700,7 +702,7 @@ unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         },
         CK_ATTRIBUTE {
             type_: CKA_WRAP_TEMPLATE,
-            pValue: nested.as_mut_ptr().cast(),
+            pValue: np.cast(),
             ulValueLen: q[1].ulValueLen,
         },
     ];
@@ -712,16 +714,16 @@ unsafe fn scenario(m: &RawModule) -> Vec<Step> {
             ulong_bytes(&[
                 q[0].ulValueLen,
                 q[1].ulValueLen,
-                nested[0].ulValueLen,
-                nested[1].ulValueLen,
+                (*np).ulValueLen,
+                (*np.add(1)).ulValueLen,
             ]),
             ulong_bytes(&mechs_out),
         ]
         .concat(),
     );
     let (mut c_out, mut t_out) = (0 as CK_ULONG, 0 as CK_ULONG);
-    nested[0].pValue = (&mut c_out as *mut CK_ULONG).cast();
-    nested[1].pValue = (&mut t_out as *mut CK_ULONG).cast();
+    (*np).pValue = (&mut c_out as *mut CK_ULONG).cast();
+    (*np.add(1)).pValue = (&mut t_out as *mut CK_ULONG).cast();
     let rv = f.C_GetAttributeValue.unwrap()(s, templated, q[1..].as_mut_ptr(), 1);
     rec(
         "GetAttributeValue(nested values)",
