@@ -20,9 +20,9 @@ macro_rules! init_fn {
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
             entry!({
-                client::current()?;
+                let client = client::current()?;
                 let mechanism = mechanism::read(mech)?;
-                rv_of(client::call(Request::$variant { session: session as u64, mechanism, key: key as u64 })?)
+                rv_of(client.call(Request::$variant { session: session as u64, mechanism, key: key as u64 })?)
             })
         }
     };
@@ -41,10 +41,10 @@ macro_rules! update_fn {
             output_len: *mut CK_ULONG,
         ) -> CK_RV {
             entry!({
-                client::current()?;
+                let client = client::current()?;
                 let $field = bytes(input, input_len)?.to_vec();
                 let buf = OutBuf::new(output, output_len)?;
-                let r = client::call(Request::$variant { session: session as u64, $field, capacity: buf.capacity() })?;
+                let r = client.call(Request::$variant { session: session as u64, $field, capacity: buf.capacity() })?;
                 buf.write_output(r)
             })
         }
@@ -58,9 +58,9 @@ macro_rules! final_fn {
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, output: *mut CK_BYTE, output_len: *mut CK_ULONG) -> CK_RV {
             entry!({
-                client::current()?;
+                let client = client::current()?;
                 let buf = OutBuf::new(output, output_len)?;
-                let r = client::call(Request::$variant { session: session as u64, capacity: buf.capacity() })?;
+                let r = client.call(Request::$variant { session: session as u64, capacity: buf.capacity() })?;
                 buf.write_output(r)
             })
         }
@@ -74,9 +74,9 @@ macro_rules! input_fn {
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, input: *mut CK_BYTE, input_len: CK_ULONG) -> CK_RV {
             entry!({
-                client::current()?;
+                let client = client::current()?;
                 let $field = bytes(input, input_len)?.to_vec();
-                rv_of(client::call(Request::$variant { session: session as u64, $field })?)
+                rv_of(client.call(Request::$variant { session: session as u64, $field })?)
             })
         }
     };
@@ -107,9 +107,9 @@ pub unsafe extern "C" fn C_DigestInit(
     mech: *mut CK_MECHANISM,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let mechanism = mechanism::read(mech)?;
-        rv_of(client::call(Request::DigestInit {
+        rv_of(client.call(Request::DigestInit {
             session: wire(session),
             mechanism,
         })?)
@@ -157,10 +157,10 @@ pub unsafe extern "C" fn C_Verify(
     signature_len: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let data = bytes(data, data_len)?.to_vec();
         let signature = bytes(signature, signature_len)?.to_vec();
-        rv_of(client::call(Request::Verify {
+        rv_of(client.call(Request::Verify {
             session: wire(session),
             data,
             signature,

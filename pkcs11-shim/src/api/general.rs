@@ -58,9 +58,9 @@ pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
 #[no_mangle]
 pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let info = out(info)?;
-        match client::call(Request::GetInfo)? {
+        match client.call(Request::GetInfo)? {
             Response::Info(i) => {
                 *info = CK_INFO {
                     cryptokiVersion: CK_VERSION {

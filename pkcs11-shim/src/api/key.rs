@@ -18,12 +18,12 @@ pub unsafe extern "C" fn C_GenerateKey(
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let key = out(key)?;
         let mechanism = mechanism::read(mech)?;
         let template = template::read(t, count)?;
         write_handle(
-            client::call(Request::GenerateKey {
+            client.call(Request::GenerateKey {
                 session: wire(session),
                 mechanism,
                 template,
@@ -46,12 +46,12 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     private_key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let (public_key, private_key) = (out(public_key)?, out(private_key)?);
         let mechanism = mechanism::read(mech)?;
         let public_template = template::read(public_t, public_count)?;
         let private_template = template::read(private_t, private_count)?;
-        let r = client::call(Request::GenerateKeyPair {
+        let r = client.call(Request::GenerateKeyPair {
             session: wire(session),
             mechanism,
             public_template,
@@ -82,10 +82,10 @@ pub unsafe extern "C" fn C_WrapKey(
     wrapped_len: *mut CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let mechanism = mechanism::read(mech)?;
         let buf = OutBuf::new(wrapped, wrapped_len)?;
-        let r = client::call(Request::WrapKey {
+        let r = client.call(Request::WrapKey {
             session: wire(session),
             mechanism,
             wrapping_key: wire(wrapping_key),
@@ -109,12 +109,12 @@ pub unsafe extern "C" fn C_UnwrapKey(
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let key = out(key)?;
         let mechanism = mechanism::read(mech)?;
         let wrapped_key = bytes(wrapped, wrapped_len)?.to_vec();
         let template = template::read(t, count)?;
-        let r = client::call(Request::UnwrapKey {
+        let r = client.call(Request::UnwrapKey {
             session: wire(session),
             mechanism,
             unwrapping_key: wire(unwrapping_key),
@@ -136,11 +136,11 @@ pub unsafe extern "C" fn C_DeriveKey(
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let key = out(key)?;
         let mechanism = mechanism::read(mech)?;
         let template = template::read(t, count)?;
-        let r = client::call(Request::DeriveKey {
+        let r = client.call(Request::DeriveKey {
             session: wire(session),
             mechanism,
             base_key: wire(base_key),
@@ -158,9 +158,9 @@ pub unsafe extern "C" fn C_SeedRandom(
     seed_len: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let seed = bytes(seed, seed_len)?.to_vec();
-        rv_of(client::call(Request::SeedRandom {
+        rv_of(client.call(Request::SeedRandom {
             session: wire(session),
             seed,
         })?)
@@ -175,12 +175,12 @@ pub unsafe extern "C" fn C_GenerateRandom(
     data_len: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let n = len(data_len)?;
         if data.is_null() && n > 0 {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        match client::call(Request::GenerateRandom {
+        match client.call(Request::GenerateRandom {
             session: wire(session),
             len: n as u64,
         })? {

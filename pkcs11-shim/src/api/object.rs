@@ -27,11 +27,11 @@ pub unsafe extern "C" fn C_CreateObject(
     object: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let object = out(object)?;
         let template = template::read(t, count)?;
         write_handle(
-            client::call(Request::CreateObject {
+            client.call(Request::CreateObject {
                 session: wire(session),
                 template,
             })?,
@@ -50,10 +50,10 @@ pub unsafe extern "C" fn C_CopyObject(
     new_object: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let new_object = out(new_object)?;
         let template = template::read(t, count)?;
-        let r = client::call(Request::CopyObject {
+        let r = client.call(Request::CopyObject {
             session: wire(session),
             object: wire(object),
             template,
@@ -84,9 +84,9 @@ pub unsafe extern "C" fn C_GetObjectSize(
     size: *mut CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let size = out(size)?;
-        match client::call(Request::GetObjectSize {
+        match client.call(Request::GetObjectSize {
             session: wire(session),
             object: wire(object),
         })? {
@@ -109,9 +109,9 @@ pub unsafe extern "C" fn C_GetAttributeValue(
     count: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let query = template::query(t, count)?;
-        match client::call(Request::GetAttributeValue {
+        match client.call(Request::GetAttributeValue {
             session: wire(session),
             object: wire(object),
             query,
@@ -136,9 +136,9 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     count: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let template = template::read(t, count)?;
-        rv_of(client::call(Request::SetAttributeValue {
+        rv_of(client.call(Request::SetAttributeValue {
             session: wire(session),
             object: wire(object),
             template,
@@ -154,9 +154,9 @@ pub unsafe extern "C" fn C_FindObjectsInit(
     count: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let template = template::read(t, count)?;
-        rv_of(client::call(Request::FindObjectsInit {
+        rv_of(client.call(Request::FindObjectsInit {
             session: wire(session),
             template,
         })?)
@@ -172,13 +172,13 @@ pub unsafe extern "C" fn C_FindObjects(
     count: *mut CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let count = out(count)?;
         if objects.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
         let max = len(max_count)?;
-        match client::call(Request::FindObjects {
+        match client.call(Request::FindObjects {
             session: wire(session),
             max_count: wire(max_count),
         })? {

@@ -19,9 +19,9 @@ pub unsafe extern "C" fn C_OpenSession(
     session: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let session = out(session)?;
-        match client::call(Request::OpenSession {
+        match client.call(Request::OpenSession {
             slot: wire(slot),
             flags: wire(flags),
         })? {
@@ -61,9 +61,9 @@ pub unsafe extern "C" fn C_GetSessionInfo(
     info: *mut CK_SESSION_INFO,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let info = out(info)?;
-        match client::call(Request::GetSessionInfo {
+        match client.call(Request::GetSessionInfo {
             session: wire(session),
         })? {
             Response::SessionInfo(i) => {
@@ -88,9 +88,9 @@ pub unsafe extern "C" fn C_GetOperationState(
     len: *mut CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let buf = OutBuf::new(state, len)?;
-        let r = client::call(Request::GetOperationState {
+        let r = client.call(Request::GetOperationState {
             session: wire(session),
             capacity: buf.capacity(),
         })?;
@@ -108,9 +108,9 @@ pub unsafe extern "C" fn C_SetOperationState(
     authentication_key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let state = bytes(state, len)?.to_vec();
-        rv_of(client::call(Request::SetOperationState {
+        rv_of(client.call(Request::SetOperationState {
             session: wire(session),
             state,
             encryption_key: wire(encryption_key),
@@ -129,9 +129,9 @@ pub unsafe extern "C" fn C_Login(
     n: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let pin = pin(p, n)?;
-        rv_of(client::call(Request::Login {
+        rv_of(client.call(Request::Login {
             session: wire(session),
             user_type: wire(user_type),
             pin,

@@ -23,9 +23,9 @@ pub unsafe extern "C" fn C_GetSlotList(
     count: *mut CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let buf = OutBuf::new(list, count)?;
-        let r = client::call(Request::GetSlotList {
+        let r = client.call(Request::GetSlotList {
             token_present: token_present != 0,
             capacity: buf.capacity(),
         })?;
@@ -37,9 +37,9 @@ pub unsafe extern "C" fn C_GetSlotList(
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let info = out(info)?;
-        match client::call(Request::GetSlotInfo { slot: wire(slot) })? {
+        match client.call(Request::GetSlotInfo { slot: wire(slot) })? {
             Response::SlotInfo(i) => {
                 *info = CK_SLOT_INFO {
                     slotDescription: padded(&i.slot_description),
@@ -59,9 +59,9 @@ pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO
 #[no_mangle]
 pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let info = out(info)?;
-        match client::call(Request::GetTokenInfo { slot: wire(slot) })? {
+        match client.call(Request::GetTokenInfo { slot: wire(slot) })? {
             Response::TokenInfo(i) => {
                 *info = CK_TOKEN_INFO {
                     label: padded(&i.label),
@@ -99,12 +99,12 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
     reserved: *mut c_void,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         if !reserved.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
         let slot = out(slot)?;
-        match client::call(Request::WaitForSlotEvent { flags: wire(flags) })? {
+        match client.call(Request::WaitForSlotEvent { flags: wire(flags) })? {
             Response::Handle(s) => {
                 *slot = narrow(s)?;
                 Ok(())
@@ -122,9 +122,9 @@ pub unsafe extern "C" fn C_GetMechanismList(
     count: *mut CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let buf = OutBuf::new(list, count)?;
-        let r = client::call(Request::GetMechanismList {
+        let r = client.call(Request::GetMechanismList {
             slot: wire(slot),
             capacity: buf.capacity(),
         })?;
@@ -140,9 +140,9 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
     info: *mut CK_MECHANISM_INFO,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let info = out(info)?;
-        match client::call(Request::GetMechanismInfo {
+        match client.call(Request::GetMechanismInfo {
             slot: wire(slot),
             mechanism: wire(ty),
         })? {
@@ -168,10 +168,10 @@ pub unsafe extern "C" fn C_InitToken(
     label: *mut CK_UTF8CHAR,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let label = bytes(label, 32)?.to_vec();
         let so_pin = pin(so_pin, pin_len)?;
-        rv_of(client::call(Request::InitToken {
+        rv_of(client.call(Request::InitToken {
             slot: wire(slot),
             so_pin,
             label,
@@ -187,9 +187,9 @@ pub unsafe extern "C" fn C_InitPIN(
     n: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let pin = pin(p, n)?;
-        rv_of(client::call(Request::InitPin {
+        rv_of(client.call(Request::InitPin {
             session: wire(session),
             pin,
         })?)
@@ -206,9 +206,9 @@ pub unsafe extern "C" fn C_SetPIN(
     new_len: CK_ULONG,
 ) -> CK_RV {
     entry!({
-        client::current()?;
+        let client = client::current()?;
         let (old_pin, new_pin) = (pin(old, old_len)?, pin(new, new_len)?);
-        rv_of(client::call(Request::SetPin {
+        rv_of(client.call(Request::SetPin {
             session: wire(session),
             old_pin,
             new_pin,

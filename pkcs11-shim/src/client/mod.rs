@@ -52,9 +52,9 @@ impl Client {
 
     /// One round trip. A transport failure drops the connection and answers
     /// `CKR_DEVICE_ERROR`.
-    pub fn call(&self, request: &Request) -> Rv<Response> {
+    pub fn call(&self, request: Request) -> Rv<Response> {
         let mut conn = self.take_connection()?;
-        match conn.call(request) {
+        match conn.call(&request) {
             Ok(r) => {
                 let mut idle = self.idle.lock();
                 if idle.len() < MAX_IDLE {
@@ -80,7 +80,7 @@ pub fn current() -> Rv<Arc<Client>> {
 
 /// Sends `request` through the initialised instance.
 pub fn call(request: Request) -> Rv<Response> {
-    current()?.call(&request)
+    current()?.call(request)
 }
 
 /// C_Initialize's work once the arguments are checked: read the configuration, connect,
@@ -113,7 +113,7 @@ pub fn initialize() -> Rv {
         pid: std::process::id(),
         idle: Mutex::new(vec![conn]),
     };
-    match client.call(&Request::Initialize)? {
+    match client.call(Request::Initialize)? {
         Response::Rv(0) => {}
         other => return Err(crate::ffi::unexpected(other)),
     }
@@ -133,7 +133,7 @@ pub fn finalize() -> Rv {
     };
     // The server also closes the sessions when the connections drop, so a failure here only
     // delays that; C_Finalize itself succeeds.
-    let _ = client.call(&Request::Finalize);
+    let _ = client.call(Request::Finalize);
     Ok(())
 }
 
