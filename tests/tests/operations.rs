@@ -506,3 +506,34 @@ fn vendor_refusals_come_through_unchanged() {
     assert_eq!(outcome(&proxy), expected);
     assert!(expected[0].contains("ArgumentsBad"), "{expected:?}");
 }
+
+#[test]
+fn threads_share_sessions_and_keys_of_one_application() {
+    use std::sync::{Arc, Mutex};
+    let f = fixture("threads");
+    let s = user_session(&f.ctx);
+    let (public, private) = ec_pair(&s, P256);
+    // Fabric's pattern: a pool of sessions, each used by one thread at a time but by many
+    // threads over time, while other threads sign on their own sessions concurrently.
+    let shared = Arc::new(Mutex::new(s));
+    let slot = f.ctx.get_slots_with_token().unwrap()[0];
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let (ctx, shared) = (f.ctx.clone(), shared.clone());
+            std::thread::spawn(move || {
+                let own = ctx.open_rw_session(slot).unwrap();
+                for n in 0..50u8 {
+                    let digest = [i as u8 ^ n; 32];
+                    let sig = own.sign(&Mechanism::Ecdsa, private, &digest).unwrap();
+                    let pooled = shared.lock().unwrap();
+                    pooled
+                        .verify(&Mechanism::Ecdsa, public, &digest, &sig)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+}
