@@ -76,42 +76,24 @@ impl Write for Stream {
     }
 }
 
-/// One application's view: its C_Initialize state and the sessions it opened.
+/// One application's view: the sessions it opened.
+///
+/// Whether the application called C_Initialize is the shim's to know (it answers
+/// CKR_CRYPTOKI_NOT_INITIALIZED itself); to the server an application exists while it has a
+/// connection. So an application whose connections all dropped (a network blip) and came back
+/// carries on: its old sessions are gone and answer CKR_SESSION_HANDLE_INVALID, which makes
+/// pooling callers such as Fabric open new ones.
 pub struct App {
-    state: Mutex<AppState>,
-}
-
-#[derive(Default)]
-struct AppState {
-    initialized: bool,
     /// Session handle to the slot it was opened on.
-    sessions: HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>,
+    sessions: Mutex<HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>>,
 }
 
 impl App {
-    pub fn is_initialized(&self) -> bool {
-        self.state.lock().initialized
-    }
-
-    /// Marks the application initialised; false if it already was.
-    pub fn initialize(&self) -> bool {
-        !std::mem::replace(&mut self.state.lock().initialized, true)
-    }
-
-    /// Marks the application finalised and hands back its sessions, to be closed.
-    pub fn finalize(&self) -> Option<Vec<CK_SESSION_HANDLE>> {
-        let mut st = self.state.lock();
-        if !std::mem::replace(&mut st.initialized, false) {
-            return None;
-        }
-        Some(st.sessions.drain().map(|(s, _)| s).collect())
-    }
-
     /// `Ok` if the application owns `session` (PKCS#11 v2.40 §5.6: a handle it did not get is
     /// invalid for it).
     pub fn check(&self, session: u64) -> Result<CK_SESSION_HANDLE, CK_RV> {
         let h = CK_SESSION_HANDLE::try_from(session).map_err(|_| CKR_SESSION_HANDLE_INVALID)?;
-        if self.state.lock().sessions.contains_key(&h) {
+        if self.sessions.lock().contains_key(&h) {
             Ok(h)
         } else {
             Err(CKR_SESSION_HANDLE_INVALID)
@@ -119,32 +101,30 @@ impl App {
     }
 
     pub fn add_session(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID) {
-        self.state.lock().sessions.insert(session, slot);
+        self.sessions.lock().insert(session, slot);
     }
 
     pub fn remove_session(&self, session: CK_SESSION_HANDLE) {
-        self.state.lock().sessions.remove(&session);
+        self.sessions.lock().remove(&session);
     }
 
     /// Takes the sessions opened on `slot` out of the view, to be closed.
     pub fn take_sessions_of_slot(&self, slot: CK_SLOT_ID) -> Vec<CK_SESSION_HANDLE> {
-        let mut st = self.state.lock();
-        let on_slot: Vec<_> = st
-            .sessions
+        let mut sessions = self.sessions.lock();
+        let on_slot: Vec<_> = sessions
             .iter()
             .filter(|(_, s)| **s == slot)
             .map(|(h, _)| *h)
             .collect();
         for h in &on_slot {
-            st.sessions.remove(h);
+            sessions.remove(h);
         }
         on_slot
     }
 
-    fn take_all_sessions(&self) -> Vec<CK_SESSION_HANDLE> {
-        let mut st = self.state.lock();
-        st.initialized = false;
-        st.sessions.drain().map(|(s, _)| s).collect()
+    /// Takes every session out of the view, to be closed (C_Finalize, departure, stop).
+    pub fn take_all_sessions(&self) -> Vec<CK_SESSION_HANDLE> {
+        self.sessions.lock().drain().map(|(s, _)| s).collect()
     }
 }
 
@@ -160,7 +140,7 @@ impl Registry {
         let entry = apps.entry(id).or_insert_with(|| {
             (
                 Arc::new(App {
-                    state: Mutex::new(AppState::default()),
+                    sessions: Mutex::new(HashMap::new()),
                 }),
                 0,
             )

@@ -17,11 +17,6 @@ const MAX_LIST_LEN: u64 = 65_536;
 
 /// Serves one request for `app`.
 pub fn dispatch(shared: &Shared, app: &App, request: Request) -> Response {
-    match &request {
-        Request::Initialize => {}
-        _ if !app.is_initialized() => return Response::Rv(CKR_CRYPTOKI_NOT_INITIALIZED),
-        _ => {}
-    }
     match call(shared, app, request) {
         Ok(r) => r,
         Err(rv) => Response::Rv(rv),
@@ -69,16 +64,11 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
     let b = &shared.backend;
     let f = b.list();
     match request {
-        // General purpose functions (v2.40 §5.4): the application's own view only.
-        Request::Initialize => rv(if app.initialize() {
-            CKR_OK
-        } else {
-            CKR_CRYPTOKI_ALREADY_INITIALIZED
-        }),
+        // General purpose functions (v2.40 §5.4): the application's own view only. The shim
+        // keeps the C_Initialize state; C_Finalize closes the application's sessions.
+        Request::Initialize => rv(CKR_OK),
         Request::Finalize => {
-            if let Some(sessions) = app.finalize() {
-                close_sessions(b, &sessions);
-            }
+            close_sessions(b, &app.take_all_sessions());
             rv(CKR_OK)
         }
         Request::GetInfo => {

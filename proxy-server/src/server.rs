@@ -81,9 +81,7 @@ impl Server {
         }
         drop(conns);
         for app in self.shared.registry.drain() {
-            if let Some(sessions) = app.finalize() {
-                close_sessions(&self.shared.backend, &sessions);
-            }
+            close_sessions(&self.shared.backend, &app.take_all_sessions());
         }
         let rv = self.shared.backend.finalize();
         tracing::info!(rv = %crate::rv::name(rv), "vendor library finalised; stopped");

@@ -232,9 +232,19 @@ impl ProxyServer {
         None
     }
 
-    /// Whether the log holds a line containing `needle`.
+    /// Whether the log holds a line containing `needle`, waiting up to 5 s for it (the log is
+    /// read by another thread).
     pub fn log_contains(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -191,3 +191,27 @@ fn failover_to_the_next_address() {
     let m = client(&list, &dir);
     assert_eq!(m.login(m.open_rw(m.first_slot()), PIN), CKR_OK);
 }
+
+#[test]
+fn after_a_server_restart_stale_sessions_are_invalid_and_new_ones_work() {
+    let hsm = SoftHsm::new("restart");
+    let dir = TempDir::new("restart");
+    let address = format!("unix://{}", dir.path().join("p.sock").display());
+    let mut first = ProxyServer::start(&hsm, &address);
+    let m = client(&address, &dir);
+    let slot = m.first_slot();
+    let old = m.open_rw(slot);
+    assert_eq!(m.login(old, PIN), CKR_OK);
+    assert!(first.stop().unwrap().success());
+    let _second = ProxyServer::start(&hsm, &address);
+    // The idle connection the server closed is noticed and replaced: no CKR_DEVICE_ERROR.
+    // The old session died with the old server; Fabric evicts on this code and reopens.
+    let mut info = CK_SESSION_INFO::default();
+    // SAFETY: valid out pointer.
+    assert_eq!(
+        unsafe { m.f().C_GetSessionInfo.unwrap()(old, &mut info) },
+        CKR_SESSION_HANDLE_INVALID
+    );
+    let new = m.open_rw(slot);
+    assert_eq!(m.login(new, PIN), CKR_OK);
+}

@@ -3,6 +3,7 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use protocol::address::Address;
@@ -121,6 +122,33 @@ impl Connection {
         write_frame(self.reader.get_mut(), &hello, &mut self.scratch)?;
         read_frame(&mut self.reader, &mut self.frame, 4096)?;
         Welcome::decode_accepted(&self.frame)
+    }
+
+    /// Whether the server closed this idle connection (it stopped or restarted) or sent
+    /// something unasked. Such a connection never saw a request of ours and is discarded
+    /// instead of failing the next call. One non-blocking peek, no wait.
+    pub fn is_stale(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        let fd = match self.reader.get_ref() {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        let mut byte = 0u8;
+        // SAFETY: fd is our open socket; one byte of writable buffer.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            -1 => std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock,
+            _ => true,
+        }
     }
 
     /// Sends one request and waits (bounded by the call timeout) for its response.

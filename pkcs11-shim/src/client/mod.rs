@@ -41,8 +41,13 @@ pub fn log(msg: &str) {
 
 impl Client {
     fn take_connection(&self) -> Rv<Connection> {
-        if let Some(c) = self.idle.lock().pop() {
-            return Ok(c);
+        loop {
+            let Some(c) = self.idle.lock().pop() else {
+                break;
+            };
+            if !c.is_stale() {
+                return Ok(c);
+            }
         }
         Connection::open(&self.config, &self.client_id).map_err(|e| {
             log(&format!("cannot reach the proxy server: {e}"));
