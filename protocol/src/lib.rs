@@ -20,5 +20,6 @@ pub mod frame;
 pub mod handshake;
 pub mod mechanism;
 pub mod message;
+pub mod stream;
 
 pub use error::ProtocolError;

@@ -6,9 +6,7 @@
 //! when the application's last connection ends, its sessions are closed.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::io::BufReader;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use protocol::codec;
 use protocol::frame::{read_frame, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{ClientId, Hello, Welcome, VERSION};
 use protocol::message::{Request, Response};
+use protocol::stream::Stream;
 use protocol::ProtocolError;
 
 use crate::backend::Backend;
@@ -25,56 +24,6 @@ use crate::rv;
 
 /// How long a new connection may take to send its hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A connected socket of either family.
-pub enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    pub fn try_clone(&self) -> std::io::Result<Self> {
-        Ok(match self {
-            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
-            Self::Unix(s) => Self::Unix(s.try_clone()?),
-        })
-    }
-
-    pub fn shutdown(&self, how: Shutdown) {
-        let _ = match self {
-            Self::Tcp(s) => s.shutdown(how),
-            Self::Unix(s) => s.shutdown(how),
-        };
-    }
-
-    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Self::Tcp(s) => s.set_read_timeout(t),
-            Self::Unix(s) => s.set_read_timeout(t),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Tcp(s) => s.read(buf),
-            Self::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Tcp(s) => s.write(buf),
-            Self::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// One application's view: the sessions it opened.
 ///

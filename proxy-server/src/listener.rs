@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use protocol::address::Address;
 
-use crate::connection::Stream;
 use crate::server::Server;
+use protocol::stream::Stream;
 
 /// Stack of each connection thread: vendor libraries get the room they need.
 const CONNECTION_STACK: usize = 1024 * 1024;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::connection::{close_sessions, Shared, Stream};
+use protocol::stream::Stream;
+
+use crate::connection::{close_sessions, Shared};
 use crate::listener::Listener;
 
 /// How long a stop waits for calls in flight before closing sessions anyway.

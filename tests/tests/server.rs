@@ -215,3 +215,27 @@ fn after_a_server_restart_stale_sessions_are_invalid_and_new_ones_work() {
     let new = m.open_rw(slot);
     assert_eq!(m.login(new, PIN), CKR_OK);
 }
+
+#[test]
+fn a_silent_server_never_hangs_c_initialize() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("tcp://{}", silent.local_addr().unwrap());
+    let holder = std::thread::spawn(move || silent.accept().map(|(s, _)| s));
+    let dir = TempDir::new("silent");
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let started = std::time::Instant::now();
+    let rv = with_env(
+        &[
+            ("PKCS11_PROXY_SOCKET", &address),
+            ("PKCS11_PROXY_CONNECT_TIMEOUT_MS", "300"),
+        ],
+        || m.initialize(),
+    );
+    assert_eq!(rv, CKR_FUNCTION_FAILED);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(holder.join());
+}

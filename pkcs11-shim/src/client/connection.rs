@@ -1,7 +1,7 @@
 //! One connection to the server: connect (trying each address in order), handshake, and
 //! request/response round trips with every wait bounded by a timeout.
 
-use std::io::{BufReader, Read, Write};
+use std::io::BufReader;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -11,6 +11,7 @@ use protocol::codec;
 use protocol::frame::{read_frame, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{ClientId, Hello, Welcome};
 use protocol::message::{Request, Response};
+use protocol::stream::Stream;
 use protocol::ProtocolError;
 
 use super::config::Config;
@@ -22,32 +23,6 @@ const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_time(std::time::Duration::from_secs(30))
     .with_interval(std::time::Duration::from_secs(10))
     .with_retries(3);
-
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Tcp(s) => s.read(buf),
-            Self::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Self::Tcp(s) => s.write(buf),
-            Self::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A connected, handshaken connection with its reusable buffers.
 pub struct Connection {
@@ -92,21 +67,17 @@ impl Connection {
                 socket2::SockRef::from(&s)
                     .set_tcp_keepalive(&KEEPALIVE)
                     .map_err(|e| e.to_string())?;
-                s.set_read_timeout(Some(config.call_timeout))
-                    .map_err(|e| e.to_string())?;
-                s.set_write_timeout(Some(config.call_timeout))
-                    .map_err(|e| e.to_string())?;
                 Stream::Tcp(s)
             }
             Address::Unix(path) => {
-                let s = UnixStream::connect(path).map_err(|e| e.to_string())?;
-                s.set_read_timeout(Some(config.call_timeout))
-                    .map_err(|e| e.to_string())?;
-                s.set_write_timeout(Some(config.call_timeout))
-                    .map_err(|e| e.to_string())?;
-                Stream::Unix(s)
+                Stream::Unix(UnixStream::connect(path).map_err(|e| e.to_string())?)
             }
         };
+        // The handshake is bounded by the connect timeout, every call after it by the call
+        // timeout: a server that accepts and then says nothing never hangs the application.
+        stream
+            .set_timeouts(config.connect_timeout)
+            .map_err(|e| e.to_string())?;
         let mut conn = Self {
             reader: BufReader::with_capacity(16 * 1024, stream),
             out: Vec::new(),
@@ -114,6 +85,10 @@ impl Connection {
             scratch: Vec::new(),
         };
         conn.handshake(client_id).map_err(|e| e.to_string())?;
+        conn.reader
+            .get_ref()
+            .set_timeouts(config.call_timeout)
+            .map_err(|e| e.to_string())?;
         Ok(conn)
     }
 
@@ -131,10 +106,7 @@ impl Connection {
         if !self.reader.buffer().is_empty() {
             return true;
         }
-        let fd = match self.reader.get_ref() {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        };
+        let fd = self.reader.get_ref().as_raw_fd();
         let mut byte = 0u8;
         // SAFETY: fd is our open socket; one byte of writable buffer.
         let n = unsafe {
