@@ -122,3 +122,21 @@ fn a_killed_client_leaves_no_session_behind() {
     }
     assert!(server.log_contains("closing its sessions"));
 }
+
+#[test]
+fn a_forked_child_initialises_afresh_and_never_uses_the_parents_sessions() {
+    let hsm = SoftHsm::new("fork");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("fork");
+    let out = Command::new(env!("CARGO_BIN_EXE_fork-check"))
+        .arg(private_copy(&shim_path(), dir.path()))
+        .env("PKCS11_PROXY_SOCKET", &server.address)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("fork ok"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
