@@ -51,27 +51,26 @@ const MAC_GENERAL: &[CK_MECHANISM_TYPE] = &[
     CKM_DES3_CMAC_GENERAL,
 ];
 
+/// Mechanisms whose parameter is a `CK_KEY_DERIVATION_STRING_DATA`.
+const DERIVATION_STRING: &[CK_MECHANISM_TYPE] = &[
+    CKM_CONCATENATE_BASE_AND_DATA,
+    CKM_CONCATENATE_DATA_AND_BASE,
+    CKM_XOR_BASE_AND_DATA,
+    CKM_DES_ECB_ENCRYPT_DATA,
+    CKM_DES3_ECB_ENCRYPT_DATA,
+    CKM_AES_ECB_ENCRYPT_DATA,
+];
+
 /// Mechanisms whose parameter structure holds pointers and is not in the typed catalogue yet:
 /// sending their bytes would send this process's addresses, so they are refused.
 const POINTER_PARAMS: &[CK_MECHANISM_TYPE] = &[
-    CKM_AES_CCM,
     CKM_ECMQV_DERIVE,
     CKM_X9_42_DH_DERIVE,
     CKM_X9_42_DH_HYBRID_DERIVE,
     CKM_X9_42_MQV_DERIVE,
     CKM_PKCS5_PBKD2,
-    CKM_CONCATENATE_BASE_AND_DATA,
-    CKM_CONCATENATE_DATA_AND_BASE,
-    CKM_XOR_BASE_AND_DATA,
-    CKM_DES_ECB_ENCRYPT_DATA,
-    CKM_DES_CBC_ENCRYPT_DATA,
-    CKM_DES3_ECB_ENCRYPT_DATA,
-    CKM_DES3_CBC_ENCRYPT_DATA,
-    CKM_AES_ECB_ENCRYPT_DATA,
-    CKM_AES_CBC_ENCRYPT_DATA,
     CKM_RSA_AES_KEY_WRAP,
     CKM_KEY_WRAP_SET_OAEP,
-    CKM_EDDSA,
     CKM_CHACHA20_POLY1305,
     CKM_SALSA20_POLY1305,
     CKM_HKDF_DERIVE,
@@ -158,6 +157,35 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
                 aad: param_bytes(p.p_aad, p.ul_aad_len)?,
                 tag_bits: p.ul_tag_bits as u64,
             }
+        }
+    } else if ty == CKM_AES_CCM {
+        let p: CK_CCM_PARAMS = param(m)?;
+        MechParam::Ccm {
+            data_len: wire(p.ulDataLen),
+            nonce: param_bytes(p.pNonce, p.ulNonceLen)?,
+            aad: param_bytes(p.pAAD, p.ulAADLen)?,
+            mac_len: wire(p.ulMACLen),
+        }
+    } else if DERIVATION_STRING.contains(&ty) {
+        let p: CK_KEY_DERIVATION_STRING_DATA = param(m)?;
+        MechParam::KeyDerivationString(param_bytes(p.pData, p.ulLen)?)
+    } else if ty == CKM_AES_CBC_ENCRYPT_DATA {
+        let p: CK_AES_CBC_ENCRYPT_DATA_PARAMS = param(m)?;
+        MechParam::AesCbcEncryptData {
+            iv: p.iv,
+            data: param_bytes(p.pData, p.length)?,
+        }
+    } else if ty == CKM_DES_CBC_ENCRYPT_DATA || ty == CKM_DES3_CBC_ENCRYPT_DATA {
+        let p: CK_DES_CBC_ENCRYPT_DATA_PARAMS = param(m)?;
+        MechParam::DesCbcEncryptData {
+            iv: p.iv,
+            data: param_bytes(p.pData, p.length)?,
+        }
+    } else if ty == CKM_EDDSA {
+        let p: CK_EDDSA_PARAMS = param(m)?;
+        MechParam::Eddsa {
+            prehash: p.phFlag != 0,
+            context: param_bytes(p.pContextData, p.ulContextDataLen)?,
         }
     } else if MAC_GENERAL.contains(&ty) && m.ulParameterLen as usize == ULONG {
         MechParam::Ulong(param::<CK_ULONG>(m)? as u64)

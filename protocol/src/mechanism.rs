@@ -57,4 +57,20 @@ pub enum MechParam {
         aad: Vec<u8>,
         tag_bits: u64,
     },
+    /// `CK_CCM_PARAMS` (v2.40 Mechanisms §2.11.3).
+    Ccm {
+        data_len: u64,
+        nonce: Vec<u8>,
+        aad: Vec<u8>,
+        mac_len: u64,
+    },
+    /// `CK_KEY_DERIVATION_STRING_DATA` (v2.40 Mechanisms §2.37.2): CONCATENATE_BASE_AND_DATA,
+    /// CONCATENATE_DATA_AND_BASE, XOR_BASE_AND_DATA and the `*_ECB_ENCRYPT_DATA` derivations.
+    KeyDerivationString(Vec<u8>),
+    /// `CK_AES_CBC_ENCRYPT_DATA_PARAMS` (v2.40 Mechanisms §2.10.3).
+    AesCbcEncryptData { iv: [u8; 16], data: Vec<u8> },
+    /// `CK_DES_CBC_ENCRYPT_DATA_PARAMS` (v2.40 Mechanisms §2.10.3), DES and DES3.
+    DesCbcEncryptData { iv: [u8; 8], data: Vec<u8> },
+    /// `CK_EDDSA_PARAMS` (v3.0 Mechanisms §2.3.14).
+    Eddsa { prehash: bool, context: Vec<u8> },
 }

@@ -34,6 +34,11 @@ enum Param {
     Ctr(Box<CK_AES_CTR_PARAMS>),
     Gcm(Box<CK_GCM_PARAMS>, Vec<u8>, Vec<u8>),
     GcmNoIvBits(Box<GcmParamsNoIvBits>, Vec<u8>, Vec<u8>),
+    Ccm(Box<CK_CCM_PARAMS>, Vec<u8>, Vec<u8>),
+    DerivationString(Box<CK_KEY_DERIVATION_STRING_DATA>, Vec<u8>),
+    AesCbcEncryptData(Box<CK_AES_CBC_ENCRYPT_DATA_PARAMS>, Vec<u8>),
+    DesCbcEncryptData(Box<CK_DES_CBC_ENCRYPT_DATA_PARAMS>, Vec<u8>),
+    Eddsa(Box<CK_EDDSA_PARAMS>, Vec<u8>),
 }
 
 /// A C mechanism owning its parameter.
@@ -151,6 +156,72 @@ impl CMechanism {
                     ),
                 }
             }
+            MechParam::Ccm {
+                data_len,
+                nonce,
+                aad,
+                mac_len,
+            } => {
+                let (mut nonce, mut aad) = (nonce.clone(), aad.clone());
+                let (np, nl) = ptr_len(&mut nonce)?;
+                let (ap, al) = ptr_len(&mut aad)?;
+                Param::Ccm(
+                    Box::new(CK_CCM_PARAMS {
+                        ulDataLen: to_ulong(*data_len)?,
+                        pNonce: np,
+                        ulNonceLen: nl,
+                        pAAD: ap,
+                        ulAADLen: al,
+                        ulMACLen: to_ulong(*mac_len)?,
+                    }),
+                    nonce,
+                    aad,
+                )
+            }
+            MechParam::KeyDerivationString(data) => {
+                let mut data = data.clone();
+                let (p, n) = ptr_len(&mut data)?;
+                Param::DerivationString(
+                    Box::new(CK_KEY_DERIVATION_STRING_DATA { pData: p, ulLen: n }),
+                    data,
+                )
+            }
+            MechParam::AesCbcEncryptData { iv, data } => {
+                let mut data = data.clone();
+                let (p, n) = ptr_len(&mut data)?;
+                Param::AesCbcEncryptData(
+                    Box::new(CK_AES_CBC_ENCRYPT_DATA_PARAMS {
+                        iv: *iv,
+                        pData: p,
+                        length: n,
+                    }),
+                    data,
+                )
+            }
+            MechParam::DesCbcEncryptData { iv, data } => {
+                let mut data = data.clone();
+                let (p, n) = ptr_len(&mut data)?;
+                Param::DesCbcEncryptData(
+                    Box::new(CK_DES_CBC_ENCRYPT_DATA_PARAMS {
+                        iv: *iv,
+                        pData: p,
+                        length: n,
+                    }),
+                    data,
+                )
+            }
+            MechParam::Eddsa { prehash, context } => {
+                let mut context = context.clone();
+                let (p, n) = ptr_len(&mut context)?;
+                Param::Eddsa(
+                    Box::new(CK_EDDSA_PARAMS {
+                        phFlag: CK_BBOOL::from(*prehash),
+                        ulContextDataLen: n,
+                        pContextData: p,
+                    }),
+                    context,
+                )
+            }
         };
         let (p, len): (*mut c_void, usize) = match &mut param {
             Param::None => (ptr::null_mut(), 0),
@@ -163,6 +234,11 @@ impl CMechanism {
             Param::Ctr(b) => boxed(b),
             Param::Gcm(b, _, _) => boxed(b),
             Param::GcmNoIvBits(b, _, _) => boxed(b),
+            Param::Ccm(b, _, _) => boxed(b),
+            Param::DerivationString(b, _) => boxed(b),
+            Param::AesCbcEncryptData(b, _) => boxed(b),
+            Param::DesCbcEncryptData(b, _) => boxed(b),
+            Param::Eddsa(b, _) => boxed(b),
         };
         Ok(Self {
             mech: CK_MECHANISM {

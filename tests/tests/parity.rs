@@ -731,6 +731,85 @@ unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         ulong_bytes(&[q[1].ulValueLen, c_out, t_out]),
     );
 
+    // Key derivation by data, with known keys: derived values compared byte for byte.
+    let mut bt = [
+        attr(CKA_CLASS, &key_class),
+        attr(CKA_KEY_TYPE, &aes_type),
+        attr(CKA_VALUE, &[0x88u8; 16]),
+        attr(CKA_DERIVE, &tru),
+    ];
+    let mut base = 0;
+    rec(
+        "CreateObject(derivation base)",
+        f.C_CreateObject.unwrap()(s, bt.as_mut_ptr(), 4, &mut base),
+        vec![],
+    );
+    let derive_data = [0xabu8; 32];
+    let mut string_data = CK_KEY_DERIVATION_STRING_DATA {
+        pData: derive_data.as_ptr() as *mut u8,
+        ulLen: 32,
+    };
+    let mut cbc_data = CK_AES_CBC_ENCRYPT_DATA_PARAMS {
+        iv: [0x12; 16],
+        pData: derive_data.as_ptr() as *mut u8,
+        length: 32,
+    };
+    let generic = CKK_GENERIC_SECRET.to_ne_bytes();
+    let derived_len = (32 as CK_ULONG).to_ne_bytes();
+    let mut derived_t = [
+        attr(CKA_VALUE_LEN, &derived_len),
+        attr(CKA_CLASS, &key_class),
+        attr(CKA_KEY_TYPE, &generic),
+        attr(CKA_SENSITIVE, &[CK_FALSE]),
+        attr(CKA_EXTRACTABLE, &tru),
+    ];
+    let derivations: [(&str, CK_MECHANISM_TYPE, *mut std::ffi::c_void, usize); 3] = [
+        (
+            "AES_ECB_ENCRYPT_DATA",
+            CKM_AES_ECB_ENCRYPT_DATA,
+            (&mut string_data as *mut CK_KEY_DERIVATION_STRING_DATA).cast(),
+            std::mem::size_of::<CK_KEY_DERIVATION_STRING_DATA>(),
+        ),
+        (
+            "AES_CBC_ENCRYPT_DATA",
+            CKM_AES_CBC_ENCRYPT_DATA,
+            (&mut cbc_data as *mut CK_AES_CBC_ENCRYPT_DATA_PARAMS).cast(),
+            std::mem::size_of::<CK_AES_CBC_ENCRYPT_DATA_PARAMS>(),
+        ),
+        (
+            "CONCATENATE_BASE_AND_DATA",
+            CKM_CONCATENATE_BASE_AND_DATA,
+            (&mut string_data as *mut CK_KEY_DERIVATION_STRING_DATA).cast(),
+            std::mem::size_of::<CK_KEY_DERIVATION_STRING_DATA>(),
+        ),
+    ];
+    for (name, mech_type, param, len) in derivations {
+        let mut dm = CK_MECHANISM {
+            mechanism: mech_type,
+            pParameter: param,
+            ulParameterLen: len as CK_ULONG,
+        };
+        let mut derived = 0;
+        let rv = f.C_DeriveKey.unwrap()(s, &mut dm, base, derived_t.as_mut_ptr(), 5, &mut derived);
+        let mut value = [0u8; 64];
+        let mut vq = [CK_ATTRIBUTE {
+            type_: CKA_VALUE,
+            pValue: value.as_mut_ptr().cast(),
+            ulValueLen: 64,
+        }];
+        let vrv = if rv == CKR_OK {
+            f.C_GetAttributeValue.unwrap()(s, derived, vq.as_mut_ptr(), 1)
+        } else {
+            rv
+        };
+        let out = if vrv == CKR_OK {
+            value[..vq[0].ulValueLen as usize].to_vec()
+        } else {
+            vec![]
+        };
+        rec(&format!("DeriveKey({name})"), rv, out);
+    }
+
     // Functions SoftHSM2 may not implement: the proxy must answer as it does.
     let mut st_len: CK_ULONG = 0;
     rec(
@@ -888,6 +967,8 @@ fn direct_and_proxy_answer_the_same_call_by_call() {
         "GetAttributeValue(arrays, nested lengths)",
         "GetAttributeValue(nested values)",
         "DecryptFinal",
+        "DeriveKey(AES_ECB_ENCRYPT_DATA)",
+        "DeriveKey(AES_CBC_ENCRYPT_DATA)",
     ] {
         let step = expected.iter().find(|s| s.0 == must).expect(must);
         assert_eq!(
