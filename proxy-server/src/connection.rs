@@ -20,6 +20,7 @@ use protocol::stream::Stream;
 use protocol::ProtocolError;
 
 use crate::backend::Backend;
+use crate::objects::SessionObjects;
 use crate::rv;
 
 /// How long a new connection may take to send its hello.
@@ -33,6 +34,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// carries on: its old sessions are gone and answer CKR_SESSION_HANDLE_INVALID, which makes
 /// pooling callers such as Fabric open new ones.
 pub struct App {
+    /// A number naming this application inside the server (session-object ownership).
+    pub id: u64,
     /// Session handle to the slot it was opened on.
     sessions: Mutex<HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>>,
 }
@@ -81,6 +84,7 @@ impl App {
 #[derive(Default)]
 pub struct Registry {
     apps: Mutex<HashMap<ClientId, (Arc<App>, usize)>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -89,6 +93,9 @@ impl Registry {
         let entry = apps.entry(id).or_insert_with(|| {
             (
                 Arc::new(App {
+                    id: self
+                        .next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     sessions: Mutex::new(HashMap::new()),
                 }),
                 0,
@@ -120,21 +127,26 @@ impl Registry {
     }
 }
 
-/// Closes sessions on the vendor library, logging failures other than an already-closed one.
-pub fn close_sessions(backend: &Backend, sessions: &[CK_SESSION_HANDLE]) {
-    for &s in sessions {
-        let r = backend.session(backend.list().C_CloseSession, s);
-        if r != CKR_OK && r != CKR_SESSION_HANDLE_INVALID && r != CKR_SESSION_CLOSED {
-            tracing::warn!(session = s, rv = %rv::name(r), "closing a departed client's session failed");
-        }
-    }
-}
-
 /// Shared state of the server, as seen by each connection.
 pub struct Shared {
     pub backend: Backend,
     pub registry: Registry,
+    pub objects: SessionObjects,
     pub instance_id: [u8; 16],
+}
+
+impl Shared {
+    /// Closes sessions on the vendor library (which destroys their session objects), logging
+    /// failures other than an already-closed session.
+    pub fn close_sessions(&self, sessions: &[CK_SESSION_HANDLE]) {
+        for &s in sessions {
+            let r = self.backend.session(self.backend.list().C_CloseSession, s);
+            if r != CKR_OK && r != CKR_SESSION_HANDLE_INVALID && r != CKR_SESSION_CLOSED {
+                tracing::warn!(session = s, rv = %rv::name(r), "closing a session failed");
+            }
+        }
+        self.objects.forget_sessions(sessions);
+    }
 }
 
 /// Serves one connection until the peer goes away or the stream is shut down.
@@ -161,7 +173,7 @@ pub fn serve(shared: &Shared, stream: Stream, peer: &str) {
                 "application gone: closing its sessions"
             );
         }
-        close_sessions(&shared.backend, &sessions);
+        shared.close_sessions(&sessions);
     }
 }
 

@@ -2,11 +2,12 @@
 //! builds the response. Each arm is the server side of one PKCS#11 function.
 
 use cryptoki_sys::*;
+use protocol::attribute::{AttrOut, AttrQuery, AttrValue, Want};
 use protocol::frame::MAX_DATA_LEN;
 use protocol::message::{Info, MechanismInfo, Request, Response, SessionInfo, SlotInfo, TokenInfo};
 
 use crate::backend::Output;
-use crate::connection::{close_sessions, App, Shared};
+use crate::connection::{App, Shared};
 use crate::mechanism::CMechanism;
 use crate::template::{to_ulong, wire, CTemplate};
 
@@ -68,7 +69,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         // keeps the C_Initialize state; C_Finalize closes the application's sessions.
         Request::Initialize => rv(CKR_OK),
         Request::Finalize => {
-            close_sessions(b, &app.take_all_sessions());
+            shared.close_sessions(&app.take_all_sessions());
             rv(CKR_OK)
         }
         Request::GetInfo => {
@@ -180,6 +181,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let r = b.session(f.C_CloseSession, h);
             if r == CKR_OK || r == CKR_SESSION_HANDLE_INVALID || r == CKR_SESSION_CLOSED {
                 app.remove_session(h);
+                shared.objects.forget_sessions(&[h]);
             }
             rv(r)
         }
@@ -191,7 +193,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             if r != CKR_OK {
                 return rv(r);
             }
-            close_sessions(b, &app.take_sessions_of_slot(slot));
+            shared.close_sessions(&app.take_sessions_of_slot(slot));
             rv(CKR_OK)
         }
         Request::GetSessionInfo { session } => {
@@ -219,8 +221,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => rv(b.set_operation_state(
             app.check(session)?,
             &state,
-            to_ulong(encryption_key)?,
-            to_ulong(authentication_key)?,
+            shared.objects.check(app.id, encryption_key)?,
+            shared.objects.check(app.id, authentication_key)?,
         )),
         Request::Login {
             session,
@@ -234,7 +236,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            handle(b.create_object(s, &mut t, &mut h), h)
+            made(shared, app, s, b.create_object(s, &mut t, &mut h), h)
         }
         Request::CopyObject {
             session,
@@ -244,14 +246,24 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            handle(b.copy_object(s, to_ulong(object)?, &mut t, &mut h), h)
+            let r = b.copy_object(s, shared.objects.check(app.id, object)?, &mut t, &mut h);
+            made(shared, app, s, r, h)
         }
         Request::DestroyObject { session, object } => {
-            rv(b.destroy_object(app.check(session)?, to_ulong(object)?))
+            let h = shared.objects.check(app.id, object)?;
+            let r = b.destroy_object(app.check(session)?, h);
+            if r == CKR_OK {
+                shared.objects.forget(h);
+            }
+            rv(r)
         }
         Request::GetObjectSize { session, object } => {
             let mut size = 0;
-            let r = b.get_object_size(app.check(session)?, to_ulong(object)?, &mut size);
+            let r = b.get_object_size(
+                app.check(session)?,
+                shared.objects.check(app.id, object)?,
+                &mut size,
+            );
             ok_then(r, || Response::Size(wire(size)))
         }
         Request::GetAttributeValue {
@@ -261,7 +273,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut t = CTemplate::for_query(&query)?;
-            let r = b.get_attribute_value(s, to_ulong(object)?, &mut t);
+            let r = b.get_attribute_value(s, shared.objects.check(app.id, object)?, &mut t);
             Ok(Response::Attributes {
                 rv: wire(r),
                 values: t.results(),
@@ -274,7 +286,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
-            rv(b.set_attribute_value(s, to_ulong(object)?, &mut t))
+            rv(b.set_attribute_value(s, shared.objects.check(app.id, object)?, &mut t))
         }
         Request::FindObjectsInit { session, template } => {
             let s = app.check(session)?;
@@ -282,9 +294,27 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             rv(b.find_objects_init(s, &mut t))
         }
         Request::FindObjects { session, max_count } => {
-            let (r, found) =
-                b.find_objects(app.check(session)?, max_count.min(MAX_FIND_COUNT) as usize);
-            let values: Vec<u64> = found.into_iter().map(wire).collect();
+            // Other applications' session objects are left out; the vendor is asked again
+            // while it fills whole batches, so a caller never takes a short batch for the end.
+            let s = app.check(session)?;
+            let max = max_count.min(MAX_FIND_COUNT) as usize;
+            let mut values = Vec::new();
+            let mut r = CKR_OK;
+            while values.len() < max {
+                let want = max - values.len();
+                let (rv, found) = b.find_objects(s, want);
+                r = rv;
+                let batch = found.len();
+                values.extend(
+                    found
+                        .into_iter()
+                        .filter(|h| shared.objects.visible(app.id, *h))
+                        .map(wire),
+                );
+                if r != CKR_OK || batch < want {
+                    break;
+                }
+            }
             Ok(Response::Ulongs {
                 rv: wire(r),
                 count: values.len() as u64,
@@ -394,7 +424,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             rv(b.input(f.C_DigestUpdate, app.check(session)?, &data))
         }
         Request::DigestKey { session, key } => {
-            rv(b.digest_key(app.check(session)?, to_ulong(key)?))
+            rv(b.digest_key(app.check(session)?, shared.objects.check(app.id, key)?))
         }
         Request::DigestFinal { session, capacity } => Ok(output(b.final_(
             f.C_DigestFinal,
@@ -501,7 +531,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut m = CMechanism::from_wire(&mechanism)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            handle(b.generate_key(s, &mut m, &mut t, &mut h), h)
+            made(shared, app, s, b.generate_key(s, &mut m, &mut t, &mut h), h)
         }
         Request::GenerateKeyPair {
             session,
@@ -521,6 +551,10 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 &mut private,
                 (&mut pubk, &mut privk),
             );
+            if r == CKR_OK {
+                record_if_session_object(shared, app, s, pubk);
+                record_if_session_object(shared, app, s, privk);
+            }
             ok_then(r, || Response::KeyPair {
                 public_key: wire(pubk),
                 private_key: wire(privk),
@@ -538,8 +572,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             Ok(output(b.wrap_key(
                 s,
                 &mut m,
-                to_ulong(wrapping_key)?,
-                to_ulong(key)?,
+                shared.objects.check(app.id, wrapping_key)?,
+                shared.objects.check(app.id, key)?,
                 cap(capacity),
             )))
         }
@@ -554,11 +588,14 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut m = CMechanism::from_wire(&mechanism)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            handle(
+            made(
+                shared,
+                app,
+                s,
                 b.unwrap_key(
                     s,
                     &mut m,
-                    to_ulong(unwrapping_key)?,
+                    shared.objects.check(app.id, unwrapping_key)?,
                     &wrapped_key,
                     &mut t,
                     &mut h,
@@ -576,8 +613,17 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut m = CMechanism::from_wire(&mechanism)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            handle(
-                b.derive_key(s, &mut m, to_ulong(base_key)?, &mut t, &mut h),
+            made(
+                shared,
+                app,
+                s,
+                b.derive_key(
+                    s,
+                    &mut m,
+                    shared.objects.check(app.id, base_key)?,
+                    &mut t,
+                    &mut h,
+                ),
                 h,
             )
         }
@@ -602,6 +648,41 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
     }
 }
 
+/// The answer to a call that made an object, which is recorded if it is a session object.
+fn made(
+    shared: &Shared,
+    app: &App,
+    session: CK_SESSION_HANDLE,
+    r: CK_RV,
+    object: CK_OBJECT_HANDLE,
+) -> Result<Response, CK_RV> {
+    if r == CKR_OK {
+        record_if_session_object(shared, app, session, object);
+    }
+    handle(r, object)
+}
+
+/// Records `object`, just made by `app` in `session`, unless it is a token object (read
+/// back from the vendor library: CKA_TOKEN defaults differ between object classes).
+fn record_if_session_object(
+    shared: &Shared,
+    app: &App,
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+) {
+    let query = [AttrQuery {
+        ty: wire(CKA_TOKEN),
+        want: Want::Buffer(1),
+    }];
+    let is_token = CTemplate::for_query(&query).is_ok_and(|mut t| {
+        shared.backend.get_attribute_value(session, object, &mut t) == CKR_OK
+            && t.results().first() == Some(&AttrOut::Value(AttrValue::Bool(true)))
+    });
+    if !is_token {
+        shared.objects.record(app.id, session, object);
+    }
+}
+
 fn init(
     shared: &Shared,
     app: &App,
@@ -612,7 +693,9 @@ fn init(
 ) -> Result<Response, CK_RV> {
     let s = app.check(session)?;
     let mut m = CMechanism::from_wire(mechanism)?;
-    rv(shared.backend.init(f, s, &mut m, to_ulong(key)?))
+    rv(shared
+        .backend
+        .init(f, s, &mut m, shared.objects.check(app.id, key)?))
 }
 
 fn token_info(i: &CK_TOKEN_INFO) -> TokenInfo {

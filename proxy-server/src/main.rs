@@ -10,6 +10,7 @@ mod connection;
 mod dispatch;
 mod listener;
 mod mechanism;
+mod objects;
 mod rv;
 mod server;
 mod template;
@@ -118,6 +119,7 @@ fn run(args: Args) -> Result<(), String> {
     let shared = Shared {
         backend,
         registry: Registry::default(),
+        objects: Default::default(),
         instance_id: random_id(),
     };
     let server = Arc::new(Server::new(shared, listeners));

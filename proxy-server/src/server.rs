@@ -9,7 +9,7 @@ use parking_lot::{Condvar, Mutex};
 
 use protocol::stream::Stream;
 
-use crate::connection::{close_sessions, Shared};
+use crate::connection::Shared;
 use crate::listener::Listener;
 
 /// How long a stop waits for calls in flight before closing sessions anyway.
@@ -83,7 +83,7 @@ impl Server {
         }
         drop(conns);
         for app in self.shared.registry.drain() {
-            close_sessions(&self.shared.backend, &app.take_all_sessions());
+            self.shared.close_sessions(&app.take_all_sessions());
         }
         let rv = self.shared.backend.finalize();
         tracing::info!(rv = %crate::rv::name(rv), "vendor library finalised; stopped");

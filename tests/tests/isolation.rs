@@ -140,3 +140,108 @@ fn a_forked_child_initialises_afresh_and_never_uses_the_parents_sessions() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn an_application_cannot_reach_another_ones_session_objects() {
+    let hsm = SoftHsm::new("objects");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("objects");
+    let a = client(&server, &dir);
+    let b = client(&server, &dir);
+    let slot = a.first_slot();
+    let (sa, sb) = (a.open_rw(slot), b.open_rw(slot));
+    assert_eq!(a.login(sa, PIN), CKR_OK);
+    // A makes a session HMAC key and a session data object; B makes one data object.
+    let class = CKO_SECRET_KEY.to_ne_bytes();
+    let kt = CKK_GENERIC_SECRET.to_ne_bytes();
+    let value = [7u8; 32];
+    let tru = [CK_TRUE];
+    let label = b"mine";
+    let attr = |ty, v: &[u8]| CK_ATTRIBUTE {
+        type_: ty,
+        pValue: v.as_ptr() as *mut _,
+        ulValueLen: v.len() as CK_ULONG,
+    };
+    let mut key_t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr(CKA_VALUE, &value),
+        attr(CKA_SIGN, &tru),
+    ];
+    let data_class = CKO_DATA.to_ne_bytes();
+    let mut data_t = [attr(CKA_CLASS, &data_class), attr(CKA_LABEL, label)];
+    let (mut key, mut data_a, mut data_b) = (0, 0, 0);
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_SHA256_HMAC,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    // SAFETY: valid templates and out pointers throughout.
+    unsafe {
+        assert_eq!(
+            a.f().C_CreateObject.unwrap()(sa, key_t.as_mut_ptr(), 4, &mut key),
+            CKR_OK
+        );
+        assert_eq!(
+            a.f().C_CreateObject.unwrap()(sa, data_t.as_mut_ptr(), 2, &mut data_a),
+            CKR_OK
+        );
+        assert_eq!(
+            b.f().C_CreateObject.unwrap()(sb, data_t.as_mut_ptr(), 2, &mut data_b),
+            CKR_OK
+        );
+        let f = b.f();
+        // B cannot sign with, read, copy or destroy A's objects, by handle or by guessing.
+        assert_eq!(
+            f.C_SignInit.unwrap()(sb, &mut mech, key),
+            CKR_OBJECT_HANDLE_INVALID
+        );
+        let mut size = 0;
+        assert_eq!(
+            f.C_GetObjectSize.unwrap()(sb, key, &mut size),
+            CKR_OBJECT_HANDLE_INVALID
+        );
+        let mut q = [CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        }];
+        assert_eq!(
+            f.C_GetAttributeValue.unwrap()(sb, data_a, q.as_mut_ptr(), 1),
+            CKR_OBJECT_HANDLE_INVALID
+        );
+        let mut copy = 0;
+        assert_eq!(
+            f.C_CopyObject.unwrap()(sb, data_a, ptr::null_mut(), 0, &mut copy),
+            CKR_OBJECT_HANDLE_INVALID
+        );
+        assert_eq!(
+            f.C_DestroyObject.unwrap()(sb, data_a),
+            CKR_OBJECT_HANDLE_INVALID
+        );
+        // B's search for the label finds its own object only; A's finds A's only.
+        for (m, s, own) in [(&b, sb, data_b), (&a, sa, data_a)] {
+            let mut find = [attr(CKA_LABEL, label)];
+            assert_eq!(
+                m.f().C_FindObjectsInit.unwrap()(s, find.as_mut_ptr(), 1),
+                CKR_OK
+            );
+            let mut found = [0 as CK_OBJECT_HANDLE; 8];
+            let mut n = 0;
+            assert_eq!(
+                m.f().C_FindObjects.unwrap()(s, found.as_mut_ptr(), 8, &mut n),
+                CKR_OK
+            );
+            assert_eq!(&found[..n as usize], &[own]);
+            assert_eq!(m.f().C_FindObjectsFinal.unwrap()(s), CKR_OK);
+        }
+        // A still uses its key.
+        assert_eq!(a.f().C_SignInit.unwrap()(sa, &mut mech, key), CKR_OK);
+        // Once A's session closes, its objects are gone for everyone.
+        assert_eq!(a.f().C_CloseSession.unwrap()(sa), CKR_OK);
+        assert_eq!(
+            f.C_GetObjectSize.unwrap()(sb, key, &mut size),
+            CKR_OBJECT_HANDLE_INVALID
+        );
+    }
+}
