@@ -183,3 +183,105 @@ fn fabric_bccsp_sequence_with_go_miekg_pkcs11() {
         );
     }
 }
+
+fn p11tool(module: &Path, hsm: &SoftHsm, server: &ProxyServer, args: &[&str]) -> Output {
+    Command::new("p11tool")
+        .arg(format!("--provider={}", module.display()))
+        .args(args)
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .env("PKCS11_PROXY_SOCKET", &server.address)
+        .output()
+        .expect("p11tool (Debian package gnutls-bin) must be installed")
+}
+
+#[test]
+fn gnutls_p11tool_lists_generates_and_signs_with_pkcs11_urls() {
+    let hsm = SoftHsm::new("gnutls");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("gnutls");
+    let shim = private_copy(&shim_path(), dir.path());
+    let direct = Path::new(SOFTHSM);
+    let pin = format!("--set-pin={PIN}");
+    let gen = p11tool(
+        &shim,
+        &hsm,
+        &server,
+        &[
+            "--login",
+            &pin,
+            "--generate-privkey=ECDSA",
+            "--curve=secp256r1",
+            "--label=gnutls-key",
+            "pkcs11:token=gnutls",
+        ],
+    );
+    assert!(
+        gen.status.success() && text(&gen).contains("BEGIN PUBLIC KEY"),
+        "{}",
+        text(&gen)
+    );
+    for args in [
+        vec!["--list-tokens"],
+        vec!["--login", &pin, "--list-all", "pkcs11:token=gnutls"],
+    ] {
+        let d = p11tool(direct, &hsm, &server, &args);
+        let p = p11tool(&shim, &hsm, &server, &args);
+        assert!(
+            d.status.success() && p.status.success(),
+            "{args:?}\n{}\n{}",
+            text(&d),
+            text(&p)
+        );
+        assert_eq!(blocks(&text(&p)), blocks(&text(&d)), "{args:?}");
+    }
+    for module in [shim.as_path(), direct] {
+        let sign = p11tool(
+            module,
+            &hsm,
+            &server,
+            &[
+                "--login",
+                &pin,
+                "--test-sign",
+                "pkcs11:token=gnutls;object=gnutls-key;type=private",
+            ],
+        );
+        let out = text(&sign);
+        assert!(
+            sign.status.success()
+                && out.contains("Verifying against public key in the token... ok"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn pkcs11_tool_test_ec_matches_direct() {
+    let hsm = SoftHsm::new("testec");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("testec");
+    let shim = private_copy(&shim_path(), dir.path());
+    let args = [
+        "--login",
+        "--pin",
+        PIN,
+        "--test-ec",
+        "--id",
+        "ec01",
+        "--key-type",
+        "EC:prime256v1",
+    ];
+    let p = pkcs11_tool(&shim, &hsm, &server, &args);
+    let d = pkcs11_tool(Path::new(SOFTHSM), &hsm, &server, &args);
+    assert_eq!(
+        p.status.code(),
+        d.status.code(),
+        "direct:\n{}\nproxy:\n{}",
+        text(&d),
+        text(&p)
+    );
+    // Debian 12's OpenSC opens a read-only session for --test-ec, so SoftHSM2 itself refuses
+    // the key generation (CKR_SESSION_READ_ONLY): the proxy must fail in exactly the same way.
+    assert_eq!(blocks(&text(&p)), blocks(&text(&d)));
+    assert!(text(&d).contains("C_GenerateKeyPair"), "{}", text(&d));
+}
