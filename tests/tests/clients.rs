@@ -285,3 +285,104 @@ fn pkcs11_tool_test_ec_matches_direct() {
     assert_eq!(blocks(&text(&p)), blocks(&text(&d)));
     assert!(text(&d).contains("C_GenerateKeyPair"), "{}", text(&d));
 }
+
+#[test]
+fn openssl_signs_a_file_and_a_csr_with_a_token_key_through_the_engine() {
+    let hsm = SoftHsm::new("openssl");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("openssl");
+    let shim = private_copy(&shim_path(), dir.path());
+    let gen = pkcs11_tool(
+        &shim,
+        &hsm,
+        &server,
+        &[
+            "--login",
+            "--pin",
+            PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "tls",
+            "--id",
+            "0b",
+        ],
+    );
+    assert!(gen.status.success(), "{}", text(&gen));
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .env("PKCS11_MODULE_PATH", &shim)
+            .env("PKCS11_PROXY_SOCKET", &server.address)
+            .output()
+            .expect("openssl must be installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+        text(&out)
+    };
+    let key = format!("pkcs11:token=openssl;object=tls;type=private;pin-value={PIN}");
+    std::fs::write(file("msg"), b"a block to endorse").unwrap();
+    openssl(&[
+        "dgst",
+        "-engine",
+        "pkcs11",
+        "-keyform",
+        "engine",
+        "-sign",
+        &key,
+        "-sha256",
+        "-out",
+        &file("sig"),
+        &file("msg"),
+    ]);
+    // The public key, read out through the proxy, verifies in plain OpenSSL.
+    let read = pkcs11_tool(
+        &shim,
+        &hsm,
+        &server,
+        &[
+            "--read-object",
+            "--type",
+            "pubkey",
+            "--id",
+            "0b",
+            "--output-file",
+            &file("pub.der"),
+        ],
+    );
+    assert!(read.status.success(), "{}", text(&read));
+    let verified = openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        &file("pub.der"),
+        "-keyform",
+        "DER",
+        "-signature",
+        &file("sig"),
+        &file("msg"),
+    ]);
+    assert!(verified.contains("Verified OK"), "{verified}");
+    // A CSR signed by the token key, as a Fabric CA enrolment does.
+    openssl(&[
+        "req",
+        "-new",
+        "-engine",
+        "pkcs11",
+        "-keyform",
+        "engine",
+        "-key",
+        &key,
+        "-subj",
+        "/CN=peer0.org1",
+        "-out",
+        &file("csr"),
+    ]);
+    let checked = openssl(&["req", "-in", &file("csr"), "-verify", "-noout"]);
+    assert!(
+        checked.contains("verify OK")
+            || checked.contains("Certificate request self-signature verify OK"),
+        "{checked}"
+    );
+}
