@@ -17,6 +17,7 @@ mod api;
 pub mod client;
 mod ffi;
 mod mechanism;
+mod message;
 mod template;
 
 use std::ffi::c_void;

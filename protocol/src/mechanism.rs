@@ -74,3 +74,32 @@ pub enum MechParam {
     /// `CK_EDDSA_PARAMS` (v3.0 Mechanisms §2.3.14).
     Eddsa { prehash: bool, context: Vec<u8> },
 }
+
+/// The per-message parameter of the PKCS#11 v3.0 message-based functions (v3.0 §5.9 to
+/// §5.16). Fields the token writes (a generated IV or nonce, the tag or MAC) travel back in
+/// the response so the shim copies them into the caller's buffers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MsgParam {
+    /// `pParameter == NULL`.
+    None,
+    /// A parameter without pointers, forwarded as it is (same rule as [`MechParam::Bytes`]).
+    Bytes(Vec<u8>),
+    /// `CK_GCM_MESSAGE_PARAMS` (v3.0 Mechanisms §2.12.4); `tag` has `ceil(tag_bits / 8)` bytes.
+    Gcm {
+        iv: Vec<u8>,
+        iv_fixed_bits: u64,
+        iv_generator: u64,
+        tag: Vec<u8>,
+        tag_bits: u64,
+    },
+    /// `CK_CCM_MESSAGE_PARAMS` (v3.0 Mechanisms §2.12.5).
+    Ccm {
+        data_len: u64,
+        nonce: Vec<u8>,
+        nonce_fixed_bits: u64,
+        nonce_generator: u64,
+        mac: Vec<u8>,
+    },
+    /// `CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS` (v3.0 Mechanisms §2.44.4); a 16-byte tag.
+    ChaCha20Poly1305 { nonce: Vec<u8>, tag: Vec<u8> },
+}

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::attribute::{AttrOut, AttrQuery, Attribute};
-use crate::mechanism::Mechanism;
+use crate::mechanism::{Mechanism, MsgParam};
 
 /// A PIN; `None` is a NULL `pPin` (protected authentication path).
 pub type Pin = Option<Vec<u8>>;
@@ -321,6 +321,122 @@ pub enum Request {
         session: u64,
         len: u64,
     },
+    // PKCS#11 v3.0 additions (v3.0 §5.6, §5.9 to §5.16).
+    LoginUser {
+        session: u64,
+        user_type: u64,
+        pin: Pin,
+        username: Vec<u8>,
+    },
+    SessionCancel {
+        session: u64,
+        flags: u64,
+    },
+    MessageEncryptInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    EncryptMessage {
+        session: u64,
+        param: MsgParam,
+        aad: Vec<u8>,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    EncryptMessageBegin {
+        session: u64,
+        param: MsgParam,
+        aad: Vec<u8>,
+    },
+    EncryptMessageNext {
+        session: u64,
+        param: MsgParam,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+        flags: u64,
+    },
+    MessageEncryptFinal {
+        session: u64,
+    },
+    MessageDecryptInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    DecryptMessage {
+        session: u64,
+        param: MsgParam,
+        aad: Vec<u8>,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    DecryptMessageBegin {
+        session: u64,
+        param: MsgParam,
+        aad: Vec<u8>,
+    },
+    DecryptMessageNext {
+        session: u64,
+        param: MsgParam,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+        flags: u64,
+    },
+    MessageDecryptFinal {
+        session: u64,
+    },
+    MessageSignInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    SignMessage {
+        session: u64,
+        param: MsgParam,
+        data: Vec<u8>,
+        capacity: Option<u64>,
+    },
+    SignMessageBegin {
+        session: u64,
+        param: MsgParam,
+    },
+    /// `last` is false when the caller's `pulSignatureLen` is NULL (not the last part).
+    SignMessageNext {
+        session: u64,
+        param: MsgParam,
+        data: Vec<u8>,
+        last: bool,
+        capacity: Option<u64>,
+    },
+    MessageSignFinal {
+        session: u64,
+    },
+    MessageVerifyInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    },
+    VerifyMessage {
+        session: u64,
+        param: MsgParam,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    VerifyMessageBegin {
+        session: u64,
+        param: MsgParam,
+    },
+    /// `signature` is `None` when the caller's `pSignature` is NULL (not the last part).
+    VerifyMessageNext {
+        session: u64,
+        param: MsgParam,
+        data: Vec<u8>,
+        signature: Option<Vec<u8>>,
+    },
+    MessageVerifyFinal {
+        session: u64,
+    },
 }
 
 impl Request {
@@ -399,6 +515,28 @@ impl Request {
             DeriveKey,
             SeedRandom,
             GenerateRandom,
+            LoginUser,
+            SessionCancel,
+            MessageEncryptInit,
+            EncryptMessage,
+            EncryptMessageBegin,
+            EncryptMessageNext,
+            MessageEncryptFinal,
+            MessageDecryptInit,
+            DecryptMessage,
+            DecryptMessageBegin,
+            DecryptMessageNext,
+            MessageDecryptFinal,
+            MessageSignInit,
+            SignMessage,
+            SignMessageBegin,
+            SignMessageNext,
+            MessageSignFinal,
+            MessageVerifyInit,
+            VerifyMessage,
+            VerifyMessageBegin,
+            VerifyMessageNext,
+            MessageVerifyFinal,
         )
     }
 }
@@ -502,6 +640,15 @@ pub enum Response {
     Attributes {
         rv: u64,
         values: Vec<AttrOut>,
+    },
+    /// A message-based call (v3.0): the return value, the output (as [`Response::Output`];
+    /// empty for calls without one) and the parameter as the token left it (generated IV,
+    /// tag), to be copied back to the caller.
+    Message {
+        rv: u64,
+        len: u64,
+        data: Vec<u8>,
+        param: MsgParam,
     },
 }
 

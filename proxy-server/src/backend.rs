@@ -11,7 +11,7 @@ use std::ptr;
 use cryptoki_sys::*;
 use libloading::Library;
 
-use crate::mechanism::CMechanism;
+use crate::mechanism::{CMechanism, CMsgParam};
 use crate::template::CTemplate;
 
 /// A vendor function with the shape `(session, in, in_len, out, out_len)`.
@@ -37,6 +37,8 @@ pub struct Output {
 /// The vendor library, loaded and initialised.
 pub struct Backend {
     list: &'static CK_FUNCTION_LIST,
+    /// The v3.0 table, when the library offers the "PKCS 11" interface at 3.x.
+    list3: Option<&'static CK_FUNCTION_LIST_3_0>,
     _library: Library,
 }
 
@@ -62,9 +64,10 @@ impl Backend {
         // SAFETY: loading a PKCS#11 module runs its initialisers; that is the point.
         let library = unsafe { Library::new(path) }
             .map_err(|e| format!("cannot load PKCS#11 module {path}: {e}"))?;
-        let list = Self::function_list(&library, path)?;
+        let (list, list3) = Self::function_list(&library, path)?;
         let backend = Self {
             list,
+            list3,
             _library: library,
         };
         let reserved = init_args
@@ -96,7 +99,17 @@ impl Backend {
         Ok(backend)
     }
 
-    fn function_list(library: &Library, path: &str) -> Result<&'static CK_FUNCTION_LIST, String> {
+    #[allow(clippy::type_complexity)]
+    fn function_list(
+        library: &Library,
+        path: &str,
+    ) -> Result<
+        (
+            &'static CK_FUNCTION_LIST,
+            Option<&'static CK_FUNCTION_LIST_3_0>,
+        ),
+        String,
+    > {
         // SAFETY: symbol types are those of the PKCS#11 headers; the table a module returns
         // lives as long as the module, which this server never unloads.
         unsafe {
@@ -106,7 +119,10 @@ impl Backend {
                     let name = c"PKCS 11".as_ptr() as *mut CK_UTF8CHAR;
                     let rv = get_interface(name, ptr::null_mut(), &mut iface, 0);
                     if rv == CKR_OK && !iface.is_null() && !(*iface).pFunctionList.is_null() {
-                        return Ok(&*((*iface).pFunctionList as *const CK_FUNCTION_LIST));
+                        let list = &*((*iface).pFunctionList as *const CK_FUNCTION_LIST);
+                        let list3 = (list.version.major >= 3)
+                            .then(|| &*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0));
+                        return Ok((list, list3));
                     }
                 }
             }
@@ -122,8 +138,18 @@ impl Backend {
                     crate::rv::name(rv)
                 ));
             }
-            Ok(&*list)
+            Ok((&*list, None))
         }
+    }
+
+    /// The vendor's v3.0 table, if it has one.
+    pub fn list3(&self) -> Option<&'static CK_FUNCTION_LIST_3_0> {
+        self.list3
+    }
+
+    /// The cryptoki version of the interface in use, for the log.
+    pub fn interface_version(&self) -> (u8, u8) {
+        (self.list.version.major, self.list.version.minor)
     }
 
     /// The vendor's function table, to pick functions for the shape helpers below.
@@ -590,8 +616,237 @@ impl Backend {
     }
 }
 
+/// PKCS#11 v3.0 functions. Each answers CKR_FUNCTION_NOT_SUPPORTED when the vendor library
+/// has no v3.0 interface.
+impl Backend {
+    fn f3<T>(&self, pick: impl FnOnce(&CK_FUNCTION_LIST_3_0) -> Option<T>) -> Option<T> {
+        self.list3.and_then(pick)
+    }
+
+    pub fn login_user(
+        &self,
+        session: CK_SESSION_HANDLE,
+        user: CK_USER_TYPE,
+        pin: Option<&[u8]>,
+        username: &[u8],
+    ) -> CK_RV {
+        let Some(f) = self.f3(|l| l.C_LoginUser) else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        let (Some((p, n)), Ok(un)) = (opt_bytes(pin), CK_ULONG::try_from(username.len())) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        // SAFETY: live buffers of the stated lengths.
+        unsafe { f(session, user, p, n, username.as_ptr() as *mut u8, un) }
+    }
+
+    pub fn session_cancel(&self, session: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+        let Some(f) = self.f3(|l| l.C_SessionCancel) else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        // SAFETY: no pointer argument.
+        unsafe { f(session, flags) }
+    }
+
+    /// C_EncryptMessage / C_DecryptMessage: `(session, param, aad, in, out)`.
+    pub fn crypt_message(
+        &self,
+        decrypt: bool,
+        session: CK_SESSION_HANDLE,
+        param: &mut CMsgParam,
+        aad: &[u8],
+        input: &[u8],
+        capacity: Option<usize>,
+    ) -> Output {
+        let f = if decrypt {
+            self.f3(|l| l.C_DecryptMessage)
+        } else {
+            self.f3(|l| l.C_EncryptMessage)
+        };
+        let Some(f) = f else {
+            return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
+        };
+        let (Ok(al), Ok(il)) = (
+            CK_ULONG::try_from(aad.len()),
+            CK_ULONG::try_from(input.len()),
+        ) else {
+            return Output::rv(CKR_ARGUMENTS_BAD);
+        };
+        let (p, pl) = param.ptr_len();
+        with_out_buffer(capacity, |out, len| {
+            // SAFETY: param owns its buffers; aad/input are live slices; out/len from with_out_buffer.
+            unsafe {
+                f(
+                    session,
+                    p,
+                    pl,
+                    aad.as_ptr() as *mut u8,
+                    al,
+                    input.as_ptr() as *mut u8,
+                    il,
+                    out,
+                    len,
+                )
+            }
+        })
+    }
+
+    /// C_EncryptMessageBegin / C_DecryptMessageBegin: `(session, param, aad)`.
+    pub fn crypt_message_begin(
+        &self,
+        decrypt: bool,
+        session: CK_SESSION_HANDLE,
+        param: &mut CMsgParam,
+        aad: &[u8],
+    ) -> CK_RV {
+        let f = if decrypt {
+            self.f3(|l| l.C_DecryptMessageBegin)
+        } else {
+            self.f3(|l| l.C_EncryptMessageBegin)
+        };
+        let Some(f) = f else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        let Ok(al) = CK_ULONG::try_from(aad.len()) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        let (p, pl) = param.ptr_len();
+        // SAFETY: param owns its buffers; aad is a live slice.
+        unsafe { f(session, p, pl, aad.as_ptr() as *mut u8, al) }
+    }
+
+    /// C_EncryptMessageNext / C_DecryptMessageNext: `(session, param, in, out, flags)`.
+    pub fn crypt_message_next(
+        &self,
+        decrypt: bool,
+        session: CK_SESSION_HANDLE,
+        param: &mut CMsgParam,
+        input: &[u8],
+        capacity: Option<usize>,
+        flags: CK_FLAGS,
+    ) -> Output {
+        let f = if decrypt {
+            self.f3(|l| l.C_DecryptMessageNext)
+        } else {
+            self.f3(|l| l.C_EncryptMessageNext)
+        };
+        let Some(f) = f else {
+            return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
+        };
+        let Ok(il) = CK_ULONG::try_from(input.len()) else {
+            return Output::rv(CKR_ARGUMENTS_BAD);
+        };
+        let (p, pl) = param.ptr_len();
+        with_out_buffer(capacity, |out, len| {
+            // SAFETY: as crypt_message.
+            unsafe {
+                f(
+                    session,
+                    p,
+                    pl,
+                    input.as_ptr() as *mut u8,
+                    il,
+                    out,
+                    len,
+                    flags,
+                )
+            }
+        })
+    }
+
+    /// C_SignMessage, or C_SignMessageNext with `next` (whose `last == false` passes a NULL
+    /// signature length: not the last part).
+    pub fn sign_message(
+        &self,
+        next: Option<bool>,
+        session: CK_SESSION_HANDLE,
+        param: &mut CMsgParam,
+        input: &[u8],
+        capacity: Option<usize>,
+    ) -> Output {
+        let f = match next {
+            None => self.f3(|l| l.C_SignMessage),
+            Some(_) => self.f3(|l| l.C_SignMessageNext),
+        };
+        let Some(f) = f else {
+            return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
+        };
+        let Ok(il) = CK_ULONG::try_from(input.len()) else {
+            return Output::rv(CKR_ARGUMENTS_BAD);
+        };
+        let (p, pl) = param.ptr_len();
+        if next == Some(false) {
+            // SAFETY: param and input as above; no signature pointers.
+            let rv = unsafe {
+                f(
+                    session,
+                    p,
+                    pl,
+                    input.as_ptr() as *mut u8,
+                    il,
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            };
+            return Output::rv(rv);
+        }
+        with_out_buffer(capacity, |out, len| {
+            // SAFETY: as crypt_message.
+            unsafe { f(session, p, pl, input.as_ptr() as *mut u8, il, out, len) }
+        })
+    }
+
+    /// C_SignMessageBegin / C_VerifyMessageBegin: `(session, param)`.
+    pub fn message_begin(
+        &self,
+        verify: bool,
+        session: CK_SESSION_HANDLE,
+        param: &mut CMsgParam,
+    ) -> CK_RV {
+        let f = if verify {
+            self.f3(|l| l.C_VerifyMessageBegin)
+        } else {
+            self.f3(|l| l.C_SignMessageBegin)
+        };
+        let Some(f) = f else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        let (p, pl) = param.ptr_len();
+        // SAFETY: param owns its buffers.
+        unsafe { f(session, p, pl) }
+    }
+
+    /// C_VerifyMessage, or C_VerifyMessageNext with `next` (a `None` signature passes NULL:
+    /// not the last part).
+    pub fn verify_message(
+        &self,
+        next: bool,
+        session: CK_SESSION_HANDLE,
+        param: &mut CMsgParam,
+        input: &[u8],
+        signature: Option<&[u8]>,
+    ) -> CK_RV {
+        let f = if next {
+            self.f3(|l| l.C_VerifyMessageNext)
+        } else {
+            self.f3(|l| l.C_VerifyMessage)
+        };
+        let Some(f) = f else {
+            return CKR_FUNCTION_NOT_SUPPORTED;
+        };
+        let (Ok(il), Some((sp, sl))) = (CK_ULONG::try_from(input.len()), opt_bytes(signature))
+        else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        let (p, pl) = param.ptr_len();
+        // SAFETY: live buffers of the stated lengths.
+        unsafe { f(session, p, pl, input.as_ptr() as *mut u8, il, sp, sl) }
+    }
+}
+
 impl Output {
-    fn rv(rv: CK_RV) -> Self {
+    /// An answer with a return value only.
+    pub fn rv(rv: CK_RV) -> Self {
         Self {
             rv,
             len: 0,

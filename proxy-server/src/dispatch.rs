@@ -8,7 +8,7 @@ use protocol::message::{Info, MechanismInfo, Request, Response, SessionInfo, Slo
 
 use crate::backend::Output;
 use crate::connection::{App, Shared};
-use crate::mechanism::CMechanism;
+use crate::mechanism::{CMechanism, CMsgParam};
 use crate::template::{to_ulong, wire, CTemplate};
 
 /// Most handles returned by one C_FindObjects (the caller loops until none are left).
@@ -61,9 +61,37 @@ fn version(v: CK_VERSION) -> (u8, u8) {
     (v.major, v.minor)
 }
 
+/// Which family a message-based request belongs to, for the arms shared by two functions.
+enum Kind {
+    Decrypt,
+    Verify,
+    Other,
+}
+
+fn kind_of(request: &Request) -> Kind {
+    match request {
+        Request::DecryptMessage { .. }
+        | Request::DecryptMessageBegin { .. }
+        | Request::DecryptMessageNext { .. } => Kind::Decrypt,
+        Request::VerifyMessageBegin { .. } => Kind::Verify,
+        _ => Kind::Other,
+    }
+}
+
+/// A message-based call's answer: its output and the parameter as the token left it.
+fn message(o: Output, p: &CMsgParam) -> Response {
+    Response::Message {
+        rv: wire(o.rv),
+        len: wire(o.len),
+        data: o.data,
+        param: p.to_wire(),
+    }
+}
+
 fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV> {
     let b = &shared.backend;
     let f = b.list();
+    let request_kind = kind_of(&request);
     match request {
         // General purpose functions (v2.40 §5.4): the application's own view only. The shim
         // keeps the C_Initialize state; C_Finalize closes the application's sessions.
@@ -626,6 +654,196 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 ),
                 h,
             )
+        }
+
+        // PKCS#11 v3.0 (v3.0 §5.6, §5.9 to §5.16): CKR_FUNCTION_NOT_SUPPORTED from a 2.x vendor.
+        Request::LoginUser {
+            session,
+            user_type,
+            pin,
+            username,
+        } => rv(b.login_user(
+            app.check(session)?,
+            to_ulong(user_type)?,
+            pin.as_deref(),
+            &username,
+        )),
+        Request::SessionCancel { session, flags } => {
+            rv(b.session_cancel(app.check(session)?, to_ulong(flags)?))
+        }
+        Request::MessageEncryptInit {
+            session,
+            mechanism,
+            key,
+        } => init(
+            shared,
+            app,
+            b.list3().and_then(|l| l.C_MessageEncryptInit),
+            session,
+            &mechanism,
+            key,
+        ),
+        Request::MessageDecryptInit {
+            session,
+            mechanism,
+            key,
+        } => init(
+            shared,
+            app,
+            b.list3().and_then(|l| l.C_MessageDecryptInit),
+            session,
+            &mechanism,
+            key,
+        ),
+        Request::MessageSignInit {
+            session,
+            mechanism,
+            key,
+        } => init(
+            shared,
+            app,
+            b.list3().and_then(|l| l.C_MessageSignInit),
+            session,
+            &mechanism,
+            key,
+        ),
+        Request::MessageVerifyInit {
+            session,
+            mechanism,
+            key,
+        } => init(
+            shared,
+            app,
+            b.list3().and_then(|l| l.C_MessageVerifyInit),
+            session,
+            &mechanism,
+            key,
+        ),
+        Request::MessageEncryptFinal { session } => rv(b.session(
+            b.list3().and_then(|l| l.C_MessageEncryptFinal),
+            app.check(session)?,
+        )),
+        Request::MessageDecryptFinal { session } => rv(b.session(
+            b.list3().and_then(|l| l.C_MessageDecryptFinal),
+            app.check(session)?,
+        )),
+        Request::MessageSignFinal { session } => rv(b.session(
+            b.list3().and_then(|l| l.C_MessageSignFinal),
+            app.check(session)?,
+        )),
+        Request::MessageVerifyFinal { session } => rv(b.session(
+            b.list3().and_then(|l| l.C_MessageVerifyFinal),
+            app.check(session)?,
+        )),
+        Request::EncryptMessage {
+            session,
+            param,
+            aad,
+            data,
+            capacity,
+        }
+        | Request::DecryptMessage {
+            session,
+            param,
+            aad,
+            data,
+            capacity,
+        } => {
+            let decrypt = matches!(request_kind, Kind::Decrypt);
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let o = b.crypt_message(decrypt, s, &mut p, &aad, &data, cap(capacity));
+            Ok(message(o, &p))
+        }
+        Request::EncryptMessageBegin {
+            session,
+            param,
+            aad,
+        }
+        | Request::DecryptMessageBegin {
+            session,
+            param,
+            aad,
+        } => {
+            let decrypt = matches!(request_kind, Kind::Decrypt);
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let r = b.crypt_message_begin(decrypt, s, &mut p, &aad);
+            Ok(message(Output::rv(r), &p))
+        }
+        Request::EncryptMessageNext {
+            session,
+            param,
+            data,
+            capacity,
+            flags,
+        }
+        | Request::DecryptMessageNext {
+            session,
+            param,
+            data,
+            capacity,
+            flags,
+        } => {
+            let decrypt = matches!(request_kind, Kind::Decrypt);
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let o =
+                b.crypt_message_next(decrypt, s, &mut p, &data, cap(capacity), to_ulong(flags)?);
+            Ok(message(o, &p))
+        }
+        Request::SignMessage {
+            session,
+            param,
+            data,
+            capacity,
+        } => {
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let o = b.sign_message(None, s, &mut p, &data, cap(capacity));
+            Ok(message(o, &p))
+        }
+        Request::SignMessageNext {
+            session,
+            param,
+            data,
+            last,
+            capacity,
+        } => {
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let o = b.sign_message(Some(last), s, &mut p, &data, cap(capacity));
+            Ok(message(o, &p))
+        }
+        Request::SignMessageBegin { session, param }
+        | Request::VerifyMessageBegin { session, param } => {
+            let verify = matches!(request_kind, Kind::Verify);
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let r = b.message_begin(verify, s, &mut p);
+            Ok(message(Output::rv(r), &p))
+        }
+        Request::VerifyMessage {
+            session,
+            param,
+            data,
+            signature,
+        } => {
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let r = b.verify_message(false, s, &mut p, &data, Some(&signature));
+            Ok(message(Output::rv(r), &p))
+        }
+        Request::VerifyMessageNext {
+            session,
+            param,
+            data,
+            signature,
+        } => {
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let r = b.verify_message(true, s, &mut p, &data, signature.as_deref());
+            Ok(message(Output::rv(r), &p))
         }
 
         // Random number generation (v2.40 §5.15).

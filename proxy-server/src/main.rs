@@ -104,7 +104,11 @@ fn run(args: Args) -> Result<(), String> {
     let (module, addresses) = resolve_args(&args)?;
     let signals = block_stop_signals()?;
     let backend = backend::Backend::load(&module, args.init_args.as_deref())?;
-    tracing::info!(module, "vendor library loaded and initialised");
+    let (major, minor) = backend.interface_version();
+    tracing::info!(
+        module,
+        "vendor library loaded and initialised (PKCS#11 {major}.{minor} interface)"
+    );
     let listeners = match addresses
         .iter()
         .map(Listener::bind)

@@ -6,9 +6,9 @@ use std::mem::size_of;
 use std::ptr;
 
 use cryptoki_sys::*;
-use protocol::mechanism::{MechParam, Mechanism};
+use protocol::mechanism::{MechParam, Mechanism, MsgParam};
 
-use crate::template::to_ulong;
+use crate::template::{to_ulong, wire};
 
 /// `CK_GCM_PARAMS` as first published, without `ulIvBits` (some HSMs, Thales Luna among them,
 /// only accept this layout).
@@ -252,5 +252,142 @@ impl CMechanism {
 
     pub fn as_mut_ptr(&mut self) -> *mut CK_MECHANISM {
         &mut self.mech
+    }
+}
+
+/// The storage behind a message parameter's pointers. The token may write into the IV/nonce
+/// and tag/MAC buffers; [`CMsgParam::to_wire`] reads them back.
+#[allow(dead_code)]
+enum MsgStorage {
+    None,
+    Bytes(Vec<u8>),
+    Gcm(Box<CK_GCM_MESSAGE_PARAMS>, Vec<u8>, Vec<u8>),
+    Ccm(Box<CK_CCM_MESSAGE_PARAMS>, Vec<u8>, Vec<u8>),
+    ChaCha(
+        Box<CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS>,
+        Vec<u8>,
+        Vec<u8>,
+    ),
+}
+
+/// A C message parameter (`pParameter`, `ulParameterLen` of the v3.0 message functions)
+/// owning its buffers.
+pub struct CMsgParam {
+    storage: MsgStorage,
+}
+
+/// Length of a Poly1305 tag (v3.0 Mechanisms §2.44.4: `pTag` points to 16 bytes).
+const TAG_POLY1305: usize = 16;
+
+impl CMsgParam {
+    pub fn from_wire(p: &MsgParam) -> Result<Self, CK_RV> {
+        let storage = match p {
+            MsgParam::None => MsgStorage::None,
+            MsgParam::Bytes(b) => MsgStorage::Bytes(b.clone()),
+            MsgParam::Gcm {
+                iv,
+                iv_fixed_bits,
+                iv_generator,
+                tag,
+                tag_bits,
+            } => {
+                let (mut iv, mut tag) = (iv.clone(), tag.clone());
+                let (ip, il) = ptr_len(&mut iv)?;
+                let (tp, _) = ptr_len(&mut tag)?;
+                MsgStorage::Gcm(
+                    Box::new(CK_GCM_MESSAGE_PARAMS {
+                        pIv: ip,
+                        ulIvLen: il,
+                        ulIvFixedBits: to_ulong(*iv_fixed_bits)?,
+                        ivGenerator: to_ulong(*iv_generator)?,
+                        pTag: tp,
+                        ulTagBits: to_ulong(*tag_bits)?,
+                    }),
+                    iv,
+                    tag,
+                )
+            }
+            MsgParam::Ccm {
+                data_len,
+                nonce,
+                nonce_fixed_bits,
+                nonce_generator,
+                mac,
+            } => {
+                let (mut nonce, mut mac) = (nonce.clone(), mac.clone());
+                let (np, nl) = ptr_len(&mut nonce)?;
+                let (mp, ml) = ptr_len(&mut mac)?;
+                MsgStorage::Ccm(
+                    Box::new(CK_CCM_MESSAGE_PARAMS {
+                        ulDataLen: to_ulong(*data_len)?,
+                        pNonce: np,
+                        ulNonceLen: nl,
+                        ulNonceFixedBits: to_ulong(*nonce_fixed_bits)?,
+                        nonceGenerator: to_ulong(*nonce_generator)?,
+                        pMAC: mp,
+                        ulMACLen: ml,
+                    }),
+                    nonce,
+                    mac,
+                )
+            }
+            MsgParam::ChaCha20Poly1305 { nonce, tag } => {
+                if tag.len() != TAG_POLY1305 {
+                    return Err(CKR_MECHANISM_PARAM_INVALID);
+                }
+                let (mut nonce, mut tag) = (nonce.clone(), tag.clone());
+                let (np, nl) = ptr_len(&mut nonce)?;
+                let (tp, _) = ptr_len(&mut tag)?;
+                MsgStorage::ChaCha(
+                    Box::new(CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS {
+                        pNonce: np,
+                        ulNonceLen: nl,
+                        pTag: tp,
+                    }),
+                    nonce,
+                    tag,
+                )
+            }
+        };
+        Ok(Self { storage })
+    }
+
+    /// `pParameter` and `ulParameterLen` for the vendor call.
+    pub fn ptr_len(&mut self) -> (*mut c_void, CK_ULONG) {
+        let (p, n) = match &mut self.storage {
+            MsgStorage::None => (ptr::null_mut(), 0),
+            MsgStorage::Bytes(b) if b.is_empty() => (ptr::null_mut(), 0),
+            MsgStorage::Bytes(b) => (b.as_mut_ptr().cast(), b.len()),
+            MsgStorage::Gcm(b, _, _) => boxed(b),
+            MsgStorage::Ccm(b, _, _) => boxed(b),
+            MsgStorage::ChaCha(b, _, _) => boxed(b),
+        };
+        (p, n as CK_ULONG)
+    }
+
+    /// The parameter as the token left it (IV/nonce it generated, tag/MAC it computed).
+    pub fn to_wire(&self) -> MsgParam {
+        match &self.storage {
+            MsgStorage::None => MsgParam::None,
+            MsgStorage::Bytes(b) => MsgParam::Bytes(b.clone()),
+            MsgStorage::Gcm(p, iv, tag) => MsgParam::Gcm {
+                iv: iv.clone(),
+                iv_fixed_bits: wire(p.ulIvFixedBits),
+                iv_generator: wire(p.ivGenerator),
+                tag: tag.clone(),
+                tag_bits: wire(p.ulTagBits),
+            },
+            MsgStorage::Ccm(p, nonce, mac) => MsgParam::Ccm {
+                data_len: wire(p.ulDataLen),
+                nonce: nonce.clone(),
+                nonce_fixed_bits: wire(p.ulNonceFixedBits),
+                nonce_generator: wire(p.nonceGenerator),
+                mac: mac.clone(),
+            },
+            MsgStorage::ChaCha(_, nonce, tag) => MsgParam::ChaCha20Poly1305 {
+                nonce: nonce.clone(),
+                tag: tag.clone(),
+            },
+        }
     }
 }

@@ -178,9 +178,16 @@ impl ProxyServer {
 
     /// Starts the server with the given arguments and extra environment.
     pub fn start_with(hsm: &SoftHsm, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let conf = hsm.conf.to_string_lossy().into_owned();
+        let mut all_env = vec![("SOFTHSM2_CONF", conf.as_str())];
+        all_env.extend_from_slice(env);
+        Self::start_args(args, &all_env)
+    }
+
+    /// Starts the server with exactly these arguments and extra environment.
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(server_path());
         cmd.args(args)
-            .env("SOFTHSM2_CONF", &hsm.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -44,6 +44,39 @@ impl RawModule {
         unsafe { self.list.C_Initialize.unwrap()(&mut args as *mut _ as *mut _) }
     }
 
+    /// C_Initialize with CKF_OS_LOCKING_OK and a `pReserved` string (NSS softokn's
+    /// configuration, for instance).
+    pub fn initialize_with_reserved(&self, reserved: &std::ffi::CStr) -> CK_RV {
+        let mut args = CK_C_INITIALIZE_ARGS {
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: reserved.as_ptr() as *mut _,
+            ..Default::default()
+        };
+        // SAFETY: valid arguments; the string outlives the call.
+        unsafe { self.list.C_Initialize.unwrap()(&mut args as *mut _ as *mut _) }
+    }
+
+    /// The 3.0 function table of the default "PKCS 11" interface, if the module has one.
+    pub fn f3(&self) -> Option<&CK_FUNCTION_LIST_3_0> {
+        // SAFETY: C_GetInterface as the v3.0 specification defines it.
+        unsafe {
+            let get: libloading::Symbol<CK_C_GetInterface> =
+                self._lib.get(b"C_GetInterface\0").ok()?;
+            let mut iface: *mut CK_INTERFACE = ptr::null_mut();
+            let rv = get.unwrap()(
+                c"PKCS 11".as_ptr() as *mut u8,
+                ptr::null_mut(),
+                &mut iface,
+                0,
+            );
+            if rv != CKR_OK || iface.is_null() {
+                return None;
+            }
+            let list = &*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0);
+            (list.version.major >= 3).then_some(list)
+        }
+    }
+
     /// The first slot with a token.
     pub fn first_slot(&self) -> CK_SLOT_ID {
         let mut slots = [0 as CK_SLOT_ID; 8];

@@ -1,77 +1,373 @@
-//! Functions added by PKCS#11 v3.0 (§5.1 C_LoginUser, §5.6 C_SessionCancel, §5.13 to §5.16
-//! message-based functions). Forwarding them is the subject of a later change; until then each
-//! answers CKR_FUNCTION_NOT_SUPPORTED once the library is initialised, as a v3.0 library that
-//! does not implement them would.
+//! Functions added by PKCS#11 v3.0: C_LoginUser (§5.6.9), C_SessionCancel (§5.6.11) and the
+//! message-based encryption, decryption, signing and verification functions (§5.9 to §5.16).
+//! They are forwarded to the vendor library, which answers CKR_FUNCTION_NOT_SUPPORTED when it
+//! implements PKCS#11 2.x only.
 
 use std::ffi::c_void;
 
 use cryptoki_sys::*;
+use protocol::message::{Request, Response};
 
-use crate::client;
-use crate::ffi::entry;
+use crate::client::{self, Client, MessageOp};
+use crate::ffi::{bytes, entry, narrow, pin, rv_of, unexpected, wire, OutBuf, Rv};
+use crate::{mechanism, message};
 
-/// The answer of every function of this file.
-fn not_supported() -> crate::ffi::Rv {
-    client::current()?;
-    Err(CKR_FUNCTION_NOT_SUPPORTED)
+/// C_LoginUser (v3.0 §5.6.9).
+#[no_mangle]
+pub unsafe extern "C" fn C_LoginUser(
+    session: CK_SESSION_HANDLE,
+    user_type: CK_USER_TYPE,
+    p: *mut CK_UTF8CHAR,
+    n: CK_ULONG,
+    username: *mut CK_UTF8CHAR,
+    username_len: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        let client = client::current()?;
+        let pin = pin(p, n)?;
+        let username = bytes(username, username_len)?.to_vec();
+        rv_of(client.call(Request::LoginUser {
+            session: wire(session),
+            user_type: wire(user_type),
+            pin,
+            username,
+        })?)
+    })
 }
 
-macro_rules! unsupported {
-    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),* $(,)?);)*) => {
-        $(
-            $(#[$doc])*
-            #[no_mangle]
-            pub extern "C" fn $name($($arg: $ty),*) -> CK_RV {
-                $(let _ = $arg;)*
-                entry!({ not_supported() })
+/// C_SessionCancel (v3.0 §5.6.11).
+#[no_mangle]
+pub unsafe extern "C" fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+    entry!({
+        let client = client::current()?;
+        rv_of(client.call(Request::SessionCancel {
+            session: wire(session),
+            flags: wire(flags),
+        })?)
+    })
+}
+
+/// Writes a [`Response::Message`]: the parameter the token updated, then the output.
+unsafe fn finish(
+    r: Response,
+    param: *mut c_void,
+    param_len: CK_ULONG,
+    out: Option<OutBuf<'_, u8>>,
+) -> Rv {
+    match r {
+        Response::Message {
+            rv,
+            len,
+            data,
+            param: answer,
+        } => {
+            message::write_back(param, param_len, &answer)?;
+            match out {
+                Some(out) => out.write(rv, len, &data),
+                None => match narrow(rv)? {
+                    CKR_OK => Ok(()),
+                    rv => Err(rv),
+                },
             }
-        )*
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The caller's parameter for a message call of `op` on `session`.
+unsafe fn read_param(
+    client: &Client,
+    session: CK_SESSION_HANDLE,
+    op: MessageOp,
+    p: *mut c_void,
+    n: CK_ULONG,
+) -> Rv<protocol::mechanism::MsgParam> {
+    message::read(client.message_mechanism(session, op), p, n)
+}
+
+/// `C_Message*Init(session, mechanism, key)`: remembers the mechanism on success.
+macro_rules! message_init {
+    ($(#[$doc:meta])* $name:ident => $variant:ident, $op:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+            entry!({
+                let client = client::current()?;
+                let mechanism = mechanism::read(mech)?;
+                let ty = (*mech).mechanism;
+                rv_of(client.call(Request::$variant { session: wire(session), mechanism, key: wire(key) })?)?;
+                client.set_message_mechanism(session, $op, Some(ty));
+                Ok(())
+            })
+        }
     };
 }
 
-unsupported! {
-    /// C_LoginUser (v3.0 §5.6.9).
-    C_LoginUser(s: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut CK_UTF8CHAR, pin_len: CK_ULONG, name: *mut CK_UTF8CHAR, name_len: CK_ULONG);
-    /// C_SessionCancel (v3.0 §5.6.11).
-    C_SessionCancel(s: CK_SESSION_HANDLE, flags: CK_FLAGS);
-    /// C_MessageEncryptInit (v3.0 §5.9.1).
-    C_MessageEncryptInit(s: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
-    /// C_EncryptMessage (v3.0 §5.9.2).
-    C_EncryptMessage(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
-    /// C_EncryptMessageBegin (v3.0 §5.9.3).
-    C_EncryptMessageBegin(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
-    /// C_EncryptMessageNext (v3.0 §5.9.4).
-    C_EncryptMessageNext(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
-    /// C_MessageEncryptFinal (v3.0 §5.9.5).
-    C_MessageEncryptFinal(s: CK_SESSION_HANDLE);
-    /// C_MessageDecryptInit (v3.0 §5.11.1).
-    C_MessageDecryptInit(s: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
-    /// C_DecryptMessage (v3.0 §5.11.2).
-    C_DecryptMessage(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
-    /// C_DecryptMessageBegin (v3.0 §5.11.3).
-    C_DecryptMessageBegin(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
-    /// C_DecryptMessageNext (v3.0 §5.11.4).
-    C_DecryptMessageNext(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
-    /// C_MessageDecryptFinal (v3.0 §5.11.5).
-    C_MessageDecryptFinal(s: CK_SESSION_HANDLE);
-    /// C_MessageSignInit (v3.0 §5.14.1).
-    C_MessageSignInit(s: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
-    /// C_SignMessage (v3.0 §5.14.2).
-    C_SignMessage(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
-    /// C_SignMessageBegin (v3.0 §5.14.3).
-    C_SignMessageBegin(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG);
-    /// C_SignMessageNext (v3.0 §5.14.4).
-    C_SignMessageNext(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
-    /// C_MessageSignFinal (v3.0 §5.14.5).
-    C_MessageSignFinal(s: CK_SESSION_HANDLE);
-    /// C_MessageVerifyInit (v3.0 §5.16.1).
-    C_MessageVerifyInit(s: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
-    /// C_VerifyMessage (v3.0 §5.16.2).
-    C_VerifyMessage(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, g: *mut CK_BYTE, gl: CK_ULONG);
-    /// C_VerifyMessageBegin (v3.0 §5.16.3).
-    C_VerifyMessageBegin(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG);
-    /// C_VerifyMessageNext (v3.0 §5.16.4).
-    C_VerifyMessageNext(s: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG, g: *mut CK_BYTE, gl: CK_ULONG);
-    /// C_MessageVerifyFinal (v3.0 §5.16.5).
-    C_MessageVerifyFinal(s: CK_SESSION_HANDLE);
+/// `C_Message*Final(session)`: forgets the mechanism.
+macro_rules! message_final {
+    ($(#[$doc:meta])* $name:ident => $variant:ident, $op:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE) -> CK_RV {
+            entry!({
+                let client = client::current()?;
+                let r = rv_of(client.call(Request::$variant { session: wire(session) })?);
+                if r.is_ok() {
+                    client.set_message_mechanism(session, $op, None);
+                }
+                r
+            })
+        }
+    };
+}
+
+/// C_EncryptMessage / C_DecryptMessage.
+macro_rules! crypt_message {
+    ($(#[$doc:meta])* $name:ident => $variant:ident, $op:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            session: CK_SESSION_HANDLE,
+            p: *mut c_void,
+            pl: CK_ULONG,
+            aad: *mut CK_BYTE,
+            aad_len: CK_ULONG,
+            input: *mut CK_BYTE,
+            input_len: CK_ULONG,
+            output: *mut CK_BYTE,
+            output_len: *mut CK_ULONG,
+        ) -> CK_RV {
+            entry!({
+                let client = client::current()?;
+                let param = read_param(&client, session, $op, p, pl)?;
+                let aad = bytes(aad, aad_len)?.to_vec();
+                let data = bytes(input, input_len)?.to_vec();
+                let out = OutBuf::new(output, output_len)?;
+                let r = client.call(Request::$variant { session: wire(session), param, aad, data, capacity: out.capacity() })?;
+                finish(r, p, pl, Some(out))
+            })
+        }
+    };
+}
+
+/// C_EncryptMessageBegin / C_DecryptMessageBegin.
+macro_rules! crypt_begin {
+    ($(#[$doc:meta])* $name:ident => $variant:ident, $op:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, aad: *mut CK_BYTE, aad_len: CK_ULONG) -> CK_RV {
+            entry!({
+                let client = client::current()?;
+                let param = read_param(&client, session, $op, p, pl)?;
+                let aad = bytes(aad, aad_len)?.to_vec();
+                finish(client.call(Request::$variant { session: wire(session), param, aad })?, p, pl, None)
+            })
+        }
+    };
+}
+
+/// C_EncryptMessageNext / C_DecryptMessageNext.
+macro_rules! crypt_next {
+    ($(#[$doc:meta])* $name:ident => $variant:ident, $op:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            session: CK_SESSION_HANDLE,
+            p: *mut c_void,
+            pl: CK_ULONG,
+            input: *mut CK_BYTE,
+            input_len: CK_ULONG,
+            output: *mut CK_BYTE,
+            output_len: *mut CK_ULONG,
+            flags: CK_FLAGS,
+        ) -> CK_RV {
+            entry!({
+                let client = client::current()?;
+                let param = read_param(&client, session, $op, p, pl)?;
+                let data = bytes(input, input_len)?.to_vec();
+                let out = OutBuf::new(output, output_len)?;
+                let r = client.call(Request::$variant {
+                    session: wire(session),
+                    param,
+                    data,
+                    capacity: out.capacity(),
+                    flags: wire(flags),
+                })?;
+                finish(r, p, pl, Some(out))
+            })
+        }
+    };
+}
+
+/// C_SignMessageBegin / C_VerifyMessageBegin.
+macro_rules! sign_begin {
+    ($(#[$doc:meta])* $name:ident => $variant:ident, $op:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG) -> CK_RV {
+            entry!({
+                let client = client::current()?;
+                let param = read_param(&client, session, $op, p, pl)?;
+                finish(client.call(Request::$variant { session: wire(session), param })?, p, pl, None)
+            })
+        }
+    };
+}
+
+message_init!(/// C_MessageEncryptInit (v3.0 §5.9.1).
+    C_MessageEncryptInit => MessageEncryptInit, MessageOp::Encrypt);
+crypt_message!(/// C_EncryptMessage (v3.0 §5.9.2).
+    C_EncryptMessage => EncryptMessage, MessageOp::Encrypt);
+crypt_begin!(/// C_EncryptMessageBegin (v3.0 §5.9.3).
+    C_EncryptMessageBegin => EncryptMessageBegin, MessageOp::Encrypt);
+crypt_next!(/// C_EncryptMessageNext (v3.0 §5.9.4).
+    C_EncryptMessageNext => EncryptMessageNext, MessageOp::Encrypt);
+message_final!(/// C_MessageEncryptFinal (v3.0 §5.9.5).
+    C_MessageEncryptFinal => MessageEncryptFinal, MessageOp::Encrypt);
+
+message_init!(/// C_MessageDecryptInit (v3.0 §5.11.1).
+    C_MessageDecryptInit => MessageDecryptInit, MessageOp::Decrypt);
+crypt_message!(/// C_DecryptMessage (v3.0 §5.11.2).
+    C_DecryptMessage => DecryptMessage, MessageOp::Decrypt);
+crypt_begin!(/// C_DecryptMessageBegin (v3.0 §5.11.3).
+    C_DecryptMessageBegin => DecryptMessageBegin, MessageOp::Decrypt);
+crypt_next!(/// C_DecryptMessageNext (v3.0 §5.11.4).
+    C_DecryptMessageNext => DecryptMessageNext, MessageOp::Decrypt);
+message_final!(/// C_MessageDecryptFinal (v3.0 §5.11.5).
+    C_MessageDecryptFinal => MessageDecryptFinal, MessageOp::Decrypt);
+
+message_init!(/// C_MessageSignInit (v3.0 §5.14.1).
+    C_MessageSignInit => MessageSignInit, MessageOp::Sign);
+sign_begin!(/// C_SignMessageBegin (v3.0 §5.14.3).
+    C_SignMessageBegin => SignMessageBegin, MessageOp::Sign);
+message_final!(/// C_MessageSignFinal (v3.0 §5.14.5).
+    C_MessageSignFinal => MessageSignFinal, MessageOp::Sign);
+
+message_init!(/// C_MessageVerifyInit (v3.0 §5.16.1).
+    C_MessageVerifyInit => MessageVerifyInit, MessageOp::Verify);
+sign_begin!(/// C_VerifyMessageBegin (v3.0 §5.16.3).
+    C_VerifyMessageBegin => VerifyMessageBegin, MessageOp::Verify);
+message_final!(/// C_MessageVerifyFinal (v3.0 §5.16.5).
+    C_MessageVerifyFinal => MessageVerifyFinal, MessageOp::Verify);
+
+/// C_SignMessage (v3.0 §5.14.2).
+#[no_mangle]
+pub unsafe extern "C" fn C_SignMessage(
+    session: CK_SESSION_HANDLE,
+    p: *mut c_void,
+    pl: CK_ULONG,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+    signature: *mut CK_BYTE,
+    signature_len: *mut CK_ULONG,
+) -> CK_RV {
+    entry!({
+        let client = client::current()?;
+        let param = read_param(&client, session, MessageOp::Sign, p, pl)?;
+        let data = bytes(data, data_len)?.to_vec();
+        let out = OutBuf::new(signature, signature_len)?;
+        let r = client.call(Request::SignMessage {
+            session: wire(session),
+            param,
+            data,
+            capacity: out.capacity(),
+        })?;
+        finish(r, p, pl, Some(out))
+    })
+}
+
+/// C_SignMessageNext (v3.0 §5.14.4): a NULL `pulSignatureLen` means "not the last part".
+#[no_mangle]
+pub unsafe extern "C" fn C_SignMessageNext(
+    session: CK_SESSION_HANDLE,
+    p: *mut c_void,
+    pl: CK_ULONG,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+    signature: *mut CK_BYTE,
+    signature_len: *mut CK_ULONG,
+) -> CK_RV {
+    entry!({
+        let client = client::current()?;
+        let param = read_param(&client, session, MessageOp::Sign, p, pl)?;
+        let data = bytes(data, data_len)?.to_vec();
+        let out = if signature_len.is_null() {
+            None
+        } else {
+            Some(OutBuf::new(signature, signature_len)?)
+        };
+        let capacity = out.as_ref().and_then(OutBuf::capacity);
+        let r = client.call(Request::SignMessageNext {
+            session: wire(session),
+            param,
+            data,
+            last: out.is_some(),
+            capacity,
+        })?;
+        finish(r, p, pl, out)
+    })
+}
+
+/// C_VerifyMessage (v3.0 §5.16.2).
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifyMessage(
+    session: CK_SESSION_HANDLE,
+    p: *mut c_void,
+    pl: CK_ULONG,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+    signature: *mut CK_BYTE,
+    signature_len: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        let client = client::current()?;
+        let param = read_param(&client, session, MessageOp::Verify, p, pl)?;
+        let data = bytes(data, data_len)?.to_vec();
+        let signature = bytes(signature, signature_len)?.to_vec();
+        finish(
+            client.call(Request::VerifyMessage {
+                session: wire(session),
+                param,
+                data,
+                signature,
+            })?,
+            p,
+            pl,
+            None,
+        )
+    })
+}
+
+/// C_VerifyMessageNext (v3.0 §5.16.4): a NULL `pSignature` means "not the last part".
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifyMessageNext(
+    session: CK_SESSION_HANDLE,
+    p: *mut c_void,
+    pl: CK_ULONG,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+    signature: *mut CK_BYTE,
+    signature_len: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        let client = client::current()?;
+        let param = read_param(&client, session, MessageOp::Verify, p, pl)?;
+        let data = bytes(data, data_len)?.to_vec();
+        let signature = if signature.is_null() {
+            None
+        } else {
+            Some(bytes(signature, signature_len)?.to_vec())
+        };
+        finish(
+            client.call(Request::VerifyMessageNext {
+                session: wire(session),
+                param,
+                data,
+                signature,
+            })?,
+            p,
+            pl,
+            None,
+        )
+    })
 }

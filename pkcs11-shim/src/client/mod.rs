@@ -8,6 +8,7 @@
 pub mod config;
 mod connection;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cryptoki_sys::*;
@@ -22,6 +23,15 @@ use crate::ffi::Rv;
 /// Idle connections kept for reuse; more may be open while busy.
 const MAX_IDLE: usize = 64;
 
+/// The four message-based operation families of PKCS#11 v3.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageOp {
+    Encrypt,
+    Decrypt,
+    Sign,
+    Verify,
+}
+
 /// One initialised shim instance.
 pub struct Client {
     config: Config,
@@ -29,6 +39,9 @@ pub struct Client {
     /// The process that called C_Initialize: a forked child must initialise again.
     pid: u32,
     idle: Mutex<Vec<Connection>>,
+    /// The mechanism of each session's message-based operation, which fixes the layout of
+    /// the per-message parameters (v3.0 §5.9).
+    message_mechanisms: Mutex<HashMap<(CK_SESSION_HANDLE, MessageOp), CK_MECHANISM_TYPE>>,
 }
 
 /// The instance, present between C_Initialize and C_Finalize.
@@ -40,6 +53,34 @@ pub fn log(msg: &str) {
 }
 
 impl Client {
+    /// Remembers (or, with `None`, forgets) the mechanism of a message-based operation.
+    pub fn set_message_mechanism(
+        &self,
+        session: CK_SESSION_HANDLE,
+        op: MessageOp,
+        mech: Option<CK_MECHANISM_TYPE>,
+    ) {
+        let mut m = self.message_mechanisms.lock();
+        match mech {
+            Some(t) => m.insert((session, op), t),
+            None => m.remove(&(session, op)),
+        };
+    }
+
+    /// The mechanism of a session's message-based operation; an unknown one (no Init) reads
+    /// the parameter as plain bytes and lets the vendor answer.
+    pub fn message_mechanism(
+        &self,
+        session: CK_SESSION_HANDLE,
+        op: MessageOp,
+    ) -> CK_MECHANISM_TYPE {
+        self.message_mechanisms
+            .lock()
+            .get(&(session, op))
+            .copied()
+            .unwrap_or(CK_UNAVAILABLE_INFORMATION)
+    }
+
     fn take_connection(&self) -> Rv<Connection> {
         loop {
             let Some(c) = self.idle.lock().pop() else {
@@ -117,6 +158,7 @@ pub fn initialize() -> Rv {
         client_id,
         pid: std::process::id(),
         idle: Mutex::new(vec![conn]),
+        message_mechanisms: Mutex::new(HashMap::new()),
     };
     match client.call(Request::Initialize)? {
         Response::Rv(0) => {}

@@ -1,0 +1,300 @@
+//! PKCS#11 v3.0 through the proxy, on NSS's soft token (`libsoftokn3.so`, which offers the
+//! "PKCS 11" interface at 3.0 and implements the message-based API for AES-GCM), compared with
+//! NSS loaded directly; and the same functions on SoftHSM2 (2.40 only) answering
+//! CKR_FUNCTION_NOT_SUPPORTED.
+
+use std::ffi::CString;
+use std::path::Path;
+use std::process::Command;
+use std::ptr;
+
+use cryptoki_sys::*;
+use tests::raw::RawModule;
+use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir};
+
+const SOFTOKN: &str = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
+
+/// An empty NSS database in `dir` and the softokn configuration string that opens it.
+fn nss_database(dir: &Path) -> String {
+    let db = format!("sql:{}", dir.display());
+    let out = Command::new("certutil")
+        .args(["-N", "-d", &db, "--empty-password"])
+        .output()
+        .expect("certutil (Debian package libnss3-tools) must be installed");
+    assert!(
+        out.status.success(),
+        "certutil: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("configdir='{db}' certPrefix='' keyPrefix='' secmod='secmod.db' flags=")
+}
+
+/// What one run of the message-based scenario gave, for comparison.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    rvs: Vec<(&'static str, CK_RV)>,
+    plaintext: Vec<u8>,
+    ivs_differ: bool,
+}
+
+/// AES-GCM with the message-based API: the token generates the IV and computes the tag, both
+/// written back into the caller's CK_GCM_MESSAGE_PARAMS; decryption with them gives the data.
+unsafe fn gcm_messages(m: &RawModule) -> Outcome {
+    let f = m.f();
+    let f3 = m.f3().expect("a 3.0 interface");
+    let mut rvs = Vec::new();
+    let mut n = 8;
+    let mut slots = [0 as CK_SLOT_ID; 8];
+    assert_eq!(
+        f.C_GetSlotList.unwrap()(CK_TRUE, slots.as_mut_ptr(), &mut n),
+        CKR_OK
+    );
+    let mut s = 0;
+    assert_eq!(
+        f.C_OpenSession.unwrap()(
+            slots[0],
+            CKF_SERIAL_SESSION | CKF_RW_SESSION,
+            ptr::null_mut(),
+            None,
+            &mut s
+        ),
+        CKR_OK
+    );
+    let len = (32 as CK_ULONG).to_ne_bytes();
+    let tru = [CK_TRUE];
+    let fals = [CK_FALSE];
+    let attr = |ty, v: &[u8]| CK_ATTRIBUTE {
+        type_: ty,
+        pValue: v.as_ptr() as *mut _,
+        ulValueLen: v.len() as CK_ULONG,
+    };
+    let mut t = [
+        attr(CKA_VALUE_LEN, &len),
+        attr(CKA_ENCRYPT, &tru),
+        attr(CKA_DECRYPT, &tru),
+        attr(CKA_TOKEN, &fals),
+    ];
+    let mut keygen = CK_MECHANISM {
+        mechanism: CKM_AES_KEY_GEN,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let mut key = 0;
+    rvs.push((
+        "C_GenerateKey",
+        f.C_GenerateKey.unwrap()(s, &mut keygen, t.as_mut_ptr(), 4, &mut key),
+    ));
+    let mut gcm = CK_MECHANISM {
+        mechanism: CKM_AES_GCM,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    rvs.push((
+        "C_MessageEncryptInit",
+        f3.C_MessageEncryptInit.unwrap()(s, &mut gcm, key),
+    ));
+
+    let aad = b"block header";
+    let data = b"transaction payload";
+    let mut ivs = Vec::new();
+    let mut last = (vec![], [0u8; 12], [0u8; 16]);
+    for _ in 0..2 {
+        let (mut iv, mut tag) = ([0u8; 12], [0u8; 16]);
+        let mut params = CK_GCM_MESSAGE_PARAMS {
+            pIv: iv.as_mut_ptr(),
+            ulIvLen: 12,
+            ulIvFixedBits: 0,
+            ivGenerator: CKG_GENERATE_COUNTER,
+            pTag: tag.as_mut_ptr(),
+            ulTagBits: 128,
+        };
+        let pp = (&mut params as *mut CK_GCM_MESSAGE_PARAMS).cast();
+        let pl = std::mem::size_of::<CK_GCM_MESSAGE_PARAMS>() as CK_ULONG;
+        let mut ct_len: CK_ULONG = 0;
+        let rv = f3.C_EncryptMessage.unwrap()(
+            s,
+            pp,
+            pl,
+            aad.as_ptr() as *mut u8,
+            12,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            ptr::null_mut(),
+            &mut ct_len,
+        );
+        rvs.push(("C_EncryptMessage(size)", rv));
+        let mut ct = vec![0u8; ct_len as usize];
+        let rv = f3.C_EncryptMessage.unwrap()(
+            s,
+            pp,
+            pl,
+            aad.as_ptr() as *mut u8,
+            12,
+            data.as_ptr() as *mut u8,
+            data.len() as CK_ULONG,
+            ct.as_mut_ptr(),
+            &mut ct_len,
+        );
+        rvs.push(("C_EncryptMessage", rv));
+        ct.truncate(ct_len as usize);
+        ivs.push(iv);
+        last = (ct, iv, tag);
+    }
+    rvs.push((
+        "C_MessageEncryptFinal",
+        f3.C_MessageEncryptFinal.unwrap()(s),
+    ));
+
+    rvs.push((
+        "C_MessageDecryptInit",
+        f3.C_MessageDecryptInit.unwrap()(s, &mut gcm, key),
+    ));
+    let (mut ct, mut iv, mut tag) = last;
+    let mut params = CK_GCM_MESSAGE_PARAMS {
+        pIv: iv.as_mut_ptr(),
+        ulIvLen: 12,
+        ulIvFixedBits: 0,
+        ivGenerator: CKG_NO_GENERATE,
+        pTag: tag.as_mut_ptr(),
+        ulTagBits: 128,
+    };
+    let pp = (&mut params as *mut CK_GCM_MESSAGE_PARAMS).cast();
+    let pl = std::mem::size_of::<CK_GCM_MESSAGE_PARAMS>() as CK_ULONG;
+    let mut pt = vec![0u8; 64];
+    let mut pt_len: CK_ULONG = 64;
+    let rv = f3.C_DecryptMessage.unwrap()(
+        s,
+        pp,
+        pl,
+        aad.as_ptr() as *mut u8,
+        12,
+        ct.as_mut_ptr(),
+        ct.len() as CK_ULONG,
+        pt.as_mut_ptr(),
+        &mut pt_len,
+    );
+    rvs.push(("C_DecryptMessage", rv));
+    pt.truncate(if rv == CKR_OK { pt_len as usize } else { 0 });
+    *params.pTag ^= 1; // through the pointer the module was given
+    let mut pt2 = vec![0u8; 64];
+    let mut pt2_len: CK_ULONG = 64;
+    let rv = f3.C_DecryptMessage.unwrap()(
+        s,
+        pp,
+        pl,
+        aad.as_ptr() as *mut u8,
+        12,
+        ct.as_mut_ptr(),
+        ct.len() as CK_ULONG,
+        pt2.as_mut_ptr(),
+        &mut pt2_len,
+    );
+    rvs.push(("C_DecryptMessage(bad tag)", rv));
+    rvs.push((
+        "C_MessageDecryptFinal",
+        f3.C_MessageDecryptFinal.unwrap()(s),
+    ));
+    rvs.push((
+        "C_SessionCancel",
+        f3.C_SessionCancel.unwrap()(s, CKF_ENCRYPT),
+    ));
+    let user = b"user";
+    rvs.push((
+        "C_LoginUser",
+        f3.C_LoginUser.unwrap()(s, CKU_USER, ptr::null_mut(), 0, user.as_ptr() as *mut u8, 4),
+    ));
+    Outcome {
+        rvs,
+        plaintext: pt,
+        ivs_differ: ivs[0] != ivs[1],
+    }
+}
+
+#[test]
+fn message_based_aes_gcm_on_nss_matches_direct_with_iv_and_tag_written_back() {
+    if !Path::new(SOFTOKN).exists() {
+        panic!("{SOFTOKN} is missing (Debian package libnss3)");
+    }
+    let dir = TempDir::new("nss");
+    let init = nss_database(dir.path());
+    let server = ProxyServer::start_args(
+        &[
+            "--module",
+            SOFTOKN,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--init-args",
+            &init,
+        ],
+        &[],
+    );
+    assert!(server.log_contains("PKCS#11 3.0 interface"));
+
+    let direct = RawModule::load(&private_copy(Path::new(SOFTOKN), dir.path()));
+    let reserved = CString::new(init.clone()).unwrap();
+    assert_eq!(direct.initialize_with_reserved(&reserved), CKR_OK);
+    // SAFETY: the scenario passes valid buffers.
+    let expected = unsafe { gcm_messages(&direct) };
+
+    let proxy = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || proxy
+            .initialize()),
+        CKR_OK
+    );
+    // SAFETY: as above.
+    let got = unsafe { gcm_messages(&proxy) };
+
+    assert_eq!(got, expected);
+    assert_eq!(expected.plaintext, b"transaction payload");
+    assert!(
+        expected.ivs_differ,
+        "the token generates a new IV per message"
+    );
+    let ok = |name| {
+        expected
+            .rvs
+            .iter()
+            .any(|(n, rv)| *n == name && *rv == CKR_OK)
+    };
+    assert!(
+        ok("C_EncryptMessage") && ok("C_DecryptMessage"),
+        "{:?}",
+        expected.rvs
+    );
+}
+
+#[test]
+fn v3_functions_on_a_2_40_library_answer_function_not_supported() {
+    let hsm = SoftHsm::new("v240");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("v240");
+    let proxy = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || proxy
+            .initialize()),
+        CKR_OK
+    );
+    let s = proxy.open_rw(proxy.first_slot());
+    let f3 = proxy.f3().unwrap();
+    let mut gcm = CK_MECHANISM {
+        mechanism: CKM_AES_GCM,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    // SAFETY: valid arguments.
+    unsafe {
+        assert_eq!(
+            f3.C_MessageEncryptInit.unwrap()(s, &mut gcm, 1),
+            CKR_FUNCTION_NOT_SUPPORTED
+        );
+        assert_eq!(
+            f3.C_SessionCancel.unwrap()(s, 0),
+            CKR_FUNCTION_NOT_SUPPORTED
+        );
+        assert_eq!(
+            f3.C_MessageSignFinal.unwrap()(s),
+            CKR_FUNCTION_NOT_SUPPORTED
+        );
+    }
+}
