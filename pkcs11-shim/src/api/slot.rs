@@ -91,7 +91,8 @@ pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_IN
 }
 
 /// C_WaitForSlotEvent (v2.40 §5.5.4): `pReserved` must be NULL. The call takes a connection
-/// of its own from the pool, so a blocking wait does not hold up other threads' calls.
+/// of its own from the pool, so a blocking wait does not hold up other threads' calls, and a
+/// C_Finalize during a blocking wait ends it with CKR_CRYPTOKI_NOT_INITIALIZED.
 #[no_mangle]
 pub unsafe extern "C" fn C_WaitForSlotEvent(
     flags: CK_FLAGS,
@@ -104,7 +105,16 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
             return Err(CKR_ARGUMENTS_BAD);
         }
         let slot = out(slot)?;
-        match client.call(Request::WaitForSlotEvent { flags: wire(flags) })? {
+        let request = Request::WaitForSlotEvent { flags: wire(flags) };
+        let answer = if flags & CKF_DONT_BLOCK != 0 {
+            client.call(request)
+        } else {
+            // A C_Finalize meanwhile ends the wait (v2.40 §5.5.4).
+            client
+                .call_interruptible(request)
+                .map_err(|rv| client::current().map_or(CKR_CRYPTOKI_NOT_INITIALIZED, |_| rv))
+        };
+        match answer? {
             Response::Handle(s) => {
                 *slot = narrow(s)?;
                 Ok(())

@@ -123,6 +123,11 @@ impl Connection {
         }
     }
 
+    /// A second handle on this connection's socket, to interrupt a call blocked on it.
+    pub fn stream_handle(&self) -> std::io::Result<Stream> {
+        self.reader.get_ref().try_clone()
+    }
+
     /// Sends one request and waits (bounded by the call timeout) for its response.
     pub fn call(&mut self, request: &Request) -> Result<Response, ProtocolError> {
         codec::encode(request, &mut self.out)?;

@@ -15,6 +15,7 @@ use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 use protocol::handshake::ClientId;
 use protocol::message::{Request, Response};
+use protocol::stream::Stream;
 
 use self::config::Config;
 use self::connection::Connection;
@@ -42,6 +43,9 @@ pub struct Client {
     /// The mechanism of each session's message-based operation, which fixes the layout of
     /// the per-message parameters (v3.0 §5.9).
     message_mechanisms: Mutex<HashMap<(CK_SESSION_HANDLE, MessageOp), CK_MECHANISM_TYPE>>,
+    /// Streams of the interruptible calls in progress, by a key of their own.
+    waits: Mutex<HashMap<u64, Stream>>,
+    next_wait: std::sync::atomic::AtomicU64,
 }
 
 /// The instance, present between C_Initialize and C_Finalize.
@@ -99,7 +103,34 @@ impl Client {
     /// One round trip. A transport failure drops the connection and answers
     /// `CKR_DEVICE_ERROR`.
     pub fn call(&self, request: Request) -> Rv<Response> {
-        let mut conn = self.take_connection()?;
+        let conn = self.take_connection()?;
+        self.call_on(conn, request)
+    }
+
+    /// A round trip that C_Finalize may interrupt: the blocking C_WaitForSlotEvent (v2.40
+    /// §5.5.4: a C_Finalize during the wait makes it return CKR_CRYPTOKI_NOT_INITIALIZED). It
+    /// has a connection of its own, so it never holds up other calls.
+    pub fn call_interruptible(&self, request: Request) -> Rv<Response> {
+        let conn = self.take_connection()?;
+        let key = self
+            .next_wait
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(handle) = conn.stream_handle() {
+            self.waits.lock().insert(key, handle);
+        }
+        let r = self.call_on(conn, request);
+        self.waits.lock().remove(&key);
+        r
+    }
+
+    /// Ends every interruptible wait in progress (at C_Finalize).
+    fn interrupt_waits(&self) {
+        for (_, stream) in self.waits.lock().drain() {
+            stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn call_on(&self, mut conn: Connection, request: Request) -> Rv<Response> {
         match conn.call(&request) {
             Ok(r) => {
                 let mut idle = self.idle.lock();
@@ -159,6 +190,8 @@ pub fn initialize() -> Rv {
         pid: std::process::id(),
         idle: Mutex::new(vec![conn]),
         message_mechanisms: Mutex::new(HashMap::new()),
+        waits: Mutex::new(HashMap::new()),
+        next_wait: Default::default(),
     };
     match client.call(Request::Initialize)? {
         Response::Rv(0) => {}
@@ -178,6 +211,7 @@ pub fn finalize() -> Rv {
             _ => return Err(CKR_CRYPTOKI_NOT_INITIALIZED),
         }
     };
+    client.interrupt_waits();
     // The server also closes the sessions when the connections drop, so a failure here only
     // delays that; C_Finalize itself succeeds.
     let _ = client.call(Request::Finalize);
