@@ -239,3 +239,82 @@ fn a_silent_server_never_hangs_c_initialize() {
     );
     drop(holder.join());
 }
+
+#[test]
+fn c_initialize_argument_combinations() {
+    let hsm = SoftHsm::new("initargs");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("initargs");
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    unsafe extern "C" fn create(_: *mut *mut std::ffi::c_void) -> CK_RV {
+        CKR_OK
+    }
+    unsafe extern "C" fn other(_: *mut std::ffi::c_void) -> CK_RV {
+        CKR_OK
+    }
+    let callbacks = CK_C_INITIALIZE_ARGS {
+        CreateMutex: Some(create),
+        DestroyMutex: Some(other),
+        LockMutex: Some(other),
+        UnlockMutex: Some(other),
+        ..Default::default()
+    };
+    let cases: Vec<(&str, Option<CK_C_INITIALIZE_ARGS>, CK_RV)> = vec![
+        (
+            "pReserved set",
+            Some(CK_C_INITIALIZE_ARGS {
+                pReserved: std::ptr::dangling_mut(),
+                ..Default::default()
+            }),
+            CKR_ARGUMENTS_BAD,
+        ),
+        (
+            "some callbacks",
+            Some(CK_C_INITIALIZE_ARGS {
+                LockMutex: Some(other),
+                ..Default::default()
+            }),
+            CKR_ARGUMENTS_BAD,
+        ),
+        // Callbacks without CKF_OS_LOCKING_OK: the application wants its own locks used, which
+        // this library cannot do (v2.40 §5.4.1, case 3).
+        ("callbacks only", Some(callbacks), CKR_CANT_LOCK),
+        (
+            "callbacks and OS locking",
+            Some(CK_C_INITIALIZE_ARGS {
+                flags: CKF_OS_LOCKING_OK,
+                ..callbacks
+            }),
+            CKR_OK,
+        ),
+        (
+            "no threads of our own",
+            Some(CK_C_INITIALIZE_ARGS {
+                flags: CKF_LIBRARY_CANT_CREATE_OS_THREADS,
+                ..Default::default()
+            }),
+            CKR_OK,
+        ),
+        ("no arguments", None, CKR_OK),
+        (
+            "empty arguments",
+            Some(CK_C_INITIALIZE_ARGS::default()),
+            CKR_OK,
+        ),
+    ];
+    for (name, args, want) in cases {
+        let rv = with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || {
+            let mut a = args;
+            let p = a.as_mut().map_or(std::ptr::null_mut(), |a| {
+                a as *mut CK_C_INITIALIZE_ARGS as *mut std::ffi::c_void
+            });
+            // SAFETY: NULL or a valid CK_C_INITIALIZE_ARGS.
+            unsafe { m.f().C_Initialize.unwrap()(p) }
+        });
+        assert_eq!(rv, want, "{name}");
+        if rv == CKR_OK {
+            // SAFETY: NULL is the valid argument.
+            unsafe { assert_eq!(m.f().C_Finalize.unwrap()(std::ptr::null_mut()), CKR_OK) };
+        }
+    }
+}
