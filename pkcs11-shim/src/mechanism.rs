@@ -69,7 +69,6 @@ const POINTER_PARAMS: &[CK_MECHANISM_TYPE] = &[
     CKM_X9_42_DH_HYBRID_DERIVE,
     CKM_X9_42_MQV_DERIVE,
     CKM_PKCS5_PBKD2,
-    CKM_RSA_AES_KEY_WRAP,
     CKM_KEY_WRAP_SET_OAEP,
     CKM_CHACHA20_POLY1305,
     CKM_SALSA20_POLY1305,
@@ -112,31 +111,35 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
         }
         MechParam::None
     } else if ty == CKM_RSA_PKCS_OAEP {
-        let p: CK_RSA_PKCS_OAEP_PARAMS = param(m)?;
-        MechParam::RsaPkcsOaep {
-            hash_alg: p.hashAlg as u64,
-            mgf: p.mgf as u64,
-            source: p.source as u64,
-            source_data: param_bytes(p.pSourceData as *const u8, p.ulSourceDataLen)?,
+        oaep(param(m)?)?
+    } else if ty == CKM_RSA_AES_KEY_WRAP {
+        let p: CK_RSA_AES_KEY_WRAP_PARAMS = param(m)?;
+        let inner = match p.pOAEPParams.is_null() {
+            true => None,
+            false => Some(Box::new(oaep(p.pOAEPParams.read_unaligned())?)),
+        };
+        MechParam::RsaAesKeyWrap {
+            aes_key_bits: wire(p.ulAESKeyBits),
+            oaep: inner,
         }
     } else if PSS.contains(&ty) {
         let p: CK_RSA_PKCS_PSS_PARAMS = param(m)?;
         MechParam::RsaPkcsPss {
-            hash_alg: p.hashAlg as u64,
-            mgf: p.mgf as u64,
-            salt_len: p.sLen as u64,
+            hash_alg: wire(p.hashAlg),
+            mgf: wire(p.mgf),
+            salt_len: wire(p.sLen),
         }
     } else if ty == CKM_ECDH1_DERIVE || ty == CKM_ECDH1_COFACTOR_DERIVE {
         let p: CK_ECDH1_DERIVE_PARAMS = param(m)?;
         MechParam::Ecdh1Derive {
-            kdf: p.kdf as u64,
+            kdf: wire(p.kdf),
             shared_data: param_bytes(p.pSharedData, p.ulSharedDataLen)?,
             public_data: param_bytes(p.pPublicData, p.ulPublicDataLen)?,
         }
     } else if ty == CKM_AES_CTR {
         let p: CK_AES_CTR_PARAMS = param(m)?;
         MechParam::AesCtr {
-            counter_bits: p.ulCounterBits as u64,
+            counter_bits: wire(p.ulCounterBits),
             cb: p.cb,
         }
     } else if ty == CKM_AES_GCM {
@@ -145,9 +148,9 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
             let p: CK_GCM_PARAMS = param(m)?;
             MechParam::Gcm {
                 iv: param_bytes(p.pIv, p.ulIvLen)?,
-                iv_bits: Some(p.ulIvBits as u64),
+                iv_bits: Some(wire(p.ulIvBits)),
                 aad: param_bytes(p.pAAD, p.ulAADLen)?,
-                tag_bits: p.ulTagBits as u64,
+                tag_bits: wire(p.ulTagBits),
             }
         } else {
             let p: GcmParamsNoIvBits = param(m)?;
@@ -155,7 +158,7 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
                 iv: param_bytes(p.p_iv, p.ul_iv_len)?,
                 iv_bits: None,
                 aad: param_bytes(p.p_aad, p.ul_aad_len)?,
-                tag_bits: p.ul_tag_bits as u64,
+                tag_bits: wire(p.ul_tag_bits),
             }
         }
     } else if ty == CKM_AES_CCM {
@@ -188,7 +191,7 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
             context: param_bytes(p.pContextData, p.ulContextDataLen)?,
         }
     } else if MAC_GENERAL.contains(&ty) && m.ulParameterLen as usize == ULONG {
-        MechParam::Ulong(param::<CK_ULONG>(m)? as u64)
+        MechParam::Ulong(wire(param::<CK_ULONG>(m)?))
     } else if POINTER_PARAMS.contains(&ty) {
         eprintln!("pkcs11-shim: mechanism {ty:#x}: its parameter holds pointers and cannot be forwarded yet");
         return Err(CKR_MECHANISM_PARAM_INVALID);
@@ -198,6 +201,16 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
     Ok(Mechanism {
         ty: wire(ty),
         param,
+    })
+}
+
+/// `CK_RSA_PKCS_OAEP_PARAMS`, with the label it points to.
+unsafe fn oaep(p: CK_RSA_PKCS_OAEP_PARAMS) -> Rv<MechParam> {
+    Ok(MechParam::RsaPkcsOaep {
+        hash_alg: wire(p.hashAlg),
+        mgf: wire(p.mgf),
+        source: wire(p.source),
+        source_data: param_bytes(p.pSourceData as *const u8, p.ulSourceDataLen)?,
     })
 }
 

@@ -71,6 +71,12 @@ pub enum MechParam {
     AesCbcEncryptData { iv: [u8; 16], data: Vec<u8> },
     /// `CK_DES_CBC_ENCRYPT_DATA_PARAMS` (v2.40 Mechanisms §2.10.3), DES and DES3.
     DesCbcEncryptData { iv: [u8; 8], data: Vec<u8> },
+    /// `CK_RSA_AES_KEY_WRAP_PARAMS` (v2.40 Mechanisms §2.1.21): the AES key size and the
+    /// OAEP parameters it points to (`None` for a NULL `pOAEPParams`).
+    RsaAesKeyWrap {
+        aes_key_bits: u64,
+        oaep: Option<Box<MechParam>>,
+    },
     /// `CK_EDDSA_PARAMS` (v3.0 Mechanisms §2.3.14).
     Eddsa { prehash: bool, context: Vec<u8> },
 }

@@ -39,6 +39,7 @@ enum Param {
     AesCbcEncryptData(Box<CK_AES_CBC_ENCRYPT_DATA_PARAMS>, Vec<u8>),
     DesCbcEncryptData(Box<CK_DES_CBC_ENCRYPT_DATA_PARAMS>, Vec<u8>),
     Eddsa(Box<CK_EDDSA_PARAMS>, Vec<u8>),
+    RsaAesKeyWrap(Box<CK_RSA_AES_KEY_WRAP_PARAMS>, Option<Box<Param>>),
 }
 
 /// A C mechanism owning its parameter.
@@ -65,7 +66,26 @@ fn boxed<T>(b: &mut Box<T>) -> (*mut c_void, usize) {
 
 impl CMechanism {
     pub fn from_wire(m: &Mechanism) -> Result<Self, CK_RV> {
-        let mut param = match &m.param {
+        let mut param = Param::from_wire(&m.param)?;
+        let (p, len) = param.ptr_len();
+        Ok(Self {
+            mech: CK_MECHANISM {
+                mechanism: to_ulong(m.ty)?,
+                pParameter: p,
+                ulParameterLen: CK_ULONG::try_from(len).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?,
+            },
+            _param: param,
+        })
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut CK_MECHANISM {
+        &mut self.mech
+    }
+}
+
+impl Param {
+    fn from_wire(param: &MechParam) -> Result<Self, CK_RV> {
+        Ok(match param {
             MechParam::None => Param::None,
             MechParam::Bytes(b) => Param::Bytes(b.clone()),
             MechParam::Ulong(v) => Param::Ulong(Box::new(to_ulong(*v)?)),
@@ -222,8 +242,29 @@ impl CMechanism {
                     context,
                 )
             }
-        };
-        let (p, len): (*mut c_void, usize) = match &mut param {
+            MechParam::RsaAesKeyWrap { aes_key_bits, oaep } => {
+                let mut inner = match oaep.as_deref() {
+                    None => None,
+                    Some(o @ MechParam::RsaPkcsOaep { .. }) => Some(Box::new(Param::from_wire(o)?)),
+                    Some(_) => return Err(CKR_MECHANISM_PARAM_INVALID),
+                };
+                let oaep_ptr = inner
+                    .as_mut()
+                    .map_or(ptr::null_mut(), |p| p.ptr_len().0.cast());
+                Param::RsaAesKeyWrap(
+                    Box::new(CK_RSA_AES_KEY_WRAP_PARAMS {
+                        ulAESKeyBits: to_ulong(*aes_key_bits)?,
+                        pOAEPParams: oaep_ptr,
+                    }),
+                    inner,
+                )
+            }
+        })
+    }
+
+    /// `pParameter` and its length.
+    fn ptr_len(&mut self) -> (*mut c_void, usize) {
+        match self {
             Param::None => (ptr::null_mut(), 0),
             Param::Bytes(b) if b.is_empty() => (ptr::null_mut(), 0),
             Param::Bytes(b) => (b.as_mut_ptr().cast(), b.len()),
@@ -239,19 +280,8 @@ impl CMechanism {
             Param::AesCbcEncryptData(b, _) => boxed(b),
             Param::DesCbcEncryptData(b, _) => boxed(b),
             Param::Eddsa(b, _) => boxed(b),
-        };
-        Ok(Self {
-            mech: CK_MECHANISM {
-                mechanism: to_ulong(m.ty)?,
-                pParameter: p,
-                ulParameterLen: CK_ULONG::try_from(len).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?,
-            },
-            _param: param,
-        })
-    }
-
-    pub fn as_mut_ptr(&mut self) -> *mut CK_MECHANISM {
-        &mut self.mech
+            Param::RsaAesKeyWrap(b, _) => boxed(b),
+        }
     }
 }
 

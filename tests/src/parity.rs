@@ -829,6 +829,72 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         rec(&format!("DeriveKey({name})"), rv, out);
     }
 
+    // Parameter shapes SoftHSM2 2.6 refuses or lacks: the answers must still be its own.
+    let mut label_src = [0x01u8; 4];
+    let mut oaep_params = CK_RSA_PKCS_OAEP_PARAMS {
+        hashAlg: CKM_SHA_1,
+        mgf: CKG_MGF1_SHA1,
+        source: CKZ_DATA_SPECIFIED,
+        pSourceData: label_src.as_mut_ptr().cast(),
+        ulSourceDataLen: 4,
+    };
+    let mut rsa_aes = CK_RSA_AES_KEY_WRAP_PARAMS {
+        ulAESKeyBits: 256,
+        pOAEPParams: &mut oaep_params,
+    };
+    let mut ccm_nonce = [0x31u8; 12];
+    let mut ccm_params = CK_CCM_PARAMS {
+        ulDataLen: data.len() as CK_ULONG,
+        pNonce: ccm_nonce.as_mut_ptr(),
+        ulNonceLen: 12,
+        pAAD: aad.as_ptr() as *mut u8,
+        ulAADLen: aad.len() as CK_ULONG,
+        ulMACLen: 16,
+    };
+    let mut ctx = *b"ctx";
+    let mut eddsa_params = CK_EDDSA_PARAMS {
+        phFlag: CK_FALSE,
+        ulContextDataLen: 3,
+        pContextData: ctx.as_mut_ptr(),
+    };
+    let shapes: [(&str, CK_MECHANISM_TYPE, *mut std::ffi::c_void, usize); 3] = [
+        (
+            "RSA_AES_KEY_WRAP",
+            CKM_RSA_AES_KEY_WRAP,
+            (&mut rsa_aes as *mut CK_RSA_AES_KEY_WRAP_PARAMS).cast(),
+            std::mem::size_of::<CK_RSA_AES_KEY_WRAP_PARAMS>(),
+        ),
+        (
+            "AES_CCM",
+            CKM_AES_CCM,
+            (&mut ccm_params as *mut CK_CCM_PARAMS).cast(),
+            std::mem::size_of::<CK_CCM_PARAMS>(),
+        ),
+        (
+            "EDDSA(context)",
+            CKM_EDDSA,
+            (&mut eddsa_params as *mut CK_EDDSA_PARAMS).cast(),
+            std::mem::size_of::<CK_EDDSA_PARAMS>(),
+        ),
+    ];
+    for (name, mech_type, param, len) in shapes {
+        let mut m = CK_MECHANISM {
+            mechanism: mech_type,
+            pParameter: param,
+            ulParameterLen: len as CK_ULONG,
+        };
+        rec(
+            &format!("EncryptInit({name})"),
+            f.C_EncryptInit.unwrap()(s, &mut m, aes),
+            vec![],
+        );
+        rec(
+            &format!("SignInit({name})"),
+            f.C_SignInit.unwrap()(s, &mut m, key),
+            vec![],
+        );
+    }
+
     // Functions SoftHSM2 may not implement: the proxy must answer as it does.
     let mut st_len: CK_ULONG = 0;
     rec(
