@@ -20,6 +20,7 @@ use protocol::stream::Stream;
 use protocol::ProtocolError;
 
 use crate::backend::Backend;
+use crate::login::Logins;
 use crate::objects::SessionObjects;
 use crate::rv;
 
@@ -60,8 +61,28 @@ impl App {
         self.sessions.lock().remove(&session);
     }
 
+    /// The session handle and its slot, if `app` owns `session`.
+    pub fn session(&self, session: u64) -> Result<(CK_SESSION_HANDLE, CK_SLOT_ID), CK_RV> {
+        let h = CK_SESSION_HANDLE::try_from(session).map_err(|_| CKR_SESSION_HANDLE_INVALID)?;
+        self.sessions
+            .lock()
+            .get(&h)
+            .map(|slot| (h, *slot))
+            .ok_or(CKR_SESSION_HANDLE_INVALID)
+    }
+
+    /// The slot of one of the application's sessions.
+    pub fn slot_of(&self, session: CK_SESSION_HANDLE) -> Option<CK_SLOT_ID> {
+        self.sessions.lock().get(&session).copied()
+    }
+
+    /// Whether the application has a session open on `slot`.
+    pub fn has_session_on(&self, slot: CK_SLOT_ID) -> bool {
+        self.sessions.lock().values().any(|s| *s == slot)
+    }
+
     /// Takes the sessions opened on `slot` out of the view, to be closed.
-    pub fn take_sessions_of_slot(&self, slot: CK_SLOT_ID) -> Vec<CK_SESSION_HANDLE> {
+    pub fn take_sessions_of_slot(&self, slot: CK_SLOT_ID) -> Vec<(CK_SESSION_HANDLE, CK_SLOT_ID)> {
         let mut sessions = self.sessions.lock();
         let on_slot: Vec<_> = sessions
             .iter()
@@ -71,12 +92,12 @@ impl App {
         for h in &on_slot {
             sessions.remove(h);
         }
-        on_slot
+        on_slot.into_iter().map(|h| (h, slot)).collect()
     }
 
     /// Takes every session out of the view, to be closed (C_Finalize, departure, stop).
-    pub fn take_all_sessions(&self) -> Vec<CK_SESSION_HANDLE> {
-        self.sessions.lock().drain().map(|(s, _)| s).collect()
+    pub fn take_all_sessions(&self) -> Vec<(CK_SESSION_HANDLE, CK_SLOT_ID)> {
+        self.sessions.lock().drain().collect()
     }
 }
 
@@ -122,6 +143,18 @@ impl Registry {
         self.apps.lock().drain().map(|(_, (app, _))| app).collect()
     }
 
+    /// Any open session on `slot`, of any application.
+    pub fn any_session_on(&self, slot: CK_SLOT_ID) -> Option<CK_SESSION_HANDLE> {
+        let apps: Vec<Arc<App>> = self.apps.lock().values().map(|(a, _)| a.clone()).collect();
+        apps.iter().find_map(|a| {
+            a.sessions
+                .lock()
+                .iter()
+                .find(|(_, s)| **s == slot)
+                .map(|(h, _)| *h)
+        })
+    }
+
     pub fn app_count(&self) -> usize {
         self.apps.lock().len()
     }
@@ -132,20 +165,37 @@ pub struct Shared {
     pub backend: Backend,
     pub registry: Registry,
     pub objects: SessionObjects,
+    pub logins: Logins,
     pub instance_id: [u8; 16],
 }
 
 impl Shared {
-    /// Closes sessions on the vendor library (which destroys their session objects), logging
-    /// failures other than an already-closed session.
-    pub fn close_sessions(&self, sessions: &[CK_SESSION_HANDLE]) {
-        for &s in sessions {
+    /// Closes `app`'s sessions on the vendor library (which destroys their session objects),
+    /// logging failures other than an already-closed session, then settles what closing
+    /// them ends.
+    pub fn close_sessions(&self, app: &App, sessions: &[(CK_SESSION_HANDLE, CK_SLOT_ID)]) {
+        for &(s, _) in sessions {
             let r = self.backend.session(self.backend.list().C_CloseSession, s);
             if r != CKR_OK && r != CKR_SESSION_HANDLE_INVALID && r != CKR_SESSION_CLOSED {
                 tracing::warn!(session = s, rv = %rv::name(r), "closing a session failed");
             }
         }
-        self.objects.forget_sessions(sessions);
+        self.sessions_closed(app, sessions);
+    }
+
+    /// After sessions of `app` closed: their session objects are gone, and on a slot where
+    /// `app` has no session left its login ends (v2.40 §5.6.2).
+    pub fn sessions_closed(&self, app: &App, sessions: &[(CK_SESSION_HANDLE, CK_SLOT_ID)]) {
+        let handles: Vec<_> = sessions.iter().map(|(h, _)| *h).collect();
+        self.objects.forget_sessions(&handles);
+        let mut slots: Vec<_> = sessions.iter().map(|(_, slot)| *slot).collect();
+        slots.dedup();
+        for slot in slots {
+            if !app.has_session_on(slot) {
+                let any = self.registry.any_session_on(slot);
+                self.logins.leave(&self.backend, app.id, slot, any);
+            }
+        }
     }
 }
 
@@ -173,7 +223,7 @@ pub fn serve(shared: &Shared, stream: Stream, peer: &str) {
                 "application gone: closing its sessions"
             );
         }
-        shared.close_sessions(&sessions);
+        shared.close_sessions(&app, &sessions);
     }
 }
 

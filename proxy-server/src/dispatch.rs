@@ -97,7 +97,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         // keeps the C_Initialize state; C_Finalize closes the application's sessions.
         Request::Initialize => rv(CKR_OK),
         Request::Finalize => {
-            shared.close_sessions(&app.take_all_sessions());
+            shared.close_sessions(app, &app.take_all_sessions());
             rv(CKR_OK)
         }
         Request::GetInfo => {
@@ -187,12 +187,26 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let label: [u8; 32] = label.try_into().map_err(|_| CKR_ARGUMENTS_BAD)?;
             rv(b.init_token(to_ulong(slot)?, so_pin.as_deref(), &label))
         }
-        Request::InitPin { session, pin } => rv(b.init_pin(app.check(session)?, pin.as_deref())),
+        Request::InitPin { session, pin } => {
+            // The SO's function: not for an application that is not the SO itself.
+            let (s, slot) = app.session(session)?;
+            if shared.logins.must_hide_private(app.id, slot) {
+                return Err(CKR_USER_NOT_LOGGED_IN);
+            }
+            rv(b.init_pin(s, pin.as_deref()))
+        }
         Request::SetPin {
             session,
             old_pin,
             new_pin,
-        } => rv(b.set_pin(app.check(session)?, old_pin.as_deref(), new_pin.as_deref())),
+        } => {
+            let (s, slot) = app.session(session)?;
+            let r = b.set_pin(s, old_pin.as_deref(), new_pin.as_deref());
+            if r == CKR_OK {
+                shared.logins.pin_changed(slot, new_pin.as_deref());
+            }
+            rv(r)
+        }
 
         // Session management (v2.40 §5.6).
         Request::OpenSession { slot, flags } => {
@@ -205,11 +219,11 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             handle(r, h)
         }
         Request::CloseSession { session } => {
-            let h = app.check(session)?;
+            let (h, slot) = app.session(session)?;
             let r = b.session(f.C_CloseSession, h);
             if r == CKR_OK || r == CKR_SESSION_HANDLE_INVALID || r == CKR_SESSION_CLOSED {
                 app.remove_session(h);
-                shared.objects.forget_sessions(&[h]);
+                shared.sessions_closed(app, &[(h, slot)]);
             }
             rv(r)
         }
@@ -221,16 +235,19 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             if r != CKR_OK {
                 return rv(r);
             }
-            shared.close_sessions(&app.take_sessions_of_slot(slot));
+            shared.close_sessions(app, &app.take_sessions_of_slot(slot));
             rv(CKR_OK)
         }
         Request::GetSessionInfo { session } => {
             let mut i = CK_SESSION_INFO::default();
-            let r = b.get_session_info(app.check(session)?, &mut i);
+            let (s, slot) = app.session(session)?;
+            let r = b.get_session_info(s, &mut i);
+            // The state of this application's login, not the vendor's (v2.40 §5.6.4).
+            let state = shared.logins.session_state(app.id, slot, i.flags, i.state);
             ok_then(r, || {
                 Response::SessionInfo(SessionInfo {
                     slot: wire(i.slotID),
-                    state: wire(i.state),
+                    state: wire(state),
                     flags: wire(i.flags),
                     device_error: wire(i.ulDeviceError),
                 })
@@ -246,18 +263,29 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             state,
             encryption_key,
             authentication_key,
-        } => rv(b.set_operation_state(
-            app.check(session)?,
-            &state,
-            shared.objects.check(app.id, encryption_key)?,
-            shared.objects.check(app.id, authentication_key)?,
-        )),
+        } => {
+            let s = app.check(session)?;
+            rv(b.set_operation_state(
+                s,
+                &state,
+                visible_object(shared, app, s, encryption_key)?,
+                visible_object(shared, app, s, authentication_key)?,
+            ))
+        }
         Request::Login {
             session,
             user_type,
             pin,
-        } => rv(b.login(app.check(session)?, to_ulong(user_type)?, pin.as_deref())),
-        Request::Logout { session } => rv(b.session(f.C_Logout, app.check(session)?)),
+        } => {
+            let (s, slot) = app.session(session)?;
+            rv(shared
+                .logins
+                .login(b, app.id, s, slot, to_ulong(user_type)?, pin.as_deref()))
+        }
+        Request::Logout { session } => {
+            let (s, slot) = app.session(session)?;
+            rv(shared.logins.logout(b, app.id, s, slot))
+        }
 
         // Object management (v2.40 §5.7).
         Request::CreateObject { session, template } => {
@@ -274,12 +302,13 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            let r = b.copy_object(s, shared.objects.check(app.id, object)?, &mut t, &mut h);
+            let r = b.copy_object(s, visible_object(shared, app, s, object)?, &mut t, &mut h);
             made(shared, app, s, r, h)
         }
         Request::DestroyObject { session, object } => {
-            let h = shared.objects.check(app.id, object)?;
-            let r = b.destroy_object(app.check(session)?, h);
+            let s = app.check(session)?;
+            let h = visible_object(shared, app, s, object)?;
+            let r = b.destroy_object(s, h);
             if r == CKR_OK {
                 shared.objects.forget(h);
             }
@@ -287,11 +316,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         }
         Request::GetObjectSize { session, object } => {
             let mut size = 0;
-            let r = b.get_object_size(
-                app.check(session)?,
-                shared.objects.check(app.id, object)?,
-                &mut size,
-            );
+            let s = app.check(session)?;
+            let r = b.get_object_size(s, visible_object(shared, app, s, object)?, &mut size);
             ok_then(r, || Response::Size(wire(size)))
         }
         Request::GetAttributeValue {
@@ -301,7 +327,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut t = CTemplate::for_query(&query)?;
-            let r = b.get_attribute_value(s, shared.objects.check(app.id, object)?, &mut t);
+            let r = b.get_attribute_value(s, visible_object(shared, app, s, object)?, &mut t);
             Ok(Response::Attributes {
                 rv: wire(r),
                 values: t.results(),
@@ -314,7 +340,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
-            rv(b.set_attribute_value(s, shared.objects.check(app.id, object)?, &mut t))
+            rv(b.set_attribute_value(s, visible_object(shared, app, s, object)?, &mut t))
         }
         Request::FindObjectsInit { session, template } => {
             let s = app.check(session)?;
@@ -324,7 +350,9 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::FindObjects { session, max_count } => {
             // Other applications' session objects are left out; the vendor is asked again
             // while it fills whole batches, so a caller never takes a short batch for the end.
+            // So are private objects while only another application is logged in.
             let s = app.check(session)?;
+            let hide_private = hides_private(shared, app, s);
             let max = max_count.min(MAX_FIND_COUNT) as usize;
             let mut values = Vec::new();
             let mut r = CKR_OK;
@@ -337,6 +365,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                     found
                         .into_iter()
                         .filter(|h| shared.objects.visible(app.id, *h))
+                        .filter(|h| !hide_private || !is_private(shared, s, *h))
                         .map(wire),
                 );
                 if r != CKR_OK || batch < want {
@@ -452,7 +481,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             rv(b.input(f.C_DigestUpdate, app.check(session)?, &data))
         }
         Request::DigestKey { session, key } => {
-            rv(b.digest_key(app.check(session)?, shared.objects.check(app.id, key)?))
+            let s = app.check(session)?;
+            rv(b.digest_key(s, visible_object(shared, app, s, key)?))
         }
         Request::DigestFinal { session, capacity } => Ok(output(b.final_(
             f.C_DigestFinal,
@@ -580,6 +610,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 (&mut pubk, &mut privk),
             );
             if r == CKR_OK {
+                refuse_private_if_logged_out(shared, app, s, &[pubk, privk])?;
                 record_if_session_object(shared, app, s, pubk);
                 record_if_session_object(shared, app, s, privk);
             }
@@ -600,8 +631,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             Ok(output(b.wrap_key(
                 s,
                 &mut m,
-                shared.objects.check(app.id, wrapping_key)?,
-                shared.objects.check(app.id, key)?,
+                visible_object(shared, app, s, wrapping_key)?,
+                visible_object(shared, app, s, key)?,
                 cap(capacity),
             )))
         }
@@ -623,7 +654,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 b.unwrap_key(
                     s,
                     &mut m,
-                    shared.objects.check(app.id, unwrapping_key)?,
+                    visible_object(shared, app, s, unwrapping_key)?,
                     &wrapped_key,
                     &mut t,
                     &mut h,
@@ -648,7 +679,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 b.derive_key(
                     s,
                     &mut m,
-                    shared.objects.check(app.id, base_key)?,
+                    visible_object(shared, app, s, base_key)?,
                     &mut t,
                     &mut h,
                 ),
@@ -866,7 +897,58 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
     }
 }
 
+/// The object handle `app` names in `session`, if it may reach it: not another application's
+/// session object, and not a private object while only another application is logged in
+/// (the vendor library would then not show it to `app`: CKR_OBJECT_HANDLE_INVALID, as
+/// SoftHSM2 answers a process that is not logged in).
+fn visible_object(
+    shared: &Shared,
+    app: &App,
+    session: CK_SESSION_HANDLE,
+    object: u64,
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let h = shared.objects.check(app.id, object)?;
+    if hides_private(shared, app, session) && is_private(shared, session, h) {
+        return Err(CKR_OBJECT_HANDLE_INVALID);
+    }
+    Ok(h)
+}
+
+/// Whether `app` is not logged in on `session`'s slot while the vendor library is.
+fn hides_private(shared: &Shared, app: &App, session: CK_SESSION_HANDLE) -> bool {
+    app.slot_of(session)
+        .is_some_and(|slot| shared.logins.must_hide_private(app.id, slot))
+}
+
+/// Whether `object` has CKA_PRIVATE true (read from the vendor library).
+fn is_private(shared: &Shared, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> bool {
+    bool_attribute(shared, session, object, CKA_PRIVATE) == Some(true)
+}
+
+/// A CK_BBOOL attribute of an object, if it can be read.
+fn bool_attribute(
+    shared: &Shared,
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    ty: CK_ATTRIBUTE_TYPE,
+) -> Option<bool> {
+    let query = [AttrQuery {
+        ty: wire(ty),
+        want: Want::Buffer(1),
+    }];
+    let mut t = CTemplate::for_query(&query).ok()?;
+    if shared.backend.get_attribute_value(session, object, &mut t) != CKR_OK {
+        return None;
+    }
+    match t.results().first() {
+        Some(AttrOut::Value(AttrValue::Bool(b))) => Some(*b),
+        _ => None,
+    }
+}
+
 /// The answer to a call that made an object, which is recorded if it is a session object.
+/// A private object made by an application that is not logged in (possible only because
+/// another one is) is destroyed again: CKR_USER_NOT_LOGGED_IN, as the vendor would answer.
 fn made(
     shared: &Shared,
     app: &App,
@@ -875,9 +957,29 @@ fn made(
     object: CK_OBJECT_HANDLE,
 ) -> Result<Response, CK_RV> {
     if r == CKR_OK {
+        refuse_private_if_logged_out(shared, app, session, &[object])?;
         record_if_session_object(shared, app, session, object);
     }
     handle(r, object)
+}
+
+/// Destroys `objects` and answers CKR_USER_NOT_LOGGED_IN if `app` is not logged in and one of
+/// them is private.
+fn refuse_private_if_logged_out(
+    shared: &Shared,
+    app: &App,
+    session: CK_SESSION_HANDLE,
+    objects: &[CK_OBJECT_HANDLE],
+) -> Result<(), CK_RV> {
+    if hides_private(shared, app, session)
+        && objects.iter().any(|o| is_private(shared, session, *o))
+    {
+        for o in objects {
+            shared.backend.destroy_object(session, *o);
+        }
+        return Err(CKR_USER_NOT_LOGGED_IN);
+    }
+    Ok(())
 }
 
 /// Records `object`, just made by `app` in `session`, unless it is a token object (read
@@ -888,15 +990,7 @@ fn record_if_session_object(
     session: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
 ) {
-    let query = [AttrQuery {
-        ty: wire(CKA_TOKEN),
-        want: Want::Buffer(1),
-    }];
-    let is_token = CTemplate::for_query(&query).is_ok_and(|mut t| {
-        shared.backend.get_attribute_value(session, object, &mut t) == CKR_OK
-            && t.results().first() == Some(&AttrOut::Value(AttrValue::Bool(true)))
-    });
-    if !is_token {
+    if bool_attribute(shared, session, object, CKA_TOKEN) != Some(true) {
         shared.objects.record(app.id, session, object);
     }
 }
@@ -913,7 +1007,7 @@ fn init(
     let mut m = CMechanism::from_wire(mechanism)?;
     rv(shared
         .backend
-        .init(f, s, &mut m, shared.objects.check(app.id, key)?))
+        .init(f, s, &mut m, visible_object(shared, app, s, key)?))
 }
 
 fn token_info(i: &CK_TOKEN_INFO) -> TokenInfo {

@@ -9,6 +9,7 @@ mod backend;
 mod connection;
 mod dispatch;
 mod listener;
+mod login;
 mod mechanism;
 mod objects;
 mod rv;
@@ -23,6 +24,7 @@ use protocol::address::Address;
 
 use crate::connection::{Registry, Shared};
 use crate::listener::Listener;
+use crate::login::Logins;
 use crate::server::Server;
 
 /// Serves a vendor PKCS#11 library to pkcs11-shim clients over TCP or Unix sockets.
@@ -40,6 +42,11 @@ struct Args {
     /// String passed as pReserved to the vendor library's C_Initialize.
     #[arg(long, value_name = "STRING")]
     init_args: Option<String>,
+
+    /// Let every client share the vendor library's login state (the old proxies' behaviour):
+    /// one client's C_Login logs all clients in, one client's C_Logout logs all out.
+    #[arg(long)]
+    shared_login: bool,
 
     /// Compatible form of the old pkcs11-daemon: LIB [-], address from PKCS11_DAEMON_SOCKET.
     /// The `-` (stay in the foreground) is accepted; this server never daemonises.
@@ -120,9 +127,14 @@ fn run(args: Args) -> Result<(), String> {
             return Err(e);
         }
     };
+    if args.shared_login {
+        tracing::warn!("--shared-login: clients share the vendor's login; one client's C_Login lets every client use private keys, one client's C_Logout logs all out");
+    }
+    let logins = Logins::new(&backend, args.shared_login);
     let shared = Shared {
         backend,
         registry: Registry::default(),
+        logins,
         objects: Default::default(),
         instance_id: random_id(),
     };

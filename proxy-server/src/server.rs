@@ -83,7 +83,7 @@ impl Server {
         }
         drop(conns);
         for app in self.shared.registry.drain() {
-            self.shared.close_sessions(&app.take_all_sessions());
+            self.shared.close_sessions(&app, &app.take_all_sessions());
         }
         let rv = self.shared.backend.finalize();
         tracing::info!(rv = %crate::rv::name(rv), "vendor library finalised; stopped");

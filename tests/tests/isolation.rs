@@ -77,7 +77,18 @@ fn an_application_cannot_use_probe_or_close_another_ones_sessions() {
 #[test]
 fn a_killed_client_leaves_no_session_behind() {
     let hsm = SoftHsm::new("killed");
-    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    // The vendor's login is what shows the holder's sessions from outside: shared mode.
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            tests::SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--shared-login",
+        ],
+        &[],
+    );
     let dir = TempDir::new("killed");
     let shim = private_copy(&shim_path(), dir.path());
     let mut holder = Command::new(env!("CARGO_BIN_EXE_hold-sessions"))
@@ -93,8 +104,8 @@ fn a_killed_client_leaves_no_session_behind() {
         .unwrap();
     assert!(line.starts_with("ready"), "{line}");
 
-    // The holder is logged in, and the vendor library's login is shared by the server's
-    // sessions: a new session of another application sees the user state.
+    // The holder is logged in, and with --shared-login the vendor library's login shows in
+    // every client's sessions: a new session of another application sees the user state.
     let observer = client(&server, &dir);
     let slot = observer.first_slot();
     let probe = observer.open_rw(slot);
@@ -169,7 +180,12 @@ fn an_application_cannot_reach_another_ones_session_objects() {
         attr(CKA_SIGN, &tru),
     ];
     let data_class = CKO_DATA.to_ne_bytes();
-    let mut data_t = [attr(CKA_CLASS, &data_class), attr(CKA_LABEL, label)];
+    let fals = [CK_FALSE];
+    let mut data_t = [
+        attr(CKA_CLASS, &data_class),
+        attr(CKA_LABEL, label),
+        attr(CKA_PRIVATE, &fals),
+    ];
     let (mut key, mut data_a, mut data_b) = (0, 0, 0);
     let mut mech = CK_MECHANISM {
         mechanism: CKM_SHA256_HMAC,
@@ -183,11 +199,11 @@ fn an_application_cannot_reach_another_ones_session_objects() {
             CKR_OK
         );
         assert_eq!(
-            a.f().C_CreateObject.unwrap()(sa, data_t.as_mut_ptr(), 2, &mut data_a),
+            a.f().C_CreateObject.unwrap()(sa, data_t.as_mut_ptr(), 3, &mut data_a),
             CKR_OK
         );
         assert_eq!(
-            b.f().C_CreateObject.unwrap()(sb, data_t.as_mut_ptr(), 2, &mut data_b),
+            b.f().C_CreateObject.unwrap()(sb, data_t.as_mut_ptr(), 3, &mut data_b),
             CKR_OK
         );
         let f = b.f();
