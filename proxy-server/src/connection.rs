@@ -24,6 +24,10 @@ use crate::login::Logins;
 use crate::objects::SessionObjects;
 use crate::rv;
 
+/// Read buffer of a connection: small frames are read in one system call; larger ones go
+/// straight into the frame buffer. Small, since an idle connection keeps it.
+const READ_BUFFER: usize = 8 * 1024;
+
 /// How long a new connection may take to send its hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -229,7 +233,7 @@ pub fn serve(shared: &Shared, stream: Stream, peer: &str) {
 
 fn handshake(stream: Stream, peer: &str, shared: &Shared) -> Option<(ClientId, BufReader<Stream>)> {
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     let mut buf = Vec::new();
     let mut scratch = Vec::new();
     if let Err(e) = read_frame(&mut reader, &mut buf, 64) {

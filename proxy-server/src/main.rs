@@ -109,6 +109,7 @@ fn resolve_args(args: &Args) -> Result<(String, Vec<Address>), String> {
 
 fn run(args: Args) -> Result<(), String> {
     let (module, addresses) = resolve_args(&args)?;
+    raise_file_limit();
     let signals = block_stop_signals()?;
     let backend = backend::Backend::load(&module, args.init_args.as_deref())?;
     let (major, minor) = backend.interface_version();
@@ -160,6 +161,18 @@ fn run(args: Args) -> Result<(), String> {
     );
     server.stop();
     Ok(())
+}
+
+/// Raises the open-file limit to its hard maximum: every client connection is a descriptor.
+fn raise_file_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Blocks SIGTERM and SIGINT in every thread (threads inherit the mask) so that the main

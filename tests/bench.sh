@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Benchmark: the vendor library directly vs through the proxy over TCP and a Unix socket, for
+# 1, 8 and 64 threads and every p11bench operation, on a throwaway SoftHSM2 token. Prints a
+# Markdown table (ops/s, p50/p99 latency, proxy/direct ratio) and the raw loopback round trip
+# of this machine for reference.
+#   usage: tests/bench.sh [SECONDS_PER_RUN] [OPS...]     (default 3 s, all ops)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-3}
+shift || true
+ops=("$@")
+[ ${#ops[@]} -gt 0 ] || ops=(random digest-sha256 find-object sign-ecdsa-p256 fabric)
+threads=(1 8 64)
+
+cargo build --release --workspace --bins --lib -q
+work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+mkdir -p "$work/tokens"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/tokens" > "$work/softhsm2.conf"
+export SOFTHSM2_CONF="$work/softhsm2.conf"
+softhsm2-util --init-token --free --label bench --pin 1234 --so-pin 5678 >/dev/null
+
+target/release/pkcs11-proxy-server --module /usr/lib/softhsm/libsofthsm2.so \
+  --listen tcp://127.0.0.1:0 --listen "unix://$work/proxy.sock" 2> "$work/server.log" &
+server=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
+tcp=$(grep -o 'tcp://[^ ]*' "$work/server.log" | head -1)
+unix="unix://$work/proxy.sock"
+
+run() { # mode op threads
+  local module=/usr/lib/softhsm/libsofthsm2.so socket=""
+  case $1 in
+    tcp) module=target/release/libpkcs11_shim.so socket=$tcp ;;
+    unix) module=target/release/libpkcs11_shim.so socket=$unix ;;
+  esac
+  PKCS11_PROXY_SOCKET=$socket target/release/p11bench --module "$module" --pin 1234 \
+    --token-label bench --op "$2" --threads "$3" --seconds "$secs" --json | tail -1
+}
+
+results="$work/results.jsonl"
+for op in "${ops[@]}"; do
+  for t in "${threads[@]}"; do
+    for mode in direct tcp unix; do
+      printf '{"mode":"%s",%s\n' "$mode" "$(run $mode "$op" "$t" | sed 's/^{//')" >> "$results"
+    done
+  done
+done
+
+python3 - "$results" <<'PY'
+import json, sys, os
+rows = [json.loads(l) for l in open(sys.argv[1])]
+
+r = json.loads(os.popen("target/release/rtt").read())
+print(f"Raw loopback round trip (64-byte ping-pong, `target/release/rtt`): TCP {r['tcp_us']} us, Unix {r['unix_us']} us")
+print()
+print("| op | threads | direct ops/s | direct p50/p99 us | TCP ops/s | TCP p50/p99 us | Unix ops/s | Unix p50/p99 us | TCP/direct | Unix/direct |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+key = lambda r: (r["op"], r["threads"])
+by = {}
+for r in rows: by.setdefault(key(r), {})[r["mode"]] = r
+for (op, t), m in by.items():
+    d, tc, ux = m["direct"], m["tcp"], m["unix"]
+    cell = lambda r: f'{r["ops_per_sec"]:.0f}'
+    lat = lambda r: f'{r["p50_us"]:.0f}/{r["p99_us"]:.0f}'
+    errs = sum(r["errors"] for r in (d, tc, ux))
+    note = f" ({errs} errors)" if errs else ""
+    print(f'| {op} | {t} | {cell(d)} | {lat(d)} | {cell(tc)} | {lat(tc)} | {cell(ux)} | {lat(ux)} | {tc["ops_per_sec"]/d["ops_per_sec"]:.2f} | {ux["ops_per_sec"]/d["ops_per_sec"]:.2f}{note} |')
+PY
