@@ -14,6 +14,8 @@ use std::path::PathBuf;
 pub enum Address {
     /// Host (name or IP literal without brackets) and port.
     Tcp { host: String, port: u16 },
+    /// TLS 1.3 over TCP: host (also the name the server certificate must carry) and port.
+    Tls { host: String, port: u16 },
     /// Absolute path of a Unix-domain socket.
     Unix(PathBuf),
 }
@@ -41,7 +43,7 @@ impl Address {
             Self::unix_path(text, text)
         } else {
             Err(format!(
-                "`{text}`: unsupported address (use tcp://HOST:PORT, unix:///path or /path)"
+                "`{text}`: unsupported address (use tcp://HOST:PORT, tls://HOST:PORT, unix:///path or /path)"
             ))
         }
     }
@@ -86,6 +88,8 @@ impl fmt::Display for Address {
         match self {
             Self::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
             Self::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Self::Tls { host, port } if host.contains(':') => write!(f, "tls://[{host}]:{port}"),
+            Self::Tls { host, port } => write!(f, "tls://{host}:{port}"),
             Self::Unix(path) => write!(f, "unix://{}", path.display()),
         }
     }

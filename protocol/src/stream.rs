@@ -1,5 +1,7 @@
-//! A connected socket of either family the protocol runs over (TCP or Unix domain), so both
-//! sides read and write frames through one type.
+//! A connected socket the protocol runs over (TCP, Unix domain, or TLS over TCP), so both
+//! sides read and write frames through one type. The TLS session itself is the caller's
+//! (the shim and the server each own their rustls configuration); this module only needs it
+//! as something to read and write, plus the TCP socket under it for timeouts and shutdown.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -7,17 +9,34 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-/// A TCP or Unix-domain stream.
-#[derive(Debug)]
+/// A TLS session over a TCP socket, as the shim or the server built it.
+pub trait Tunnel: Read + Write + Send {}
+impl<T: Read + Write + Send> Tunnel for T {}
+
+/// A TCP, Unix-domain or TLS stream.
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A TLS session and (a second handle on) the TCP socket under it.
+    Tls(Box<dyn Tunnel>, TcpStream),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(s) => write!(f, "Tcp({s:?})"),
+            Self::Unix(s) => write!(f, "Unix({s:?})"),
+            Self::Tls(_, s) => write!(f, "Tls({s:?})"),
+        }
+    }
 }
 
 impl Stream {
+    /// A second handle, for shutting the stream down from another thread. For TLS it is the
+    /// TCP socket under the session: never read or write through it.
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(match self {
-            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
+            Self::Tcp(s) | Self::Tls(_, s) => Self::Tcp(s.try_clone()?),
             Self::Unix(s) => Self::Unix(s.try_clone()?),
         })
     }
@@ -25,22 +44,29 @@ impl Stream {
     /// Shuts down one or both directions; errors (an already closed socket) are ignored.
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
-            Self::Tcp(s) => s.shutdown(how),
+            Self::Tcp(s) | Self::Tls(_, s) => s.shutdown(how),
             Self::Unix(s) => s.shutdown(how),
         };
     }
 
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
-            Self::Tcp(s) => s.set_read_timeout(t),
+            Self::Tcp(s) | Self::Tls(_, s) => s.set_read_timeout(t),
             Self::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) | Self::Tls(_, s) => s.set_write_timeout(t),
+            Self::Unix(s) => s.set_write_timeout(t),
         }
     }
 
     /// Bounds every read and every write by `t`.
     pub fn set_timeouts(&self, t: Duration) -> io::Result<()> {
         match self {
-            Self::Tcp(s) => s
+            Self::Tcp(s) | Self::Tls(_, s) => s
                 .set_read_timeout(Some(t))
                 .and(s.set_write_timeout(Some(t))),
             Self::Unix(s) => s
@@ -53,7 +79,7 @@ impl Stream {
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
         match self {
-            Self::Tcp(s) => s.as_raw_fd(),
+            Self::Tcp(s) | Self::Tls(_, s) => s.as_raw_fd(),
             Self::Unix(s) => s.as_raw_fd(),
         }
     }
@@ -64,6 +90,7 @@ impl Read for Stream {
         match self {
             Self::Tcp(s) => s.read(buf),
             Self::Unix(s) => s.read(buf),
+            Self::Tls(t, _) => t.read(buf),
         }
     }
 }
@@ -73,10 +100,14 @@ impl Write for Stream {
         match self {
             Self::Tcp(s) => s.write(buf),
             Self::Unix(s) => s.write(buf),
+            Self::Tls(t, _) => t.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Self::Tls(t, _) => t.flush(),
+            _ => Ok(()),
+        }
     }
 }

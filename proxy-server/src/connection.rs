@@ -20,6 +20,7 @@ use protocol::stream::Stream;
 use protocol::ProtocolError;
 
 use crate::backend::Backend;
+use crate::listener::{Accepted, Incoming};
 use crate::login::Logins;
 use crate::objects::SessionObjects;
 use crate::rv;
@@ -28,8 +29,19 @@ use crate::rv;
 /// straight into the frame buffer. Small, since an idle connection keeps it.
 const READ_BUFFER: usize = 8 * 1024;
 
-/// How long a new connection may take to send its hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a response may take to be accepted by a client's socket.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time limits of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a new connection may take for its TLS handshake and its hello.
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay silent between requests; `None`: for ever.
+    pub idle_timeout: Option<Duration>,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
 
 /// One application's view: the sessions it opened.
 ///
@@ -108,12 +120,17 @@ impl App {
 /// Every application with at least one live connection.
 #[derive(Default)]
 pub struct Registry {
-    apps: Mutex<HashMap<ClientId, (Arc<App>, usize)>>,
+    /// By client id and the identity it is bound to (peer certificate, uid), so that nobody
+    /// else can borrow an application's client id.
+    apps: Mutex<HashMap<AppKey, (Arc<App>, usize)>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
+/// A client id and the peer identity it was presented with.
+pub type AppKey = (ClientId, Vec<u8>);
+
 impl Registry {
-    fn attach(&self, id: ClientId) -> Arc<App> {
+    fn attach(&self, id: AppKey) -> Arc<App> {
         let mut apps = self.apps.lock();
         let entry = apps.entry(id).or_insert_with(|| {
             (
@@ -131,7 +148,7 @@ impl Registry {
     }
 
     /// Drops one connection of `id`; returns the application when that was its last one.
-    fn detach(&self, id: &ClientId) -> Option<Arc<App>> {
+    fn detach(&self, id: &AppKey) -> Option<Arc<App>> {
         let mut apps = self.apps.lock();
         let entry = apps.get_mut(id)?;
         entry.1 -= 1;
@@ -167,6 +184,7 @@ impl Registry {
 /// Shared state of the server, as seen by each connection.
 pub struct Shared {
     pub backend: Backend,
+    pub limits: Limits,
     pub registry: Registry,
     pub objects: SessionObjects,
     pub logins: Logins,
@@ -204,21 +222,58 @@ impl Shared {
 }
 
 /// Serves one connection until the peer goes away or the stream is shut down.
-pub fn serve(shared: &Shared, stream: Stream, peer: &str) {
+pub fn serve(shared: &Shared, accepted: Accepted) {
+    let Accepted {
+        incoming,
+        peer,
+        mut identity,
+    } = accepted;
+    let peer = peer.as_str();
+    let stream = match incoming {
+        Incoming::Plain(s) => s,
+        Incoming::Tls(conn, tcp) => {
+            let _ = tcp.set_read_timeout(Some(shared.limits.handshake_timeout));
+            let _ = tcp.set_write_timeout(Some(shared.limits.handshake_timeout));
+            match crate::tls::handshake(conn, tcp) {
+                Ok((s, cert)) => {
+                    identity = cert;
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "connection refused");
+                    return;
+                }
+            }
+        }
+    };
     let Some((client_id, reader)) = handshake(stream, peer, shared) else {
         return;
     };
-    let app = shared.registry.attach(client_id);
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(shared.limits.idle_timeout);
+    // A client that stops reading its answers cannot hold this thread for ever.
+    let _ = reader.get_ref().set_write_timeout(Some(WRITE_TIMEOUT));
+    let key = (client_id, identity);
+    let app = shared.registry.attach(key.clone());
     tracing::debug!(peer, "client connected");
     if let Err(e) = request_loop(shared, &app, reader) {
         match e {
             ProtocolError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
                 tracing::debug!(peer, "client disconnected")
             }
+            ProtocolError::Io(ref io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                tracing::info!(peer, "closing idle connection (--idle-timeout)")
+            }
             e => tracing::warn!(peer, error = %e, "closing connection"),
         }
     }
-    if let Some(app) = shared.registry.detach(&client_id) {
+    if let Some(app) = shared.registry.detach(&key) {
         let sessions = app.take_all_sessions();
         if !sessions.is_empty() {
             tracing::info!(
@@ -232,7 +287,7 @@ pub fn serve(shared: &Shared, stream: Stream, peer: &str) {
 }
 
 fn handshake(stream: Stream, peer: &str, shared: &Shared) -> Option<(ClientId, BufReader<Stream>)> {
-    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(shared.limits.handshake_timeout));
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     let mut buf = Vec::new();
     let mut scratch = Vec::new();
@@ -265,7 +320,6 @@ fn handshake(stream: Stream, peer: &str, shared: &Shared) -> Option<(ClientId, B
         tracing::warn!(peer, error = %e, "handshake failed");
         return None;
     }
-    let _ = reader.get_ref().set_read_timeout(None);
     Some((hello.client_id, reader))
 }
 

@@ -1,17 +1,18 @@
-//! Listening sockets (`tcp://` and `unix://`) and their accept loops: one thread per
+//! Listening sockets (`tcp://`, `tls://` and `unix://`) and their accept loops: one thread per
 //! connection, so a slow vendor call of one client never stalls another.
 
-use std::net::{TcpListener, ToSocketAddrs};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 
 use protocol::address::Address;
+use protocol::stream::Stream;
 
 use crate::server::Server;
-use protocol::stream::Stream;
+use crate::tls::{TlsFiles, TlsListener};
 
 /// Stack of each connection thread: vendor libraries get the room they need.
 const CONNECTION_STACK: usize = 1024 * 1024;
@@ -22,36 +23,92 @@ const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_interval(std::time::Duration::from_secs(10))
     .with_retries(3);
 
+/// Who may connect, and how Unix sockets are made.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Mode of Unix socket files.
+    pub unix_mode: u32,
+    /// Peer uids allowed on Unix sockets (SO_PEERCRED); empty: any.
+    pub allowed_uids: Vec<u32>,
+    /// TLS material, for `tls://` listeners.
+    pub tls: Option<TlsFiles>,
+    /// Listening on a non-loopback plain `tcp://` address was explicitly allowed.
+    pub allow_plaintext: bool,
+}
+
 /// A bound listening socket.
 pub enum Listener {
     Tcp(TcpListener),
+    Tls(TcpListener, TlsListener),
     Unix(UnixListener),
+}
+
+/// An accepted connection, before its TLS handshake (done on the connection's own thread).
+pub enum Incoming {
+    Plain(Stream),
+    Tls(Box<rustls::ServerConnection>, TcpStream),
+}
+
+/// An accepted connection, who it comes from, and the identity a client id is bound to.
+pub struct Accepted {
+    pub incoming: Incoming,
+    pub peer: String,
+    /// "tcp", `uid:N` for a Unix socket, or the client certificate (DER) for TLS (filled in
+    /// after the handshake).
+    pub identity: Vec<u8>,
+}
+
+fn bind_tcp(addr: &Address, host: &str, port: u16) -> Result<TcpListener, String> {
+    let candidates = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: cannot resolve: {e}"))?;
+    let mut last = format!("{addr}: no address");
+    for sa in candidates {
+        match TcpListener::bind(sa) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = format!("{addr}: cannot listen on {sa}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 impl Listener {
     /// Binds `addr`, trying every resolved address in order for TCP. A stale Unix socket file
-    /// is replaced only if it really is a socket.
-    pub fn bind(addr: &Address) -> Result<Self, String> {
+    /// is replaced only if it really is a socket. Plain TCP on an address other than loopback
+    /// is refused unless `access.allow_plaintext`: PINs and signatures would cross the
+    /// network in clear.
+    pub fn bind(addr: &Address, access: &Access) -> Result<Self, String> {
         match addr {
             Address::Tcp { host, port } => {
-                let candidates = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| format!("{addr}: cannot resolve: {e}"))?;
-                let mut last = format!("{addr}: no address");
-                for sa in candidates {
-                    match TcpListener::bind(sa) {
-                        Ok(l) => return Ok(Self::Tcp(l)),
-                        Err(e) => last = format!("{addr}: cannot listen on {sa}: {e}"),
+                let l = bind_tcp(addr, host, *port)?;
+                let local = l.local_addr().map_err(|e| e.to_string())?;
+                if !local.ip().is_loopback() {
+                    if !access.allow_plaintext {
+                        return Err(format!(
+                            "{addr}: refusing plain TCP on a non-loopback address: PINs would cross the network in clear; use tls://, or --allow-plaintext on a network you trust"
+                        ));
                     }
+                    tracing::warn!(%addr, "plain TCP on a non-loopback address (--allow-plaintext): PINs and data cross the network unencrypted");
                 }
-                Err(last)
+                Ok(Self::Tcp(l))
+            }
+            Address::Tls { host, port } => {
+                let files = access.tls.clone().ok_or_else(|| {
+                    format!(
+                        "{addr}: a tls:// listener needs --tls-cert, --tls-key and --tls-client-ca"
+                    )
+                })?;
+                Ok(Self::Tls(
+                    bind_tcp(addr, host, *port)?,
+                    TlsListener::new(files)?,
+                ))
             }
             Address::Unix(path) => {
                 remove_stale_socket(path)?;
                 let l =
                     UnixListener::bind(path).map_err(|e| format!("{addr}: cannot listen: {e}"))?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-                    .map_err(|e| format!("{addr}: cannot set mode 0660: {e}"))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.unix_mode))
+                    .map_err(|e| format!("{addr}: cannot set mode {:o}: {e}", access.unix_mode))?;
                 Ok(Self::Unix(l))
             }
         }
@@ -64,6 +121,10 @@ impl Listener {
                 .local_addr()
                 .map(|a| format!("tcp://{a}"))
                 .unwrap_or_default(),
+            Self::Tls(l, _) => l
+                .local_addr()
+                .map(|a| format!("tls://{a}"))
+                .unwrap_or_default(),
             Self::Unix(l) => l
                 .local_addr()
                 .ok()
@@ -72,32 +133,94 @@ impl Listener {
         }
     }
 
+    /// Reloads TLS material (SIGHUP); other listeners have none.
+    pub fn reload(&self) -> Option<Result<(), String>> {
+        match self {
+            Self::Tls(_, tls) => Some(tls.reload()),
+            _ => None,
+        }
+    }
+
     /// Wakes a thread blocked in `accept` (shutdown(2) on a listening socket makes accept fail).
     pub fn stop(&self) {
         let fd = match self {
-            Self::Tcp(l) => l.as_raw_fd(),
+            Self::Tcp(l) | Self::Tls(l, _) => l.as_raw_fd(),
             Self::Unix(l) => l.as_raw_fd(),
         };
         // SAFETY: fd is a listening socket owned by self.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 
-    fn accept(&self) -> std::io::Result<(Stream, String)> {
+    fn accept(&self, access: &Access) -> std::io::Result<Option<Accepted>> {
+        let tcp = |s: &TcpStream| -> std::io::Result<()> {
+            s.set_nodelay(true)?;
+            // A client that vanished without a FIN (power loss, network cut) is noticed
+            // within about a minute, and its sessions are closed.
+            socket2::SockRef::from(s).set_tcp_keepalive(&KEEPALIVE)
+        };
         match self {
             Self::Tcp(l) => {
                 let (s, peer) = l.accept()?;
-                s.set_nodelay(true)?;
-                // A client that vanished without a FIN (power loss, network cut) is noticed
-                // within about a minute, and its sessions are closed.
-                socket2::SockRef::from(&s).set_tcp_keepalive(&KEEPALIVE)?;
-                Ok((Stream::Tcp(s), peer.to_string()))
+                tcp(&s)?;
+                Ok(Some(Accepted {
+                    incoming: Incoming::Plain(Stream::Tcp(s)),
+                    peer: peer.to_string(),
+                    identity: b"tcp".to_vec(),
+                }))
+            }
+            Self::Tls(l, tls) => {
+                let (s, peer) = l.accept()?;
+                tcp(&s)?;
+                match tls.session() {
+                    Ok(conn) => Ok(Some(Accepted {
+                        incoming: Incoming::Tls(Box::new(conn), s),
+                        peer: peer.to_string(),
+                        identity: vec![],
+                    })),
+                    Err(e) => {
+                        tracing::error!(%peer, error = %e, "cannot start a TLS session");
+                        Ok(None)
+                    }
+                }
             }
             Self::Unix(l) => {
                 let (s, _) = l.accept()?;
-                Ok((Stream::Unix(s), "unix".to_string()))
+                let uid = peer_uid(&s);
+                let peer = uid.map_or("unix (uid unknown)".to_string(), |u| {
+                    format!("unix uid {u}")
+                });
+                if !access.allowed_uids.is_empty()
+                    && !uid.is_some_and(|u| access.allowed_uids.contains(&u))
+                {
+                    tracing::warn!(%peer, "connection refused: uid not in --allow-uid");
+                    return Ok(None);
+                }
+                let identity = format!("uid:{}", uid.map_or(-1, i64::from)).into_bytes();
+                Ok(Some(Accepted {
+                    incoming: Incoming::Plain(Stream::Unix(s)),
+                    peer,
+                    identity,
+                }))
             }
         }
     }
+}
+
+/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
 }
 
 fn remove_stale_socket(path: &Path) -> Result<(), String> {
@@ -112,12 +235,14 @@ fn remove_stale_socket(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Accepts connections on `listener` until the server stops, each served on its own thread.
+/// Accepts connections on `listener` until the server stops, each served on its own thread;
+/// beyond `--max-connections` new ones are closed at once, with a log line.
 pub fn accept_loop(server: Arc<Server>, index: usize) {
     let listener = &server.listeners[index];
     loop {
-        let (stream, peer) = match listener.accept() {
-            Ok(c) => c,
+        let accepted = match listener.accept(&server.access) {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
             Err(_) if server.is_stopping() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -128,7 +253,7 @@ pub fn accept_loop(server: Arc<Server>, index: usize) {
         if server.is_stopping() {
             return;
         }
-        let Some(conn_id) = server.track(&stream) else {
+        let Some(conn_id) = server.track(&accepted) else {
             continue;
         };
         let srv = server.clone();
@@ -136,7 +261,7 @@ pub fn accept_loop(server: Arc<Server>, index: usize) {
             .name("p11-conn".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
-                crate::connection::serve(&srv.shared, stream, &peer);
+                crate::connection::serve(&srv.shared, accepted);
                 srv.untrack(conn_id);
             });
         if let Err(e) = spawned {

@@ -15,17 +15,22 @@ mod objects;
 mod rv;
 mod server;
 mod template;
+mod tls;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use protocol::address::Address;
 
-use crate::connection::{Registry, Shared};
+use crate::connection::{Limits, Registry, Shared};
+use crate::listener::Access;
 use crate::listener::Listener;
 use crate::login::Logins;
 use crate::server::Server;
+use crate::tls::TlsFiles;
 
 /// Serves a vendor PKCS#11 library to pkcs11-shim clients over TCP or Unix sockets.
 #[derive(Parser, Debug)]
@@ -35,9 +40,51 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     module: Option<String>,
 
-    /// Address to listen on (repeatable): tcp://HOST:PORT, unix:///path or /path.
+    /// Address to listen on (repeatable): tcp://HOST:PORT, tls://HOST:PORT, unix:///path or
+    /// /path.
     #[arg(long, value_name = "ADDRESS")]
     listen: Vec<String>,
+
+    /// Server certificate chain (PEM) for tls:// listeners.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// Server private key (PEM) for tls:// listeners.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that client certificates must chain to; a client certificate is required.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Accept TLS 1.2 as well as TLS 1.3.
+    #[arg(long)]
+    tls12: bool,
+
+    /// Allow plain tcp:// on a non-loopback address (PINs cross the network unencrypted).
+    #[arg(long)]
+    allow_plaintext: bool,
+
+    /// Mode of Unix socket files, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "660", value_parser = parse_mode)]
+    unix_mode: u32,
+
+    /// Uid allowed to connect over Unix sockets (repeatable; default: anyone the file mode
+    /// lets in).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+
+    /// Most client connections open at once; more are closed at once with a log line.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_connections: usize,
+
+    /// Seconds a new connection has for its TLS handshake and hello.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    handshake_timeout: u64,
+
+    /// Seconds a connection may stay silent before it is closed (0: never).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    idle_timeout: u64,
 
     /// String passed as pReserved to the vendor library's C_Initialize.
     #[arg(long, value_name = "STRING")]
@@ -52,6 +99,13 @@ struct Args {
     /// The `-` (stay in the foreground) is accepted; this server never daemonises.
     #[arg(value_name = "LIB")]
     legacy: Vec<String>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not an octal file mode"))
 }
 
 /// Where the compatible form takes its address.
@@ -117,9 +171,25 @@ fn run(args: Args) -> Result<(), String> {
         module,
         "vendor library loaded and initialised (PKCS#11 {major}.{minor} interface)"
     );
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+            allow_tls12: args.tls12,
+        }),
+        _ => return Err("--tls-cert, --tls-key and --tls-client-ca go together".into()),
+    };
+    let access = Access {
+        unix_mode: args.unix_mode,
+        allowed_uids: args.allow_uids.clone(),
+        tls,
+        allow_plaintext: args.allow_plaintext,
+    };
     let listeners = match addresses
         .iter()
-        .map(Listener::bind)
+        .map(|a| Listener::bind(a, &access))
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(l) => l,
@@ -132,14 +202,20 @@ fn run(args: Args) -> Result<(), String> {
         tracing::warn!("--shared-login: clients share the vendor's login; one client's C_Login lets every client use private keys, one client's C_Logout logs all out");
     }
     let logins = Logins::new(&backend, args.shared_login);
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        max_connections: args.max_connections.max(1),
+    };
     let shared = Shared {
         backend,
+        limits,
         registry: Registry::default(),
         logins,
         objects: Default::default(),
         instance_id: random_id(),
     };
-    let server = Arc::new(Server::new(shared, listeners));
+    let server = Arc::new(Server::new(shared, listeners, access));
     let bound: Vec<String> = server
         .listeners
         .iter()
@@ -153,7 +229,12 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot start accept thread: {e}"))?;
     }
     eprintln!("pkcs11-proxy-server: listening on {}", bound.join(" "));
-    let sig = wait_for_signal(&signals);
+    let sig = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => server.reload(),
+            sig => break sig,
+        }
+    };
     tracing::info!(
         signal = sig,
         apps = server.shared.registry.app_count(),
@@ -175,7 +256,7 @@ fn raise_file_limit() {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in every thread (threads inherit the mask) so that the main
+/// Blocks SIGTERM, SIGINT and SIGHUP (TLS reload) in every thread (threads inherit the mask) so that the main
 /// thread alone receives them with sigwait.
 fn block_stop_signals() -> Result<libc::sigset_t, String> {
     // SAFETY: plain libc signal-set manipulation on a local set.
@@ -184,6 +265,7 @@ fn block_stop_signals() -> Result<libc::sigset_t, String> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err("cannot block SIGTERM/SIGINT".into());
         }

@@ -10,7 +10,7 @@ use parking_lot::{Condvar, Mutex};
 use protocol::stream::Stream;
 
 use crate::connection::Shared;
-use crate::listener::Listener;
+use crate::listener::{Accepted, Access, Incoming, Listener};
 
 /// How long a stop waits for calls in flight before closing sessions anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -18,6 +18,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     pub shared: Shared,
     pub listeners: Vec<Listener>,
+    pub access: Access,
     stopping: AtomicBool,
     next_conn: AtomicU64,
     connections: Mutex<HashMap<u64, Stream>>,
@@ -25,10 +26,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(shared: Shared, listeners: Vec<Listener>) -> Self {
+    pub fn new(shared: Shared, listeners: Vec<Listener>, access: Access) -> Self {
         Self {
             shared,
             listeners,
+            access,
             stopping: AtomicBool::new(false),
             next_conn: AtomicU64::new(0),
             connections: Mutex::new(HashMap::new()),
@@ -40,10 +42,19 @@ impl Server {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Records a live connection so a stop can wake it; `None` if it cannot be tracked.
-    pub fn track(&self, stream: &Stream) -> Option<u64> {
-        let clone = stream
-            .try_clone()
+    /// Records a live connection so a stop can wake it; `None` if it cannot be tracked or
+    /// `--max-connections` are open already (the connection is then closed).
+    pub fn track(&self, accepted: &Accepted) -> Option<u64> {
+        let open = self.connections.lock().len();
+        if open >= self.shared.limits.max_connections {
+            tracing::warn!(peer = %accepted.peer, open, "connection refused: --max-connections reached");
+            return None;
+        }
+        let clone = match &accepted.incoming {
+            Incoming::Plain(s) => s.try_clone(),
+            Incoming::Tls(_, tcp) => tcp.try_clone().map(Stream::Tcp),
+        };
+        let clone = clone
             .map_err(|e| tracing::warn!(error = %e, "cannot track connection"))
             .ok()?;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -56,6 +67,21 @@ impl Server {
         conns.remove(&id);
         if conns.is_empty() {
             self.drained.notify_all();
+        }
+    }
+
+    /// Reloads the TLS material of every TLS listener (SIGHUP), logging the outcome.
+    pub fn reload(&self) {
+        for l in &self.listeners {
+            match l.reload() {
+                Some(Ok(())) => {
+                    tracing::info!(listener = %l.local_address(), "TLS certificate, key and client CA reloaded")
+                }
+                Some(Err(e)) => {
+                    tracing::error!(listener = %l.local_address(), error = %e, "TLS reload failed; keeping the previous material")
+                }
+                None => {}
+            }
         }
     }
 

@@ -24,6 +24,25 @@ const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_interval(std::time::Duration::from_secs(10))
     .with_retries(3);
 
+/// A TCP connection to the first resolved address that answers, with TCP_NODELAY and
+/// keepalive.
+fn tcp_connect(host: &str, port: u16, config: &Config) -> Result<TcpStream, String> {
+    let mut last = "no address resolved".to_string();
+    for sa in (host, port).to_socket_addrs().map_err(|e| e.to_string())? {
+        match TcpStream::connect_timeout(&sa, config.connect_timeout) {
+            Ok(s) => {
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                socket2::SockRef::from(&s)
+                    .set_tcp_keepalive(&KEEPALIVE)
+                    .map_err(|e| e.to_string())?;
+                return Ok(s);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
 /// A connected, handshaken connection with its reusable buffers.
 pub struct Connection {
     reader: BufReader<Stream>,
@@ -47,27 +66,15 @@ impl Connection {
 
     fn open_one(addr: &Address, config: &Config, client_id: &ClientId) -> Result<Self, String> {
         let stream = match addr {
-            Address::Tcp { host, port } => {
-                let mut last = "no address resolved".to_string();
-                let mut found = None;
-                for sa in (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| e.to_string())?
-                {
-                    match TcpStream::connect_timeout(&sa, config.connect_timeout) {
-                        Ok(s) => {
-                            found = Some(s);
-                            break;
-                        }
-                        Err(e) => last = e.to_string(),
-                    }
-                }
-                let s = found.ok_or(last)?;
-                s.set_nodelay(true).map_err(|e| e.to_string())?;
-                socket2::SockRef::from(&s)
-                    .set_tcp_keepalive(&KEEPALIVE)
+            Address::Tcp { host, port } => Stream::Tcp(tcp_connect(host, *port, config)?),
+            Address::Tls { host, port } => {
+                let tcp = tcp_connect(host, *port, config)?;
+                tcp.set_read_timeout(Some(config.connect_timeout))
                     .map_err(|e| e.to_string())?;
-                Stream::Tcp(s)
+                tcp.set_write_timeout(Some(config.connect_timeout))
+                    .map_err(|e| e.to_string())?;
+                let tls = config.tls.as_ref().ok_or("no TLS configuration")?;
+                super::tls::connect(tcp, host, tls)?
             }
             Address::Unix(path) => {
                 Stream::Unix(UnixStream::connect(path).map_err(|e| e.to_string())?)

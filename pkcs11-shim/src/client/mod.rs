@@ -7,6 +7,7 @@
 
 pub mod config;
 mod connection;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
