@@ -24,18 +24,24 @@ impl Address {
     /// Parses one address; the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        if let Some(rest) = text.strip_prefix("tcp://") {
+        let tcp_or_tls = text
+            .strip_prefix("tcp://")
+            .map(|r| ("tcp", r))
+            .or_else(|| text.strip_prefix("tls://").map(|r| ("tls", r)));
+        if let Some((scheme, rest)) = tcp_or_tls {
             let (host, port) = split_host_port(rest)
-                .ok_or_else(|| format!("`{text}`: expected tcp://HOST:PORT"))?;
+                .ok_or_else(|| format!("`{text}`: expected {scheme}://HOST:PORT"))?;
             let port = port
                 .parse::<u16>()
                 .map_err(|_| format!("`{text}`: port `{port}` is not a number from 0 to 65535"))?;
             if host.is_empty() {
                 return Err(format!("`{text}`: empty host"));
             }
-            Ok(Self::Tcp {
-                host: host.to_string(),
-                port,
+            let host = host.to_string();
+            Ok(if scheme == "tls" {
+                Self::Tls { host, port }
+            } else {
+                Self::Tcp { host, port }
             })
         } else if let Some(path) = text.strip_prefix("unix://") {
             Self::unix_path(text, path)
@@ -128,6 +134,21 @@ mod tests {
         assert_eq!(
             Address::parse("/run/p.sock").unwrap(),
             Address::Unix("/run/p.sock".into())
+        );
+    }
+
+    #[test]
+    fn tls_addresses() {
+        assert_eq!(
+            Address::parse("tls://hsm.example:2345").unwrap(),
+            Address::Tls {
+                host: "hsm.example".into(),
+                port: 2345
+            }
+        );
+        assert_eq!(
+            Address::parse("tls://[::1]:1").unwrap().to_string(),
+            "tls://[::1]:1"
         );
     }
 

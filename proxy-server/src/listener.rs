@@ -80,9 +80,11 @@ impl Listener {
     pub fn bind(addr: &Address, access: &Access) -> Result<Self, String> {
         match addr {
             Address::Tcp { host, port } => {
-                let l = bind_tcp(addr, host, *port)?;
-                let local = l.local_addr().map_err(|e| e.to_string())?;
-                if !local.ip().is_loopback() {
+                let exposed = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("{addr}: cannot resolve: {e}"))?
+                    .any(|sa| !sa.ip().is_loopback());
+                if exposed {
                     if !access.allow_plaintext {
                         return Err(format!(
                             "{addr}: refusing plain TCP on a non-loopback address: PINs would cross the network in clear; use tls://, or --allow-plaintext on a network you trust"
@@ -90,7 +92,7 @@ impl Listener {
                     }
                     tracing::warn!(%addr, "plain TCP on a non-loopback address (--allow-plaintext): PINs and data cross the network unencrypted");
                 }
-                Ok(Self::Tcp(l))
+                Ok(Self::Tcp(bind_tcp(addr, host, *port)?))
             }
             Address::Tls { host, port } => {
                 let files = access.tls.clone().ok_or_else(|| {

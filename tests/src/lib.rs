@@ -2,6 +2,7 @@
 //! private copies of the PKCS#11 modules so that several instances live in one process.
 
 pub mod parity;
+pub mod pki;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
