@@ -37,7 +37,7 @@ pub fn write_frame<W: Write>(
 }
 
 /// Reads one frame into `buf` (cleared first), refusing a length above `max` before
-/// allocating anything.
+/// allocating anything; the buffer grows only as the payload arrives.
 pub fn read_frame<R: Read>(r: &mut R, buf: &mut Vec<u8>, max: u32) -> Result<(), ProtocolError> {
     let mut header = [0u8; 4];
     r.read_exact(&mut header)?;
@@ -48,9 +48,13 @@ pub fn read_frame<R: Read>(r: &mut R, buf: &mut Vec<u8>, max: u32) -> Result<(),
             max,
         });
     }
+    // Grow with the data that really arrives, not with the length announced: a peer that
+    // announces 16 MiB and sends nothing costs nothing.
     buf.clear();
-    buf.resize(len as usize, 0);
-    r.read_exact(buf)?;
+    let got = r.take(u64::from(len)).read_to_end(buf)?;
+    if got != len as usize {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     Ok(())
 }
 

@@ -17,6 +17,8 @@ pub mod attribute;
 pub mod codec;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod mechanism;
 pub mod message;
