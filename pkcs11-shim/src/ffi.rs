@@ -74,11 +74,11 @@ pub unsafe fn bytes<'a>(p: *const u8, n: CK_ULONG) -> Rv<&'a [u8]> {
 ///
 /// # Safety
 /// As [`bytes`].
-pub unsafe fn pin(p: *const u8, n: CK_ULONG) -> Rv<Option<Vec<u8>>> {
+pub unsafe fn pin(p: *const u8, n: CK_ULONG) -> Rv<protocol::message::Pin> {
     if p.is_null() {
         return Ok(None);
     }
-    Ok(Some(bytes(p, n)?.to_vec()))
+    Ok(Some(bytes(p, n)?.to_vec().into()))
 }
 
 /// A required output pointer.

@@ -58,6 +58,11 @@ pub fn read_frame<R: Read>(r: &mut R, buf: &mut Vec<u8>, max: u32) -> Result<(),
     Ok(())
 }
 
+/// Wipes a buffer that held a secret (an encoded PIN), keeping its capacity.
+pub fn wipe(buf: &mut Vec<u8>) {
+    zeroize::Zeroize::zeroize(buf);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

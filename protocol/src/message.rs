@@ -17,7 +17,45 @@ use crate::attribute::{AttrOut, AttrQuery, Attribute};
 use crate::mechanism::{Mechanism, MsgParam};
 
 /// A PIN; `None` is a NULL `pPin` (protected authentication path).
-pub type Pin = Option<Vec<u8>>;
+pub type Pin = Option<SecretBytes>;
+
+/// Bytes wiped from memory when dropped (PINs), and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretBytes(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes(<{} bytes>)", self.0.len())
+    }
+}
+
+impl std::ops::Deref for SecretBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for SecretBytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self(zeroize::Zeroizing::new(v))
+    }
+}
+
+impl Request {
+    /// Whether this request carries a PIN (its frame is wiped after use).
+    pub fn carries_secret(&self) -> bool {
+        matches!(
+            self,
+            Request::Login { .. }
+                | Request::LoginUser { .. }
+                | Request::InitPin { .. }
+                | Request::SetPin { .. }
+                | Request::InitToken { .. }
+        )
+    }
+}
 
 /// A request, one variant per PKCS#11 function that crosses the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -444,7 +482,12 @@ impl Request {
     pub fn function_name(&self) -> &'static str {
         macro_rules! names {
             ($($v:ident),* $(,)?) => {
-                match self { $(Request::$v { .. } => concat!("C_", stringify!($v)),)* }
+                match self {
+                    // The specification spells these two with "PIN".
+                    Request::InitPin { .. } => "C_InitPIN",
+                    Request::SetPin { .. } => "C_SetPIN",
+                    $(Request::$v { .. } => concat!("C_", stringify!($v)),)*
+                }
             };
         }
         names!(
@@ -460,8 +503,6 @@ impl Request {
             GetMechanismList,
             GetMechanismInfo,
             InitToken,
-            InitPin,
-            SetPin,
             OpenSession,
             CloseSession,
             CloseAllSessions,
@@ -719,6 +760,20 @@ mod tests {
 
     #[test]
     fn function_names_follow_the_spec() {
+        let pin = Request::SetPin {
+            session: 1,
+            old_pin: None,
+            new_pin: None,
+        };
+        assert_eq!(pin.function_name(), "C_SetPIN");
+        assert_eq!(
+            Request::InitPin {
+                session: 1,
+                pin: None
+            }
+            .function_name(),
+            "C_InitPIN"
+        );
         assert_eq!(
             Request::GetSlotList {
                 token_present: false,

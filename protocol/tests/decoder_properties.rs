@@ -18,7 +18,7 @@ fn seeds() -> Vec<Vec<u8>> {
         Request::Login {
             session: 7,
             user_type: 1,
-            pin: Some(b"1234".to_vec()),
+            pin: Some(b"1234".to_vec().into()),
         },
         Request::SignInit {
             session: 7,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 use protocol::codec;
-use protocol::frame::{read_frame, write_frame, MAX_FRAME_LEN};
+use protocol::frame::{read_frame, wipe, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{ClientId, Hello, Welcome, VERSION};
 use protocol::message::{Request, Response};
 use protocol::stream::Stream;
@@ -183,6 +183,7 @@ impl Registry {
 
 /// Shared state of the server, as seen by each connection.
 pub struct Shared {
+    pub policy: crate::policy::Policy,
     pub backend: Backend,
     pub limits: Limits,
     pub registry: Registry,
@@ -334,6 +335,9 @@ fn request_loop(
     loop {
         read_frame(&mut reader, &mut frame, MAX_FRAME_LEN)?;
         let request: Request = codec::decode(&frame)?;
+        if request.carries_secret() {
+            wipe(&mut frame);
+        }
         let name = request.function_name();
         let response = crate::dispatch::dispatch(shared, app, request);
         if let Response::Rv(r) = response {

@@ -18,6 +18,9 @@ const MAX_LIST_LEN: u64 = 65_536;
 
 /// Serves one request for `app`.
 pub fn dispatch(shared: &Shared, app: &App, request: Request) -> Response {
+    if let Some(rv) = shared.policy.check(&request) {
+        return Response::Rv(wire(rv));
+    }
     match call(shared, app, request) {
         Ok(r) => r,
         Err(rv) => Response::Rv(rv),

@@ -12,6 +12,7 @@ mod listener;
 mod login;
 mod mechanism;
 mod objects;
+mod policy;
 mod rv;
 mod server;
 mod template;
@@ -77,6 +78,14 @@ struct Args {
     /// Most client connections open at once; more are closed at once with a log line.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     max_connections: usize,
+
+    /// Refuse this PKCS#11 function to every client (repeatable), e.g. C_InitToken.
+    #[arg(long = "deny-function", value_name = "C_NAME")]
+    deny_functions: Vec<String>,
+
+    /// Refuse this mechanism (number, decimal or 0x hex) to every client (repeatable).
+    #[arg(long = "deny-mechanism", value_name = "CKM")]
+    deny_mechanisms: Vec<String>,
 
     /// Seconds a new connection has for its TLS handshake and hello.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -163,6 +172,7 @@ fn resolve_args(args: &Args) -> Result<(String, Vec<Address>), String> {
 
 fn run(args: Args) -> Result<(), String> {
     let (module, addresses) = resolve_args(&args)?;
+    let policy = policy::Policy::new(&args.deny_functions, &args.deny_mechanisms)?;
     raise_file_limit();
     let signals = block_stop_signals()?;
     let backend = backend::Backend::load(&module, args.init_args.as_deref())?;
@@ -207,7 +217,11 @@ fn run(args: Args) -> Result<(), String> {
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         max_connections: args.max_connections.max(1),
     };
+    if !policy.is_empty() {
+        tracing::info!(functions = ?args.deny_functions, mechanisms = ?args.deny_mechanisms, "policy: refusing these to every client");
+    }
     let shared = Shared {
+        policy,
         backend,
         limits,
         registry: Registry::default(),

@@ -33,7 +33,7 @@ fn payloads() -> Vec<Vec<u8>> {
         Request::Login {
             session: 1,
             user_type: 1,
-            pin: Some(b"1234".to_vec()),
+            pin: Some(b"1234".to_vec().into()),
         },
         Request::SignInit {
             session: 1,

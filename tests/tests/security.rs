@@ -371,3 +371,115 @@ fn connection_limit_slow_loris_and_flood_leave_good_clients_served() {
     assert_eq!(rv, CKR_OK);
     works(&fresh);
 }
+
+#[test]
+fn policy_refuses_denied_functions_and_mechanisms_with_a_log_line() {
+    let hsm = SoftHsm::new("policy");
+    let dir = TempDir::new("policy");
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--deny-function",
+            "C_InitToken",
+            "--deny-function",
+            "C_SetPIN",
+            "--deny-mechanism",
+            "0x3", // CKM_RSA_X_509, raw RSA
+        ],
+        &[],
+    );
+    let (rv, m) = initialize(&dir, &server.address, None, None);
+    assert_eq!(rv, CKR_OK);
+    let s = m.open_rw(m.first_slot());
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    let f = m.f();
+    let label = [b' '; 32];
+    let mut raw_rsa = CK_MECHANISM {
+        mechanism: CKM_RSA_X_509,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let mut sha = CK_MECHANISM {
+        mechanism: CKM_SHA256,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    // SAFETY: valid arguments.
+    unsafe {
+        assert_eq!(
+            f.C_InitToken.unwrap()(1, b"5678".as_ptr() as *mut u8, 4, label.as_ptr() as *mut u8),
+            CKR_FUNCTION_NOT_SUPPORTED
+        );
+        assert_eq!(
+            f.C_SetPIN.unwrap()(
+                s,
+                b"1234".as_ptr() as *mut u8,
+                4,
+                b"4321".as_ptr() as *mut u8,
+                4
+            ),
+            CKR_FUNCTION_NOT_SUPPORTED
+        );
+        assert_eq!(
+            f.C_SignInit.unwrap()(s, &mut raw_rsa, 1),
+            CKR_MECHANISM_INVALID
+        );
+        assert_eq!(
+            f.C_DigestInit.unwrap()(s, &mut sha),
+            CKR_OK,
+            "what is not denied still works"
+        );
+    }
+    assert!(server.log_contains("refused by policy (--deny-function)"));
+    assert!(server.log_contains("refused by policy (--deny-mechanism)"));
+    let bad = std::process::Command::new(tests::server_path())
+        .args([
+            "--module",
+            SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--deny-function",
+            "InitToken",
+        ])
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a PKCS#11 function name"));
+}
+
+#[test]
+fn pins_never_reach_the_log_even_at_trace_level() {
+    let hsm = SoftHsm::new("pinlog");
+    let dir = TempDir::new("pinlog");
+    let server = ProxyServer::start_with(
+        &hsm,
+        &["--module", SOFTHSM, "--listen", "tcp://127.0.0.1:0"],
+        &[("RUST_LOG", "trace")],
+    );
+    let (rv, m) = initialize(&dir, &server.address, None, None);
+    assert_eq!(rv, CKR_OK);
+    let s = m.open_rw(m.first_slot());
+    let wrong = "wr0ng-PIN-91377";
+    // SAFETY: valid arguments.
+    let rv = unsafe {
+        m.f().C_Login.unwrap()(
+            s,
+            CKU_USER,
+            wrong.as_ptr() as *mut u8,
+            wrong.len() as CK_ULONG,
+        )
+    };
+    assert_eq!(rv, CKR_PIN_INCORRECT);
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    assert!(server.log_contains("C_Login"), "trace logging is on");
+    let log = server.log.lock().unwrap();
+    assert!(
+        !log.iter().any(|l| l.contains(wrong)),
+        "a PIN reached the log"
+    );
+}

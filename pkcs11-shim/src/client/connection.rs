@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 
 use protocol::address::Address;
 use protocol::codec;
-use protocol::frame::{read_frame, write_frame, MAX_FRAME_LEN};
+use protocol::frame::{read_frame, wipe, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{ClientId, Hello, Welcome};
 use protocol::message::{Request, Response};
 use protocol::stream::Stream;
@@ -138,7 +138,12 @@ impl Connection {
     /// Sends one request and waits (bounded by the call timeout) for its response.
     pub fn call(&mut self, request: &Request) -> Result<Response, ProtocolError> {
         codec::encode(request, &mut self.out)?;
-        write_frame(self.reader.get_mut(), &self.out, &mut self.scratch)?;
+        let sent = write_frame(self.reader.get_mut(), &self.out, &mut self.scratch);
+        if request.carries_secret() {
+            wipe(&mut self.out);
+            wipe(&mut self.scratch);
+        }
+        sent?;
         read_frame(&mut self.reader, &mut self.frame, MAX_FRAME_LEN)?;
         codec::decode(&self.frame)
     }
