@@ -693,6 +693,20 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// The PKCS#11 return value this response carries.
+    pub fn rv(&self) -> u64 {
+        match self {
+            Response::Rv(rv)
+            | Response::Ulongs { rv, .. }
+            | Response::Output { rv, .. }
+            | Response::Attributes { rv, .. }
+            | Response::Message { rv, .. } => *rv,
+            _ => 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::BufReader;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use parking_lot::Mutex;
 use protocol::codec;
 use protocol::frame::{read_frame, wipe, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{ClientId, Hello, Welcome, VERSION};
-use protocol::message::{Request, Response};
+use protocol::message::Request;
 use protocol::stream::Stream;
 use protocol::ProtocolError;
 
@@ -159,6 +160,14 @@ impl Registry {
         }
     }
 
+    /// Sessions open per application (by its number), for the metrics.
+    pub fn session_counts(&self) -> Vec<(u64, usize)> {
+        let apps: Vec<Arc<App>> = self.apps.lock().values().map(|(a, _)| a.clone()).collect();
+        apps.iter()
+            .map(|a| (a.id, a.sessions.lock().len()))
+            .collect()
+    }
+
     /// Every application still attached (at shutdown).
     pub fn drain(&self) -> Vec<Arc<App>> {
         self.apps.lock().drain().map(|(_, (app, _))| app).collect()
@@ -184,6 +193,7 @@ impl Registry {
 /// Shared state of the server, as seen by each connection.
 pub struct Shared {
     pub policy: crate::policy::Policy,
+    pub metrics: crate::metrics::Metrics,
     pub backend: Backend,
     pub limits: Limits,
     pub registry: Registry,
@@ -241,6 +251,10 @@ pub fn serve(shared: &Shared, accepted: Accepted) {
                     s
                 }
                 Err(e) => {
+                    shared
+                        .metrics
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(peer, error = %e, "connection refused");
                     return;
                 }
@@ -248,6 +262,10 @@ pub fn serve(shared: &Shared, accepted: Accepted) {
         }
     };
     let Some((client_id, reader)) = handshake(stream, peer, shared) else {
+        shared
+            .metrics
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
         return;
     };
     let _ = reader
@@ -257,11 +275,24 @@ pub fn serve(shared: &Shared, accepted: Accepted) {
     let _ = reader.get_ref().set_write_timeout(Some(WRITE_TIMEOUT));
     let key = (client_id, identity);
     let app = shared.registry.attach(key.clone());
-    tracing::debug!(peer, "client connected");
-    if let Err(e) = request_loop(shared, &app, reader) {
+    shared
+        .metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(peer, client = app.id, "client connected");
+    let ended = request_loop(shared, &app, peer, reader);
+    shared
+        .metrics
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+    if let Err(e) = ended {
         match e {
             ProtocolError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                tracing::debug!(peer, "client disconnected")
+                tracing::info!(peer, client = app.id, "client disconnected")
             }
             ProtocolError::Io(ref io)
                 if matches!(
@@ -327,25 +358,41 @@ fn handshake(stream: Stream, peer: &str, shared: &Shared) -> Option<(ClientId, B
 fn request_loop(
     shared: &Shared,
     app: &App,
+    peer: &str,
     mut reader: BufReader<Stream>,
 ) -> Result<(), ProtocolError> {
     let mut frame = Vec::new();
     let mut out = Vec::new();
     let mut scratch = Vec::new();
+    let metrics = &shared.metrics;
     loop {
         read_frame(&mut reader, &mut frame, MAX_FRAME_LEN)?;
+        metrics
+            .bytes_received
+            .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
         let request: Request = codec::decode(&frame)?;
         if request.carries_secret() {
             wipe(&mut frame);
         }
         let name = request.function_name();
+        let started = std::time::Instant::now();
         let response = crate::dispatch::dispatch(shared, app, request);
-        if let Response::Rv(r) = response {
-            if r != CKR_OK {
-                tracing::debug!(function = name, rv = %rv::name(r), "call failed");
+        let r = CK_RV::try_from(response.rv()).unwrap_or(CKR_GENERAL_ERROR);
+        metrics.call(name, r, started.elapsed());
+        match r {
+            CKR_OK => {}
+            // The two-call convention and Fabric's login on every session: not failures.
+            CKR_BUFFER_TOO_SMALL | CKR_USER_ALREADY_LOGGED_IN => {
+                tracing::debug!(function = name, rv = %rv::name(r), client = app.id, peer, "call answered")
+            }
+            _ => {
+                tracing::info!(function = name, rv = %rv::name(r), client = app.id, peer, "call failed")
             }
         }
         codec::encode(&response, &mut out)?;
         write_frame(reader.get_mut(), &out, &mut scratch)?;
+        metrics
+            .bytes_sent
+            .fetch_add(out.len() as u64 + 4, Ordering::Relaxed);
     }
 }

@@ -244,7 +244,14 @@ pub fn accept_loop(server: Arc<Server>, index: usize) {
     loop {
         let accepted = match listener.accept(&server.access) {
             Ok(Some(a)) => a,
-            Ok(None) => continue,
+            Ok(None) => {
+                server
+                    .shared
+                    .metrics
+                    .connections_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             Err(_) if server.is_stopping() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

@@ -4,7 +4,22 @@ use cryptoki_sys::*;
 
 /// `CKR_NAME (0x..)` for a return value; vendor or unknown codes show as hex only.
 pub fn name(rv: CK_RV) -> String {
-    let n = match rv {
+    match known(rv) {
+        "" => format!("{rv:#x}"),
+        n => format!("{n} ({rv:#x})"),
+    }
+}
+
+/// `CKR_NAME`, or the hex value for codes without a name here (a metrics label).
+pub fn label(rv: CK_RV) -> String {
+    match known(rv) {
+        "" => format!("{rv:#x}"),
+        n => n.to_string(),
+    }
+}
+
+fn known(rv: CK_RV) -> &'static str {
+    match rv {
         CKR_OK => "CKR_OK",
         CKR_CANCEL => "CKR_CANCEL",
         CKR_HOST_MEMORY => "CKR_HOST_MEMORY",
@@ -36,10 +51,5 @@ pub fn name(rv: CK_RV) -> String {
         CKR_CRYPTOKI_NOT_INITIALIZED => "CKR_CRYPTOKI_NOT_INITIALIZED",
         CKR_CRYPTOKI_ALREADY_INITIALIZED => "CKR_CRYPTOKI_ALREADY_INITIALIZED",
         _ => "",
-    };
-    if n.is_empty() {
-        format!("{rv:#x}")
-    } else {
-        format!("{n} ({rv:#x})")
     }
 }

@@ -47,6 +47,10 @@ impl Server {
     pub fn track(&self, accepted: &Accepted) -> Option<u64> {
         let open = self.connections.lock().len();
         if open >= self.shared.limits.max_connections {
+            self.shared
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(peer = %accepted.peer, open, "connection refused: --max-connections reached");
             return None;
         }

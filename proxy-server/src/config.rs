@@ -1,0 +1,320 @@
+//! The server's settings: command-line flags over an optional TOML file (`--config`), over
+//! defaults. Every flag has a key of the same name in the file (`proxy-server/server.example.toml`
+//! documents each with its default). Unknown keys and bad values are errors that name the
+//! file, the line and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use protocol::address::Address;
+use serde::Deserialize;
+
+use crate::tls::TlsFiles;
+
+/// Where the compatible form takes its address.
+pub const DAEMON_SOCKET_ENV: &str = "PKCS11_DAEMON_SOCKET";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Serves a vendor PKCS#11 library to pkcs11-shim clients over TCP, TLS or Unix sockets.
+#[derive(Parser, Debug, Default)]
+#[command(version, about)]
+pub struct Args {
+    /// TOML file with any of the options below (flags given here win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (file, addresses, TLS files), print it and exit.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// The vendor PKCS#11 library to load.
+    #[arg(long, value_name = "PATH")]
+    pub module: Option<String>,
+
+    /// Address to listen on (repeatable): tcp://HOST:PORT, tls://HOST:PORT, unix:///path or
+    /// /path.
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Vec<String>,
+
+    /// String passed as pReserved to the vendor library's C_Initialize.
+    #[arg(long, value_name = "STRING")]
+    pub init_args: Option<String>,
+
+    /// Server certificate chain (PEM) for tls:// listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Server private key (PEM) for tls:// listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that client certificates must chain to; a client certificate is required.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Accept TLS 1.2 as well as TLS 1.3.
+    #[arg(long)]
+    pub tls12: bool,
+
+    /// Allow plain tcp:// on a non-loopback address (PINs cross the network unencrypted).
+    #[arg(long)]
+    pub allow_plaintext: bool,
+
+    /// Mode of Unix socket files, in octal [default: 660].
+    #[arg(long, value_name = "OCTAL")]
+    pub unix_mode: Option<String>,
+
+    /// Uid allowed to connect over Unix sockets (repeatable; default: anyone the file mode
+    /// lets in).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+
+    /// Most client connections open at once; more are closed at once with a log line
+    /// [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a new connection has for its TLS handshake and hello [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub handshake_timeout: Option<u64>,
+
+    /// Seconds a connection may stay silent before it is closed; 0: never [default: 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Refuse this PKCS#11 function to every client (repeatable), e.g. C_InitToken.
+    #[arg(long = "deny-function", value_name = "C_NAME")]
+    pub deny_function: Vec<String>,
+
+    /// Refuse this mechanism (number, decimal or 0x hex) to every client (repeatable).
+    #[arg(long = "deny-mechanism", value_name = "CKM")]
+    pub deny_mechanism: Vec<String>,
+
+    /// Let every client share the vendor library's login state (the old proxies' behaviour):
+    /// one client's C_Login logs all clients in, one client's C_Logout logs all out.
+    #[arg(long)]
+    pub shared_login: bool,
+
+    /// Serve Prometheus metrics on /metrics, and /healthz and /readyz, at HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
+
+    /// Log line format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Compatible form of the old pkcs11-daemon: LIB [-], address from PKCS11_DAEMON_SOCKET.
+    /// The `-` (stay in the foreground) is accepted; this server never daemonises.
+    #[arg(value_name = "LIB")]
+    pub legacy: Vec<String>,
+}
+
+/// The TOML file: the same options as the flags, same names with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    module: Option<String>,
+    listen: Option<Vec<String>>,
+    init_args: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls12: Option<bool>,
+    allow_plaintext: Option<bool>,
+    unix_mode: Option<String>,
+    allow_uid: Option<Vec<u32>>,
+    max_connections: Option<usize>,
+    handshake_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    deny_function: Option<Vec<String>>,
+    deny_mechanism: Option<Vec<String>>,
+    shared_login: Option<bool>,
+    metrics_listen: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// Everything the server runs with.
+#[derive(Debug)]
+pub struct Settings {
+    pub module: String,
+    pub addresses: Vec<Address>,
+    pub init_args: Option<String>,
+    pub tls: Option<TlsFiles>,
+    pub allow_plaintext: bool,
+    pub unix_mode: u32,
+    pub allowed_uids: Vec<u32>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub deny_functions: Vec<String>,
+    pub deny_mechanisms: Vec<String>,
+    pub shared_login: bool,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A list from the command line if given there, else from the file.
+fn list<T: Clone>(cli: &[T], file: Option<Vec<T>>) -> Vec<T> {
+    if cli.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        cli.to_vec()
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("unix_mode `{s}` is not an octal file mode"))
+}
+
+impl Settings {
+    /// Merges flags, file and defaults, and checks every value.
+    pub fn load(args: &Args) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let legacy: Vec<&String> = args.legacy.iter().filter(|a| a.as_str() != "-").collect();
+        let module = match (args.module.clone(), legacy.as_slice()) {
+            (Some(m), []) => m,
+            (None, [m]) => (*m).clone(),
+            (Some(_), _) => {
+                return Err("give the module either with --module or as LIB, not both".into())
+            }
+            (None, []) => file
+                .module
+                .clone()
+                .ok_or("no PKCS#11 module given (--module PATH or `module` in the file)")?,
+            (None, _) => return Err(format!("unexpected arguments: {:?}", args.legacy)),
+        };
+        let mut listen = list(&args.listen, file.listen.clone());
+        if listen.is_empty() {
+            match std::env::var(DAEMON_SOCKET_ENV) {
+                Ok(v) if !v.trim().is_empty() => listen.push(v),
+                _ => return Err(format!("no address to listen on (--listen ADDRESS, `listen` in the file, or {DAEMON_SOCKET_ENV})")),
+            }
+        }
+        let addresses = listen
+            .iter()
+            .map(|a| Address::parse_list(a))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let cert = args.tls_cert.clone().or(file.tls_cert);
+        let key = args.tls_key.clone().or(file.tls_key);
+        let client_ca = args.tls_client_ca.clone().or(file.tls_client_ca);
+        let tls = match (cert, key, client_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+                allow_tls12: args.tls12 || file.tls12.unwrap_or(false),
+            }),
+            _ => return Err("tls_cert, tls_key and tls_client_ca go together".into()),
+        };
+        let metrics_listen = match args.metrics_listen.clone().or(file.metrics_listen) {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                format!("metrics_listen `{a}` is not HOST:PORT with an IP address")
+            })?),
+        };
+        let idle = args.idle_timeout.or(file.idle_timeout).unwrap_or(0);
+        Ok(Self {
+            module,
+            addresses,
+            init_args: args.init_args.clone().or(file.init_args),
+            tls,
+            allow_plaintext: args.allow_plaintext || file.allow_plaintext.unwrap_or(false),
+            unix_mode: parse_mode(
+                args.unix_mode
+                    .as_deref()
+                    .or(file.unix_mode.as_deref())
+                    .unwrap_or("660"),
+            )?,
+            allowed_uids: list(&args.allow_uid, file.allow_uid),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(4096)
+                .max(1),
+            handshake_timeout: Duration::from_secs(
+                args.handshake_timeout
+                    .or(file.handshake_timeout)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
+            idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
+            deny_functions: list(&args.deny_function, file.deny_function),
+            deny_mechanisms: list(&args.deny_mechanism, file.deny_mechanism),
+            shared_login: args.shared_login || file.shared_login.unwrap_or(false),
+            metrics_listen,
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(toml_text: &str) -> Result<FileConfig, String> {
+        toml::from_str(toml_text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("server.example.toml");
+        let f = read_file(&path).unwrap();
+        assert!(f.module.is_some() && f.listen.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_line_and_key() {
+        let e = from("module = \"/x.so\"\nlistne = [\"tcp://127.0.0.1:1\"]\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("listne"), "{e}");
+        let e = from("max_connections = \"many\"\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("max_connections"), "{e}");
+        let e = from("log_format = \"xml\"\n").unwrap_err();
+        assert!(e.contains("log_format") || e.contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("p11cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.toml");
+        std::fs::write(&file, "module = \"/file.so\"\nlisten = [\"tcp://127.0.0.1:1\"]\nmax_connections = 7\nidle_timeout = 30\n").unwrap();
+        let args = Args {
+            config: Some(file.clone()),
+            max_connections: Some(9),
+            ..Default::default()
+        };
+        let s = Settings::load(&args).unwrap();
+        assert_eq!(s.module, "/file.so");
+        assert_eq!(s.max_connections, 9);
+        assert_eq!(s.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.unix_mode, 0o660);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

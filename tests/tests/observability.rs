@@ -1,0 +1,182 @@
+//! What operators see: Prometheus metrics and health endpoints, the configuration file and
+//! `--check-config`, JSON logs.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use cryptoki_sys::*;
+use tests::raw::RawModule;
+use tests::{
+    private_copy, server_path, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM,
+};
+
+/// GET `path` from the metrics address; (status line, body).
+fn get(addr: &str, path: &str) -> (String, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of a metric line starting with `prefix`, 0 if absent.
+fn value(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_and_health_endpoints_move_with_calls() {
+    let hsm = SoftHsm::new("metrics");
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let metrics_addr = {
+        let log = server.log.lock().unwrap();
+        let line = log
+            .iter()
+            .find(|l| l.contains("listening on"))
+            .unwrap()
+            .clone();
+        line.split("http://")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("/metrics")
+            .to_string()
+    };
+    assert_eq!(get(&metrics_addr, "/healthz").0, "HTTP/1.1 200 OK");
+    assert_eq!(get(&metrics_addr, "/readyz").0, "HTTP/1.1 200 OK");
+    assert!(get(&metrics_addr, "/nothing").0.contains("404"));
+    let before = get(&metrics_addr, "/metrics").1;
+    let random_ok = "pkcs11_proxy_calls_total{function=\"C_GenerateRandom\",rv=\"CKR_OK\"}";
+    assert_eq!(value(&before, random_ok), 0.0);
+
+    let dir = TempDir::new("metrics");
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || m
+            .initialize()),
+        CKR_OK
+    );
+    let s = m.open_rw(m.first_slot());
+    assert_eq!(m.login(s, "0000"), CKR_PIN_INCORRECT);
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    let mut buf = [0u8; 32];
+    for _ in 0..5 {
+        // SAFETY: valid buffer.
+        assert_eq!(
+            unsafe { m.f().C_GenerateRandom.unwrap()(s, buf.as_mut_ptr(), 32) },
+            CKR_OK
+        );
+    }
+    let after = get(&metrics_addr, "/metrics").1;
+    assert_eq!(value(&after, random_ok), 5.0, "{after}");
+    assert_eq!(
+        value(
+            &after,
+            "pkcs11_proxy_calls_total{function=\"C_Login\",rv=\"CKR_PIN_INCORRECT\"}"
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &after,
+            "pkcs11_proxy_call_duration_seconds_count{function=\"C_GenerateRandom\"}"
+        ) >= 5.0
+    );
+    assert!(value(&after, "pkcs11_proxy_connections ") >= 1.0);
+    assert!(
+        value(&after, "pkcs11_proxy_received_bytes_total")
+            > value(&before, "pkcs11_proxy_received_bytes_total")
+    );
+    assert!(
+        after
+            .lines()
+            .any(|l| l.starts_with("pkcs11_proxy_sessions{client=") && l.ends_with(" 1")),
+        "{after}"
+    );
+    assert!(
+        server.log_contains("call failed"),
+        "a failed call is logged"
+    );
+}
+
+#[test]
+fn configuration_file_check_config_and_json_logs() {
+    let hsm = SoftHsm::new("config");
+    let dir = TempDir::new("config");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../proxy-server/server.example.toml");
+    let ok = Command::new(server_path())
+        .args(["--check-config", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration OK"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "module = \"/usr/lib/softhsm/libsofthsm2.so\"\nlisen = [\"tcp://127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(server_path())
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml") && err.contains("line 2") && err.contains("lisen"),
+        "{err}"
+    );
+
+    // A server configured by a file (its settings checked in proxy-server's config tests,
+    // flags winning), logging JSON.
+    let file = dir.path().join("server.toml");
+    std::fs::write(&file, format!("module = \"{SOFTHSM}\"\nlisten = [\"tcp://127.0.0.1:0\"]\nlog_format = \"json\"\nmax_connections = 1\n")).unwrap();
+    let server = ProxyServer::start_with(
+        &hsm,
+        &["--config", file.to_str().unwrap(), "--max-connections", "8"],
+        &[],
+    );
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || m
+            .initialize()),
+        CKR_OK
+    );
+    let s = m.open_rw(m.first_slot());
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    assert!(server.log_contains("client connected"));
+    let log = server.log.lock().unwrap();
+    let json_lines = log.iter().filter(|l| l.starts_with('{')).count();
+    assert!(
+        json_lines >= 2
+            && log
+                .iter()
+                .filter(|l| l.starts_with('{'))
+                .all(|l| l.ends_with('}')),
+        "{log:?}"
+    );
+}
