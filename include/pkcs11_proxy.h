@@ -25,10 +25,25 @@
 
 /*
  * Server address(es), comma-separated, tried in order:
+ *   tls://HOST:PORT   (TLS 1.3, mutual authentication)
  *   tcp://HOST:PORT   (HOST a name, an IPv4 address or [IPv6])
  *   unix:///absolute/path   or   /absolute/path   (used as given: no ".pkcs11" suffix)
  */
 #define PKCS11_PROXY_ENV_SOCKET "PKCS11_PROXY_SOCKET"
+
+/* Optional TOML file with the settings below (keys: the names without PKCS11_PROXY_, in
+ * lower case); the environment variables win over it. */
+#define PKCS11_PROXY_ENV_CONFIG "PKCS11_PROXY_CONFIG"
+
+/* For tls:// addresses: the CA of the server's certificate, this client's certificate and
+ * key (PEM files). */
+#define PKCS11_PROXY_ENV_TLS_CA "PKCS11_PROXY_TLS_CA"
+#define PKCS11_PROXY_ENV_TLS_CERT "PKCS11_PROXY_TLS_CERT"
+#define PKCS11_PROXY_ENV_TLS_KEY "PKCS11_PROXY_TLS_KEY"
+
+/* Log level (off, error, warn, info, debug; default warn) and log file (default stderr). */
+#define PKCS11_PROXY_ENV_LOG "PKCS11_PROXY_LOG"
+#define PKCS11_PROXY_ENV_LOG_FILE "PKCS11_PROXY_LOG_FILE"
 
 /* Connect timeout in milliseconds (default 5000). */
 #define PKCS11_PROXY_ENV_CONNECT_TIMEOUT_MS "PKCS11_PROXY_CONNECT_TIMEOUT_MS"

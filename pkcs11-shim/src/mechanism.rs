@@ -193,7 +193,9 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
     } else if MAC_GENERAL.contains(&ty) && m.ulParameterLen as usize == ULONG {
         MechParam::Ulong(wire(param::<CK_ULONG>(m)?))
     } else if POINTER_PARAMS.contains(&ty) {
-        eprintln!("pkcs11-shim: mechanism {ty:#x}: its parameter holds pointers and cannot be forwarded yet");
+        crate::client::warn(&format!(
+            "mechanism {ty:#x}: its parameter holds pointers and cannot be forwarded yet"
+        ));
         return Err(CKR_MECHANISM_PARAM_INVALID);
     } else {
         MechParam::Bytes(bytes(m.pParameter as *const u8, m.ulParameterLen)?.to_vec())

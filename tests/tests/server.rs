@@ -318,3 +318,60 @@ fn c_initialize_argument_combinations() {
         }
     }
 }
+
+#[test]
+fn shim_configuration_file_with_environment_overrides() {
+    let hsm = SoftHsm::new("shimcfg");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("shimcfg");
+    let file = dir.path().join("shim.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "socket = \"{}\"\ncall_timeout_ms = 20000\nlog = \"info\"\n",
+            server.address
+        ),
+    )
+    .unwrap();
+    let cfg = file.to_str().unwrap();
+    // The file alone is enough.
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_CONFIG", cfg)], || m.initialize()),
+        CKR_OK
+    );
+    assert_eq!(m.login(m.open_rw(m.first_slot()), PIN), CKR_OK);
+    // The environment wins: a wrong address in the variable fails although the file is right.
+    let m2 = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let rv = with_env(
+        &[
+            ("PKCS11_PROXY_CONFIG", cfg),
+            ("PKCS11_PROXY_SOCKET", "tcp://127.0.0.1:1"),
+        ],
+        || m2.initialize(),
+    );
+    assert_eq!(rv, CKR_FUNCTION_FAILED);
+    // A bad file: C_Initialize fails and the log line (to the file the environment names)
+    // gives the file, the line and the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("socket = \"{}\"\ntimeout = 3\n", server.address),
+    )
+    .unwrap();
+    let log = dir.path().join("shim.log");
+    let m3 = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let rv = with_env(
+        &[
+            ("PKCS11_PROXY_CONFIG", bad.to_str().unwrap()),
+            ("PKCS11_PROXY_LOG_FILE", log.to_str().unwrap()),
+        ],
+        || m3.initialize(),
+    );
+    assert_eq!(rv, CKR_GENERAL_ERROR);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("bad.toml") && text.contains("line 2") && text.contains("timeout"),
+        "{text}"
+    );
+}

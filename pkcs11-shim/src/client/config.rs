@@ -1,26 +1,52 @@
-//! Shim configuration, read in C_Initialize (never at `dlopen` time).
+//! Shim configuration, read in C_Initialize (never at `dlopen` time): environment variables
+//! over an optional TOML file named by `PKCS11_PROXY_CONFIG`, over defaults. The file's keys
+//! are the variables' names without the `PKCS11_PROXY_` prefix, in lower case
+//! (`pkcs11-shim/shim.example.toml`). Unknown keys and bad values are errors naming the file,
+//! the line and the key, or the variable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::address::Address;
+use serde::Deserialize;
 
+use super::log::{LogLevel, LogTarget};
 use super::tls;
 
+/// The TOML file with the settings below.
+pub const ENV_CONFIG: &str = "PKCS11_PROXY_CONFIG";
 /// Server address(es), comma-separated, tried in order (same name as the old C proxy).
 pub const ENV_SOCKET: &str = "PKCS11_PROXY_SOCKET";
 /// Connect timeout in milliseconds (default 5000).
 pub const ENV_CONNECT_TIMEOUT_MS: &str = "PKCS11_PROXY_CONNECT_TIMEOUT_MS";
+/// Longest wait for one call's answer in milliseconds (default 300000: slow HSM key
+/// generation, e.g. RSA 4096, must fit).
+pub const ENV_CALL_TIMEOUT_MS: &str = "PKCS11_PROXY_CALL_TIMEOUT_MS";
 /// The CA that signed the server's certificate (PEM), for `tls://` addresses.
 pub const ENV_TLS_CA: &str = "PKCS11_PROXY_TLS_CA";
 /// This client's certificate (PEM), presented to the server.
 pub const ENV_TLS_CERT: &str = "PKCS11_PROXY_TLS_CERT";
 /// This client's private key (PEM).
 pub const ENV_TLS_KEY: &str = "PKCS11_PROXY_TLS_KEY";
-/// Longest wait for one call's answer in milliseconds (default 300000: slow HSM key
-/// generation, e.g. RSA 4096, must fit).
-pub const ENV_CALL_TIMEOUT_MS: &str = "PKCS11_PROXY_CALL_TIMEOUT_MS";
+/// Log level: off, error, warn, info, debug (default warn).
+pub const ENV_LOG: &str = "PKCS11_PROXY_LOG";
+/// Log file (appended to); default stderr.
+pub const ENV_LOG_FILE: &str = "PKCS11_PROXY_LOG_FILE";
+
+/// The file: the same settings, lower case, without the prefix.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    call_timeout_ms: Option<u64>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    log: Option<String>,
+    log_file: Option<PathBuf>,
+}
 
 /// Everything the shim needs to reach its server.
 #[derive(Debug, Clone)]
@@ -30,17 +56,60 @@ pub struct Config {
     pub call_timeout: Duration,
     /// The TLS configuration, when an address is `tls://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub log_level: LogLevel,
+    pub log_target: LogTarget,
+}
+
+fn env(var: &str) -> Result<Option<String>, String> {
+    match std::env::var(var) {
+        Ok(v) if v.trim().is_empty() => Err(format!("{var} is empty")),
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(_) => Err(format!("{var} is not valid UTF-8")),
+    }
+}
+
+fn millis(var: &str, file: Option<u64>, default: u64) -> Result<Duration, String> {
+    let ms = match env(var)? {
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{var}: `{v}` is not a number of milliseconds"))?,
+        None => file.unwrap_or(default),
+    };
+    if ms == 0 {
+        return Err(format!("{var}: the timeout must be positive"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{ENV_CONFIG} {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{ENV_CONFIG} {}: {e}", path.display()))
 }
 
 impl Config {
-    /// Reads the configuration from the environment; the error names the variable at fault.
-    pub fn from_env() -> Result<Self, String> {
-        let socket = std::env::var(ENV_SOCKET).map_err(|_| format!("{ENV_SOCKET} is not set"))?;
+    /// Reads the configuration; the error names the variable or the file line at fault.
+    pub fn load() -> Result<Self, String> {
+        let file = match env(ENV_CONFIG)? {
+            Some(p) => read_file(Path::new(&p))?,
+            None => FileConfig::default(),
+        };
+        let socket = env(ENV_SOCKET)?
+            .or(file.socket)
+            .ok_or_else(|| format!("{ENV_SOCKET} is not set (nor `socket` in {ENV_CONFIG})"))?;
         let addresses = Address::parse_list(&socket).map_err(|e| format!("{ENV_SOCKET}: {e}"))?;
+        let path = |var: &str, from_file: Option<PathBuf>| -> Result<Option<PathBuf>, String> {
+            Ok(env(var)?.map(PathBuf::from).or(from_file))
+        };
         let tls = if addresses.iter().any(|a| matches!(a, Address::Tls { .. })) {
-            let ca =
-                path(ENV_TLS_CA)?.ok_or_else(|| format!("a tls:// address needs {ENV_TLS_CA}"))?;
-            let pair = match (path(ENV_TLS_CERT)?, path(ENV_TLS_KEY)?) {
+            let ca = path(ENV_TLS_CA, file.tls_ca)?
+                .ok_or_else(|| format!("a tls:// address needs {ENV_TLS_CA}"))?;
+            let pair = match (
+                path(ENV_TLS_CERT, file.tls_cert)?,
+                path(ENV_TLS_KEY, file.tls_key)?,
+            ) {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) => None,
                 _ => return Err(format!("{ENV_TLS_CERT} and {ENV_TLS_KEY} go together")),
@@ -50,31 +119,45 @@ impl Config {
         } else {
             None
         };
+        let log_level = match env(ENV_LOG)?.or(file.log) {
+            Some(l) => l.parse().map_err(|e| format!("{ENV_LOG}: {e}"))?,
+            None => LogLevel::Warn,
+        };
+        let log_target = match path(ENV_LOG_FILE, file.log_file)? {
+            Some(p) => LogTarget::File(p),
+            None => LogTarget::Stderr,
+        };
         Ok(Self {
             addresses,
-            connect_timeout: millis(ENV_CONNECT_TIMEOUT_MS, 5_000)?,
-            call_timeout: millis(ENV_CALL_TIMEOUT_MS, 300_000)?,
+            connect_timeout: millis(ENV_CONNECT_TIMEOUT_MS, file.connect_timeout_ms, 5_000)?,
+            call_timeout: millis(ENV_CALL_TIMEOUT_MS, file.call_timeout_ms, 300_000)?,
             tls,
+            log_level,
+            log_target,
         })
     }
 }
 
-fn path(var: &str) -> Result<Option<PathBuf>, String> {
-    match std::env::var_os(var) {
-        None => Ok(None),
-        Some(v) if v.is_empty() => Err(format!("{var} is empty")),
-        Some(v) => Ok(Some(PathBuf::from(v))),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn millis(var: &str, default: u64) -> Result<Duration, String> {
-    match std::env::var(var) {
-        Err(_) => Ok(Duration::from_millis(default)),
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-            _ => Err(format!(
-                "{var}: `{v}` is not a positive number of milliseconds"
-            )),
-        },
+    #[test]
+    fn the_example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim.example.toml");
+        let f = read_file(&path).unwrap();
+        assert!(f.socket.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let e = toml::from_str::<FileConfig>("socket = \"tcp://h:1\"\nsokcet = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("sokcet"), "{e}");
+        let e = toml::from_str::<FileConfig>("call_timeout_ms = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("call_timeout_ms"), "{e}");
     }
 }

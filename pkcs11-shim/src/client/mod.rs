@@ -7,6 +7,7 @@
 
 pub mod config;
 mod connection;
+pub mod log;
 mod tls;
 
 use std::collections::HashMap;
@@ -52,9 +53,9 @@ pub struct Client {
 /// The instance, present between C_Initialize and C_Finalize.
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
 
-/// Writes one line on stderr: the shim has no other channel to its host's operator.
-pub fn log(msg: &str) {
-    eprintln!("pkcs11-shim: {msg}");
+/// Writes one warning line (see [`log`] for level and destination).
+pub fn warn(msg: &str) {
+    log::log(log::LogLevel::Warn, msg);
 }
 
 impl Client {
@@ -96,7 +97,7 @@ impl Client {
             }
         }
         Connection::open(&self.config, &self.client_id).map_err(|e| {
-            log(&format!("cannot reach the proxy server: {e}"));
+            warn(&format!("cannot reach the proxy server: {e}"));
             CKR_DEVICE_ERROR
         })
     }
@@ -141,7 +142,7 @@ impl Client {
                 Ok(r)
             }
             Err(e) => {
-                log(&format!("{}: {e}", request.function_name()));
+                warn(&format!("{}: {e}", request.function_name()));
                 Err(CKR_DEVICE_ERROR)
             }
         }
@@ -173,16 +174,27 @@ pub fn initialize() -> Rv {
         // closes only this process's descriptors.
     }
     *slot = None;
-    let config = Config::from_env().map_err(|e| {
-        log(&format!("C_Initialize: configuration error: {e}"));
+    log::configure_from_env();
+    let config = Config::load().map_err(|e| {
+        log::log(
+            log::LogLevel::Error,
+            &format!("C_Initialize: configuration error: {e}"),
+        );
         CKR_GENERAL_ERROR
     })?;
+    log::configure(config.log_level, config.log_target.clone());
     let client_id = random_id().ok_or_else(|| {
-        log("C_Initialize: no randomness for the client id");
+        log::log(
+            log::LogLevel::Error,
+            "C_Initialize: no randomness for the client id",
+        );
         CKR_GENERAL_ERROR
     })?;
     let conn = Connection::open(&config, &client_id).map_err(|e| {
-        log(&format!("C_Initialize: cannot reach the proxy server: {e}"));
+        log::log(
+            log::LogLevel::Error,
+            &format!("C_Initialize: cannot reach the proxy server: {e}"),
+        );
         CKR_FUNCTION_FAILED
     })?;
     let client = Client {
