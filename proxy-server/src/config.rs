@@ -204,7 +204,8 @@ impl Settings {
             (None, _) => return Err(format!("unexpected arguments: {:?}", args.legacy)),
         };
         let mut listen = list(&args.listen, file.listen.clone());
-        if listen.is_empty() {
+        let activated = std::env::var("LISTEN_FDS").is_ok_and(|n| n != "0");
+        if listen.is_empty() && !activated {
             match std::env::var(DAEMON_SOCKET_ENV) {
                 Ok(v) if !v.trim().is_empty() => listen.push(v),
                 _ => return Err(format!("no address to listen on (--listen ADDRESS, `listen` in the file, or {DAEMON_SOCKET_ENV})")),

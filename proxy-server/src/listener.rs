@@ -208,6 +208,60 @@ impl Listener {
     }
 }
 
+/// Listening sockets handed over by systemd socket activation (`LISTEN_PID`, `LISTEN_FDS`,
+/// descriptors from 3; sd_listen_fds(3)). TCP sockets are served as `tcp://` (systemd's
+/// socket unit decides where they listen), Unix sockets as `unix://`.
+pub fn inherited() -> Vec<Listener> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if !ours || count <= 0 {
+        return Vec::new();
+    }
+    (3..3 + count)
+        .filter_map(|fd| {
+            let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: getsockname writes at most `len` bytes into `addr`.
+            if unsafe {
+                libc::getsockname(
+                    fd,
+                    (&mut addr as *mut libc::sockaddr_storage).cast(),
+                    &mut len,
+                )
+            } != 0
+            {
+                tracing::warn!(fd, "inherited descriptor is not a socket; ignored");
+                return None;
+            }
+            // SAFETY: systemd hands these listening descriptors to this process alone.
+            unsafe {
+                use std::os::fd::FromRawFd;
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                match i32::from(addr.ss_family) {
+                    libc::AF_INET | libc::AF_INET6 => {
+                        Some(Listener::Tcp(TcpListener::from_raw_fd(fd)))
+                    }
+                    libc::AF_UNIX => Some(Listener::Unix(UnixListener::from_raw_fd(fd))),
+                    family => {
+                        tracing::warn!(
+                            fd,
+                            family,
+                            "inherited socket of an unknown family; ignored"
+                        );
+                        None
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
 /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
 fn peer_uid(s: &UnixStream) -> Option<u32> {
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };

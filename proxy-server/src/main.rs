@@ -110,7 +110,10 @@ fn run(settings: Settings) -> Result<(), String> {
         .map(|a| Listener::bind(a, &access))
         .collect::<Result<Vec<_>, _>>()
     {
-        Ok(l) => l,
+        Ok(mut l) => {
+            l.extend(listener::inherited());
+            l
+        }
         Err(e) => {
             backend.finalize();
             return Err(e);

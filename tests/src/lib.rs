@@ -188,7 +188,13 @@ impl ProxyServer {
 
     /// Starts the server with exactly these arguments and extra environment.
     pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(server_path());
+        Self::start_program(&server_path(), args, env)
+    }
+
+    /// Starts `program` (the server, or a wrapper that runs it) and waits for the server's
+    /// `listening on` line.
+    pub fn start_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

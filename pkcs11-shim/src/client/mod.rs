@@ -206,7 +206,16 @@ pub fn initialize() -> Rv {
         waits: Mutex::new(HashMap::new()),
         next_wait: Default::default(),
     };
-    match client.call(Request::Initialize)? {
+    // A transport failure here is C_Initialize's CKR_FUNCTION_FAILED (v2.40 §5.4.1 lists no
+    // device error for it).
+    let answer = client.call(Request::Initialize).map_err(|rv| {
+        if rv == CKR_DEVICE_ERROR {
+            CKR_FUNCTION_FAILED
+        } else {
+            rv
+        }
+    });
+    match answer? {
         Response::Rv(0) => {}
         other => return Err(crate::ffi::unexpected(other)),
     }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Container entrypoint of pkcs11-proxy-server.
+#
+# With arguments, they are passed to the server as they are. Without, the server is configured
+# from the environment, including the old pkcs11-daemon's, so existing deployments switch by
+# changing the image:
+#   LIBRARY_LOCATION       the vendor PKCS#11 library (old image's name)      [required]
+#   PKCS11_DAEMON_SOCKET   the address to listen on (old proxy's name)        [tcp://0.0.0.0:2345]
+#   PKCS11_PROXY_CONFIG    a server TOML file (other options)                 [none]
+#   METRICS_LISTEN         Prometheus/health address                          [none]
+#   PKCS11_PROXY_SERVER    the server binary                [/usr/local/bin/pkcs11-proxy-server]
+# `healthcheck` as the only argument asks /healthz on METRICS_LISTEN (the image's HEALTHCHECK).
+set -euo pipefail
+
+server=${PKCS11_PROXY_SERVER:-/usr/local/bin/pkcs11-proxy-server}
+
+if [ "${1:-}" = healthcheck ]; then
+  port=${METRICS_LISTEN##*:}
+  exec 3<>"/dev/tcp/127.0.0.1/${port}"
+  printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3
+  grep -q '200 OK' <&3
+  exit 0
+fi
+
+if [ "$#" -gt 0 ]; then
+  exec "$server" "$@"
+fi
+
+args=()
+if [ -n "${PKCS11_PROXY_CONFIG:-}" ]; then
+  args+=(--config "$PKCS11_PROXY_CONFIG")
+fi
+if [ -n "${LIBRARY_LOCATION:-}" ]; then
+  args+=(--module "$LIBRARY_LOCATION")
+elif [ -z "${PKCS11_PROXY_CONFIG:-}" ]; then
+  echo "pkcs11-proxy-entrypoint: set LIBRARY_LOCATION to the vendor PKCS#11 library" >&2
+  exit 2
+fi
+socket=${PKCS11_DAEMON_SOCKET:-tcp://0.0.0.0:2345}
+args+=(--listen "$socket")
+case $socket in
+  tcp://127.*|tcp://localhost:*|tcp://\[::1\]:*) ;;
+  tcp://*)
+    # The old daemon listened in clear on the network; keep that working, and say so.
+    echo "pkcs11-proxy-entrypoint: $socket is plain TCP off loopback (as the old daemon): use tls:// to encrypt" >&2
+    args+=(--allow-plaintext)
+    ;;
+esac
+if [ -n "${METRICS_LISTEN:-}" ]; then
+  args+=(--metrics-listen "$METRICS_LISTEN")
+fi
+exec "$server" "${args[@]}"

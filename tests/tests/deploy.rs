@@ -1,0 +1,229 @@
+//! Deployment files, checked without a container engine or a cluster: the container
+//! entrypoint run with the old daemon's environment, shell scripts through shellcheck,
+//! Kubernetes manifests through an offline schema validator, systemd units through
+//! systemd-analyze and socket activation through systemd-socket-activate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cryptoki_sys::*;
+use tests::raw::RawModule;
+use tests::{
+    private_copy, server_path, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM,
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn deploy() -> PathBuf {
+    root().join("proxy-server/deploy")
+}
+
+fn serves(address: &str, dir: &TempDir) {
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", address)], || m.initialize()),
+        CKR_OK
+    );
+    assert_eq!(m.login(m.open_rw(m.first_slot()), PIN), CKR_OK);
+}
+
+#[test]
+fn entrypoint_accepts_the_old_daemon_environment_and_answers_the_healthcheck() {
+    let hsm = SoftHsm::new("entry");
+    let dir = TempDir::new("entry");
+    let server = server_path();
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    let proxy = ProxyServer::start_program(
+        &deploy().join("entrypoint.sh"),
+        &[],
+        &[
+            ("LIBRARY_LOCATION", SOFTHSM),
+            ("PKCS11_DAEMON_SOCKET", "tcp://127.0.0.1:0"),
+            ("METRICS_LISTEN", "127.0.0.1:0"),
+            ("PKCS11_PROXY_SERVER", server.to_str().unwrap()),
+            ("SOFTHSM2_CONF", &conf),
+        ],
+    );
+    serves(&proxy.address, &dir);
+    let metrics = {
+        let log = proxy.log.lock().unwrap();
+        let line = log
+            .iter()
+            .find(|l| l.contains("listening on"))
+            .unwrap()
+            .clone();
+        line.split("http://")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("/metrics")
+            .to_string()
+    };
+    let health = Command::new(deploy().join("entrypoint.sh"))
+        .arg("healthcheck")
+        .env("METRICS_LISTEN", &metrics)
+        .status()
+        .unwrap();
+    assert!(health.success());
+    let missing = Command::new(deploy().join("entrypoint.sh"))
+        .env_remove("LIBRARY_LOCATION")
+        .env_remove("PKCS11_PROXY_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("LIBRARY_LOCATION"));
+}
+
+#[test]
+fn shell_scripts_are_shellcheck_clean() {
+    let scripts = [
+        deploy().join("entrypoint.sh"),
+        root().join("tests/demo.sh"),
+        root().join("tests/run-tests.sh"),
+        root().join("tests/install-deps.sh"),
+        root().join("tests/bench.sh"),
+        root().join("protocol/fuzz/run.sh"),
+        root().join(".ci/run"),
+    ];
+    let out = Command::new("shellcheck")
+        .args(&scripts)
+        .output()
+        .expect("shellcheck (Debian package shellcheck)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn kubernetes_manifests_validate_offline() {
+    let base = deploy().join("kubernetes/base");
+    let manifests: Vec<PathBuf> = ["namespace", "configmap", "secret", "deployment", "service"]
+        .iter()
+        .map(|m| base.join(format!("{m}.yaml")))
+        .collect();
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
+        .args(&manifests)
+        .output()
+        .expect("kubernetes-validate (PyPI package kubernetes-validate)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("passed").count(), manifests.len(), "{text}");
+    // Every resource the overlay names exists in the base.
+    let overlay =
+        std::fs::read_to_string(deploy().join("kubernetes/overlays/failover/kustomization.yaml"))
+            .unwrap();
+    for line in overlay
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- ../../base/"))
+    {
+        let file = line.trim_start().trim_start_matches("- ../../base/");
+        assert!(base.join(file).exists(), "{file}");
+    }
+}
+
+#[test]
+fn the_configmap_server_configuration_is_valid() {
+    // The TOML in the ConfigMap, with this machine's module and throwaway TLS files.
+    let dir = TempDir::new("cm");
+    let pki = tests::pki::Pki::new(dir.path(), "cm");
+    let id = pki.server("cm-server");
+    let yaml = std::fs::read_to_string(deploy().join("kubernetes/base/configmap.yaml")).unwrap();
+    let toml: String = yaml
+        .split("server.toml: |")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("/opt/hsm/lib/libCryptoki2_64.so", SOFTHSM)
+        .replace("/etc/pkcs11-proxy/tls/tls.crt", id.cert.to_str().unwrap())
+        .replace("/etc/pkcs11-proxy/tls/tls.key", id.key.to_str().unwrap())
+        .replace(
+            "/etc/pkcs11-proxy/tls/clients-ca.crt",
+            pki.ca.to_str().unwrap(),
+        );
+    let file = dir.path().join("server.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = Command::new(server_path())
+        .args(["--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn systemd_units_verify_and_socket_activation_serves() {
+    let dir = TempDir::new("systemd");
+    let server = server_path();
+    let units = deploy().join("systemd");
+    // systemd-analyze checks the binary exists and the users resolve: point them at this build.
+    for unit in ["pkcs11-proxy.service", "pkcs11-proxy.socket"] {
+        let text = std::fs::read_to_string(units.join(unit))
+            .unwrap()
+            .replace(
+                "/usr/local/bin/pkcs11-proxy-server",
+                server.to_str().unwrap(),
+            )
+            .replace("pkcs11proxy", "root");
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("pkcs11-proxy.socket"))
+        .arg(dir.path().join("pkcs11-proxy.service"))
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let hsm = SoftHsm::new("activated");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    // systemd-socket-activate starts the server at the first connection: make one.
+    let knock = listen.clone();
+    std::thread::spawn(move || {
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if std::net::TcpStream::connect(&knock).is_ok() {
+                return;
+            }
+        }
+    });
+    let proxy = ProxyServer::start_program(
+        Path::new("systemd-socket-activate"),
+        &[
+            "-l",
+            &listen,
+            "-E",
+            "SOFTHSM2_CONF",
+            server.to_str().unwrap(),
+            "--module",
+            SOFTHSM,
+        ],
+        &[("SOFTHSM2_CONF", &conf)],
+    );
+    assert_eq!(proxy.address, format!("tcp://{listen}"));
+    serves(&proxy.address, &dir);
+}
