@@ -91,6 +91,11 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
 
+    /// Seconds an application's sessions are kept after its last connection ends, so that
+    /// it can reconnect (network blip) and find them; 0: closed at once [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub resume_grace: Option<u64>,
+
     /// Refuse this PKCS#11 function to every client (repeatable), e.g. C_InitToken.
     #[arg(long = "deny-function", value_name = "C_NAME")]
     pub deny_function: Vec<String>,
@@ -135,6 +140,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     handshake_timeout: Option<u64>,
     idle_timeout: Option<u64>,
+    resume_grace: Option<u64>,
     deny_function: Option<Vec<String>>,
     deny_mechanism: Option<Vec<String>>,
     shared_login: Option<bool>,
@@ -155,6 +161,7 @@ pub struct Settings {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Option<Duration>,
+    pub resume_grace: Duration,
     pub deny_functions: Vec<String>,
     pub deny_mechanisms: Vec<String>,
     pub shared_login: bool,
@@ -263,6 +270,9 @@ impl Settings {
                     .max(1),
             ),
             idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
+            resume_grace: Duration::from_secs(
+                args.resume_grace.or(file.resume_grace).unwrap_or(30),
+            ),
             deny_functions: list(&args.deny_function, file.deny_function),
             deny_mechanisms: list(&args.deny_mechanism, file.deny_mechanism),
             shared_login: args.shared_login || file.shared_login.unwrap_or(false),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::BufReader;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use parking_lot::Mutex;
@@ -42,6 +42,9 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// How long an application's sessions are kept after its last connection ends, for it to
+    /// reconnect and resume; zero: closed at once.
+    pub resume_grace: Duration,
 }
 
 /// One application's view: the sessions it opened.
@@ -118,65 +121,103 @@ impl App {
     }
 }
 
-/// Every application with at least one live connection.
+/// Every application with a live connection, or whose last connection ended less than the
+/// resume grace period ago (a network blip: the shim reconnects with the same client id and
+/// finds its sessions, logins and operations in progress as it left them).
 #[derive(Default)]
 pub struct Registry {
     /// By client id and the identity it is bound to (peer certificate, uid), so that nobody
     /// else can borrow an application's client id.
-    apps: Mutex<HashMap<AppKey, (Arc<App>, usize)>>,
+    apps: Mutex<HashMap<AppKey, Entry>>,
     next_id: std::sync::atomic::AtomicU64,
+}
+
+/// One application and its connections.
+struct Entry {
+    app: Arc<App>,
+    connections: usize,
+    /// When its last connection ended, while it waits to be resumed.
+    left_at: Option<Instant>,
 }
 
 /// A client id and the peer identity it was presented with.
 pub type AppKey = (ClientId, Vec<u8>);
 
 impl Registry {
+    /// Attaches a connection; the application is new, resumed, or gains a connection.
     fn attach(&self, id: AppKey) -> Arc<App> {
         let mut apps = self.apps.lock();
-        let entry = apps.entry(id).or_insert_with(|| {
-            (
-                Arc::new(App {
-                    id: self
-                        .next_id
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    sessions: Mutex::new(HashMap::new()),
-                }),
-                0,
-            )
+        let entry = apps.entry(id).or_insert_with(|| Entry {
+            app: Arc::new(App {
+                id: self
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+            connections: 0,
+            left_at: None,
         });
-        entry.1 += 1;
-        entry.0.clone()
+        if entry.left_at.take().is_some() {
+            tracing::info!(
+                client = entry.app.id,
+                "application resumed: its sessions were kept"
+            );
+        }
+        entry.connections += 1;
+        entry.app.clone()
     }
 
-    /// Drops one connection of `id`; returns the application when that was its last one.
-    fn detach(&self, id: &AppKey) -> Option<Arc<App>> {
+    /// Drops one connection of `id`; returns the application when that was its last one and
+    /// it is not to be kept for a resume (`grace` zero).
+    fn detach(&self, id: &AppKey, grace: Duration) -> Option<Arc<App>> {
         let mut apps = self.apps.lock();
         let entry = apps.get_mut(id)?;
-        entry.1 -= 1;
-        if entry.1 == 0 {
-            apps.remove(id).map(|(app, _)| app)
-        } else {
-            None
+        entry.connections -= 1;
+        if entry.connections > 0 {
+            return None;
         }
+        if grace.is_zero() {
+            return apps.remove(id).map(|e| e.app);
+        }
+        entry.left_at = Some(Instant::now());
+        None
+    }
+
+    /// Takes out the applications whose grace period ran out, to close their sessions.
+    pub fn reap(&self, grace: Duration) -> Vec<Arc<App>> {
+        let mut apps = self.apps.lock();
+        let expired: Vec<AppKey> = apps
+            .iter()
+            .filter(|(_, e)| e.connections == 0 && e.left_at.is_some_and(|t| t.elapsed() >= grace))
+            .map(|(k, _)| k.clone())
+            .collect();
+        expired
+            .iter()
+            .filter_map(|k| apps.remove(k))
+            .map(|e| e.app)
+            .collect()
     }
 
     /// Sessions open per application (by its number), for the metrics.
     pub fn session_counts(&self) -> Vec<(u64, usize)> {
-        let apps: Vec<Arc<App>> = self.apps.lock().values().map(|(a, _)| a.clone()).collect();
-        apps.iter()
+        self.all()
+            .iter()
             .map(|a| (a.id, a.sessions.lock().len()))
             .collect()
     }
 
-    /// Every application still attached (at shutdown).
+    fn all(&self) -> Vec<Arc<App>> {
+        self.apps.lock().values().map(|e| e.app.clone()).collect()
+    }
+
+    /// Every application still known (at shutdown).
     pub fn drain(&self) -> Vec<Arc<App>> {
-        self.apps.lock().drain().map(|(_, (app, _))| app).collect()
+        self.apps.lock().drain().map(|(_, e)| e.app).collect()
     }
 
     /// Any open session on `slot`, of any application.
     pub fn any_session_on(&self, slot: CK_SLOT_ID) -> Option<CK_SESSION_HANDLE> {
-        let apps: Vec<Arc<App>> = self.apps.lock().values().map(|(a, _)| a.clone()).collect();
-        apps.iter().find_map(|a| {
+        self.all().iter().find_map(|a| {
             a.sessions
                 .lock()
                 .iter()
@@ -185,8 +226,13 @@ impl Registry {
         })
     }
 
+    /// Applications with at least one live connection.
     pub fn app_count(&self) -> usize {
-        self.apps.lock().len()
+        self.apps
+            .lock()
+            .values()
+            .filter(|e| e.connections > 0)
+            .count()
     }
 }
 
@@ -203,6 +249,19 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// An application left for good: its sessions are closed.
+    pub fn application_gone(&self, app: &App) {
+        let sessions = app.take_all_sessions();
+        if !sessions.is_empty() {
+            tracing::info!(
+                client = app.id,
+                sessions = sessions.len(),
+                "application gone: closing its sessions"
+            );
+        }
+        self.close_sessions(app, &sessions);
+    }
+
     /// Closes `app`'s sessions on the vendor library (which destroys their session objects),
     /// logging failures other than an already-closed session, then settles what closing
     /// them ends.
@@ -305,16 +364,8 @@ pub fn serve(shared: &Shared, accepted: Accepted) {
             e => tracing::warn!(peer, error = %e, "closing connection"),
         }
     }
-    if let Some(app) = shared.registry.detach(&key) {
-        let sessions = app.take_all_sessions();
-        if !sessions.is_empty() {
-            tracing::info!(
-                peer,
-                sessions = sessions.len(),
-                "application gone: closing its sessions"
-            );
-        }
-        shared.close_sessions(&app, &sessions);
+    if let Some(app) = shared.registry.detach(&key, shared.limits.resume_grace) {
+        shared.application_gone(&app);
     }
 }
 

@@ -127,6 +127,7 @@ fn run(settings: Settings) -> Result<(), String> {
         handshake_timeout: settings.handshake_timeout,
         idle_timeout: settings.idle_timeout,
         max_connections: settings.max_connections,
+        resume_grace: settings.resume_grace,
     };
     if !policy.is_empty() {
         tracing::info!(functions = ?settings.deny_functions, mechanisms = ?settings.deny_mechanisms, "policy: refusing these to every client");
@@ -150,6 +151,13 @@ fn run(settings: Settings) -> Result<(), String> {
     if let Some(addr) = settings.metrics_listen {
         let local = metrics::serve(server.clone(), addr)?;
         bound.push(format!("http://{local}/metrics"));
+    }
+    if !settings.resume_grace.is_zero() {
+        let s = server.clone();
+        std::thread::Builder::new()
+            .name("p11-reaper".into())
+            .spawn(move || s.reap_departed())
+            .map_err(|e| format!("cannot start the reaper thread: {e}"))?;
     }
     for i in 0..server.listeners.len() {
         let s = server.clone();

@@ -74,6 +74,19 @@ impl Server {
         }
     }
 
+    /// Closes the sessions of applications that did not come back within the resume grace
+    /// period; runs until the server stops.
+    pub fn reap_departed(&self) {
+        let grace = self.shared.limits.resume_grace;
+        let tick = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        while !self.is_stopping() {
+            std::thread::sleep(tick);
+            for app in self.shared.registry.reap(grace) {
+                self.shared.application_gone(&app);
+            }
+        }
+    }
+
     /// Reloads the TLS material of every TLS listener (SIGHUP), logging the outcome.
     pub fn reload(&self) {
         for l in &self.listeners {

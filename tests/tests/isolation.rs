@@ -86,6 +86,8 @@ fn a_killed_client_leaves_no_session_behind() {
             "--listen",
             "tcp://127.0.0.1:0",
             "--shared-login",
+            "--resume-grace",
+            "1",
         ],
         &[],
     );
