@@ -44,6 +44,24 @@ impl From<Vec<u8>> for SecretBytes {
 }
 
 impl Request {
+    /// Whether asking again changes nothing the first ask could have changed: a request whose
+    /// answer was lost with its connection may then be sent again on another one.
+    pub fn is_repeatable(&self) -> bool {
+        matches!(
+            self,
+            Request::GetInfo
+                | Request::GetSlotList { .. }
+                | Request::GetSlotInfo { .. }
+                | Request::GetTokenInfo { .. }
+                | Request::GetMechanismList { .. }
+                | Request::GetMechanismInfo { .. }
+                | Request::GetSessionInfo { .. }
+                | Request::GetAttributeValue { .. }
+                | Request::GetObjectSize { .. }
+                | Request::GenerateRandom { .. }
+        )
+    }
+
     /// Whether this request carries a PIN (its frame is wiped after use).
     pub fn carries_secret(&self) -> bool {
         matches!(

@@ -232,6 +232,18 @@ impl ProxyServer {
         }
     }
 
+    /// Kills the server outright (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal to the server (SIGSTOP to freeze it, SIGCONT to thaw...).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -106,7 +106,15 @@ impl Client {
     /// `CKR_DEVICE_ERROR`.
     pub fn call(&self, request: Request) -> Rv<Response> {
         let conn = self.take_connection()?;
-        self.call_on(conn, request)
+        match self.call_on(conn, &request) {
+            // A lost answer to a request that changes nothing: ask once more, on a new
+            // connection (to the same server resumed, or the next address).
+            Err(CKR_DEVICE_ERROR) if request.is_repeatable() => {
+                let conn = self.take_connection()?;
+                self.call_on(conn, &request)
+            }
+            other => other,
+        }
     }
 
     /// A round trip that C_Finalize may interrupt: the blocking C_WaitForSlotEvent (v2.40
@@ -120,7 +128,7 @@ impl Client {
         if let Ok(handle) = conn.stream_handle() {
             self.waits.lock().insert(key, handle);
         }
-        let r = self.call_on(conn, request);
+        let r = self.call_on(conn, &request);
         self.waits.lock().remove(&key);
         r
     }
@@ -132,8 +140,8 @@ impl Client {
         }
     }
 
-    fn call_on(&self, mut conn: Connection, request: Request) -> Rv<Response> {
-        match conn.call(&request) {
+    fn call_on(&self, mut conn: Connection, request: &Request) -> Rv<Response> {
+        match conn.call(request) {
             Ok(r) => {
                 let mut idle = self.idle.lock();
                 if idle.len() < MAX_IDLE {
