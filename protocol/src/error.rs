@@ -26,7 +26,12 @@ impl fmt::Display for ProtocolError {
             Self::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 write!(f, "connection closed by the peer")
             }
-            Self::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Self::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 write!(f, "no answer within the timeout")
             }
             Self::Io(e) => write!(f, "transport error: {e}"),

@@ -232,6 +232,20 @@ impl ProxyServer {
         }
     }
 
+    /// The HOST:PORT of `--metrics-listen`, from the `listening on` line.
+    pub fn metrics_address(&self) -> String {
+        let log = self.log.lock().unwrap();
+        let line = log
+            .iter()
+            .find(|l| l.contains("listening on"))
+            .expect("listening line");
+        let url = line
+            .split("http://")
+            .nth(1)
+            .expect("the server was started with --metrics-listen");
+        url.trim_end_matches("/metrics").to_string()
+    }
+
     /// Kills the server outright (SIGKILL), as a crash would, and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

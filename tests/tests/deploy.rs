@@ -50,19 +50,7 @@ fn entrypoint_accepts_the_old_daemon_environment_and_answers_the_healthcheck() {
         ],
     );
     serves(&proxy.address, &dir);
-    let metrics = {
-        let log = proxy.log.lock().unwrap();
-        let line = log
-            .iter()
-            .find(|l| l.contains("listening on"))
-            .unwrap()
-            .clone();
-        line.split("http://")
-            .nth(1)
-            .unwrap()
-            .trim_end_matches("/metrics")
-            .to_string()
-    };
+    let metrics = proxy.metrics_address();
     let health = Command::new(deploy().join("entrypoint.sh"))
         .arg("healthcheck")
         .env("METRICS_LISTEN", &metrics)

@@ -45,19 +45,7 @@ fn metrics_and_health_endpoints_move_with_calls() {
         ],
         &[],
     );
-    let metrics_addr = {
-        let log = server.log.lock().unwrap();
-        let line = log
-            .iter()
-            .find(|l| l.contains("listening on"))
-            .unwrap()
-            .clone();
-        line.split("http://")
-            .nth(1)
-            .unwrap()
-            .trim_end_matches("/metrics")
-            .to_string()
-    };
+    let metrics_addr = server.metrics_address();
     assert_eq!(get(&metrics_addr, "/healthz").0, "HTTP/1.1 200 OK");
     assert_eq!(get(&metrics_addr, "/readyz").0, "HTTP/1.1 200 OK");
     assert!(get(&metrics_addr, "/nothing").0.contains("404"));

@@ -397,19 +397,7 @@ fn two_hundred_clients_killed_mid_operation_leave_no_session() {
         }
     }
     assert_eq!(killed, 200);
-    let metrics_addr = {
-        let log = server.log.lock().unwrap();
-        let line = log
-            .iter()
-            .find(|l| l.contains("listening on"))
-            .unwrap()
-            .clone();
-        line.split("http://")
-            .nth(1)
-            .unwrap()
-            .trim_end_matches("/metrics")
-            .to_string()
-    };
+    let metrics_addr = server.metrics_address();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         use std::io::{Read, Write};
