@@ -209,10 +209,15 @@ impl ProxyServer {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.trim().to_string());
+                // Logged first, so that whoever learns the address finds the line too.
+                let listening = line
+                    .split("listening on ")
+                    .nth(1)
+                    .map(|r| r.trim().to_string());
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                if let Some(rest) = listening {
+                    let _ = tx.send(rest);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let address = match rx.recv_timeout(Duration::from_secs(20)) {
