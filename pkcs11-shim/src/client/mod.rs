@@ -12,6 +12,7 @@ mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
@@ -22,6 +23,10 @@ use protocol::stream::Stream;
 use self::config::Config;
 use self::connection::Connection;
 use crate::ffi::Rv;
+
+/// First and longest wait between reconnection attempts while no server answers.
+const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(50);
+const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// Idle connections kept for reuse; more may be open while busy.
 const MAX_IDLE: usize = 64;
@@ -45,6 +50,8 @@ pub struct Client {
     /// The mechanism of each session's message-based operation, which fixes the layout of
     /// the per-message parameters (v3.0 §5.9).
     message_mechanisms: Mutex<HashMap<(CK_SESSION_HANDLE, MessageOp), CK_MECHANISM_TYPE>>,
+    /// When the next connection attempt may be made, and the current wait, after a failure.
+    backoff: Mutex<Option<(Instant, Duration)>>,
     /// Streams of the interruptible calls in progress, by a key of their own.
     waits: Mutex<HashMap<u64, Stream>>,
     next_wait: std::sync::atomic::AtomicU64,
@@ -96,10 +103,33 @@ impl Client {
                 return Ok(c);
             }
         }
-        Connection::open(&self.config, &self.client_id).map_err(|e| {
-            warn(&format!("cannot reach the proxy server: {e}"));
-            CKR_DEVICE_ERROR
-        })
+        // While the servers are unreachable, calls fail at once instead of each trying every
+        // address again: the wait between attempts doubles from 50 ms up to 1 s.
+        if self
+            .backoff
+            .lock()
+            .is_some_and(|(next, _)| Instant::now() < next)
+        {
+            return Err(CKR_DEVICE_ERROR);
+        }
+        match Connection::open(&self.config, &self.client_id) {
+            Ok(c) => {
+                *self.backoff.lock() = None;
+                Ok(c)
+            }
+            Err(e) => {
+                let mut backoff = self.backoff.lock();
+                let wait = backoff.map_or(RECONNECT_FIRST_WAIT, |(_, w)| {
+                    (w * 2).min(RECONNECT_MAX_WAIT)
+                });
+                *backoff = Some((Instant::now() + wait, wait));
+                warn(&format!(
+                    "cannot reach the proxy server (next attempt in {} ms): {e}",
+                    wait.as_millis()
+                ));
+                Err(CKR_DEVICE_ERROR)
+            }
+        }
     }
 
     /// One round trip. A transport failure drops the connection and answers
@@ -211,6 +241,7 @@ pub fn initialize() -> Rv {
         pid: std::process::id(),
         idle: Mutex::new(vec![conn]),
         message_mechanisms: Mutex::new(HashMap::new()),
+        backoff: Mutex::new(None),
         waits: Mutex::new(HashMap::new()),
         next_wait: Default::default(),
     };
