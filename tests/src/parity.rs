@@ -83,11 +83,34 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         rv,
         [
             ti.label.to_vec(),
+            ti.manufacturerID.to_vec(),
             ti.model.to_vec(),
             ti.serialNumber.to_vec(),
+            ulong_bytes(&[
+                ti.flags,
+                ti.ulMaxSessionCount,
+                ti.ulSessionCount,
+                ti.ulMaxRwSessionCount,
+                ti.ulRwSessionCount,
+                ti.ulMaxPinLen,
+                ti.ulMinPinLen,
+            ]),
         ]
         .concat(),
     );
+    // The same after opening sessions: counts, if the token keeps them, must be this
+    // application's as seen directly.
+    let (mut c1, mut c2) = (0, 0);
+    f.C_OpenSession.unwrap()(slot, CKF_SERIAL_SESSION, ptr::null_mut(), None, &mut c1);
+    f.C_OpenSession.unwrap()(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, ptr::null_mut(), None, &mut c2);
+    let rv = f.C_GetTokenInfo.unwrap()(slot, &mut ti);
+    rec(
+        "GetTokenInfo(two sessions open)",
+        rv,
+        ulong_bytes(&[ti.flags, ti.ulSessionCount, ti.ulRwSessionCount]),
+    );
+    f.C_CloseSession.unwrap()(c1);
+    f.C_CloseSession.unwrap()(c2);
 
     // Sessions and login.
     let mut ro = 0;
