@@ -102,7 +102,13 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
     // application's as seen directly.
     let (mut c1, mut c2) = (0, 0);
     f.C_OpenSession.unwrap()(slot, CKF_SERIAL_SESSION, ptr::null_mut(), None, &mut c1);
-    f.C_OpenSession.unwrap()(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, ptr::null_mut(), None, &mut c2);
+    f.C_OpenSession.unwrap()(
+        slot,
+        CKF_SERIAL_SESSION | CKF_RW_SESSION,
+        ptr::null_mut(),
+        None,
+        &mut c2,
+    );
     let rv = f.C_GetTokenInfo.unwrap()(slot, &mut ti);
     rec(
         "GetTokenInfo(two sessions open)",

@@ -386,3 +386,75 @@ fn openssl_signs_a_file_and_a_csr_with_a_token_key_through_the_engine() {
         "{checked}"
     );
 }
+
+#[test]
+fn pkcs11_tool_pin_management_in_a_row_matches_direct() {
+    // Each pkcs11-tool run is a process that may exit without C_Finalize: its login must not
+    // outlive it (the shim ends its view at exit), or the SO login after it would be refused.
+    let hsm = SoftHsm::new("pins");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("pins");
+    let shim = private_copy(&shim_path(), dir.path());
+    for module in [shim.as_path(), Path::new(SOFTHSM)] {
+        for args in [
+            vec![
+                "--login",
+                "--pin",
+                PIN,
+                "--change-pin",
+                "--pin",
+                PIN,
+                "--new-pin",
+                "24681357",
+            ],
+            vec![
+                "--login",
+                "--pin",
+                "24681357",
+                "--change-pin",
+                "--pin",
+                "24681357",
+                "--new-pin",
+                PIN,
+            ],
+            vec![
+                "--login",
+                "--login-type",
+                "so",
+                "--so-pin",
+                tests::SO_PIN,
+                "--init-pin",
+                "--new-pin",
+                PIN,
+            ],
+            vec![
+                "--login",
+                "--pin",
+                PIN,
+                "--keygen",
+                "--key-type",
+                "AES:32",
+                "--label",
+                "k",
+            ],
+            vec![
+                "--login",
+                "--pin",
+                PIN,
+                "--delete-object",
+                "--type",
+                "secrkey",
+                "--label",
+                "k",
+            ],
+        ] {
+            let out = pkcs11_tool(module, &hsm, &server, &args);
+            assert!(
+                out.status.success(),
+                "{} {args:?}: {}",
+                module.display(),
+                text(&out)
+            );
+        }
+    }
+}

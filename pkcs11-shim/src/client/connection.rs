@@ -130,6 +130,11 @@ impl Connection {
         }
     }
 
+    /// Bounds this connection's reads and writes by `t` from now on.
+    pub fn set_timeouts(&self, t: std::time::Duration) -> std::io::Result<()> {
+        self.reader.get_ref().set_timeouts(t)
+    }
+
     /// A second handle on this connection's socket, to interrupt a call blocked on it.
     pub fn stream_handle(&self) -> std::io::Result<Stream> {
         self.reader.get_ref().try_clone()

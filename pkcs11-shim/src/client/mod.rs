@@ -163,6 +163,18 @@ impl Client {
         r
     }
 
+    /// Sends C_Finalize's request on an idle connection, waiting at most two seconds; nothing
+    /// if no connection is idle (the server then closes the sessions after its grace period).
+    fn say_goodbye(&self) {
+        let Some(mut conn) = self.idle.try_lock().and_then(|mut idle| idle.pop()) else {
+            return;
+        };
+        if conn.is_stale() || conn.set_timeouts(Duration::from_secs(2)).is_err() {
+            return;
+        }
+        let _ = conn.call(&Request::Finalize);
+    }
+
     /// Ends every interruptible wait in progress (at C_Finalize).
     fn interrupt_waits(&self) {
         for (_, stream) in self.waits.lock().drain() {
@@ -203,6 +215,13 @@ pub fn call(request: Request) -> Rv<Response> {
 /// C_Initialize's work once the arguments are checked: read the configuration, connect,
 /// and open this application's view on the server.
 pub fn initialize() -> Rv {
+    // A process that exits without C_Finalize still ends its view on the server at once, so
+    // its sessions and login do not wait out the server's resume grace period.
+    static EXIT_HOOK: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registering a handler with no preconditions; it never unwinds.
+    EXIT_HOOK.call_once(|| unsafe {
+        libc::atexit(finalize_at_exit);
+    });
     let mut slot = CLIENT.write();
     if let Some(c) = &*slot {
         if c.pid == std::process::id() {
@@ -277,6 +296,25 @@ pub fn finalize() -> Rv {
     // delays that; C_Finalize itself succeeds.
     let _ = client.call(Request::Finalize);
     Ok(())
+}
+
+/// At process exit (or when the library is unloaded): C_Finalize's work, if the application
+/// did not do it, over an idle connection with a short timeout. Never blocks on a lock.
+extern "C" fn finalize_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        let Some(mut slot) = CLIENT.try_write() else {
+            return;
+        };
+        let client = match slot.take() {
+            Some(c) if c.pid == std::process::id() => c,
+            other => {
+                *slot = other;
+                return;
+            }
+        };
+        drop(slot);
+        client.say_goodbye();
+    });
 }
 
 /// A new random client id, from getrandom(2).
