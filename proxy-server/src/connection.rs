@@ -2,8 +2,9 @@
 //! instance share (DESIGN.md, "Server semantics").
 //!
 //! An application is known by the 128-bit client id of its handshake. It owns the sessions it
-//! opened: a session handle of another application answers `CKR_SESSION_HANDLE_INVALID`, and
-//! when the application's last connection ends, its sessions are closed.
+//! opened: a session handle of another application answers `CKR_SESSION_HANDLE_INVALID`. When
+//! the application finalises, its sessions are closed; when its last connection ends without
+//! that (a crash, a network cut), they are kept for the resume grace period, then closed.
 
 use std::collections::HashMap;
 use std::io::BufReader;
