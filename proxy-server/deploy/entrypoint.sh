@@ -8,6 +8,8 @@
 #   PKCS11_DAEMON_SOCKET   the address to listen on (old proxy's name)        [tcp://0.0.0.0:2345]
 #   PKCS11_PROXY_CONFIG    a server TOML file (other options)                 [none]
 #   METRICS_LISTEN         Prometheus/health address                          [none]
+#   PKCS11_PROXY_TLS_CERT, PKCS11_PROXY_TLS_KEY, PKCS11_PROXY_TLS_CLIENT_CA
+#                          TLS material for a tls:// PKCS11_DAEMON_SOCKET      [none]
 #   PKCS11_PROXY_SERVER    the server binary                [/usr/local/bin/pkcs11-proxy-server]
 # `healthcheck` as the only argument asks /healthz on METRICS_LISTEN (the image's HEALTHCHECK).
 set -euo pipefail
@@ -46,6 +48,10 @@ case $socket in
     args+=(--allow-plaintext)
     ;;
 esac
+if [ -n "${PKCS11_PROXY_TLS_CERT:-}" ]; then
+  args+=(--tls-cert "$PKCS11_PROXY_TLS_CERT" --tls-key "${PKCS11_PROXY_TLS_KEY:?}" \
+    --tls-client-ca "${PKCS11_PROXY_TLS_CLIENT_CA:?}")
+fi
 if [ -n "${METRICS_LISTEN:-}" ]; then
   args+=(--metrics-listen "$METRICS_LISTEN")
 fi
