@@ -215,3 +215,44 @@ fn systemd_units_verify_and_socket_activation_serves() {
     assert_eq!(proxy.address, format!("tcp://{listen}"));
     serves(&proxy.address, &dir);
 }
+
+#[test]
+fn entrypoint_serves_tls_from_the_environment() {
+    let hsm = SoftHsm::new("entrytls");
+    let dir = TempDir::new("entrytls");
+    let pki = tests::pki::Pki::new(dir.path(), "entry");
+    let (server_id, client_id) = (
+        pki.server("entry-server"),
+        pki.client("entry-client", false),
+    );
+    let server = server_path();
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    let proxy = ProxyServer::start_program(
+        &deploy().join("entrypoint.sh"),
+        &[],
+        &[
+            ("LIBRARY_LOCATION", SOFTHSM),
+            ("PKCS11_DAEMON_SOCKET", "tls://127.0.0.1:0"),
+            ("PKCS11_PROXY_TLS_CERT", server_id.cert.to_str().unwrap()),
+            ("PKCS11_PROXY_TLS_KEY", server_id.key.to_str().unwrap()),
+            ("PKCS11_PROXY_TLS_CLIENT_CA", pki.ca.to_str().unwrap()),
+            ("PKCS11_PROXY_SERVER", server.to_str().unwrap()),
+            ("SOFTHSM2_CONF", &conf),
+        ],
+    );
+    assert!(proxy.address.starts_with("tls://"));
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let (ca, cert, key) = (
+        pki.ca.to_str().unwrap(),
+        client_id.cert.to_str().unwrap(),
+        client_id.key.to_str().unwrap(),
+    );
+    let env = [
+        ("PKCS11_PROXY_SOCKET", proxy.address.as_str()),
+        ("PKCS11_PROXY_TLS_CA", ca),
+        ("PKCS11_PROXY_TLS_CERT", cert),
+        ("PKCS11_PROXY_TLS_KEY", key),
+    ];
+    assert_eq!(with_env(&env, || m.initialize()), CKR_OK);
+    assert_eq!(m.login(m.open_rw(m.first_slot()), PIN), CKR_OK);
+}
