@@ -34,11 +34,15 @@ pub const ULONG: usize = size_of::<CK_ULONG>();
 /// Size of a native `CK_ATTRIBUTE`.
 pub const ATTRIBUTE: usize = size_of::<CK_ATTRIBUTE>();
 
-/// A native `CK_ULONG` as a wire `u64` (lossless on every platform; an identity where
-/// `CK_ULONG` is 64 bits wide).
+/// A native `CK_ULONG` as a wire `u64`, lossless; all ones (CK_UNAVAILABLE_INFORMATION)
+/// stays all ones whatever the platform's width, so the peer can narrow it back.
 #[allow(clippy::useless_conversion)]
 pub fn wire(v: CK_ULONG) -> u64 {
-    u64::from(v)
+    if v == CK_ULONG::MAX {
+        u64::MAX
+    } else {
+        u64::from(v)
+    }
 }
 
 /// A wire `u64` as a native `CK_ULONG`; all ones stays all ones (CK_UNAVAILABLE_INFORMATION),

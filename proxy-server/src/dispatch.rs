@@ -64,23 +64,6 @@ fn version(v: CK_VERSION) -> (u8, u8) {
     (v.major, v.minor)
 }
 
-/// Which family a message-based request belongs to, for the arms shared by two functions.
-enum Kind {
-    Decrypt,
-    Verify,
-    Other,
-}
-
-fn kind_of(request: &Request) -> Kind {
-    match request {
-        Request::DecryptMessage { .. }
-        | Request::DecryptMessageBegin { .. }
-        | Request::DecryptMessageNext { .. } => Kind::Decrypt,
-        Request::VerifyMessageBegin { .. } => Kind::Verify,
-        _ => Kind::Other,
-    }
-}
-
 /// A message-based call's answer: its output and the parameter as the token left it.
 fn message(o: Output, p: &CMsgParam) -> Response {
     Response::Message {
@@ -94,7 +77,6 @@ fn message(o: Output, p: &CMsgParam) -> Response {
 fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV> {
     let b = &shared.backend;
     let f = b.list();
-    let request_kind = kind_of(&request);
     match request {
         // General purpose functions (v2.40 §5.4): the application's own view only. The shim
         // keeps the C_Initialize state; C_Finalize closes the application's sessions.
@@ -775,34 +757,42 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             aad,
             data,
             capacity,
+        } => {
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let o = b.crypt_message(false, s, &mut p, &aad, &data, cap(capacity));
+            Ok(message(o, &p))
         }
-        | Request::DecryptMessage {
+        Request::DecryptMessage {
             session,
             param,
             aad,
             data,
             capacity,
         } => {
-            let decrypt = matches!(request_kind, Kind::Decrypt);
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let o = b.crypt_message(decrypt, s, &mut p, &aad, &data, cap(capacity));
+            let o = b.crypt_message(true, s, &mut p, &aad, &data, cap(capacity));
             Ok(message(o, &p))
         }
         Request::EncryptMessageBegin {
             session,
             param,
             aad,
+        } => {
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let r = b.crypt_message_begin(false, s, &mut p, &aad);
+            Ok(message(Output::rv(r), &p))
         }
-        | Request::DecryptMessageBegin {
+        Request::DecryptMessageBegin {
             session,
             param,
             aad,
         } => {
-            let decrypt = matches!(request_kind, Kind::Decrypt);
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let r = b.crypt_message_begin(decrypt, s, &mut p, &aad);
+            let r = b.crypt_message_begin(true, s, &mut p, &aad);
             Ok(message(Output::rv(r), &p))
         }
         Request::EncryptMessageNext {
@@ -811,19 +801,22 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             data,
             capacity,
             flags,
+        } => {
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let o = b.crypt_message_next(false, s, &mut p, &data, cap(capacity), to_ulong(flags)?);
+            Ok(message(o, &p))
         }
-        | Request::DecryptMessageNext {
+        Request::DecryptMessageNext {
             session,
             param,
             data,
             capacity,
             flags,
         } => {
-            let decrypt = matches!(request_kind, Kind::Decrypt);
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let o =
-                b.crypt_message_next(decrypt, s, &mut p, &data, cap(capacity), to_ulong(flags)?);
+            let o = b.crypt_message_next(true, s, &mut p, &data, cap(capacity), to_ulong(flags)?);
             Ok(message(o, &p))
         }
         Request::SignMessage {
@@ -849,12 +842,16 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let o = b.sign_message(Some(last), s, &mut p, &data, cap(capacity));
             Ok(message(o, &p))
         }
-        Request::SignMessageBegin { session, param }
-        | Request::VerifyMessageBegin { session, param } => {
-            let verify = matches!(request_kind, Kind::Verify);
+        Request::SignMessageBegin { session, param } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let r = b.message_begin(verify, s, &mut p);
+            let r = b.message_begin(false, s, &mut p);
+            Ok(message(Output::rv(r), &p))
+        }
+        Request::VerifyMessageBegin { session, param } => {
+            let s = app.check(session)?;
+            let mut p = CMsgParam::from_wire(&param)?;
+            let r = b.message_begin(true, s, &mut p);
             Ok(message(Output::rv(r), &p))
         }
         Request::VerifyMessage {
@@ -1020,27 +1017,18 @@ fn token_info(i: &CK_TOKEN_INFO) -> TokenInfo {
         model: i.model.to_vec(),
         serial_number: i.serialNumber.to_vec(),
         flags: wire(i.flags),
-        max_session_count: wide(i.ulMaxSessionCount),
-        session_count: wide(i.ulSessionCount),
-        max_rw_session_count: wide(i.ulMaxRwSessionCount),
-        rw_session_count: wide(i.ulRwSessionCount),
-        max_pin_len: wide(i.ulMaxPinLen),
-        min_pin_len: wide(i.ulMinPinLen),
-        total_public_memory: wide(i.ulTotalPublicMemory),
-        free_public_memory: wide(i.ulFreePublicMemory),
-        total_private_memory: wide(i.ulTotalPrivateMemory),
-        free_private_memory: wide(i.ulFreePrivateMemory),
+        max_session_count: wire(i.ulMaxSessionCount),
+        session_count: wire(i.ulSessionCount),
+        max_rw_session_count: wire(i.ulMaxRwSessionCount),
+        rw_session_count: wire(i.ulRwSessionCount),
+        max_pin_len: wire(i.ulMaxPinLen),
+        min_pin_len: wire(i.ulMinPinLen),
+        total_public_memory: wire(i.ulTotalPublicMemory),
+        free_public_memory: wire(i.ulFreePublicMemory),
+        total_private_memory: wire(i.ulTotalPrivateMemory),
+        free_private_memory: wire(i.ulFreePrivateMemory),
         hardware_version: version(i.hardwareVersion),
         firmware_version: version(i.firmwareVersion),
         utc_time: i.utcTime.to_vec(),
-    }
-}
-
-/// A native CK_ULONG on the wire, keeping CK_UNAVAILABLE_INFORMATION as all ones.
-fn wide(v: CK_ULONG) -> u64 {
-    if v == CK_UNAVAILABLE_INFORMATION {
-        u64::MAX
-    } else {
-        wire(v)
     }
 }

@@ -194,11 +194,15 @@ fn value_from_bytes(kind: Kind, b: &[u8]) -> AttrValue {
     }
 }
 
-/// A native `CK_ULONG` as a wire `u64` (lossless on every platform; an identity where
-/// `CK_ULONG` is 64 bits wide).
+/// A native `CK_ULONG` as a wire `u64`, lossless; all ones (CK_UNAVAILABLE_INFORMATION)
+/// stays all ones whatever the platform's width, so the peer can narrow it back.
 #[allow(clippy::useless_conversion)]
 pub fn wire(v: CK_ULONG) -> u64 {
-    u64::from(v)
+    if v == CK_ULONG::MAX {
+        u64::MAX
+    } else {
+        u64::from(v)
+    }
 }
 
 /// A wire u64 as a CK_ULONG; `u64::MAX` (CK_UNAVAILABLE_INFORMATION) maps to the native all-ones.
