@@ -51,6 +51,16 @@
 /* Longest wait for one call's answer in milliseconds (default 300000). */
 #define PKCS11_PROXY_ENV_CALL_TIMEOUT_MS "PKCS11_PROXY_CALL_TIMEOUT_MS"
 
+/* How long a call keeps trying to reach a server before CKR_DEVICE_ERROR, in milliseconds
+ * (default 10000; 0 fails at once). */
+#define PKCS11_PROXY_ENV_RECONNECT_MS "PKCS11_PROXY_RECONNECT_MS"
+
+/* Transparent recovery after a server restart or failover: "on" (default) or "off". */
+#define PKCS11_PROXY_ENV_RECOVERY "PKCS11_PROXY_RECOVERY"
+
+/* Keep the login PIN in memory (zeroized at C_Finalize) for recovery: "on" (default), "off". */
+#define PKCS11_PROXY_ENV_KEEP_PIN "PKCS11_PROXY_KEEP_PIN"
+
 /* Server side: the address of the compatible command line `pkcs11-proxy-server LIB [-]`. */
 #define PKCS11_PROXY_ENV_DAEMON_SOCKET "PKCS11_DAEMON_SOCKET"
 

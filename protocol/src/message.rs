@@ -62,6 +62,159 @@ impl Request {
         )
     }
 
+    /// Whether this request may have changed the token (objects, PINs, the token itself): a
+    /// request whose answer was lost is then never sent again, even to a new server, since the
+    /// first one may have done its work before the server went away. Everything else only
+    /// touches state the lost server held (sessions, logins, operations) or reads.
+    pub fn changes_token(&self) -> bool {
+        matches!(
+            self,
+            Request::InitToken { .. }
+                | Request::InitPin { .. }
+                | Request::SetPin { .. }
+                | Request::CreateObject { .. }
+                | Request::CopyObject { .. }
+                | Request::DestroyObject { .. }
+                | Request::SetAttributeValue { .. }
+                | Request::GenerateKey { .. }
+                | Request::GenerateKeyPair { .. }
+                | Request::UnwrapKey { .. }
+                | Request::DeriveKey { .. }
+        )
+    }
+
+    /// The session handle this request names, if any.
+    pub fn session_mut(&mut self) -> Option<&mut u64> {
+        use Request::*;
+        match self {
+            Initialize
+            | Finalize
+            | GetInfo
+            | GetSlotList { .. }
+            | GetSlotInfo { .. }
+            | GetTokenInfo { .. }
+            | WaitForSlotEvent { .. }
+            | GetMechanismList { .. }
+            | GetMechanismInfo { .. }
+            | InitToken { .. }
+            | OpenSession { .. }
+            | CloseAllSessions { .. } => None,
+            GetFunctionStatus { session }
+            | CancelFunction { session }
+            | InitPin { session, .. }
+            | SetPin { session, .. }
+            | CloseSession { session }
+            | GetSessionInfo { session }
+            | GetOperationState { session, .. }
+            | SetOperationState { session, .. }
+            | Login { session, .. }
+            | Logout { session }
+            | CreateObject { session, .. }
+            | CopyObject { session, .. }
+            | DestroyObject { session, .. }
+            | GetObjectSize { session, .. }
+            | GetAttributeValue { session, .. }
+            | SetAttributeValue { session, .. }
+            | FindObjectsInit { session, .. }
+            | FindObjects { session, .. }
+            | FindObjectsFinal { session }
+            | EncryptInit { session, .. }
+            | Encrypt { session, .. }
+            | EncryptUpdate { session, .. }
+            | EncryptFinal { session, .. }
+            | DecryptInit { session, .. }
+            | Decrypt { session, .. }
+            | DecryptUpdate { session, .. }
+            | DecryptFinal { session, .. }
+            | DigestInit { session, .. }
+            | Digest { session, .. }
+            | DigestUpdate { session, .. }
+            | DigestKey { session, .. }
+            | DigestFinal { session, .. }
+            | SignInit { session, .. }
+            | Sign { session, .. }
+            | SignUpdate { session, .. }
+            | SignFinal { session, .. }
+            | SignRecoverInit { session, .. }
+            | SignRecover { session, .. }
+            | VerifyInit { session, .. }
+            | Verify { session, .. }
+            | VerifyUpdate { session, .. }
+            | VerifyFinal { session, .. }
+            | VerifyRecoverInit { session, .. }
+            | VerifyRecover { session, .. }
+            | DigestEncryptUpdate { session, .. }
+            | DecryptDigestUpdate { session, .. }
+            | SignEncryptUpdate { session, .. }
+            | DecryptVerifyUpdate { session, .. }
+            | GenerateKey { session, .. }
+            | GenerateKeyPair { session, .. }
+            | WrapKey { session, .. }
+            | UnwrapKey { session, .. }
+            | DeriveKey { session, .. }
+            | SeedRandom { session, .. }
+            | GenerateRandom { session, .. }
+            | LoginUser { session, .. }
+            | SessionCancel { session, .. }
+            | MessageEncryptInit { session, .. }
+            | EncryptMessage { session, .. }
+            | EncryptMessageBegin { session, .. }
+            | EncryptMessageNext { session, .. }
+            | MessageEncryptFinal { session }
+            | MessageDecryptInit { session, .. }
+            | DecryptMessage { session, .. }
+            | DecryptMessageBegin { session, .. }
+            | DecryptMessageNext { session, .. }
+            | MessageDecryptFinal { session }
+            | MessageSignInit { session, .. }
+            | SignMessage { session, .. }
+            | SignMessageBegin { session, .. }
+            | SignMessageNext { session, .. }
+            | MessageSignFinal { session }
+            | MessageVerifyInit { session, .. }
+            | VerifyMessage { session, .. }
+            | VerifyMessageBegin { session, .. }
+            | VerifyMessageNext { session, .. }
+            | MessageVerifyFinal { session } => Some(session),
+        }
+    }
+
+    /// The object handles this request names (at most two: C_WrapKey's keys, C_SetOperationState's
+    /// keys). A mechanism parameter that is itself a handle (CKM_CONCATENATE_BASE_AND_KEY)
+    /// travels as bytes and is not included.
+    pub fn object_handles_mut(&mut self) -> [Option<&mut u64>; 2] {
+        use Request::*;
+        match self {
+            SetOperationState {
+                encryption_key,
+                authentication_key,
+                ..
+            } => [Some(encryption_key), Some(authentication_key)],
+            WrapKey {
+                wrapping_key, key, ..
+            } => [Some(wrapping_key), Some(key)],
+            CopyObject { object, .. }
+            | DestroyObject { object, .. }
+            | GetObjectSize { object, .. }
+            | GetAttributeValue { object, .. }
+            | SetAttributeValue { object, .. } => [Some(object), None],
+            EncryptInit { key, .. }
+            | DecryptInit { key, .. }
+            | DigestKey { key, .. }
+            | SignInit { key, .. }
+            | SignRecoverInit { key, .. }
+            | VerifyInit { key, .. }
+            | VerifyRecoverInit { key, .. }
+            | MessageEncryptInit { key, .. }
+            | MessageDecryptInit { key, .. }
+            | MessageSignInit { key, .. }
+            | MessageVerifyInit { key, .. } => [Some(key), None],
+            UnwrapKey { unwrapping_key, .. } => [Some(unwrapping_key), None],
+            DeriveKey { base_key, .. } => [Some(base_key), None],
+            _ => [None, None],
+        }
+    }
+
     /// Whether this request carries a PIN (its frame is wiped after use).
     pub fn carries_secret(&self) -> bool {
         matches!(

@@ -343,3 +343,30 @@ pub fn direct_context(hsm: &SoftHsm) -> cryptoki::context::Pkcs11 {
     .expect("C_Initialize of SoftHSM2");
     ctx
 }
+
+/// Builds the Go program in `tests/go/fabric` (Fabric's BCCSP sequence with miekg/pkcs11)
+/// into `dir` with Debian's golang and golang-github-miekg-pkcs11-dev (GOPATH mode, no module
+/// download).
+pub fn build_go_fabric(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/fabric");
+    let exe = dir.join("fabric");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(".")
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", dir.join("gocache"))
+        .output()
+        .expect("go (Debian packages golang, golang-github-miekg-pkcs11-dev) must be installed");
+    assert!(
+        out.status.success(),
+        "go build: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}

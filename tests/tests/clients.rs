@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use tests::{private_copy, shim_path, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM};
+use tests::{
+    build_go_fabric, private_copy, shim_path, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM,
+};
 
 fn pkcs11_tool(module: &Path, hsm: &SoftHsm, server: &ProxyServer, args: &[&str]) -> Output {
     Command::new("pkcs11-tool")
@@ -139,33 +141,12 @@ fn pkcs11_tool_test_and_listings_match_direct() {
     );
 }
 
-/// Builds the Go program in `tests/go/fabric` with Debian's golang and miekg/pkcs11 (GOPATH
-/// mode, no module download).
-fn build_fabric_program(dir: &Path) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/fabric");
-    let exe = dir.join("fabric");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&exe)
-        .arg(".")
-        .current_dir(&src)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .env("GOCACHE", dir.join("gocache"))
-        .output()
-        .expect("go (Debian packages golang, golang-github-miekg-pkcs11-dev) must be installed");
-    assert!(out.status.success(), "go build: {}", text(&out));
-    exe
-}
-
 #[test]
 fn fabric_bccsp_sequence_with_go_miekg_pkcs11() {
     let hsm = SoftHsm::new("fabric");
     let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
     let dir = TempDir::new("fabric");
-    let program = build_fabric_program(dir.path());
+    let program = build_go_fabric(dir.path());
     let shim = private_copy(&shim_path(), dir.path());
     for module in [Path::new(SOFTHSM), shim.as_path()] {
         let out = Command::new(&program)

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use tests::raw::RawModule;
-use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM};
+use tests::{
+    build_go_fabric, private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM,
+};
 
 /// A TCP relay between clients and the server, whose connections can be cut (a network blip).
 struct Relay {
@@ -168,8 +170,17 @@ struct Tally {
     ok: AtomicU64,
     errors: AtomicU64,
     evictions: AtomicU64,
+    /// The return values of the errors, for the report.
+    codes: Mutex<Vec<(&'static str, CK_RV)>>,
     /// Milliseconds since the start of the first success after `mark`.
     first_ok_after_mark: AtomicU64,
+}
+
+impl Tally {
+    fn error(&self, what: &'static str, rv: CK_RV) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.codes.lock().unwrap().push((what, rv));
+    }
 }
 
 /// Threads that sign in a loop with Fabric's session rules until `deadline`: a pooled session
@@ -204,13 +215,13 @@ fn fabric_loop(
                                 )
                             };
                             if rv != CKR_OK {
-                                tally.errors.fetch_add(1, Ordering::Relaxed);
+                                tally.error("C_OpenSession", rv);
                                 std::thread::sleep(Duration::from_millis(20));
                                 continue;
                             }
                             let rv = m.login(s, PIN);
                             if rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN {
-                                tally.errors.fetch_add(1, Ordering::Relaxed);
+                                tally.error("C_Login", rv);
                             }
                             s
                         }
@@ -235,7 +246,7 @@ fn fabric_loop(
                         // SAFETY: closing a stale handle is harmless.
                         unsafe { f.C_CloseSession.unwrap()(s) };
                     } else {
-                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                        tally.error("signing", rv);
                         pooled = Some(s);
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -278,13 +289,23 @@ fn a_network_blip_loses_nothing_not_even_an_operation_in_progress() {
     assert!(server.log_contains("application resumed"));
 }
 
-#[test]
-fn a_fabric_like_load_recovers_by_itself_after_the_server_is_killed_and_restarted() {
-    let hsm = SoftHsm::new("restart");
-    let dir = TempDir::new("restart");
+/// What a Fabric-like load saw across a SIGKILL and restart of its server.
+struct RestartOutcome {
+    signatures: u64,
+    errors: u64,
+    evictions: u64,
+    /// From the restart to the first signature after it.
+    recovery_ms: u64,
+}
+
+fn fabric_load_across_a_restart(tag: &str, shim_env: &[(&str, &str)]) -> RestartOutcome {
+    let hsm = SoftHsm::new(tag);
+    let dir = TempDir::new(tag);
     let address = format!("unix://{}", dir.path().join("p.sock").display());
     let mut first = ProxyServer::start(&hsm, &address);
-    let m = client(&address, &dir, &[("PKCS11_PROXY_CALL_TIMEOUT_MS", "3000")]);
+    let mut env = vec![("PKCS11_PROXY_CALL_TIMEOUT_MS", "3000")];
+    env.extend_from_slice(shim_env);
+    let m = client(&address, &dir, &env);
     make_token_key(&m);
     let start = Instant::now();
     let mark = AtomicU64::new(0);
@@ -305,18 +326,34 @@ fn a_fabric_like_load_recovers_by_itself_after_the_server_is_killed_and_restarte
     });
     let restarted = restarted_at.lock().unwrap().unwrap().as_millis() as u64;
     let first_ok = tally.first_ok_after_mark.load(Ordering::Relaxed);
-    let recovery = first_ok.saturating_sub(restarted);
-    println!(
-        "signatures {}, errors seen by the application {}, evicted sessions {}, recovery {} ms after the restart",
-        tally.ok.load(Ordering::Relaxed),
-        tally.errors.load(Ordering::Relaxed),
-        tally.evictions.load(Ordering::Relaxed),
-        recovery
-    );
     assert!(first_ok > 0, "never signed again after the restart");
-    assert!(recovery < 2000, "recovery took {recovery} ms");
+    let outcome = RestartOutcome {
+        signatures: tally.ok.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
+        evictions: tally.evictions.load(Ordering::Relaxed),
+        recovery_ms: first_ok.saturating_sub(restarted),
+    };
+    println!(
+        "{tag}: signatures {}, errors seen by the application {} {:x?}, evicted sessions {}, first signature {} ms after the restart",
+        outcome.signatures, outcome.errors, tally.codes.lock().unwrap(), outcome.evictions, outcome.recovery_ms
+    );
+    outcome
+}
+
+#[test]
+fn a_fabric_like_load_sees_no_error_when_the_server_is_killed_and_restarted() {
+    let o = fabric_load_across_a_restart("restart", &[]);
+    assert_eq!(o.errors, 0, "errors seen by the application");
+    assert_eq!(o.evictions, 0, "sessions evicted by the application");
+    assert!(o.recovery_ms < 2000, "recovery took {} ms", o.recovery_ms);
+}
+
+#[test]
+fn with_recovery_off_a_fabric_like_load_recovers_by_evicting_its_sessions() {
+    let o = fabric_load_across_a_restart("restart-off", &[("PKCS11_PROXY_RECOVERY", "off")]);
+    assert!(o.recovery_ms < 2000, "recovery took {} ms", o.recovery_ms);
     assert!(
-        tally.evictions.load(Ordering::Relaxed) > 0,
+        o.evictions > 0,
         "stale sessions answered 0xB* (Fabric's eviction rule)"
     );
 }
@@ -346,9 +383,13 @@ fn calls_fail_over_to_the_second_server() {
     let first_ok = tally.first_ok_after_mark.load(Ordering::Relaxed);
     assert!(first_ok > 0, "no signature on the second server");
     println!(
-        "failover: first signature {} ms after the kill",
-        first_ok - mark.load(Ordering::Relaxed)
+        "failover: first signature {} ms after the kill, errors {}, evictions {}",
+        first_ok - mark.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.evictions.load(Ordering::Relaxed)
     );
+    assert_eq!(tally.errors.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.evictions.load(Ordering::Relaxed), 0);
 }
 
 #[test]
@@ -423,10 +464,16 @@ fn a_frozen_server_never_hangs_the_application() {
     let hsm = SoftHsm::new("frozen");
     let dir = TempDir::new("frozen");
     let mut server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    // The call waits 1 s for its answer, then up to 1 s for a server to connect to (each
+    // attempt bounded by the 500 ms connect timeout: the frozen server's kernel still accepts).
     let m = client(
         &server.address,
         &dir,
-        &[("PKCS11_PROXY_CALL_TIMEOUT_MS", "1000")],
+        &[
+            ("PKCS11_PROXY_CALL_TIMEOUT_MS", "1000"),
+            ("PKCS11_PROXY_RECONNECT_MS", "1000"),
+            ("PKCS11_PROXY_CONNECT_TIMEOUT_MS", "500"),
+        ],
     );
     make_token_key(&m);
     let s = m.open_rw(m.first_slot());
@@ -437,6 +484,304 @@ fn a_frozen_server_never_hangs_the_application() {
     let took = started.elapsed();
     server.signal(libc::SIGCONT);
     assert_eq!(rv, CKR_DEVICE_ERROR);
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
     server.kill();
+}
+
+/// The one object of `class` with CKA_ID `KEY_ID`.
+fn find_key(m: &RawModule, s: CK_SESSION_HANDLE, class: CK_OBJECT_CLASS) -> CK_OBJECT_HANDLE {
+    let f = m.f();
+    let class = class.to_ne_bytes();
+    let mut t = [attr(CKA_CLASS, &class), attr(CKA_ID, KEY_ID)];
+    let (mut key, mut n) = (0, 0);
+    // SAFETY: valid template and out pointers.
+    unsafe {
+        assert_eq!(f.C_FindObjectsInit.unwrap()(s, t.as_mut_ptr(), 2), CKR_OK);
+        assert_eq!(f.C_FindObjects.unwrap()(s, &mut key, 1, &mut n), CKR_OK);
+        assert_eq!(f.C_FindObjectsFinal.unwrap()(s), CKR_OK);
+    }
+    assert_eq!(n, 1);
+    key
+}
+
+fn ecdsa() -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: CKM_ECDSA,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    }
+}
+
+fn unix_address(dir: &TempDir) -> String {
+    format!("unix://{}", dir.path().join("p.sock").display())
+}
+
+#[test]
+fn a_restart_keeps_handles_logins_token_objects_and_initialised_operations() {
+    let hsm = SoftHsm::new("replay");
+    let dir = TempDir::new("replay");
+    let address = unix_address(&dir);
+    let mut server = ProxyServer::start(&hsm, &address);
+    let m = client(&address, &dir, &[]);
+    make_token_key(&m);
+    let f = m.f();
+    let slot = m.first_slot();
+    let (s, s2) = (m.open_rw(slot), m.open_rw(slot));
+    let key = find_key(&m, s, CKO_PRIVATE_KEY);
+    let public = find_key(&m, s, CKO_PUBLIC_KEY);
+    let label = b"session object";
+    let data_class = CKO_DATA.to_ne_bytes();
+    let fals = [CK_FALSE];
+    let mut data_t = [
+        attr(CKA_CLASS, &data_class),
+        attr(CKA_LABEL, label),
+        attr(CKA_TOKEN, &fals),
+    ];
+    let mut session_object = 0;
+    let mut sha = CK_MECHANISM {
+        mechanism: CKM_SHA256,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    // SAFETY: valid arguments throughout.
+    unsafe {
+        assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK);
+        assert_eq!(f.C_DigestInit.unwrap()(s2, &mut sha), CKR_OK);
+        assert_eq!(
+            f.C_DigestUpdate.unwrap()(s2, b"abc".as_ptr() as *mut u8, 3),
+            CKR_OK
+        );
+        assert_eq!(
+            f.C_CreateObject.unwrap()(s2, data_t.as_mut_ptr(), 3, &mut session_object),
+            CKR_OK
+        );
+    }
+
+    server.kill();
+    let _server = ProxyServer::start(&hsm, &address);
+
+    // SAFETY: valid arguments throughout.
+    unsafe {
+        // The same session handle, logged in again.
+        let mut info = CK_SESSION_INFO::default();
+        assert_eq!(f.C_GetSessionInfo.unwrap()(s, &mut info), CKR_OK);
+        assert_eq!(info.state, CKS_RW_USER_FUNCTIONS);
+        // The signing operation initialised before the restart: Fabric's two-call C_Sign.
+        let digest = [7u8; 32];
+        let mut len: CK_ULONG = 0;
+        assert_eq!(
+            f.C_Sign.unwrap()(s, digest.as_ptr() as *mut u8, 32, ptr::null_mut(), &mut len),
+            CKR_OK
+        );
+        let mut sig = vec![0u8; len as usize];
+        assert_eq!(
+            f.C_Sign.unwrap()(
+                s,
+                digest.as_ptr() as *mut u8,
+                32,
+                sig.as_mut_ptr(),
+                &mut len
+            ),
+            CKR_OK
+        );
+        // The token public key's old handle, found again, verifies it.
+        assert_eq!(f.C_VerifyInit.unwrap()(s, &mut ecdsa(), public), CKR_OK);
+        assert_eq!(
+            f.C_Verify.unwrap()(s, digest.as_ptr() as *mut u8, 32, sig.as_mut_ptr(), len),
+            CKR_OK
+        );
+        // The same key handles as before: a new search hands out the same numbers.
+        assert_eq!(find_key(&m, s, CKO_PRIVATE_KEY), key);
+        // A digest that had taken data cannot be rebuilt; a session object is gone.
+        let mut out = [0u8; 32];
+        let mut out_len: CK_ULONG = 32;
+        assert_eq!(
+            f.C_DigestFinal.unwrap()(s2, out.as_mut_ptr(), &mut out_len),
+            CKR_OPERATION_NOT_INITIALIZED
+        );
+        let mut q = [CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        }];
+        assert_eq!(
+            f.C_GetAttributeValue.unwrap()(s2, session_object, q.as_mut_ptr(), 1),
+            CKR_OBJECT_HANDLE_INVALID
+        );
+        // The second session works for new operations.
+        assert_eq!(f.C_DigestInit.unwrap()(s2, &mut sha), CKR_OK);
+        assert_eq!(
+            f.C_Digest.unwrap()(
+                s2,
+                b"abc".as_ptr() as *mut u8,
+                3,
+                out.as_mut_ptr(),
+                &mut out_len
+            ),
+            CKR_OK
+        );
+        assert_eq!(&out[..4], &[0xba, 0x78, 0x16, 0xbf]);
+    }
+}
+
+/// Runs `call` while `server` is frozen (so the request is sent and never answered), kills
+/// it 300 ms later and starts a new one on `address`; returns the call's answer and the new
+/// server.
+fn answer_lost_to_a_restart(
+    hsm: &SoftHsm,
+    address: &str,
+    mut server: ProxyServer,
+    call: impl FnOnce() -> CK_RV + Send,
+) -> (CK_RV, ProxyServer) {
+    server.signal(libc::SIGSTOP);
+    std::thread::scope(|scope| {
+        let call = scope.spawn(call);
+        std::thread::sleep(Duration::from_millis(300));
+        server.kill();
+        let restarted = ProxyServer::start(hsm, address);
+        (call.join().unwrap(), restarted)
+    })
+}
+
+#[test]
+fn a_lost_answer_is_resent_only_when_the_call_cannot_have_changed_the_token() {
+    let hsm = SoftHsm::new("lost");
+    let dir = TempDir::new("lost");
+    let address = unix_address(&dir);
+    let server = ProxyServer::start(&hsm, &address);
+    let m = client(&address, &dir, &[("PKCS11_PROXY_CALL_TIMEOUT_MS", "1000")]);
+    make_token_key(&m);
+    let f = m.f();
+    let slot = m.first_slot();
+    let (s, s2) = (m.open_rw(slot), m.open_rw(slot));
+    let key = find_key(&m, s, CKO_PRIVATE_KEY);
+    // SAFETY: valid arguments.
+    unsafe { assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK) };
+    let label = b"created once";
+    let data_class = CKO_DATA.to_ne_bytes();
+    let tru = [CK_TRUE];
+    // Each call is sent to a server that has stopped answering; the server is then killed
+    // and a new one started before the answer is given up on.
+    let (signed, server) = answer_lost_to_a_restart(&hsm, &address, server, || {
+        let digest = [7u8; 32];
+        let mut sig = [0u8; 128];
+        let mut len: CK_ULONG = 128;
+        // SAFETY: valid buffers.
+        unsafe {
+            f.C_Sign.unwrap()(
+                s,
+                digest.as_ptr() as *mut u8,
+                32,
+                sig.as_mut_ptr(),
+                &mut len,
+            )
+        }
+    });
+    let (created, _server) = answer_lost_to_a_restart(&hsm, &address, server, || {
+        let mut t = [
+            attr(CKA_CLASS, &data_class),
+            attr(CKA_LABEL, label),
+            attr(CKA_TOKEN, &tru),
+        ];
+        let mut h = 0;
+        // SAFETY: valid template and out pointer.
+        unsafe { f.C_CreateObject.unwrap()(s2, t.as_mut_ptr(), 3, &mut h) }
+    });
+    // Signing changes nothing: resent on the new server after its C_SignInit was replayed.
+    assert_eq!(signed, CKR_OK);
+    // Creating may have happened before the server went away: never done twice.
+    assert_eq!(created, CKR_FUNCTION_FAILED);
+    // It had not happened (the server was stopped): no object with that label.
+    let mut t = [attr(CKA_LABEL, label)];
+    let mut found = [0; 4];
+    let mut n = 0;
+    // SAFETY: valid template and buffers.
+    unsafe {
+        assert_eq!(f.C_FindObjectsInit.unwrap()(s2, t.as_mut_ptr(), 1), CKR_OK);
+        assert_eq!(
+            f.C_FindObjects.unwrap()(s2, found.as_mut_ptr(), 4, &mut n),
+            CKR_OK
+        );
+        assert_eq!(f.C_FindObjectsFinal.unwrap()(s2), CKR_OK);
+    }
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn without_kept_pins_logged_in_sessions_are_lost_and_public_ones_come_back() {
+    let hsm = SoftHsm::new("nopin");
+    let dir = TempDir::new("nopin");
+    let address = unix_address(&dir);
+    let mut server = ProxyServer::start(&hsm, &address);
+    let m = client(&address, &dir, &[("PKCS11_PROXY_KEEP_PIN", "off")]);
+    let f = m.f();
+    let slot = m.first_slot();
+    let public = m.open_rw(slot);
+    let mut info = CK_SESSION_INFO::default();
+    server.kill();
+    server = ProxyServer::start(&hsm, &address);
+    // SAFETY: valid out pointers throughout.
+    unsafe {
+        // Not logged in: reopened as it was.
+        assert_eq!(f.C_GetSessionInfo.unwrap()(public, &mut info), CKR_OK);
+        assert_eq!(info.state, CKS_RW_PUBLIC_SESSION);
+        assert_eq!(m.login(public, PIN), CKR_OK);
+        server.kill();
+        let _server = ProxyServer::start(&hsm, &address);
+        // Logged in, PIN not kept: lost, with Fabric's eviction code.
+        assert_eq!(
+            f.C_GetSessionInfo.unwrap()(public, &mut info),
+            CKR_SESSION_HANDLE_INVALID
+        );
+        assert_eq!(
+            f.C_CloseSession.unwrap()(public),
+            CKR_SESSION_HANDLE_INVALID
+        );
+        let new = m.open_rw(slot);
+        assert_eq!(m.login(new, PIN), CKR_OK);
+        assert_eq!(f.C_GetSessionInfo.unwrap()(new, &mut info), CKR_OK);
+        assert_eq!(info.state, CKS_RW_USER_FUNCTIONS);
+    }
+}
+
+#[test]
+fn a_go_miekg_fabric_load_sees_no_error_when_the_server_is_killed_and_restarted() {
+    let hsm = SoftHsm::new("gorestart");
+    let dir = TempDir::new("gorestart");
+    let address = unix_address(&dir);
+    let mut server = ProxyServer::start(&hsm, &address);
+    let program = build_go_fabric(dir.path());
+    let mut go = Command::new(&program)
+        .arg(private_copy(&shim_path(), dir.path()))
+        .args([&hsm.label, PIN])
+        .env("PKCS11_PROXY_SOCKET", &address)
+        .env("FABRIC_LOOP_MS", "4000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(go.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        assert!(!line.starts_with("FAIL"), "{line}");
+        if line == "looping" {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let _server = ProxyServer::start(&hsm, &address);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(go.wait().unwrap().success(), "{rest:?}");
+    let summary = rest.last().expect("a summary line");
+    println!("go/miekg across a restart: {summary}");
+    assert!(summary.starts_with("loop: "), "{rest:?}");
+    let count = |key: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap()
+    };
+    assert_eq!((count("errors"), count("evictions")), (0, 0), "{rest:?}");
+    assert!(count("late") > 0, "signing after the restart");
 }

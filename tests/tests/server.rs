@@ -193,12 +193,22 @@ fn failover_to_the_next_address() {
 }
 
 #[test]
-fn after_a_server_restart_stale_sessions_are_invalid_and_new_ones_work() {
+fn with_recovery_off_stale_sessions_are_invalid_after_a_restart_and_new_ones_work() {
     let hsm = SoftHsm::new("restart");
     let dir = TempDir::new("restart");
     let address = format!("unix://{}", dir.path().join("p.sock").display());
     let mut first = ProxyServer::start(&hsm, &address);
-    let m = client(&address, &dir);
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(
+            &[
+                ("PKCS11_PROXY_SOCKET", &address),
+                ("PKCS11_PROXY_RECOVERY", "off")
+            ],
+            || m.initialize()
+        ),
+        CKR_OK
+    );
     let slot = m.first_slot();
     let old = m.open_rw(slot);
     assert_eq!(m.login(old, PIN), CKR_OK);
@@ -214,6 +224,14 @@ fn after_a_server_restart_stale_sessions_are_invalid_and_new_ones_work() {
     );
     let new = m.open_rw(slot);
     assert_eq!(m.login(new, PIN), CKR_OK);
+    // The new server numbers its sessions from 1 again: the application's stale handle never
+    // names the new session.
+    assert_ne!(new, old);
+    // SAFETY: valid out pointer.
+    assert_eq!(
+        unsafe { m.f().C_GetSessionInfo.unwrap()(old, &mut info) },
+        CKR_SESSION_HANDLE_INVALID
+    );
 }
 
 #[test]

@@ -23,6 +23,15 @@ pub const ENV_CONNECT_TIMEOUT_MS: &str = "PKCS11_PROXY_CONNECT_TIMEOUT_MS";
 /// Longest wait for one call's answer in milliseconds (default 300000: slow HSM key
 /// generation, e.g. RSA 4096, must fit).
 pub const ENV_CALL_TIMEOUT_MS: &str = "PKCS11_PROXY_CALL_TIMEOUT_MS";
+/// How long a call keeps trying to reach a server (restarting, failing over) before it
+/// answers CKR_DEVICE_ERROR, in milliseconds (default 10000; 0: fail at once).
+pub const ENV_RECONNECT_MS: &str = "PKCS11_PROXY_RECONNECT_MS";
+/// Transparent recovery after a server restart or failover: `on` (default) or `off` (the
+/// application's sessions then answer CKR_SESSION_HANDLE_INVALID).
+pub const ENV_RECOVERY: &str = "PKCS11_PROXY_RECOVERY";
+/// Whether the PIN given to C_Login is kept in memory (zeroized at C_Finalize) to log in again
+/// on a new server: `on` (default) or `off` (sessions of a logged-in slot are then lost).
+pub const ENV_KEEP_PIN: &str = "PKCS11_PROXY_KEEP_PIN";
 /// The CA that signed the server's certificate (PEM), for `tls://` addresses.
 pub const ENV_TLS_CA: &str = "PKCS11_PROXY_TLS_CA";
 /// This client's certificate (PEM), presented to the server.
@@ -41,6 +50,9 @@ struct FileConfig {
     socket: Option<String>,
     connect_timeout_ms: Option<u64>,
     call_timeout_ms: Option<u64>,
+    reconnect_ms: Option<u64>,
+    recovery: Option<String>,
+    keep_pin: Option<String>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -54,6 +66,12 @@ pub struct Config {
     pub addresses: Vec<Address>,
     pub connect_timeout: Duration,
     pub call_timeout: Duration,
+    /// How long a call waits for a server to answer a connection again.
+    pub reconnect_window: Duration,
+    /// Transparent recovery on a new server instance.
+    pub recovery: bool,
+    /// Keep the login PIN for recovery.
+    pub keep_pin: bool,
     /// The TLS configuration, when an address is `tls://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub log_level: LogLevel,
@@ -81,6 +99,14 @@ fn millis(var: &str, file: Option<u64>, default: u64) -> Result<Duration, String
         return Err(format!("{var}: the timeout must be positive"));
     }
     Ok(Duration::from_millis(ms))
+}
+
+fn switch(var: &str, file: Option<String>) -> Result<bool, String> {
+    match env(var)?.or(file).as_deref().map(str::trim) {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(format!("{var}: `{other}` is neither `on` nor `off`")),
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {
@@ -131,6 +157,14 @@ impl Config {
             addresses,
             connect_timeout: millis(ENV_CONNECT_TIMEOUT_MS, file.connect_timeout_ms, 5_000)?,
             call_timeout: millis(ENV_CALL_TIMEOUT_MS, file.call_timeout_ms, 300_000)?,
+            reconnect_window: match env(ENV_RECONNECT_MS)? {
+                Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|_| {
+                    format!("{ENV_RECONNECT_MS}: `{v}` is not a number of milliseconds")
+                })?),
+                None => Duration::from_millis(file.reconnect_ms.unwrap_or(10_000)),
+            },
+            recovery: switch(ENV_RECOVERY, file.recovery)?,
+            keep_pin: switch(ENV_KEEP_PIN, file.keep_pin)?,
             tls,
             log_level,
             log_target,

@@ -46,6 +46,10 @@ fn tcp_connect(host: &str, port: u16, config: &Config) -> Result<TcpStream, Stri
 /// A connected, handshaken connection with its reusable buffers.
 pub struct Connection {
     reader: BufReader<Stream>,
+    /// The server's instance id (new at every server start), from the handshake.
+    instance: [u8; 16],
+    /// The journal's epoch when this connection was opened (see `Journal::epoch`).
+    pub journal_epoch: u64,
     out: Vec<u8>,
     frame: Vec<u8>,
     scratch: Vec<u8>,
@@ -87,11 +91,13 @@ impl Connection {
             .map_err(|e| e.to_string())?;
         let mut conn = Self {
             reader: BufReader::with_capacity(16 * 1024, stream),
+            instance: [0; 16],
+            journal_epoch: 0,
             out: Vec::new(),
             frame: Vec::new(),
             scratch: Vec::new(),
         };
-        conn.handshake(client_id).map_err(|e| e.to_string())?;
+        conn.instance = conn.handshake(client_id).map_err(|e| e.to_string())?;
         conn.reader
             .get_ref()
             .set_timeouts(config.call_timeout)
@@ -128,6 +134,11 @@ impl Connection {
             -1 => std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock,
             _ => true,
         }
+    }
+
+    /// The id of the server instance this connection reached.
+    pub fn instance(&self) -> [u8; 16] {
+        self.instance
     }
 
     /// Bounds this connection's reads and writes by `t` from now on.

@@ -7,7 +7,9 @@
 
 pub mod config;
 mod connection;
+mod journal;
 pub mod log;
+mod recovery;
 mod tls;
 
 use std::collections::HashMap;
@@ -22,11 +24,15 @@ use protocol::stream::Stream;
 
 use self::config::Config;
 use self::connection::Connection;
+use self::journal::{InstanceId, Journal, Shimmed};
 use crate::ffi::Rv;
+
+/// Sends of one request at most: the first, and resends after lost answers.
+const MAX_SENDS: usize = 3;
 
 /// First and longest wait between reconnection attempts while no server answers.
 const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(50);
-const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(1);
+const RECONNECT_MAX_WAIT: Duration = Duration::from_millis(250);
 
 /// Idle connections kept for reuse; more may be open while busy.
 const MAX_IDLE: usize = 64;
@@ -47,6 +53,8 @@ pub struct Client {
     /// The process that called C_Initialize: a forked child must initialise again.
     pid: u32,
     idle: Mutex<Vec<Connection>>,
+    /// The application's sessions, objects, logins and operations, with the shim's handles.
+    journal: Mutex<Journal>,
     /// The mechanism of each session's message-based operation, which fixes the layout of
     /// the per-message parameters (v3.0 §5.9).
     message_mechanisms: Mutex<HashMap<(CK_SESSION_HANDLE, MessageOp), CK_MECHANISM_TYPE>>,
@@ -104,7 +112,7 @@ impl Client {
             }
         }
         // While the servers are unreachable, calls fail at once instead of each trying every
-        // address again: the wait between attempts doubles from 50 ms up to 1 s.
+        // address again: the wait between attempts doubles from 50 ms up to 250 ms.
         if self
             .backoff
             .lock()
@@ -112,9 +120,11 @@ impl Client {
         {
             return Err(CKR_DEVICE_ERROR);
         }
+        let epoch = self.journal.lock().epoch;
         match Connection::open(&self.config, &self.client_id) {
-            Ok(c) => {
+            Ok(mut c) => {
                 *self.backoff.lock() = None;
+                c.journal_epoch = epoch;
                 Ok(c)
             }
             Err(e) => {
@@ -132,18 +142,149 @@ impl Client {
         }
     }
 
-    /// One round trip. A transport failure drops the connection and answers
-    /// `CKR_DEVICE_ERROR`.
-    pub fn call(&self, request: Request) -> Rv<Response> {
-        let conn = self.take_connection()?;
-        match self.call_on(conn, &request) {
-            // A lost answer to a request that changes nothing: ask once more, on a new
-            // connection (to the same server resumed, or the next address).
-            Err(CKR_DEVICE_ERROR) if request.is_repeatable() => {
-                let conn = self.take_connection()?;
-                self.call_on(conn, &request)
+    /// A connection; with `wait`, keeps trying for the reconnect window while no server
+    /// answers (a restart, a failover), then answers CKR_DEVICE_ERROR.
+    fn connection(&self, wait: bool) -> Rv<Connection> {
+        let deadline = Instant::now() + self.config.reconnect_window;
+        loop {
+            match self.take_connection() {
+                Ok(c) => return Ok(c),
+                Err(rv) => {
+                    let now = Instant::now();
+                    if !wait || now >= deadline {
+                        return Err(rv);
+                    }
+                    let next = self
+                        .backoff
+                        .lock()
+                        .map_or(now + RECONNECT_FIRST_WAIT, |(next, _)| next);
+                    let pause = next.min(deadline).saturating_duration_since(now);
+                    std::thread::sleep(pause.max(Duration::from_millis(5)));
+                }
             }
-            other => other,
+        }
+    }
+
+    /// The answer to a call whose answer was lost and that is not sent again.
+    fn lost_answer(&self) -> CK_RV {
+        if self.config.recovery {
+            CKR_FUNCTION_FAILED
+        } else {
+            CKR_DEVICE_ERROR
+        }
+    }
+
+    /// One call, with the shim's handles in the request and in the answer.
+    ///
+    /// When the connection reaches a new server instance, the journal is replayed there
+    /// first ([`recovery`]). When an answer is lost, the request is sent again only if that
+    /// cannot do anything twice: to the same server (resumed) only if it changes nothing at
+    /// all; to a new instance (restart, failover) only if it does not change the token (the
+    /// first send may have done so before the server went away). Otherwise the call answers
+    /// CKR_FUNCTION_FAILED (CKR_DEVICE_ERROR with recovery off).
+    pub fn call(&self, request: Request) -> Rv<Response> {
+        self.call_with(request, true)
+    }
+
+    fn call_with(&self, mut request: Request, wait: bool) -> Rv<Response> {
+        let init = journal::is_init(&request).then(|| request.clone());
+        let mut lost_on: Option<InstanceId> = None;
+        let mut sends = 0;
+        while sends < MAX_SENDS {
+            let mut conn = self.connection(wait)?;
+            if let Some(lost) = lost_on {
+                let resend = if conn.instance() == lost {
+                    request.is_repeatable()
+                } else {
+                    self.config.recovery && !request.changes_token()
+                };
+                if !resend {
+                    self.park(conn);
+                    return Err(self.lost_answer());
+                }
+            }
+            let (shimmed, slot) = {
+                let mut j = self.journal.lock();
+                if j.instance != conn.instance() {
+                    if conn.journal_epoch < j.epoch {
+                        // Opened before the last switch, to a server the application left.
+                        continue;
+                    }
+                    if recovery::recover(&mut conn, &mut j, self.config.recovery).is_err() {
+                        sends += 1;
+                        continue;
+                    }
+                    let instance = conn.instance();
+                    self.idle.lock().retain(|c| c.instance() == instance);
+                }
+                let shimmed = match j.to_server(&mut request) {
+                    Ok(s) => s,
+                    Err(rv) => {
+                        if let (Request::CloseSession { .. }, Some(s)) =
+                            (&request, request.clone().session_mut().copied())
+                        {
+                            j.forget_session(s);
+                        }
+                        drop(j);
+                        self.park(conn);
+                        return Err(rv);
+                    }
+                };
+                (shimmed, shimmed.session.and_then(|s| j.session_slot(s)))
+            };
+            sends += 1;
+            match conn.call(&request) {
+                Ok(response) => {
+                    let response =
+                        self.record(&mut conn, &mut request, &shimmed, init, response, slot);
+                    self.park(conn);
+                    return Ok(response);
+                }
+                Err(e) => {
+                    warn(&format!("{}: {e}", request.function_name()));
+                    lost_on = Some(conn.instance());
+                    Journal::restore(&mut request, &shimmed);
+                }
+            }
+        }
+        Err(self.lost_answer())
+    }
+
+    /// Records the answer in the journal and gives it the shim's handles. With recovery on,
+    /// each token object handed out for the first time has its identifying attributes read
+    /// now, while its server is there to answer.
+    fn record(
+        &self,
+        conn: &mut Connection,
+        request: &mut Request,
+        shimmed: &Shimmed,
+        init: Option<Request>,
+        response: Response,
+        slot: Option<u64>,
+    ) -> Response {
+        if self.config.recovery {
+            let new = self.journal.lock().new_objects(request, &response);
+            let session = request.session_mut().copied();
+            if let (false, Some(session)) = (new.is_empty(), session) {
+                for real in new {
+                    let identity = recovery::identity(conn, session, real).unwrap_or(None);
+                    self.journal
+                        .lock()
+                        .add_object(real, slot.unwrap_or(0), identity);
+                }
+            }
+        }
+        let keep_pin = self.config.recovery && self.config.keep_pin;
+        self.journal
+            .lock()
+            .after(request, shimmed, init, response, keep_pin)
+    }
+
+    /// Keeps a connection that answered for reuse.
+    fn park(&self, conn: Connection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
         }
     }
 
@@ -185,10 +326,7 @@ impl Client {
     fn call_on(&self, mut conn: Connection, request: &Request) -> Rv<Response> {
         match conn.call(request) {
             Ok(r) => {
-                let mut idle = self.idle.lock();
-                if idle.len() < MAX_IDLE {
-                    idle.push(conn);
-                }
+                self.park(conn);
                 Ok(r)
             }
             Err(e) => {
@@ -258,6 +396,7 @@ pub fn initialize() -> Rv {
         config,
         client_id,
         pid: std::process::id(),
+        journal: Mutex::new(Journal::new(conn.instance())),
         idle: Mutex::new(vec![conn]),
         message_mechanisms: Mutex::new(HashMap::new()),
         backoff: Mutex::new(None),
@@ -294,7 +433,9 @@ pub fn finalize() -> Rv {
     client.interrupt_waits();
     // The server also closes the sessions when the connections drop, so a failure here only
     // delays that; C_Finalize itself succeeds.
-    let _ = client.call(Request::Finalize);
+    let _ = client.call_with(Request::Finalize, false);
+    // Kept PINs are wiped as the records drop.
+    client.journal.lock().clear();
     Ok(())
 }
 

@@ -6,6 +6,10 @@
 // SignInit(CKM_ECDSA) + C_Sign, verify in software, copy with CKA_MODIFIABLE=false and destroy
 // the original, then sign from 10 goroutines at once, each on a session of a pool.
 //
+// With FABRIC_LOOP_MS set, it then signs for that many milliseconds from 4 goroutines as a
+// Fabric peer does (find the key by SKI, SignInit, C_Sign, on pooled sessions evicted only on
+// a 0xB* error), printing "looping" when it starts and a summary line at the end.
+//
 // Usage: fabric MODULE LABEL PIN
 package main
 
@@ -18,8 +22,11 @@ import (
 	"fmt"
 	"math/big"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -202,4 +209,86 @@ func main() {
 	}
 	wg.Wait()
 	fmt.Println("fabric sequence ok: 202 signatures verified")
+	if ms, err := strconv.Atoi(os.Getenv("FABRIC_LOOP_MS")); err == nil {
+		loop(ctx, slot, os.Args[3], ski[:], ecPub, time.Duration(ms)*time.Millisecond)
+	}
+}
+
+// loop signs for `d` as Fabric's bccsp/pkcs11 does, counting what the application sees.
+func loop(ctx *pkcs11.Ctx, slot uint, pin string, ski []byte, pub *ecdsa.PublicKey, d time.Duration) {
+	var signatures, errors, evictions, late int64
+	end := time.Now().Add(d)
+	lateFrom := end.Add(-time.Second)
+	fmt.Println("looping")
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var session pkcs11.SessionHandle
+			pooled := false
+			for time.Now().Before(end) {
+				if !pooled {
+					s, err := ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+					if err != nil {
+						atomic.AddInt64(&errors, 1)
+						fmt.Printf("C_OpenSession: %v\n", err)
+						time.Sleep(20 * time.Millisecond)
+						continue
+					}
+					if err := ctx.Login(s, pkcs11.CKU_USER, pin); err != nil {
+						if e, ok := err.(pkcs11.Error); !ok || e != pkcs11.CKR_USER_ALREADY_LOGGED_IN {
+							atomic.AddInt64(&errors, 1)
+							fmt.Printf("C_Login: %v\n", err)
+						}
+					}
+					session, pooled = s, true
+				}
+				digest := sha256.Sum256([]byte(time.Now().String()))
+				sig, err := loopSign(ctx, session, ski, digest[:])
+				if err == nil {
+					verify(pub, digest[:], sig)
+					atomic.AddInt64(&signatures, 1)
+					if time.Now().After(lateFrom) {
+						atomic.AddInt64(&late, 1)
+					}
+					continue
+				}
+				// Fabric's rule: a session is dropped only on a 0xB* error.
+				if e, ok := err.(pkcs11.Error); ok && uint(e) >= 0xB0 && uint(e) <= 0xBF {
+					atomic.AddInt64(&evictions, 1)
+					ctx.CloseSession(session)
+					pooled = false
+				} else {
+					atomic.AddInt64(&errors, 1)
+					fmt.Printf("signing: %v\n", err)
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("loop: signatures=%d errors=%d evictions=%d late=%d\n", signatures, errors, evictions, late)
+}
+
+// loopSign is Fabric's signP11ECDSA: find the private key by SKI, then SignInit and C_Sign.
+func loopSign(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, ski, digest []byte) ([]byte, error) {
+	if err := ctx.FindObjectsInit(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, ski),
+	}); err != nil {
+		return nil, err
+	}
+	objs, _, err := ctx.FindObjects(s, 1)
+	ctx.FindObjectsFinal(s)
+	if err != nil {
+		return nil, err
+	}
+	if len(objs) != 1 {
+		return nil, fmt.Errorf("found %d keys by SKI", len(objs))
+	}
+	if err := ctx.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, objs[0]); err != nil {
+		return nil, err
+	}
+	return ctx.Sign(s, digest)
 }

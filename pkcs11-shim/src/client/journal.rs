@@ -1,0 +1,792 @@
+//! What the shim remembers of the application's state on the server, so that it survives a
+//! server restart (DESIGN.md, "Recovery model"): the application's sessions and object handles
+//! (the shim's own, stable handles, each mapped to the current server's), its logins, and the
+//! operation each session has initialised.
+//!
+//! This module is bookkeeping only, no I/O: [`super::recovery`] replays it on a new server.
+//!
+//! Handles: the application only ever sees the shim's handles. A new handle takes the server's
+//! number when that number is free (so, until a restart, the application sees exactly what the
+//! vendor library handed out), else a number of the shim's own. After a restart the shim's
+//! handles keep their numbers and point at the new server's sessions and objects; a handle
+//! that could not be brought back can never alias a session or object of the new server.
+
+use std::collections::HashMap;
+
+use cryptoki_sys::*;
+use protocol::attribute::Attribute;
+use protocol::message::{Pin, Request, Response};
+
+use crate::ffi::{narrow, wire, Rv};
+
+/// A server instance id (handshake): new at every server start.
+pub type InstanceId = [u8; 16];
+
+/// First number of the shim's own handles, used when the server's number is taken.
+const OWN_HANDLES: u64 = 0x4000_0000;
+
+/// The attributes that find a token object again, with the buffer asked for each (in wire
+/// units): its class and type, CKA_ID (Fabric's SKI), CKA_LABEL, CKA_APPLICATION (data
+/// objects), and where it lives.
+pub const IDENTITY: [(CK_ATTRIBUTE_TYPE, u64); 8] = [
+    (CKA_CLASS, 1),
+    (CKA_TOKEN, 1),
+    (CKA_PRIVATE, 1),
+    (CKA_KEY_TYPE, 1),
+    (CKA_CERTIFICATE_TYPE, 1),
+    (CKA_ID, 256),
+    (CKA_LABEL, 256),
+    (CKA_APPLICATION, 256),
+];
+
+/// The operation families a session can have initialised (PKCS#11 v2.40 §5.8 to §5.12,
+/// v3.0 §5.9 to §5.16 for the message-based ones); one of each may be active at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Encrypt,
+    Decrypt,
+    Digest,
+    Sign,
+    SignRecover,
+    Verify,
+    VerifyRecover,
+    Find,
+    MessageEncrypt,
+    MessageDecrypt,
+    MessageSign,
+    MessageVerify,
+}
+
+/// What a request does to the operations of its session.
+enum Step {
+    /// C_*Init: on success, a new operation that has taken no data.
+    Init(OpKind),
+    /// Feeds data (C_*Update, C_DigestKey, C_FindObjects, message parts): once answered, the
+    /// operation can no longer be rebuilt by replaying its Init.
+    Data(&'static [OpKind]),
+    /// A single-part call or C_*Final with an output: ends the operation unless it was a
+    /// successful size query or answered CKR_BUFFER_TOO_SMALL (v2.40 §5.2). The flag is "size
+    /// query" (a NULL output buffer).
+    Last(OpKind, bool),
+    /// Always ends the operation (C_Verify, C_VerifyFinal, C_FindObjectsFinal, C_Message*Final).
+    Ends(OpKind),
+    /// Leaves the session's operations in a state the shim cannot rebuild
+    /// (C_SetOperationState, C_SessionCancel).
+    Forget,
+    None,
+}
+
+/// Whether `request` is a C_*Init that the journal records (with the shim's handles).
+pub fn is_init(request: &Request) -> bool {
+    matches!(step(request), Step::Init(_))
+}
+
+fn step(request: &Request) -> Step {
+    use OpKind::*;
+    use Request as R;
+    match request {
+        R::EncryptInit { .. } => Step::Init(Encrypt),
+        R::DecryptInit { .. } => Step::Init(Decrypt),
+        R::DigestInit { .. } => Step::Init(Digest),
+        R::SignInit { .. } => Step::Init(Sign),
+        R::SignRecoverInit { .. } => Step::Init(SignRecover),
+        R::VerifyInit { .. } => Step::Init(Verify),
+        R::VerifyRecoverInit { .. } => Step::Init(VerifyRecover),
+        R::FindObjectsInit { .. } => Step::Init(Find),
+        R::MessageEncryptInit { .. } => Step::Init(MessageEncrypt),
+        R::MessageDecryptInit { .. } => Step::Init(MessageDecrypt),
+        R::MessageSignInit { .. } => Step::Init(MessageSign),
+        R::MessageVerifyInit { .. } => Step::Init(MessageVerify),
+        R::EncryptUpdate { .. } => Step::Data(&[Encrypt]),
+        R::DecryptUpdate { .. } => Step::Data(&[Decrypt]),
+        R::DigestUpdate { .. } | R::DigestKey { .. } => Step::Data(&[Digest]),
+        R::SignUpdate { .. } => Step::Data(&[Sign]),
+        R::VerifyUpdate { .. } => Step::Data(&[Verify]),
+        R::FindObjects { .. } => Step::Data(&[Find]),
+        R::DigestEncryptUpdate { .. } => Step::Data(&[Digest, Encrypt]),
+        R::DecryptDigestUpdate { .. } => Step::Data(&[Decrypt, Digest]),
+        R::SignEncryptUpdate { .. } => Step::Data(&[Sign, Encrypt]),
+        R::DecryptVerifyUpdate { .. } => Step::Data(&[Decrypt, Verify]),
+        R::EncryptMessageBegin { .. } | R::EncryptMessageNext { .. } => {
+            Step::Data(&[MessageEncrypt])
+        }
+        R::DecryptMessageBegin { .. } | R::DecryptMessageNext { .. } => {
+            Step::Data(&[MessageDecrypt])
+        }
+        R::SignMessageBegin { .. } | R::SignMessageNext { .. } => Step::Data(&[MessageSign]),
+        R::VerifyMessageBegin { .. } | R::VerifyMessageNext { .. } => Step::Data(&[MessageVerify]),
+        R::Encrypt { capacity, .. } | R::EncryptFinal { capacity, .. } => {
+            Step::Last(Encrypt, capacity.is_none())
+        }
+        R::Decrypt { capacity, .. } | R::DecryptFinal { capacity, .. } => {
+            Step::Last(Decrypt, capacity.is_none())
+        }
+        R::Digest { capacity, .. } | R::DigestFinal { capacity, .. } => {
+            Step::Last(Digest, capacity.is_none())
+        }
+        R::Sign { capacity, .. } | R::SignFinal { capacity, .. } => {
+            Step::Last(Sign, capacity.is_none())
+        }
+        R::SignRecover { capacity, .. } => Step::Last(SignRecover, capacity.is_none()),
+        R::VerifyRecover { capacity, .. } => Step::Last(VerifyRecover, capacity.is_none()),
+        R::Verify { .. } | R::VerifyFinal { .. } => Step::Ends(Verify),
+        R::FindObjectsFinal { .. } => Step::Ends(Find),
+        R::MessageEncryptFinal { .. } => Step::Ends(MessageEncrypt),
+        R::MessageDecryptFinal { .. } => Step::Ends(MessageDecrypt),
+        R::MessageSignFinal { .. } => Step::Ends(MessageSign),
+        R::MessageVerifyFinal { .. } => Step::Ends(MessageVerify),
+        R::SetOperationState { .. } | R::SessionCancel { .. } => Step::Forget,
+        _ => Step::None,
+    }
+}
+
+/// An operation a session has initialised: its Init (with the shim's handles), and whether it
+/// has taken no data yet, so that replaying the Init rebuilds it exactly.
+#[derive(Debug, Clone)]
+pub struct OpRecord {
+    pub kind: OpKind,
+    pub init: Request,
+    pub fresh: bool,
+}
+
+/// One application session.
+#[derive(Debug)]
+pub struct SessionRecord {
+    pub slot: u64,
+    pub flags: u64,
+    /// The current server's handle; `None` when the session could not be brought back.
+    pub real: Option<u64>,
+    pub ops: Vec<OpRecord>,
+}
+
+/// One object handle handed to the application.
+#[derive(Debug)]
+pub struct ObjectRecord {
+    /// The current server's handle; `None` when the object is not (or no longer) known there.
+    pub real: Option<u64>,
+    pub slot: u64,
+    /// For a token object: the attributes that find it again on a new server.
+    pub identity: Option<Vec<Attribute>>,
+}
+
+/// An application's login on a slot (PKCS#11 logins are per application and token).
+#[derive(Debug, Clone)]
+pub struct LoginRecord {
+    pub user_type: u64,
+    /// `None` when PINs are not kept (then the login cannot be replayed).
+    pub pin: Option<Pin>,
+    /// C_LoginUser's user name (v3.0 §5.6.10).
+    pub username: Option<Vec<u8>>,
+}
+
+/// The shim's handles of a request, taken before they are replaced by the server's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shimmed {
+    pub session: Option<u64>,
+    pub objects: [Option<u64>; 2],
+    /// The handle inside a CKM_CONCATENATE_BASE_AND_KEY parameter.
+    pub param_key: Option<u64>,
+}
+
+/// CKM_CONCATENATE_BASE_AND_KEY: its parameter is a `CK_OBJECT_HANDLE` (v2.40 Mechanisms
+/// §2.37.2), which travels as bytes.
+fn param_key_mut(request: &mut Request) -> Option<&mut Vec<u8>> {
+    match request {
+        Request::DeriveKey { mechanism, .. } if mechanism.ty == CKM_CONCATENATE_BASE_AND_KEY => {
+            match &mut mechanism.param {
+                protocol::mechanism::MechParam::Bytes(b)
+                    if b.len() == std::mem::size_of::<CK_OBJECT_HANDLE>() =>
+                {
+                    Some(b)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The application's state on the server, as the shim knows it.
+#[derive(Debug)]
+pub struct Journal {
+    /// The server instance the `real` handles belong to.
+    pub instance: InstanceId,
+    pub sessions: HashMap<u64, SessionRecord>,
+    pub objects: HashMap<u64, ObjectRecord>,
+    /// The current server's object handles → the shim's.
+    by_real: HashMap<u64, u64>,
+    pub logins: HashMap<u64, LoginRecord>,
+    /// Counts instance switches: a connection opened before the latest one, to another
+    /// instance, belongs to a server the application has left.
+    pub epoch: u64,
+    next_own: u64,
+}
+
+impl Journal {
+    pub fn new(instance: InstanceId) -> Self {
+        Self {
+            instance,
+            sessions: HashMap::new(),
+            objects: HashMap::new(),
+            by_real: HashMap::new(),
+            logins: HashMap::new(),
+            epoch: 0,
+            next_own: OWN_HANDLES,
+        }
+    }
+
+    /// A free handle: the server's number if no session or object of the shim has it.
+    fn allocate(&mut self, real: u64) -> u64 {
+        if real != 0 && !self.sessions.contains_key(&real) && !self.objects.contains_key(&real) {
+            return real;
+        }
+        loop {
+            let h = self.next_own;
+            self.next_own = self.next_own.checked_add(1).unwrap_or(OWN_HANDLES);
+            if !self.sessions.contains_key(&h) && !self.objects.contains_key(&h) {
+                return h;
+            }
+        }
+    }
+
+    /// The slot of one of the shim's sessions.
+    pub fn session_slot(&self, session: u64) -> Option<u64> {
+        self.sessions.get(&session).map(|s| s.slot)
+    }
+
+    /// Replaces the shim's handles in `request` by the current server's, returning the shim's
+    /// to restore before a retry. A session that was lost answers CKR_SESSION_HANDLE_INVALID,
+    /// an object that was lost (a session object, or a token object not found again after a
+    /// restart) CKR_OBJECT_HANDLE_INVALID. A handle the shim never handed out travels as it
+    /// is, so the server and the vendor library give their own answer to it.
+    pub fn to_server(&self, request: &mut Request) -> Rv<Shimmed> {
+        let mut shimmed = Shimmed::default();
+        if let Some(session) = request.session_mut() {
+            shimmed.session = Some(*session);
+            *session = match self.sessions.get(session) {
+                Some(SessionRecord { real: Some(r), .. }) => *r,
+                _ => return Err(CKR_SESSION_HANDLE_INVALID),
+            };
+        }
+        for (i, object) in request.object_handles_mut().into_iter().enumerate() {
+            if let Some(object) = object {
+                shimmed.objects[i] = Some(*object);
+                *object = self.object_to_server(*object)?;
+            }
+        }
+        if let Some(bytes) = param_key_mut(request) {
+            let h = wire(CK_OBJECT_HANDLE::from_ne_bytes(
+                bytes[..].try_into().expect("length checked"),
+            ));
+            shimmed.param_key = Some(h);
+            let real = narrow(self.object_to_server(h)?)?;
+            bytes.copy_from_slice(&real.to_ne_bytes());
+        }
+        Ok(shimmed)
+    }
+
+    fn object_to_server(&self, object: u64) -> Rv<u64> {
+        match self.objects.get(&object) {
+            Some(ObjectRecord { real: Some(r), .. }) => Ok(*r),
+            Some(_) => Err(CKR_OBJECT_HANDLE_INVALID),
+            None => Ok(object),
+        }
+    }
+
+    /// Puts the shim's handles back into `request` (before translating it again for another
+    /// server).
+    pub fn restore(request: &mut Request, shimmed: &Shimmed) {
+        if let (Some(s), Some(v)) = (request.session_mut(), shimmed.session) {
+            *s = v;
+        }
+        for (object, v) in request
+            .object_handles_mut()
+            .into_iter()
+            .zip(shimmed.objects)
+        {
+            if let (Some(o), Some(v)) = (object, v) {
+                *o = v;
+            }
+        }
+        if let (Some(bytes), Some(v)) = (param_key_mut(request), shimmed.param_key) {
+            let v: CK_OBJECT_HANDLE = narrow(v).unwrap_or(CK_INVALID_HANDLE);
+            bytes.copy_from_slice(&v.to_ne_bytes());
+        }
+    }
+
+    /// The server's object handles in a response to `request` that the shim has no handle
+    /// for yet.
+    pub fn new_objects(&self, request: &Request, response: &Response) -> Vec<u64> {
+        object_handles_in(request, response)
+            .into_iter()
+            .filter(|h| *h != wire(CK_INVALID_HANDLE) && !self.by_real.contains_key(h))
+            .collect()
+    }
+
+    /// Records a server object handle handed to the application and returns the shim's.
+    pub fn add_object(&mut self, real: u64, slot: u64, identity: Option<Vec<Attribute>>) -> u64 {
+        if let Some(v) = self.by_real.get(&real) {
+            return *v;
+        }
+        let v = self.allocate(real);
+        self.objects.insert(
+            v,
+            ObjectRecord {
+                real: Some(real),
+                slot,
+                identity,
+            },
+        );
+        self.by_real.insert(real, v);
+        v
+    }
+
+    /// Points one of the shim's object handles at a server handle (after a restart).
+    pub fn resolve_object(&mut self, object: u64, real: Option<u64>) {
+        if let Some(o) = self.objects.get_mut(&object) {
+            if let Some(old) = o.real.take() {
+                self.by_real.remove(&old);
+            }
+            o.real = real;
+            if let Some(r) = real {
+                self.by_real.insert(r, object);
+            }
+        }
+    }
+
+    /// After the answer: records what the call changed and turns the server's handles in the
+    /// response into the shim's (every new one was added by [`Journal::add_object`] or is
+    /// added here without identity). `request` is in its server form, `shimmed` holds the
+    /// shim's handles, `init` the Init request in the shim's form (for C_*Init).
+    pub fn after(
+        &mut self,
+        request: &Request,
+        shimmed: &Shimmed,
+        init: Option<Request>,
+        response: Response,
+        keep_pin: bool,
+    ) -> Response {
+        let rv = response.rv();
+        let session = shimmed.session;
+        match request {
+            Request::OpenSession { slot, flags } => {
+                if let Response::Handle(real) = response {
+                    let v = self.allocate(real);
+                    self.sessions.insert(
+                        v,
+                        SessionRecord {
+                            slot: *slot,
+                            flags: *flags,
+                            real: Some(real),
+                            ops: Vec::new(),
+                        },
+                    );
+                    return Response::Handle(v);
+                }
+            }
+            Request::CloseSession { .. } => {
+                if matches!(rv, CKR_OK | CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED) {
+                    if let Some(s) = session.and_then(|s| self.sessions.remove(&s)) {
+                        // Closing the application's last session on a token logs it out
+                        // (v2.40 §5.6.2, §6.7.3).
+                        if !self.sessions.values().any(|o| o.slot == s.slot) {
+                            self.logins.remove(&s.slot);
+                        }
+                    }
+                }
+            }
+            Request::CloseAllSessions { slot } if rv == CKR_OK => {
+                self.sessions.retain(|_, s| s.slot != *slot);
+                self.logins.remove(slot);
+            }
+            Request::Login { user_type, pin, .. } => {
+                self.logged_in(session, rv, *user_type, pin, None, keep_pin)
+            }
+            Request::LoginUser {
+                user_type,
+                pin,
+                username,
+                ..
+            } => self.logged_in(session, rv, *user_type, pin, Some(username), keep_pin),
+            Request::Logout { .. } if rv == CKR_OK => {
+                if let Some(slot) = session.and_then(|s| self.session_slot(s)) {
+                    self.logins.remove(&slot);
+                }
+            }
+            Request::SetPin { new_pin, .. } if rv == CKR_OK => {
+                let slot = session.and_then(|s| self.session_slot(s));
+                if let Some(login) = slot.and_then(|s| self.logins.get_mut(&s)) {
+                    if login.pin.is_some() {
+                        login.pin = Some(new_pin.clone());
+                    }
+                }
+            }
+            // Fabric sets CKA_ID and CKA_LABEL to the SKI after generating a key: the identity
+            // follows.
+            Request::SetAttributeValue { template, .. } if rv == CKR_OK => {
+                let record = shimmed.objects[0].and_then(|v| self.objects.get_mut(&v));
+                if let Some(identity) = record.and_then(|o| o.identity.as_mut()) {
+                    for new in template
+                        .iter()
+                        .filter(|a| IDENTITY.iter().any(|(ty, _)| wire(*ty) == a.ty))
+                    {
+                        identity.retain(|old| old.ty != new.ty);
+                        identity.push(new.clone());
+                    }
+                }
+            }
+            Request::DestroyObject { .. } if rv == CKR_OK => {
+                let removed = shimmed.objects[0].and_then(|v| self.objects.remove(&v));
+                if let Some(r) = removed.and_then(|o| o.real) {
+                    self.by_real.remove(&r);
+                }
+            }
+            _ => {}
+        }
+        if let Some(s) = session.and_then(|s| self.sessions.get_mut(&s)) {
+            match step(request) {
+                Step::Init(kind) if rv == CKR_OK => {
+                    s.ops.retain(|o| o.kind != kind);
+                    if let Some(init) = init {
+                        s.ops.push(OpRecord {
+                            kind,
+                            init,
+                            fresh: true,
+                        });
+                    }
+                }
+                Step::Last(kind, size_query) => {
+                    let goes_on = (rv == CKR_OK && size_query) || rv == CKR_BUFFER_TOO_SMALL;
+                    if !goes_on {
+                        s.ops.retain(|o| o.kind != kind);
+                    }
+                }
+                // Once the server has answered a call that took data, the operation holds
+                // state no replay can rebuild. (A call whose answer was lost changed nothing
+                // that survives on a new server: it is resent there after the Init.)
+                Step::Data(kinds) => {
+                    for op in s.ops.iter_mut().filter(|o| kinds.contains(&o.kind)) {
+                        op.fresh = false;
+                    }
+                }
+                Step::Ends(kind) => s.ops.retain(|o| o.kind != kind),
+                Step::Forget => s.ops.clear(),
+                _ => {}
+            }
+        }
+        let slot = session.and_then(|s| self.session_slot(s)).unwrap_or(0);
+        self.objects_to_shim(request, response, slot)
+    }
+
+    fn logged_in(
+        &mut self,
+        session: Option<u64>,
+        rv: CK_RV,
+        user_type: u64,
+        pin: &Pin,
+        username: Option<&Vec<u8>>,
+        keep_pin: bool,
+    ) {
+        if rv != CKR_OK {
+            return;
+        }
+        if let Some(slot) = session.and_then(|s| self.session_slot(s)) {
+            self.logins.insert(
+                slot,
+                LoginRecord {
+                    user_type,
+                    pin: keep_pin.then(|| pin.clone()),
+                    username: username.cloned(),
+                },
+            );
+        }
+    }
+
+    /// A lost session the application closes: its handle is released.
+    pub fn forget_session(&mut self, session: u64) {
+        if self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.real.is_none())
+        {
+            self.sessions.remove(&session);
+        }
+    }
+
+    /// The server's object handles of a response, replaced by the shim's.
+    fn objects_to_shim(&mut self, request: &Request, response: Response, slot: u64) -> Response {
+        let mut shim = |real: u64| -> u64 {
+            if real == wire(CK_INVALID_HANDLE) {
+                return real;
+            }
+            match self.by_real.get(&real) {
+                Some(v) => *v,
+                None => self.add_object(real, slot, None),
+            }
+        };
+        match (request, response) {
+            (
+                Request::CreateObject { .. }
+                | Request::CopyObject { .. }
+                | Request::GenerateKey { .. }
+                | Request::UnwrapKey { .. }
+                | Request::DeriveKey { .. },
+                Response::Handle(h),
+            ) => Response::Handle(shim(h)),
+            (
+                Request::GenerateKeyPair { .. },
+                Response::KeyPair {
+                    public_key,
+                    private_key,
+                },
+            ) => Response::KeyPair {
+                public_key: shim(public_key),
+                private_key: shim(private_key),
+            },
+            (Request::FindObjects { .. }, Response::Ulongs { rv, count, values }) => {
+                Response::Ulongs {
+                    rv,
+                    count,
+                    values: values.into_iter().map(&mut shim).collect(),
+                }
+            }
+            (_, r) => r,
+        }
+    }
+
+    /// A new server instance: every server handle is void. Object handles keep their records
+    /// (token objects are found again); sessions are reopened by the caller.
+    pub fn switch_instance(&mut self, instance: InstanceId) {
+        self.instance = instance;
+        self.epoch += 1;
+        self.by_real.clear();
+        for o in self.objects.values_mut() {
+            o.real = None;
+        }
+        for s in self.sessions.values_mut() {
+            s.real = None;
+        }
+    }
+
+    /// Forgets everything (C_Finalize); kept PINs are wiped as they drop.
+    pub fn clear(&mut self) {
+        self.sessions.clear();
+        self.objects.clear();
+        self.by_real.clear();
+        self.logins.clear();
+    }
+}
+
+/// The object handles a response carries, by the request it answers.
+pub fn object_handles_in(request: &Request, response: &Response) -> Vec<u64> {
+    match (request, response) {
+        (
+            Request::CreateObject { .. }
+            | Request::CopyObject { .. }
+            | Request::GenerateKey { .. }
+            | Request::UnwrapKey { .. }
+            | Request::DeriveKey { .. },
+            Response::Handle(h),
+        ) => vec![*h],
+        (
+            Request::GenerateKeyPair { .. },
+            Response::KeyPair {
+                public_key,
+                private_key,
+            },
+        ) => vec![*public_key, *private_key],
+        (Request::FindObjects { .. }, Response::Ulongs { values, .. }) => values.clone(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::mechanism::{MechParam, Mechanism};
+
+    const A: InstanceId = [1; 16];
+    const B: InstanceId = [2; 16];
+
+    /// Sends `request` through the journal to a server that answers `response`.
+    fn exchange(j: &mut Journal, mut request: Request, response: Response) -> Rv<Response> {
+        let init = is_init(&request).then(|| request.clone());
+        let shimmed = j.to_server(&mut request)?;
+        Ok(j.after(&request, &shimmed, init, response, true))
+    }
+
+    fn open(j: &mut Journal, real: u64) -> u64 {
+        match exchange(
+            j,
+            Request::OpenSession { slot: 0, flags: 6 },
+            Response::Handle(real),
+        ) {
+            Ok(Response::Handle(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn sign_init(session: u64, key: u64) -> Request {
+        Request::SignInit {
+            session,
+            mechanism: Mechanism {
+                ty: CKM_ECDSA,
+                param: MechParam::None,
+            },
+            key,
+        }
+    }
+
+    #[test]
+    fn handles_are_the_servers_until_a_number_is_taken() {
+        let mut j = Journal::new(A);
+        assert_eq!(open(&mut j, 1), 1);
+        j.switch_instance(B);
+        // The new server's session 1 must not take the place of the lost session 1.
+        let second = open(&mut j, 1);
+        assert_ne!(second, 1);
+        let mut r = Request::GetSessionInfo { session: 1 };
+        assert_eq!(j.to_server(&mut r).unwrap_err(), CKR_SESSION_HANDLE_INVALID);
+        let mut r = Request::GetSessionInfo { session: second };
+        j.to_server(&mut r).unwrap();
+        assert_eq!(r, Request::GetSessionInfo { session: 1 });
+    }
+
+    #[test]
+    fn object_handles_lost_found_again_or_never_handed_out() {
+        let mut j = Journal::new(A);
+        let s = open(&mut j, 1);
+        let key = j.add_object(7, 0, Some(vec![]));
+        let session_object = j.add_object(8, 0, None);
+        assert_eq!((key, session_object), (7, 8));
+        j.switch_instance(B);
+        j.sessions.get_mut(&s).unwrap().real = Some(3);
+        j.resolve_object(key, Some(9));
+        let mut r = sign_init(s, key);
+        j.to_server(&mut r).unwrap();
+        assert_eq!(r, sign_init(3, 9));
+        let mut r = sign_init(s, session_object);
+        assert_eq!(j.to_server(&mut r).unwrap_err(), CKR_OBJECT_HANDLE_INVALID);
+        // Never handed out: the vendor library judges it.
+        let mut r = sign_init(s, 1234);
+        j.to_server(&mut r).unwrap();
+        assert_eq!(r, sign_init(3, 1234));
+        // The new server's handle 9 is the shim's 7.
+        let found = exchange(
+            &mut j,
+            Request::FindObjects {
+                session: s,
+                max_count: 4,
+            },
+            Response::Ulongs {
+                rv: CKR_OK,
+                count: 1,
+                values: vec![9],
+            },
+        )
+        .unwrap();
+        assert!(matches!(found, Response::Ulongs { values, .. } if values == vec![7]));
+    }
+
+    #[test]
+    fn a_concatenated_key_parameter_is_translated_too() {
+        let mut j = Journal::new(A);
+        let s = open(&mut j, 1);
+        let key = j.add_object(5, 0, Some(vec![]));
+        j.switch_instance(B);
+        j.sessions.get_mut(&s).unwrap().real = Some(1);
+        j.resolve_object(key, Some(6));
+        let derive = |base: u64, other: CK_OBJECT_HANDLE| Request::DeriveKey {
+            session: 1,
+            mechanism: Mechanism {
+                ty: CKM_CONCATENATE_BASE_AND_KEY,
+                param: MechParam::Bytes(other.to_ne_bytes().to_vec()),
+            },
+            base_key: base,
+            template: vec![],
+        };
+        let mut r = derive(key, 5);
+        let shimmed = j.to_server(&mut r).unwrap();
+        assert_eq!(r, derive(6, 6));
+        Journal::restore(&mut r, &shimmed);
+        assert_eq!(r, derive(key, 5));
+    }
+
+    #[test]
+    fn operations_are_fresh_until_they_take_data_and_end_by_the_two_call_rules() {
+        let mut j = Journal::new(A);
+        let s = open(&mut j, 1);
+        let ops = |j: &Journal| -> Vec<(OpKind, bool)> {
+            j.sessions[&s]
+                .ops
+                .iter()
+                .map(|o| (o.kind, o.fresh))
+                .collect()
+        };
+        exchange(&mut j, sign_init(s, 0), Response::Rv(CKR_OK)).unwrap();
+        assert_eq!(ops(&j), [(OpKind::Sign, true)]);
+        let sign = |capacity| Request::Sign {
+            session: s,
+            data: vec![1],
+            capacity,
+        };
+        let output = |rv| Response::Output {
+            rv,
+            len: 64,
+            data: vec![],
+        };
+        // A size query and a too-small buffer leave it active (v2.40 §5.2).
+        exchange(&mut j, sign(None), output(CKR_OK)).unwrap();
+        exchange(&mut j, sign(Some(1)), output(CKR_BUFFER_TOO_SMALL)).unwrap();
+        assert_eq!(ops(&j), [(OpKind::Sign, true)]);
+        exchange(&mut j, sign(Some(64)), output(CKR_OK)).unwrap();
+        assert!(ops(&j).is_empty());
+        // An answered update: can no longer be replayed.
+        exchange(&mut j, sign_init(s, 0), Response::Rv(CKR_OK)).unwrap();
+        exchange(
+            &mut j,
+            Request::SignUpdate {
+                session: s,
+                data: vec![1],
+            },
+            Response::Rv(CKR_OK),
+        )
+        .unwrap();
+        assert_eq!(ops(&j), [(OpKind::Sign, false)]);
+        // A failed Init leaves the active operation as it was.
+        exchange(&mut j, sign_init(s, 0), Response::Rv(CKR_OPERATION_ACTIVE)).unwrap();
+        assert_eq!(ops(&j), [(OpKind::Sign, false)]);
+    }
+
+    #[test]
+    fn logins_are_kept_per_slot_until_logout_or_the_last_session_closes() {
+        let mut j = Journal::new(A);
+        let (s1, s2) = (open(&mut j, 1), open(&mut j, 2));
+        let login = |session| Request::Login {
+            session,
+            user_type: CKU_USER,
+            pin: Some(b"1234".to_vec().into()),
+        };
+        exchange(&mut j, login(s1), Response::Rv(CKR_PIN_INCORRECT)).unwrap();
+        assert!(j.logins.is_empty());
+        exchange(&mut j, login(s1), Response::Rv(CKR_OK)).unwrap();
+        assert_eq!(
+            j.logins[&0].pin.clone().flatten().as_deref(),
+            Some(&b"1234"[..])
+        );
+        exchange(
+            &mut j,
+            Request::CloseSession { session: s1 },
+            Response::Rv(CKR_OK),
+        )
+        .unwrap();
+        assert!(j.logins.contains_key(&0), "another session is open");
+        exchange(
+            &mut j,
+            Request::CloseSession { session: s2 },
+            Response::Rv(CKR_OK),
+        )
+        .unwrap();
+        assert!(j.logins.is_empty(), "the last session closed");
+    }
+}
