@@ -341,6 +341,55 @@ fn fabric_load_across_a_restart(tag: &str, shim_env: &[(&str, &str)]) -> Restart
 }
 
 #[test]
+fn a_session_the_server_dropped_is_opened_again_with_its_login_and_operation() {
+    let hsm = SoftHsm::new("dropped");
+    // No resume grace: the server closes the application's sessions as soon as its
+    // connections drop, and logs the token out.
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--resume-grace",
+            "0",
+        ],
+        &[],
+    );
+    let relay = Relay::start(&server.address);
+    let dir = TempDir::new("dropped");
+    let m = client(&relay.address, &dir, &[]);
+    make_token_key(&m);
+    let f = m.f();
+    let s = m.open_rw(m.first_slot());
+    let key = find_key(&m, s, CKO_PRIVATE_KEY);
+    // SAFETY: valid arguments throughout.
+    unsafe {
+        assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK);
+        relay.cut();
+        std::thread::sleep(Duration::from_millis(300));
+        let digest = [7u8; 32];
+        let mut sig = [0u8; 128];
+        let mut len: CK_ULONG = 128;
+        assert_eq!(
+            f.C_Sign.unwrap()(
+                s,
+                digest.as_ptr() as *mut u8,
+                32,
+                sig.as_mut_ptr(),
+                &mut len
+            ),
+            CKR_OK
+        );
+        let mut info = CK_SESSION_INFO::default();
+        assert_eq!(f.C_GetSessionInfo.unwrap()(s, &mut info), CKR_OK);
+        assert_eq!(info.state, CKS_RW_USER_FUNCTIONS);
+    }
+    assert_eq!(unsafe { fabric_sign(&m, s) }, CKR_OK);
+}
+
+#[test]
 fn a_fabric_like_load_sees_no_error_when_the_server_is_killed_and_restarted() {
     let o = fabric_load_across_a_restart("restart", &[]);
     assert_eq!(o.errors, 0, "errors seen by the application");

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use cryptoki_sys::*;
-use protocol::attribute::Attribute;
+use protocol::attribute::{AttrValue, Attribute};
 use protocol::message::{Pin, Request, Response};
 
 use crate::ffi::{narrow, wire, Rv};
@@ -167,6 +167,15 @@ pub struct ObjectRecord {
     pub slot: u64,
     /// For a token object: the attributes that find it again on a new server.
     pub identity: Option<Vec<Attribute>>,
+    /// For a session object made through the shim: the session that made it, whose closing
+    /// destroys it (v2.40 §5.6.2), and ends this record.
+    pub owner: Option<u64>,
+    /// The shim replayed a login on the object's token since the handle was last checked:
+    /// the vendor library may have renumbered it (SoftHSM2 renumbers private objects after a
+    /// logout), so an "invalid handle" answer sends the shim looking for it again. Only the
+    /// shim's own replays set this: a logout and login by the application keep the vendor's
+    /// behaviour.
+    pub recheck: bool,
 }
 
 /// An application's login on a slot (PKCS#11 logins are per application and token).
@@ -324,7 +333,13 @@ impl Journal {
     }
 
     /// Records a server object handle handed to the application and returns the shim's.
-    pub fn add_object(&mut self, real: u64, slot: u64, identity: Option<Vec<Attribute>>) -> u64 {
+    pub fn add_object(
+        &mut self,
+        real: u64,
+        slot: u64,
+        identity: Option<Vec<Attribute>>,
+        owner: Option<u64>,
+    ) -> u64 {
         if let Some(v) = self.by_real.get(&real) {
             return *v;
         }
@@ -335,15 +350,27 @@ impl Journal {
                 real: Some(real),
                 slot,
                 identity,
+                owner,
+                recheck: false,
             },
         );
         self.by_real.insert(real, v);
         v
     }
 
+    /// Marks the token objects of `slot` for a check after a replayed login.
+    pub fn recheck_objects(&mut self, slot: u64) {
+        for o in self.objects.values_mut() {
+            if o.slot == slot && o.identity.is_some() {
+                o.recheck = true;
+            }
+        }
+    }
+
     /// Points one of the shim's object handles at a server handle (after a restart).
     pub fn resolve_object(&mut self, object: u64, real: Option<u64>) {
         if let Some(o) = self.objects.get_mut(&object) {
+            o.recheck = false;
             if let Some(old) = o.real.take() {
                 self.by_real.remove(&old);
             }
@@ -355,9 +382,9 @@ impl Journal {
     }
 
     /// After the answer: records what the call changed and turns the server's handles in the
-    /// response into the shim's (every new one was added by [`Journal::add_object`] or is
-    /// added here without identity). `request` is in its server form, `shimmed` holds the
-    /// shim's handles, `init` the Init request in the shim's form (for C_*Init).
+    /// response into the shim's. `request` is in its server form, `shimmed` holds the shim's
+    /// handles, `init` the Init request in the shim's form (for C_*Init), `identities` the
+    /// identifying attributes read for new object handles (see [`Journal::new_objects`]).
     pub fn after(
         &mut self,
         request: &Request,
@@ -365,6 +392,7 @@ impl Journal {
         init: Option<Request>,
         response: Response,
         keep_pin: bool,
+        identities: Vec<(u64, Option<Vec<Attribute>>)>,
     ) -> Response {
         let rv = response.rv();
         let session = shimmed.session;
@@ -386,6 +414,9 @@ impl Journal {
             }
             Request::CloseSession { .. } => {
                 if matches!(rv, CKR_OK | CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED) {
+                    if let Some(v) = session {
+                        self.drop_owned(&[v]);
+                    }
                     if let Some(s) = session.and_then(|s| self.sessions.remove(&s)) {
                         // Closing the application's last session on a token logs it out
                         // (v2.40 §5.6.2, §6.7.3).
@@ -396,6 +427,13 @@ impl Journal {
                 }
             }
             Request::CloseAllSessions { slot } if rv == CKR_OK => {
+                let closed: Vec<u64> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.slot == *slot)
+                    .map(|(v, _)| *v)
+                    .collect();
+                self.drop_owned(&closed);
                 self.sessions.retain(|_, s| s.slot != *slot);
                 self.logins.remove(slot);
             }
@@ -474,8 +512,21 @@ impl Journal {
                 _ => {}
             }
         }
-        let slot = session.and_then(|s| self.session_slot(s)).unwrap_or(0);
-        self.objects_to_shim(request, response, slot)
+        self.objects_to_shim(request, response, session, identities)
+    }
+
+    /// Forgets the session objects the given sessions made (closing them destroyed them).
+    fn drop_owned(&mut self, sessions: &[u64]) {
+        let by_real = &mut self.by_real;
+        self.objects.retain(|_, o| {
+            let owned = o.owner.is_some_and(|s| sessions.contains(&s));
+            if owned {
+                if let Some(r) = o.real {
+                    by_real.remove(&r);
+                }
+            }
+            !owned
+        });
     }
 
     fn logged_in(
@@ -487,7 +538,8 @@ impl Journal {
         username: Option<&Vec<u8>>,
         keep_pin: bool,
     ) {
-        if rv != CKR_OK {
+        // CKU_CONTEXT_SPECIFIC authorises one operation (v2.40 §5.6.7), it is not a login.
+        if rv != CKR_OK || user_type == CKU_CONTEXT_SPECIFIC {
             return;
         }
         if let Some(slot) = session.and_then(|s| self.session_slot(s)) {
@@ -513,15 +565,29 @@ impl Journal {
         }
     }
 
-    /// The server's object handles of a response, replaced by the shim's.
-    fn objects_to_shim(&mut self, request: &Request, response: Response, slot: u64) -> Response {
-        let mut shim = |real: u64| -> u64 {
+    /// The server's object handles of a response, replaced by the shim's; new ones are
+    /// recorded with their identity and, for session objects made here, their session.
+    fn objects_to_shim(
+        &mut self,
+        request: &Request,
+        response: Response,
+        session: Option<u64>,
+        identities: Vec<(u64, Option<Vec<Attribute>>)>,
+    ) -> Response {
+        let slot = session.and_then(|s| self.session_slot(s)).unwrap_or(0);
+        let made = made_session_objects(request);
+        let mut identities: HashMap<u64, Option<Vec<Attribute>>> = identities.into_iter().collect();
+        let mut shim = |real: u64, i: usize| -> u64 {
             if real == wire(CK_INVALID_HANDLE) {
                 return real;
             }
             match self.by_real.get(&real) {
                 Some(v) => *v,
-                None => self.add_object(real, slot, None),
+                None => {
+                    let identity = identities.remove(&real).flatten();
+                    let owner = session.filter(|_| made[i]);
+                    self.add_object(real, slot, identity, owner)
+                }
             }
         };
         match (request, response) {
@@ -532,7 +598,7 @@ impl Journal {
                 | Request::UnwrapKey { .. }
                 | Request::DeriveKey { .. },
                 Response::Handle(h),
-            ) => Response::Handle(shim(h)),
+            ) => Response::Handle(shim(h, 0)),
             (
                 Request::GenerateKeyPair { .. },
                 Response::KeyPair {
@@ -540,14 +606,14 @@ impl Journal {
                     private_key,
                 },
             ) => Response::KeyPair {
-                public_key: shim(public_key),
-                private_key: shim(private_key),
+                public_key: shim(public_key, 0),
+                private_key: shim(private_key, 1),
             },
             (Request::FindObjects { .. }, Response::Ulongs { rv, count, values }) => {
                 Response::Ulongs {
                     rv,
                     count,
-                    values: values.into_iter().map(&mut shim).collect(),
+                    values: values.into_iter().map(|h| shim(h, 0)).collect(),
                 }
             }
             (_, r) => r,
@@ -574,6 +640,37 @@ impl Journal {
         self.objects.clear();
         self.by_real.clear();
         self.logins.clear();
+    }
+}
+
+/// CKA_TOKEN in a template: `Some` when given (a `CK_BBOOL`, or one byte), `None` when absent.
+fn token_flag(template: &[Attribute]) -> Option<bool> {
+    template
+        .iter()
+        .find(|a| a.ty == wire(CKA_TOKEN))
+        .and_then(|a| match &a.value {
+            AttrValue::Bool(b) => Some(*b),
+            AttrValue::Bytes(b) if b.len() == 1 => Some(b[0] != 0),
+            _ => None,
+        })
+}
+
+/// Whether each object a creating request makes is a session object (CKA_TOKEN defaults to
+/// false, v2.40 §4.4; a copy keeps the original's unless the template says).
+fn made_session_objects(request: &Request) -> [bool; 2] {
+    let session = |t: &[Attribute]| token_flag(t) != Some(true);
+    match request {
+        Request::CreateObject { template, .. }
+        | Request::GenerateKey { template, .. }
+        | Request::UnwrapKey { template, .. }
+        | Request::DeriveKey { template, .. } => [session(template), false],
+        Request::CopyObject { template, .. } => [token_flag(template) == Some(false), false],
+        Request::GenerateKeyPair {
+            public_template,
+            private_template,
+            ..
+        } => [session(public_template), session(private_template)],
+        _ => [false, false],
     }
 }
 
@@ -612,7 +709,7 @@ mod tests {
     fn exchange(j: &mut Journal, mut request: Request, response: Response) -> Rv<Response> {
         let init = is_init(&request).then(|| request.clone());
         let shimmed = j.to_server(&mut request)?;
-        Ok(j.after(&request, &shimmed, init, response, true))
+        Ok(j.after(&request, &shimmed, init, response, true, vec![]))
     }
 
     fn open(j: &mut Journal, real: u64) -> u64 {
@@ -656,8 +753,8 @@ mod tests {
     fn object_handles_lost_found_again_or_never_handed_out() {
         let mut j = Journal::new(A);
         let s = open(&mut j, 1);
-        let key = j.add_object(7, 0, Some(vec![]));
-        let session_object = j.add_object(8, 0, None);
+        let key = j.add_object(7, 0, Some(vec![]), None);
+        let session_object = j.add_object(8, 0, None, Some(s));
         assert_eq!((key, session_object), (7, 8));
         j.switch_instance(B);
         j.sessions.get_mut(&s).unwrap().real = Some(3);
@@ -692,7 +789,7 @@ mod tests {
     fn a_concatenated_key_parameter_is_translated_too() {
         let mut j = Journal::new(A);
         let s = open(&mut j, 1);
-        let key = j.add_object(5, 0, Some(vec![]));
+        let key = j.add_object(5, 0, Some(vec![]), None);
         j.switch_instance(B);
         j.sessions.get_mut(&s).unwrap().real = Some(1);
         j.resolve_object(key, Some(6));
@@ -756,6 +853,53 @@ mod tests {
         // A failed Init leaves the active operation as it was.
         exchange(&mut j, sign_init(s, 0), Response::Rv(CKR_OPERATION_ACTIVE)).unwrap();
         assert_eq!(ops(&j), [(OpKind::Sign, false)]);
+    }
+
+    #[test]
+    fn session_objects_made_here_are_forgotten_with_their_session() {
+        let mut j = Journal::new(A);
+        let s = open(&mut j, 1);
+        let create = |token: Option<bool>| Request::CreateObject {
+            session: s,
+            template: token
+                .map(|t| Attribute {
+                    ty: CKA_TOKEN,
+                    value: AttrValue::Bool(t),
+                })
+                .into_iter()
+                .collect(),
+        };
+        let session_object = exchange(&mut j, create(None), Response::Handle(10)).unwrap();
+        let token_object = exchange(&mut j, create(Some(true)), Response::Handle(11)).unwrap();
+        assert_eq!(j.objects.len(), 2);
+        exchange(
+            &mut j,
+            Request::CloseSession { session: s },
+            Response::Rv(CKR_OK),
+        )
+        .unwrap();
+        assert_eq!(
+            (session_object, token_object),
+            (Response::Handle(10), Response::Handle(11))
+        );
+        assert_eq!(j.objects.keys().collect::<Vec<_>>(), [&11]);
+    }
+
+    #[test]
+    fn a_context_specific_login_is_not_a_login_to_replay() {
+        let mut j = Journal::new(A);
+        let s = open(&mut j, 1);
+        exchange(
+            &mut j,
+            Request::Login {
+                session: s,
+                user_type: CKU_CONTEXT_SPECIFIC,
+                pin: Some(b"1234".to_vec().into()),
+            },
+            Response::Rv(CKR_OK),
+        )
+        .unwrap();
+        assert!(j.logins.is_empty());
     }
 
     #[test]

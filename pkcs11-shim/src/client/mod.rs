@@ -188,7 +188,10 @@ impl Client {
 
     fn call_with(&self, mut request: Request, wait: bool) -> Rv<Response> {
         let init = journal::is_init(&request).then(|| request.clone());
+        let mut init = init;
         let mut lost_on: Option<InstanceId> = None;
+        let mut healed = false;
+        let mut refound = false;
         let mut sends = 0;
         while sends < MAX_SENDS {
             let mut conn = self.connection(wait)?;
@@ -203,7 +206,7 @@ impl Client {
                     return Err(self.lost_answer());
                 }
             }
-            let (shimmed, slot) = {
+            let shimmed = {
                 let mut j = self.journal.lock();
                 if j.instance != conn.instance() {
                     if conn.journal_epoch < j.epoch {
@@ -230,13 +233,29 @@ impl Client {
                         return Err(rv);
                     }
                 };
-                (shimmed, shimmed.session.and_then(|s| j.session_slot(s)))
+                shimmed
             };
             sends += 1;
             match conn.call(&request) {
                 Ok(response) => {
+                    if !healed && self.session_gone(&mut conn, &mut request, &shimmed, &response) {
+                        // Reopened: the request is sent again on the new session.
+                        healed = true;
+                        Journal::restore(&mut request, &shimmed);
+                        self.park(conn);
+                        continue;
+                    }
+                    if !refound
+                        && self.objects_renumbered(&mut conn, &mut request, &shimmed, &response)
+                    {
+                        // Found again under new numbers: the request is sent again with them.
+                        refound = true;
+                        Journal::restore(&mut request, &shimmed);
+                        self.park(conn);
+                        continue;
+                    }
                     let response =
-                        self.record(&mut conn, &mut request, &shimmed, init, response, slot);
+                        self.record(&mut conn, &mut request, &shimmed, init.take(), response);
                     self.park(conn);
                     return Ok(response);
                 }
@@ -250,6 +269,58 @@ impl Client {
         Err(self.lost_answer())
     }
 
+    /// Whether the server answered CKR_SESSION_HANDLE_INVALID for a session the application
+    /// still holds, on the same server instance (the session outlived the resume grace, or the
+    /// vendor library closed it), and the session could be opened again: the call is then
+    /// sent again (it did nothing). With recovery off, the answer stands.
+    fn session_gone(
+        &self,
+        conn: &mut Connection,
+        request: &mut Request,
+        shimmed: &Shimmed,
+        response: &Response,
+    ) -> bool {
+        if !self.config.recovery
+            || response.rv() != CKR_SESSION_HANDLE_INVALID
+            || matches!(request, Request::CloseSession { .. })
+        {
+            return false;
+        }
+        let (Some(session), Some(sent)) = (shimmed.session, request.session_mut().copied()) else {
+            return false;
+        };
+        let mut j = self.journal.lock();
+        let still_ours = j
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.real == Some(sent));
+        still_ours
+            && j.instance == conn.instance()
+            && recovery::reopen_session(conn, &mut j, session).unwrap_or(false)
+    }
+
+    /// Whether the server answered that an object handle is invalid while the object, found
+    /// again by its identity, has another handle now on the same server (the vendor library
+    /// renumbered it, as SoftHSM2 does for private objects after a logout): the call is then
+    /// sent again (it did nothing).
+    fn objects_renumbered(
+        &self,
+        conn: &mut Connection,
+        request: &mut Request,
+        shimmed: &Shimmed,
+        response: &Response,
+    ) -> bool {
+        if !self.config.recovery || !recovery::is_invalid_handle(response.rv()) {
+            return false;
+        }
+        let Some(session) = request.session_mut().copied() else {
+            return false;
+        };
+        let mut j = self.journal.lock();
+        j.instance == conn.instance()
+            && recovery::find_again(conn, &mut j, session, &shimmed.objects).unwrap_or(false)
+    }
+
     /// Records the answer in the journal and gives it the shim's handles. With recovery on,
     /// each token object handed out for the first time has its identifying attributes read
     /// now, while its server is there to answer.
@@ -260,24 +331,21 @@ impl Client {
         shimmed: &Shimmed,
         init: Option<Request>,
         response: Response,
-        slot: Option<u64>,
     ) -> Response {
+        let mut identities = Vec::new();
         if self.config.recovery {
             let new = self.journal.lock().new_objects(request, &response);
-            let session = request.session_mut().copied();
-            if let (false, Some(session)) = (new.is_empty(), session) {
+            if let Some(session) = request.session_mut().copied() {
                 for real in new {
                     let identity = recovery::identity(conn, session, real).unwrap_or(None);
-                    self.journal
-                        .lock()
-                        .add_object(real, slot.unwrap_or(0), identity);
+                    identities.push((real, identity));
                 }
             }
         }
         let keep_pin = self.config.recovery && self.config.keep_pin;
         self.journal
             .lock()
-            .after(request, shimmed, init, response, keep_pin)
+            .after(request, shimmed, init, response, keep_pin, identities)
     }
 
     /// Keeps a connection that answered for reuse.

@@ -21,7 +21,7 @@ use protocol::message::{Request, Response};
 use protocol::ProtocolError;
 
 use super::connection::Connection;
-use super::journal::{Journal, LoginRecord, IDENTITY};
+use super::journal::{Journal, IDENTITY};
 use super::log::{log, LogLevel};
 use crate::ffi::wire;
 
@@ -112,67 +112,18 @@ pub fn recover(
 fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, ProtocolError> {
     let mut handles: Vec<u64> = journal.sessions.keys().copied().collect();
     handles.sort_unstable();
-    // 1. Sessions. One whose login cannot be replayed (PINs not kept) is left lost.
+    // 1. Sessions.
     let mut reopened = 0;
     for &h in &handles {
-        let s = &journal.sessions[&h];
-        let (slot, flags) = (s.slot, s.flags);
-        if journal.logins.get(&slot).is_some_and(|l| l.pin.is_none()) {
-            continue;
-        }
-        match conn.call(&Request::OpenSession { slot, flags })? {
-            Response::Handle(real) => {
-                journal.sessions.get_mut(&h).expect("listed").real = Some(real);
-                reopened += 1;
-            }
-            other => log(
-                LogLevel::Warn,
-                &format!(
-                    "session {h} could not be opened again: CKR 0x{:X}",
-                    other.rv()
-                ),
-            ),
+        if open_again(conn, journal, h)? {
+            reopened += 1;
         }
     }
     // 2. Logins, on the first reopened session of each slot.
-    let logins: Vec<(u64, LoginRecord)> = journal
-        .logins
-        .iter()
-        .map(|(s, l)| (*s, l.clone()))
-        .collect();
-    for (slot, login) in logins {
-        let Some(session) = first_session_on(journal, slot, &handles) else {
-            continue;
-        };
-        let pin = login.pin.clone().flatten();
-        let request = match login.username {
-            Some(username) => Request::LoginUser {
-                session,
-                user_type: login.user_type,
-                pin,
-                username,
-            },
-            None => Request::Login {
-                session,
-                user_type: login.user_type,
-                pin,
-            },
-        };
-        let rv = conn.call(&request)?.rv();
-        if !matches!(rv, CKR_OK | CKR_USER_ALREADY_LOGGED_IN) {
-            log(
-                LogLevel::Warn,
-                &format!("the login on slot {slot} could not be replayed: CKR 0x{rv:X}; its sessions are lost"),
-            );
-            for &h in &handles {
-                let s = journal.sessions.get_mut(&h).expect("listed");
-                if s.slot == slot {
-                    if let Some(real) = s.real.take() {
-                        conn.call(&Request::CloseSession { session: real })?;
-                    }
-                }
-            }
-            journal.logins.remove(&slot);
+    let slots: Vec<u64> = journal.logins.keys().copied().collect();
+    for slot in slots {
+        if let Some(session) = first_session_on(journal, slot, &handles) {
+            login_again(conn, journal, slot, session)?;
         }
     }
     // 3. Token objects, found by their identity on a session of their slot.
@@ -201,36 +152,202 @@ fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, Protoc
     // 4. Operations that took no data yet are initialised again; the others are gone.
     let mut rebuilt = 0;
     for &h in &handles {
-        let ops = std::mem::take(&mut journal.sessions.get_mut(&h).expect("listed").ops);
-        if journal.sessions[&h].real.is_none() {
-            continue;
-        }
-        let mut kept = Vec::new();
-        for op in ops.into_iter().filter(|o| o.fresh) {
-            let mut init = op.init.clone();
-            let Ok(_) = journal.to_server(&mut init) else {
-                continue;
-            };
-            let rv = conn.call(&init)?.rv();
-            if rv == CKR_OK {
-                rebuilt += 1;
-                kept.push(op);
-            } else {
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "{} on session {h} could not be replayed: CKR 0x{rv:X}",
-                        init.function_name()
-                    ),
-                );
-            }
-        }
-        journal.sessions.get_mut(&h).expect("listed").ops = kept;
+        rebuilt += init_again(conn, journal, h)?;
     }
     Ok(format!(
         "{reopened} of {} sessions, {found} objects, {rebuilt} operations",
         handles.len()
     ))
+}
+
+/// One session the server no longer has although its instance did not change (it outlived
+/// the server's resume grace, or the vendor library closed it): opened again, logged in
+/// again and its fresh operations re-initialised. Returns whether it is back.
+pub fn reopen_session(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    session: u64,
+) -> Result<bool, ProtocolError> {
+    if let Some(s) = journal.sessions.get_mut(&session) {
+        s.real = None;
+    }
+    if !open_again(conn, journal, session)? {
+        return Ok(false);
+    }
+    let slot = journal.sessions[&session].slot;
+    let real = journal.sessions[&session].real.expect("just opened");
+    if journal.logins.contains_key(&slot) && !login_again(conn, journal, slot, real)? {
+        return Ok(false);
+    }
+    init_again(conn, journal, session)?;
+    log(
+        LogLevel::Warn,
+        &format!("session {session} was gone from the server: opened again"),
+    );
+    Ok(true)
+}
+
+/// Opens session `h` again with its slot and flags; one whose login cannot be replayed (PINs
+/// not kept) is left lost.
+fn open_again(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<bool, ProtocolError> {
+    let s = &journal.sessions[&h];
+    let (slot, flags) = (s.slot, s.flags);
+    if journal.logins.get(&slot).is_some_and(|l| l.pin.is_none()) {
+        return Ok(false);
+    }
+    match conn.call(&Request::OpenSession { slot, flags })? {
+        Response::Handle(real) => {
+            journal.sessions.get_mut(&h).expect("listed").real = Some(real);
+            Ok(true)
+        }
+        other => {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "session {h} could not be opened again: CKR 0x{:X}",
+                    other.rv()
+                ),
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// Replays the login of `slot` on server session `session`. If the token refuses it (PIN
+/// changed elsewhere...), every session of the slot is closed and lost, and the login
+/// forgotten: the application's next calls answer CKR_SESSION_HANDLE_INVALID.
+fn login_again(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    slot: u64,
+    session: u64,
+) -> Result<bool, ProtocolError> {
+    let Some(login) = journal.logins.get(&slot).cloned() else {
+        return Ok(true);
+    };
+    let pin = login.pin.flatten();
+    let request = match login.username {
+        Some(username) => Request::LoginUser {
+            session,
+            user_type: login.user_type,
+            pin,
+            username,
+        },
+        None => Request::Login {
+            session,
+            user_type: login.user_type,
+            pin,
+        },
+    };
+    let rv = conn.call(&request)?.rv();
+    if matches!(rv, CKR_OK | CKR_USER_ALREADY_LOGGED_IN) {
+        journal.recheck_objects(slot);
+        return Ok(true);
+    }
+    log(
+        LogLevel::Warn,
+        &format!(
+            "the login on slot {slot} could not be replayed: CKR 0x{rv:X}; its sessions are lost"
+        ),
+    );
+    let on_slot: Vec<u64> = journal
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.slot == slot)
+        .map(|(v, _)| *v)
+        .collect();
+    for v in on_slot {
+        let s = journal.sessions.get_mut(&v).expect("listed");
+        if let Some(real) = s.real.take() {
+            conn.call(&Request::CloseSession { session: real })?;
+        }
+    }
+    journal.logins.remove(&slot);
+    Ok(false)
+}
+
+/// Initialises again the operations of session `h` that took no data yet; the others are
+/// forgotten (gone with the old session). Returns how many were rebuilt.
+fn init_again(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    h: u64,
+) -> Result<usize, ProtocolError> {
+    let ops = std::mem::take(&mut journal.sessions.get_mut(&h).expect("listed").ops);
+    if journal.sessions[&h].real.is_none() {
+        return Ok(0);
+    }
+    let mut kept = Vec::new();
+    for op in ops.into_iter().filter(|o| o.fresh) {
+        let mut init = op.init.clone();
+        let Ok(shimmed) = journal.to_server(&mut init) else {
+            continue;
+        };
+        let mut rv = conn.call(&init)?.rv();
+        if is_invalid_handle(rv) {
+            let session = journal.sessions[&h].real.expect("checked");
+            if find_again(conn, journal, session, &shimmed.objects)? {
+                let mut init = op.init.clone();
+                if journal.to_server(&mut init).is_ok() {
+                    rv = conn.call(&init)?.rv();
+                }
+            }
+        }
+        if rv == CKR_OK {
+            kept.push(op);
+        } else {
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "{} on session {h} could not be replayed: CKR 0x{rv:X}",
+                    init.function_name()
+                ),
+            );
+        }
+    }
+    let rebuilt = kept.len();
+    journal.sessions.get_mut(&h).expect("listed").ops = kept;
+    Ok(rebuilt)
+}
+
+/// The return values of a vendor library that no longer knows an object handle.
+pub fn is_invalid_handle(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_OBJECT_HANDLE_INVALID
+            | CKR_KEY_HANDLE_INVALID
+            | CKR_WRAPPING_KEY_HANDLE_INVALID
+            | CKR_UNWRAPPING_KEY_HANDLE_INVALID
+    )
+}
+
+/// Finds the token objects behind the shim's handles `objects` again by their identity, on
+/// server session `session`, when the vendor library may have renumbered them after a login
+/// the shim replayed (SoftHSM2 gives private objects new handles after a logout, which a
+/// server dropping the application's sessions brings about). Returns whether a handle
+/// changed.
+pub fn find_again(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    session: u64,
+    objects: &[Option<u64>],
+) -> Result<bool, ProtocolError> {
+    let mut changed = false;
+    for v in objects.iter().flatten() {
+        let Some(record) = journal.objects.get(v).filter(|o| o.recheck) else {
+            continue;
+        };
+        let (Some(identity), old) = (record.identity.clone(), record.real) else {
+            continue;
+        };
+        if let Some(real) = find_one(conn, session, identity)? {
+            if Some(real) != old {
+                journal.resolve_object(*v, Some(real));
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
 }
 
 /// The server handle of a reopened session on `slot`, the lowest of the shim's first.
