@@ -442,6 +442,132 @@ fn calls_fail_over_to_the_second_server() {
 }
 
 #[test]
+fn a_rolling_restart_moves_clients_to_the_next_server_without_errors() {
+    let hsm = SoftHsm::new("rolling");
+    let dir = TempDir::new("rolling");
+    let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let (a, b) = (
+        format!("unix://{}", a.display()),
+        format!("unix://{}", b.display()),
+    );
+    let mut first = ProxyServer::start(&hsm, &a);
+    let _second = ProxyServer::start(&hsm, &b);
+    let m = client(&format!("{a},{b}"), &dir, &[]);
+    make_token_key(&m);
+    let start = Instant::now();
+    let mark = AtomicU64::new(0);
+    let tally = Tally::default();
+    let mut status = None;
+    std::thread::scope(|scope| {
+        scope.spawn(|| fabric_loop(&m, 4, start + Duration::from_secs(3), start, &mark, &tally));
+        std::thread::sleep(Duration::from_millis(1000));
+        mark.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // SIGTERM: the first server drains its calls in progress and exits.
+        status = first.stop();
+    });
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let first_ok = tally.first_ok_after_mark.load(Ordering::Relaxed);
+    println!(
+        "rolling restart: signatures {}, errors {} {:x?}, evictions {}, first signature {} ms after SIGTERM",
+        tally.ok.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.codes.lock().unwrap(),
+        tally.evictions.load(Ordering::Relaxed),
+        first_ok.saturating_sub(mark.load(Ordering::Relaxed))
+    );
+    assert!(first_ok > 0, "no signature on the second server");
+    assert_eq!(tally.errors.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.evictions.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_slow_vendor_call_does_not_hold_up_other_clients() {
+    let hsm = SoftHsm::new("slowcall");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("slowcall");
+    let (slow, quick) = (
+        client(&server.address, &dir, &[]),
+        client(&server.address, &TempDir::new("slowcall2"), &[]),
+    );
+    make_token_key(&quick);
+    let s = slow.open_rw(slow.first_slot());
+    assert_eq!(slow.login(s, PIN), CKR_OK);
+    let q = quick.open_rw(quick.first_slot());
+    let key = find_key(&quick, q, CKO_PRIVATE_KEY);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (generation, quick_calls, worst) = std::thread::scope(|scope| {
+        let gen = scope.spawn(|| {
+            // RSA-4096 key generation: seconds of vendor work in one call.
+            let bits = (4096 as CK_ULONG).to_ne_bytes();
+            let exponent = [1u8, 0, 1];
+            let mut public = [
+                attr(CKA_MODULUS_BITS, &bits),
+                attr(CKA_PUBLIC_EXPONENT, &exponent),
+            ];
+            let mut private: [CK_ATTRIBUTE; 0] = [];
+            let mut mech = CK_MECHANISM {
+                mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN,
+                pParameter: ptr::null_mut(),
+                ulParameterLen: 0,
+            };
+            let (mut a, mut b) = (0, 0);
+            let started = Instant::now();
+            // SAFETY: valid templates and out pointers.
+            let rv = unsafe {
+                slow.f().C_GenerateKeyPair.unwrap()(
+                    s,
+                    &mut mech,
+                    public.as_mut_ptr(),
+                    2,
+                    private.as_mut_ptr(),
+                    0,
+                    &mut a,
+                    &mut b,
+                )
+            };
+            done.store(true, Ordering::Relaxed);
+            assert_eq!(rv, CKR_OK);
+            started.elapsed()
+        });
+        let (mut calls, mut worst) = (0u32, Duration::ZERO);
+        while !done.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            // SAFETY: valid arguments.
+            let rv = unsafe {
+                let f = quick.f();
+                assert_eq!(f.C_SignInit.unwrap()(q, &mut ecdsa(), key), CKR_OK);
+                let digest = [7u8; 32];
+                let mut sig = [0u8; 128];
+                let mut len: CK_ULONG = 128;
+                f.C_Sign.unwrap()(
+                    q,
+                    digest.as_ptr() as *mut u8,
+                    32,
+                    sig.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rv, CKR_OK);
+            worst = worst.max(t.elapsed());
+            calls += 1;
+        }
+        (gen.join().unwrap(), calls, worst)
+    });
+    println!(
+        "RSA-4096 generation took {generation:?}; meanwhile another client signed {quick_calls} times, slowest {worst:?}"
+    );
+    assert!(
+        quick_calls > 10,
+        "{quick_calls} signatures during the generation"
+    );
+    // A signature held up by the generation would wait for most of it.
+    assert!(
+        worst < (generation / 4).max(Duration::from_millis(50)),
+        "a signature waited {worst:?}"
+    );
+}
+
+#[test]
 fn two_hundred_clients_killed_mid_operation_leave_no_session() {
     let hsm = SoftHsm::new("massacre");
     let server = ProxyServer::start_with(

@@ -188,7 +188,6 @@ impl Client {
 
     fn call_with(&self, mut request: Request, wait: bool) -> Rv<Response> {
         let init = journal::is_init(&request).then(|| request.clone());
-        let mut init = init;
         let mut lost_on: Option<InstanceId> = None;
         let mut healed = false;
         let mut refound = false;
@@ -254,14 +253,30 @@ impl Client {
                         self.park(conn);
                         continue;
                     }
-                    let response =
-                        self.record(&mut conn, &mut request, &shimmed, init.take(), response);
-                    self.park(conn);
-                    return Ok(response);
+                    match self.record(&mut conn, &mut request, &shimmed, init.clone(), response) {
+                        Some(response) => {
+                            self.park(conn);
+                            return Ok(response);
+                        }
+                        // Answered by a server the application has left meanwhile (another
+                        // thread moved it to a new instance): its handles mean nothing there.
+                        // A creation did happen on the token but cannot be mapped: failed, as
+                        // a lost answer. Anything else is sent again to the new server.
+                        None if request.changes_token() => return Err(CKR_FUNCTION_FAILED),
+                        None => {
+                            lost_on = Some(conn.instance());
+                            Journal::restore(&mut request, &shimmed);
+                        }
+                    }
                 }
                 Err(e) => {
                     warn(&format!("{}: {e}", request.function_name()));
-                    lost_on = Some(conn.instance());
+                    // The other idle connections to that server are suspect too (it may be
+                    // stopping): the next attempt opens a new one, which tells whether the
+                    // same server is still there.
+                    let lost = conn.instance();
+                    self.idle.lock().retain(|c| c.instance() != lost);
+                    lost_on = Some(lost);
                     Journal::restore(&mut request, &shimmed);
                 }
             }
@@ -323,7 +338,9 @@ impl Client {
 
     /// Records the answer in the journal and gives it the shim's handles. With recovery on,
     /// each token object handed out for the first time has its identifying attributes read
-    /// now, while its server is there to answer.
+    /// now, while its server is there to answer. `None` when the journal has moved to another
+    /// server instance since the request was sent, unless the answer is one of a call that
+    /// changed the token and carries no handle (its record holds nothing of the old server).
     fn record(
         &self,
         conn: &mut Connection,
@@ -331,7 +348,7 @@ impl Client {
         shimmed: &Shimmed,
         init: Option<Request>,
         response: Response,
-    ) -> Response {
+    ) -> Option<Response> {
         let mut identities = Vec::new();
         if self.config.recovery {
             let new = self.journal.lock().new_objects(request, &response);
@@ -343,9 +360,13 @@ impl Client {
             }
         }
         let keep_pin = self.config.recovery && self.config.keep_pin;
-        self.journal
-            .lock()
-            .after(request, shimmed, init, response, keep_pin, identities)
+        let mut j = self.journal.lock();
+        let handle_free =
+            request.changes_token() && journal::object_handles_in(request, &response).is_empty();
+        if j.instance != conn.instance() && !handle_free {
+            return None;
+        }
+        Some(j.after(request, shimmed, init, response, keep_pin, identities))
     }
 
     /// Keeps a connection that answered for reuse.
