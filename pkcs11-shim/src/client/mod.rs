@@ -207,7 +207,7 @@ impl Client {
             }
             let shimmed = {
                 let mut j = self.journal.lock();
-                if j.instance != conn.instance() {
+                if uses_handles(&mut request) && j.instance != conn.instance() {
                     if conn.journal_epoch < j.epoch {
                         // Opened before the last switch, to a server the application left.
                         continue;
@@ -219,20 +219,18 @@ impl Client {
                     let instance = conn.instance();
                     self.idle.lock().retain(|c| c.instance() == instance);
                 }
-                let shimmed = match j.to_server(&mut request) {
+                match j.to_server(&mut request) {
                     Ok(s) => s,
                     Err(rv) => {
-                        if let (Request::CloseSession { .. }, Some(s)) =
-                            (&request, request.clone().session_mut().copied())
-                        {
-                            j.forget_session(s);
+                        // Closing a lost session releases its handle.
+                        if let Request::CloseSession { session } = &request {
+                            j.forget_session(*session);
                         }
                         drop(j);
                         self.park(conn);
                         return Err(rv);
                     }
-                };
-                shimmed
+                }
             };
             sends += 1;
             match conn.call(&request) {
@@ -424,6 +422,17 @@ impl Client {
             }
         }
     }
+}
+
+/// Whether a request involves the journal's handles. Calls without a session (library, slot
+/// and token information, C_Finalize) hold none: a replay on a new server waits for the first
+/// call that needs it.
+fn uses_handles(request: &mut Request) -> bool {
+    request.session_mut().is_some()
+        || matches!(
+            request,
+            Request::OpenSession { .. } | Request::CloseAllSessions { .. }
+        )
 }
 
 /// The initialised instance of this process, or CKR_CRYPTOKI_NOT_INITIALIZED.
