@@ -960,3 +960,51 @@ fn a_go_miekg_fabric_load_sees_no_error_when_the_server_is_killed_and_restarted(
     assert_eq!((count("errors"), count("evictions")), (0, 0), "{rest:?}");
     assert!(count("late") > 0, "signing after the restart");
 }
+
+#[test]
+fn a_server_killed_during_c_sign_and_not_restarted_gives_a_clean_error_in_bounded_time() {
+    let hsm = SoftHsm::new("killedsign");
+    let dir = TempDir::new("killedsign");
+    let address = unix_address(&dir);
+    let mut server = ProxyServer::start(&hsm, &address);
+    let m = client(&address, &dir, &[("PKCS11_PROXY_RECONNECT_MS", "500")]);
+    make_token_key(&m);
+    let f = m.f();
+    let s = m.open_rw(m.first_slot());
+    let key = find_key(&m, s, CKO_PRIVATE_KEY);
+    // SAFETY: valid arguments.
+    unsafe { assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK) };
+    server.signal(libc::SIGSTOP);
+    let (rv, took) = std::thread::scope(|scope| {
+        let sign = scope.spawn(|| {
+            let started = Instant::now();
+            let digest = [7u8; 32];
+            let mut sig = [0u8; 128];
+            let mut len: CK_ULONG = 128;
+            // SAFETY: valid buffers.
+            let rv = unsafe {
+                f.C_Sign.unwrap()(
+                    s,
+                    digest.as_ptr() as *mut u8,
+                    32,
+                    sig.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            (rv, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        server.kill();
+        sign.join().unwrap()
+    });
+    println!("C_Sign with its server killed: {rv:#x} after {took:?}");
+    assert_eq!(rv, CKR_DEVICE_ERROR);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Nothing is stuck: the next call answers the same, at once.
+    let mut info = CK_SESSION_INFO::default();
+    let started = Instant::now();
+    // SAFETY: valid out pointer.
+    let rv = unsafe { f.C_GetSessionInfo.unwrap()(s, &mut info) };
+    assert_eq!(rv, CKR_DEVICE_ERROR);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}

@@ -244,18 +244,15 @@ impl Journal {
         }
     }
 
-    /// A free handle: the server's number if no session or object of the shim has it.
-    fn allocate(&mut self, real: u64) -> u64 {
-        if real != 0 && !self.sessions.contains_key(&real) && !self.objects.contains_key(&real) {
-            return real;
-        }
-        loop {
-            let h = self.next_own;
-            self.next_own = self.next_own.checked_add(1).unwrap_or(OWN_HANDLES);
-            if !self.sessions.contains_key(&h) && !self.objects.contains_key(&h) {
-                return h;
-            }
-        }
+    /// A session handle for the server's `real`: its number if free.
+    fn allocate_session(&mut self, real: u64) -> u64 {
+        free_handle(&self.sessions, real, &mut self.next_own)
+    }
+
+    /// An object handle for the server's `real`: its number if free. Sessions and objects are
+    /// numbered apart, as vendor libraries may do.
+    fn allocate_object(&mut self, real: u64) -> u64 {
+        free_handle(&self.objects, real, &mut self.next_own)
     }
 
     /// The slot of one of the shim's sessions.
@@ -343,7 +340,7 @@ impl Journal {
         if let Some(v) = self.by_real.get(&real) {
             return *v;
         }
-        let v = self.allocate(real);
+        let v = self.allocate_object(real);
         self.objects.insert(
             v,
             ObjectRecord {
@@ -399,7 +396,7 @@ impl Journal {
         match request {
             Request::OpenSession { slot, flags } => {
                 if let Response::Handle(real) = response {
-                    let v = self.allocate(real);
+                    let v = self.allocate_session(real);
                     self.sessions.insert(
                         v,
                         SessionRecord {
@@ -640,6 +637,20 @@ impl Journal {
         self.objects.clear();
         self.by_real.clear();
         self.logins.clear();
+    }
+}
+
+/// `real` if no entry of `taken` has that number, else the next free number of the shim's own.
+fn free_handle<T>(taken: &HashMap<u64, T>, real: u64, next_own: &mut u64) -> u64 {
+    if real != 0 && !taken.contains_key(&real) {
+        return real;
+    }
+    loop {
+        let h = *next_own;
+        *next_own = next_own.checked_add(1).unwrap_or(OWN_HANDLES);
+        if !taken.contains_key(&h) {
+            return h;
+        }
     }
 }
 
