@@ -1008,3 +1008,46 @@ fn a_server_killed_during_c_sign_and_not_restarted_gives_a_clean_error_in_bounde
     assert_eq!(rv, CKR_DEVICE_ERROR);
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+fn a_key_handle_kept_while_no_session_was_open_is_found_again_at_its_first_use() {
+    let hsm = SoftHsm::new("nosession");
+    let dir = TempDir::new("nosession");
+    let address = unix_address(&dir);
+    let mut server = ProxyServer::start(&hsm, &address);
+    let m = client(&address, &dir, &[]);
+    make_token_key(&m);
+    let f = m.f();
+    let slot = m.first_slot();
+    let s = m.open_rw(slot);
+    let key = find_key(&m, s, CKO_PRIVATE_KEY);
+    // Object handles outlive sessions (v2.40 §6.7.7): the application keeps the key's handle
+    // and closes every session.
+    // SAFETY: valid arguments throughout.
+    unsafe {
+        assert_eq!(f.C_CloseAllSessions.unwrap()(slot), CKR_OK);
+    }
+    server.kill();
+    let _server = ProxyServer::start(&hsm, &address);
+    let s = m.open_rw(slot);
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    // SAFETY: valid arguments.
+    unsafe {
+        assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK);
+        let digest = [7u8; 32];
+        let mut sig = [0u8; 128];
+        let mut len: CK_ULONG = 128;
+        assert_eq!(
+            f.C_Sign.unwrap()(
+                s,
+                digest.as_ptr() as *mut u8,
+                32,
+                sig.as_mut_ptr(),
+                &mut len
+            ),
+            CKR_OK
+        );
+    }
+    // A search hands out the same handle again.
+    assert_eq!(find_key(&m, s, CKO_PRIVATE_KEY), key);
+}

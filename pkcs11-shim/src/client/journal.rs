@@ -299,6 +299,46 @@ impl Journal {
         }
     }
 
+    /// The shim's object handles in `request` that wait to be found again on the current
+    /// server (no session of their token was open when the application moved to it), with
+    /// their identifying attributes.
+    pub fn pending_in(&self, request: &mut Request) -> Vec<(u64, Vec<Attribute>)> {
+        let mut named: Vec<u64> = request
+            .object_handles_mut()
+            .into_iter()
+            .flatten()
+            .map(|h| *h)
+            .collect();
+        if let Some(bytes) = param_key_mut(request) {
+            named.push(wire(CK_OBJECT_HANDLE::from_ne_bytes(
+                bytes[..].try_into().expect("length checked"),
+            )));
+        }
+        named
+            .into_iter()
+            .filter_map(|v| {
+                let o = self.objects.get(&v)?;
+                match (&o.real, &o.identity) {
+                    (None, Some(identity)) => Some((v, identity.clone())),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// The current server's handle of one of the shim's sessions.
+    pub fn session_real(&self, session: u64) -> Option<u64> {
+        self.sessions.get(&session).and_then(|s| s.real)
+    }
+
+    /// An object that cannot be found again: its handle answers CKR_OBJECT_HANDLE_INVALID.
+    pub fn lose_object(&mut self, object: u64) {
+        self.resolve_object(object, None);
+        if let Some(o) = self.objects.get_mut(&object) {
+            o.identity = None;
+        }
+    }
+
     /// Puts the shim's handles back into `request` (before translating it again for another
     /// server).
     pub fn restore(request: &mut Request, shimmed: &Shimmed) {

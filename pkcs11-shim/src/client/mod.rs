@@ -219,6 +219,14 @@ impl Client {
                     let instance = conn.instance();
                     self.idle.lock().retain(|c| c.instance() == instance);
                 }
+                let pending = j.pending_in(&mut request);
+                let session = request.session_mut().and_then(|s| j.session_real(*s));
+                if let (false, Some(session)) = (pending.is_empty(), session) {
+                    if recovery::find_pending(&mut conn, &mut j, session, pending).is_err() {
+                        sends += 1;
+                        continue;
+                    }
+                }
                 match j.to_server(&mut request) {
                     Ok(s) => s,
                     Err(rv) => {

@@ -126,7 +126,8 @@ fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, Protoc
             login_again(conn, journal, slot, session)?;
         }
     }
-    // 3. Token objects, found by their identity on a session of their slot.
+    // 3. Token objects, found by their identity on a session of their slot. Those of a slot
+    //    without a session wait for their first use (see `find_pending`).
     let mut objects: Vec<(u64, u64, Vec<Attribute>)> = journal
         .objects
         .iter()
@@ -138,16 +139,20 @@ fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, Protoc
         let Some(session) = first_session_on(journal, slot, &handles) else {
             continue;
         };
-        let real = find_one(conn, session, template)?;
-        if real.is_some() {
-            found += 1;
-        } else {
-            log(
-                LogLevel::Warn,
-                &format!("object {object} was not found again on the new server"),
-            );
+        match find_one(conn, session, template)? {
+            Ok(Some(real)) => {
+                found += 1;
+                journal.resolve_object(object, Some(real));
+            }
+            Err(_) => {}
+            Ok(None) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("object {object} was not found again on the new server"),
+                );
+                journal.lose_object(object);
+            }
         }
-        journal.resolve_object(object, real);
     }
     // 4. Operations that took no data yet are initialised again; the others are gone.
     let mut rebuilt = 0;
@@ -310,6 +315,31 @@ fn init_again(
     Ok(rebuilt)
 }
 
+/// Finds again, on server session `session`, the objects a request names that were left
+/// waiting after a restart (their token had no open session then). One not found is lost.
+pub fn find_pending(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    session: u64,
+    pending: Vec<(u64, Vec<Attribute>)>,
+) -> Result<(), ProtocolError> {
+    for (object, identity) in pending {
+        match find_one(conn, session, identity)? {
+            Ok(Some(real)) => journal.resolve_object(object, Some(real)),
+            // Not now: tried again at the next use.
+            Err(_) => {}
+            Ok(None) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("object {object} was not found again on the new server"),
+                );
+                journal.lose_object(object);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The return values of a vendor library that no longer knows an object handle.
 pub fn is_invalid_handle(rv: CK_RV) -> bool {
     matches!(
@@ -340,7 +370,7 @@ pub fn find_again(
         let (Some(identity), old) = (record.identity.clone(), record.real) else {
             continue;
         };
-        if let Some(real) = find_one(conn, session, identity)? {
+        if let Ok(Some(real)) = find_one(conn, session, identity)? {
             if Some(real) != old {
                 journal.resolve_object(*v, Some(real));
                 changed = true;
@@ -360,25 +390,26 @@ fn first_session_on(journal: &Journal, slot: u64, sorted: &[u64]) -> Option<u64>
 }
 
 /// The one object matching `template`, or `None` when there is none or more than one.
+/// `Err(rv)` inside when the search could not even start (the application has a search
+/// going on that session: CKR_OPERATION_ACTIVE).
 fn find_one(
     conn: &mut Connection,
     session: u64,
     template: Vec<Attribute>,
-) -> Result<Option<u64>, ProtocolError> {
-    if conn
+) -> Result<Result<Option<u64>, CK_RV>, ProtocolError> {
+    let rv = conn
         .call(&Request::FindObjectsInit { session, template })?
-        .rv()
-        != CKR_OK
-    {
-        return Ok(None);
+        .rv();
+    if rv != CKR_OK {
+        return Ok(Err(rv));
     }
     let found = conn.call(&Request::FindObjects {
         session,
         max_count: 2,
     })?;
     conn.call(&Request::FindObjectsFinal { session })?;
-    Ok(match found {
+    Ok(Ok(match found {
         Response::Ulongs { rv, values, .. } if rv == CKR_OK && values.len() == 1 => Some(values[0]),
         _ => None,
-    })
+    }))
 }
