@@ -326,6 +326,25 @@ impl Journal {
             .collect()
     }
 
+    /// The one object waiting to be found again on `slot` whose identity is `identity`.
+    fn pending_as(&self, slot: u64, identity: &[Attribute]) -> Option<u64> {
+        let key = |a: &[Attribute]| {
+            let mut v = a.to_vec();
+            v.sort_by_key(|a| a.ty);
+            v
+        };
+        let wanted = key(identity);
+        let mut matches = self.objects.iter().filter(|(_, o)| {
+            o.real.is_none()
+                && o.slot == slot
+                && o.identity.as_deref().is_some_and(|id| key(id) == wanted)
+        });
+        match (matches.next(), matches.next()) {
+            (Some((v, _)), None) => Some(*v),
+            _ => None,
+        }
+    }
+
     /// The current server's handle of one of the shim's sessions.
     pub fn session_real(&self, session: u64) -> Option<u64> {
         self.sessions.get(&session).and_then(|s| s.real)
@@ -622,6 +641,11 @@ impl Journal {
                 Some(v) => *v,
                 None => {
                     let identity = identities.remove(&real).flatten();
+                    // An object the application held before a restart, handed out again.
+                    if let Some(v) = identity.as_ref().and_then(|id| self.pending_as(slot, id)) {
+                        self.resolve_object(v, Some(real));
+                        return v;
+                    }
                     let owner = session.filter(|_| made[i]);
                     self.add_object(real, slot, identity, owner)
                 }
@@ -834,6 +858,58 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(found, Response::Ulongs { values, .. } if values == vec![7]));
+    }
+
+    #[test]
+    fn a_search_on_a_new_server_hands_out_the_old_handle_of_the_same_object() {
+        let mut j = Journal::new(A);
+        let s = open(&mut j, 1);
+        let id = |v: &[u8]| {
+            vec![
+                Attribute {
+                    ty: CKA_CLASS,
+                    value: AttrValue::Ulong(CKO_PRIVATE_KEY),
+                },
+                Attribute {
+                    ty: CKA_ID,
+                    value: AttrValue::Bytes(v.to_vec()),
+                },
+            ]
+        };
+        let key = j.add_object(7, 0, Some(id(b"a")), None);
+        j.add_object(8, 0, Some(id(b"b")), None);
+        j.switch_instance(B);
+        j.sessions.get_mut(&s).unwrap().real = Some(1);
+        let mut r = sign_init(s, key);
+        assert_eq!(j.pending_in(&mut r), vec![(key, id(b"a"))]);
+        // The new server's handle 20 has key's identity (attributes in another order).
+        let mut reversed = id(b"a");
+        reversed.reverse();
+        let find = |j: &mut Journal, real: u64, identity: Vec<Attribute>| {
+            let mut request = Request::FindObjects {
+                session: s,
+                max_count: 1,
+            };
+            let shimmed = j.to_server(&mut request).unwrap();
+            j.after(
+                &request,
+                &shimmed,
+                None,
+                Response::Ulongs {
+                    rv: CKR_OK,
+                    count: 1,
+                    values: vec![real],
+                },
+                true,
+                vec![(real, Some(identity))],
+            )
+        };
+        let found = find(&mut j, 20, reversed);
+        assert!(matches!(found, Response::Ulongs { values, .. } if values == vec![key]));
+        assert!(j.pending_in(&mut sign_init(s, key)).is_empty());
+        // An object never seen before gets a handle of its own.
+        let found = find(&mut j, 21, id(b"c"));
+        assert!(matches!(found, Response::Ulongs { values, .. } if values == vec![21]));
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //! 2. each slot's login is replayed with the kept PIN (a session on a slot whose login cannot
 //!    be replayed stays lost: it answers CKR_SESSION_HANDLE_INVALID, so the application opens
 //!    and logs in a new one, as Fabric does on a 0xB* answer);
-//! 3. token objects are found again by the identifying attributes recorded when their handle
-//!    was first handed out (exactly one match, else the handle is lost);
-//! 4. each operation whose Init took no data yet is initialised again.
+//! 3. each operation whose Init took no data yet is initialised again, its key found again by
+//!    the identifying attributes recorded when its handle was first handed out (exactly one
+//!    match, else the handle is lost).
 //!
-//! Session objects and operations that had taken data cannot come back: their handles then
-//! get the vendor library's answer for an invalid handle, and the operation's next call
-//! CKR_OPERATION_NOT_INITIALIZED.
+//! Other token objects are found again the same way when a call first names them, or adopted
+//! when a search hands them out again (same identity), so the replay does not grow with the
+//! number of objects the application has seen.
+//!
+//! Session objects and operations that had taken data cannot come back: their handles answer
+//! CKR_OBJECT_HANDLE_INVALID, and the operation's next call CKR_OPERATION_NOT_INITIALIZED.
 
 use std::time::Instant;
 
@@ -126,41 +129,15 @@ fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, Protoc
             login_again(conn, journal, slot, session)?;
         }
     }
-    // 3. Token objects, found by their identity on a session of their slot. Those of a slot
-    //    without a session wait for their first use (see `find_pending`).
-    let mut objects: Vec<(u64, u64, Vec<Attribute>)> = journal
-        .objects
-        .iter()
-        .filter_map(|(v, o)| Some((*v, o.slot, o.identity.clone()?)))
-        .collect();
-    objects.sort_unstable_by_key(|o| o.0);
-    let mut found = 0;
-    for (object, slot, template) in objects {
-        let Some(session) = first_session_on(journal, slot, &handles) else {
-            continue;
-        };
-        match find_one(conn, session, template)? {
-            Ok(Some(real)) => {
-                found += 1;
-                journal.resolve_object(object, Some(real));
-            }
-            Err(_) => {}
-            Ok(None) => {
-                log(
-                    LogLevel::Warn,
-                    &format!("object {object} was not found again on the new server"),
-                );
-                journal.lose_object(object);
-            }
-        }
-    }
-    // 4. Operations that took no data yet are initialised again; the others are gone.
+    // 3. Operations that took no data yet are initialised again (their keys found again
+    //    first); the others are gone. Other token objects are found again when first used or
+    //    handed out again (see `find_pending` and `Journal::after`).
     let mut rebuilt = 0;
     for &h in &handles {
         rebuilt += init_again(conn, journal, h)?;
     }
     Ok(format!(
-        "{reopened} of {} sessions, {found} objects, {rebuilt} operations",
+        "{reopened} of {} sessions, {rebuilt} operations",
         handles.len()
     ))
 }
@@ -282,20 +259,20 @@ fn init_again(
     if journal.sessions[&h].real.is_none() {
         return Ok(0);
     }
+    let session = journal.sessions[&h].real.expect("checked");
     let mut kept = Vec::new();
     for op in ops.into_iter().filter(|o| o.fresh) {
         let mut init = op.init.clone();
+        let pending = journal.pending_in(&mut init);
+        find_pending(conn, journal, session, pending)?;
         let Ok(shimmed) = journal.to_server(&mut init) else {
             continue;
         };
         let mut rv = conn.call(&init)?.rv();
-        if is_invalid_handle(rv) {
-            let session = journal.sessions[&h].real.expect("checked");
-            if find_again(conn, journal, session, &shimmed.objects)? {
-                let mut init = op.init.clone();
-                if journal.to_server(&mut init).is_ok() {
-                    rv = conn.call(&init)?.rv();
-                }
+        if is_invalid_handle(rv) && find_again(conn, journal, session, &shimmed.objects)? {
+            let mut init = op.init.clone();
+            if journal.to_server(&mut init).is_ok() {
+                rv = conn.call(&init)?.rv();
             }
         }
         if rv == CKR_OK {
