@@ -380,11 +380,19 @@ impl Journal {
     }
 
     /// The server's object handles in a response to `request` that the shim has no handle
-    /// for yet.
+    /// for yet and that may be token objects (whose identity is worth reading): a session
+    /// object made by this call cannot outlive its server.
     pub fn new_objects(&self, request: &Request, response: &Response) -> Vec<u64> {
+        let made = made_session_objects(request);
         object_handles_in(request, response)
             .into_iter()
-            .filter(|h| *h != wire(CK_INVALID_HANDLE) && !self.by_real.contains_key(h))
+            .enumerate()
+            .filter(|(i, h)| {
+                !made.get(*i).copied().unwrap_or(false)
+                    && *h != wire(CK_INVALID_HANDLE)
+                    && !self.by_real.contains_key(h)
+            })
+            .map(|(_, h)| h)
             .collect()
     }
 
