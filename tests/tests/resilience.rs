@@ -737,6 +737,15 @@ fn a_restart_keeps_handles_logins_token_objects_and_initialised_operations() {
 
     // SAFETY: valid arguments throughout.
     unsafe {
+        // A first call without a session: answered by the new server as it is.
+        let mut count: CK_ULONG = 0;
+        assert_eq!(
+            f.C_GetSlotList.unwrap()(CK_TRUE, ptr::null_mut(), &mut count),
+            CKR_OK
+        );
+        assert!(count >= 1);
+        let mut token = CK_TOKEN_INFO::default();
+        assert_eq!(f.C_GetTokenInfo.unwrap()(slot, &mut token), CKR_OK);
         // The same session handle, logged in again.
         let mut info = CK_SESSION_INFO::default();
         assert_eq!(f.C_GetSessionInfo.unwrap()(s, &mut info), CKR_OK);

@@ -76,6 +76,30 @@ enum Step {
     None,
 }
 
+/// Whether the answer to `request` changes what the journal holds or carries object handles;
+/// the answers to other calls (queries, random, single-shot message calls) pass untouched.
+pub fn records(request: &Request) -> bool {
+    !matches!(step(request), Step::None)
+        || matches!(
+            request,
+            Request::OpenSession { .. }
+                | Request::CloseSession { .. }
+                | Request::CloseAllSessions { .. }
+                | Request::Login { .. }
+                | Request::LoginUser { .. }
+                | Request::Logout { .. }
+                | Request::SetPin { .. }
+                | Request::SetAttributeValue { .. }
+                | Request::DestroyObject { .. }
+                | Request::CreateObject { .. }
+                | Request::CopyObject { .. }
+                | Request::GenerateKey { .. }
+                | Request::GenerateKeyPair { .. }
+                | Request::UnwrapKey { .. }
+                | Request::DeriveKey { .. }
+        )
+}
+
 /// Whether `request` is a C_*Init that the journal records (with the shim's handles).
 pub fn is_init(request: &Request) -> bool {
     matches!(step(request), Step::Init(_))
@@ -303,27 +327,26 @@ impl Journal {
     /// server (no session of their token was open when the application moved to it), with
     /// their identifying attributes.
     pub fn pending_in(&self, request: &mut Request) -> Vec<(u64, Vec<Attribute>)> {
-        let mut named: Vec<u64> = request
-            .object_handles_mut()
-            .into_iter()
-            .flatten()
-            .map(|h| *h)
-            .collect();
+        let mut pending = Vec::new();
+        let mut check = |v: u64| {
+            if let Some(ObjectRecord {
+                real: None,
+                identity: Some(identity),
+                ..
+            }) = self.objects.get(&v)
+            {
+                pending.push((v, identity.clone()));
+            }
+        };
+        for h in request.object_handles_mut().into_iter().flatten() {
+            check(*h);
+        }
         if let Some(bytes) = param_key_mut(request) {
-            named.push(wire(CK_OBJECT_HANDLE::from_ne_bytes(
+            check(wire(CK_OBJECT_HANDLE::from_ne_bytes(
                 bytes[..].try_into().expect("length checked"),
             )));
         }
-        named
-            .into_iter()
-            .filter_map(|v| {
-                let o = self.objects.get(&v)?;
-                match (&o.real, &o.identity) {
-                    (None, Some(identity)) => Some((v, identity.clone())),
-                    _ => None,
-                }
-            })
-            .collect()
+        pending
     }
 
     /// The one object waiting to be found again on `slot` whose identity is `identity`.

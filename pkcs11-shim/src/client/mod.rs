@@ -54,7 +54,7 @@ pub struct Client {
     pid: u32,
     idle: Mutex<Vec<Connection>>,
     /// The application's sessions, objects, logins and operations, with the shim's handles.
-    journal: Mutex<Journal>,
+    journal: RwLock<Journal>,
     /// The mechanism of each session's message-based operation, which fixes the layout of
     /// the per-message parameters (v3.0 §5.9).
     message_mechanisms: Mutex<HashMap<(CK_SESSION_HANDLE, MessageOp), CK_MECHANISM_TYPE>>,
@@ -120,7 +120,7 @@ impl Client {
         {
             return Err(CKR_DEVICE_ERROR);
         }
-        let epoch = self.journal.lock().epoch;
+        let epoch = self.journal.read().epoch;
         match Connection::open(&self.config, &self.client_id) {
             Ok(mut c) => {
                 *self.backoff.lock() = None;
@@ -205,39 +205,16 @@ impl Client {
                     return Err(self.lost_answer());
                 }
             }
-            let shimmed = {
-                let mut j = self.journal.lock();
-                if uses_handles(&mut request) && j.instance != conn.instance() {
-                    if conn.journal_epoch < j.epoch {
-                        // Opened before the last switch, to a server the application left.
-                        continue;
-                    }
-                    if recovery::recover(&mut conn, &mut j, self.config.recovery).is_err() {
-                        sends += 1;
-                        continue;
-                    }
-                    let instance = conn.instance();
-                    self.idle.lock().retain(|c| c.instance() == instance);
+            let shimmed = match self.prepare(&mut conn, &mut request) {
+                Prepared::Ready(shimmed) => shimmed,
+                Prepared::Again => continue,
+                Prepared::Failed => {
+                    sends += 1;
+                    continue;
                 }
-                let pending = j.pending_in(&mut request);
-                let session = request.session_mut().and_then(|s| j.session_real(*s));
-                if let (false, Some(session)) = (pending.is_empty(), session) {
-                    if recovery::find_pending(&mut conn, &mut j, session, pending).is_err() {
-                        sends += 1;
-                        continue;
-                    }
-                }
-                match j.to_server(&mut request) {
-                    Ok(s) => s,
-                    Err(rv) => {
-                        // Closing a lost session releases its handle.
-                        if let Request::CloseSession { session } = &request {
-                            j.forget_session(*session);
-                        }
-                        drop(j);
-                        self.park(conn);
-                        return Err(rv);
-                    }
+                Prepared::Refused(rv) => {
+                    self.park(conn);
+                    return Err(rv);
                 }
             };
             sends += 1;
@@ -290,6 +267,55 @@ impl Client {
         Err(self.lost_answer())
     }
 
+    /// Puts the server's handles into `request` for the server `conn` reached: at once on the
+    /// usual path (a read lock: threads translate side by side); under the write lock when
+    /// the journal must first be replayed on a new server instance, or objects the request
+    /// names found again there.
+    fn prepare(&self, conn: &mut Connection, request: &mut Request) -> Prepared {
+        let moved = |j: &Journal, request: &mut Request| {
+            uses_handles(request) && j.instance != conn.instance()
+        };
+        {
+            let j = self.journal.read();
+            if !moved(&j, request) && j.pending_in(request).is_empty() {
+                match j.to_server(request) {
+                    Ok(s) => return Prepared::Ready(s),
+                    // Closing a lost session releases its handle, below.
+                    Err(_) if matches!(request, Request::CloseSession { .. }) => {}
+                    Err(rv) => return Prepared::Refused(rv),
+                }
+            }
+        }
+        let mut j = self.journal.write();
+        if moved(&j, request) {
+            if conn.journal_epoch < j.epoch {
+                // Opened before the last switch, to a server the application left.
+                return Prepared::Again;
+            }
+            if recovery::recover(conn, &mut j, self.config.recovery).is_err() {
+                return Prepared::Failed;
+            }
+            let instance = conn.instance();
+            self.idle.lock().retain(|c| c.instance() == instance);
+        }
+        let pending = j.pending_in(request);
+        let session = request.session_mut().and_then(|s| j.session_real(*s));
+        if let (false, Some(session)) = (pending.is_empty(), session) {
+            if recovery::find_pending(conn, &mut j, session, pending).is_err() {
+                return Prepared::Failed;
+            }
+        }
+        match j.to_server(request) {
+            Ok(s) => Prepared::Ready(s),
+            Err(rv) => {
+                if let Request::CloseSession { session } = request {
+                    j.forget_session(*session);
+                }
+                Prepared::Refused(rv)
+            }
+        }
+    }
+
     /// Whether the server answered CKR_SESSION_HANDLE_INVALID for a session the application
     /// still holds, on the same server instance (the session outlived the resume grace, or the
     /// vendor library closed it), and the session could be opened again: the call is then
@@ -310,7 +336,7 @@ impl Client {
         let (Some(session), Some(sent)) = (shimmed.session, request.session_mut().copied()) else {
             return false;
         };
-        let mut j = self.journal.lock();
+        let mut j = self.journal.write();
         let still_ours = j
             .sessions
             .get(&session)
@@ -337,7 +363,7 @@ impl Client {
         let Some(session) = request.session_mut().copied() else {
             return false;
         };
-        let mut j = self.journal.lock();
+        let mut j = self.journal.write();
         j.instance == conn.instance()
             && recovery::find_again(conn, &mut j, session, &shimmed.objects).unwrap_or(false)
     }
@@ -355,9 +381,12 @@ impl Client {
         init: Option<Request>,
         response: Response,
     ) -> Option<Response> {
+        if !journal::records(request) {
+            return Some(response);
+        }
         let mut identities = Vec::new();
         if self.config.recovery {
-            let new = self.journal.lock().new_objects(request, &response);
+            let new = self.journal.read().new_objects(request, &response);
             if let Some(session) = request.session_mut().copied() {
                 for real in new {
                     let identity = recovery::identity(conn, session, real).unwrap_or(None);
@@ -366,7 +395,7 @@ impl Client {
             }
         }
         let keep_pin = self.config.recovery && self.config.keep_pin;
-        let mut j = self.journal.lock();
+        let mut j = self.journal.write();
         let handle_free =
             request.changes_token() && journal::object_handles_in(request, &response).is_empty();
         if j.instance != conn.instance() && !handle_free {
@@ -430,6 +459,18 @@ impl Client {
             }
         }
     }
+}
+
+/// How [`Client::prepare`] left a request.
+enum Prepared {
+    /// Translated for the connection's server.
+    Ready(Shimmed),
+    /// The connection belongs to a server the application left: take another.
+    Again,
+    /// The connection failed during a replay: another attempt.
+    Failed,
+    /// Answered here (a lost session or object).
+    Refused(CK_RV),
 }
 
 /// Whether a request involves the journal's handles. Calls without a session (library, slot
@@ -502,7 +543,7 @@ pub fn initialize() -> Rv {
         config,
         client_id,
         pid: std::process::id(),
-        journal: Mutex::new(Journal::new(conn.instance())),
+        journal: RwLock::new(Journal::new(conn.instance())),
         idle: Mutex::new(vec![conn]),
         message_mechanisms: Mutex::new(HashMap::new()),
         backoff: Mutex::new(None),
@@ -541,7 +582,7 @@ pub fn finalize() -> Rv {
     // delays that; C_Finalize itself succeeds.
     let _ = client.call_with(Request::Finalize, false);
     // Kept PINs are wiped as the records drop.
-    client.journal.lock().clear();
+    client.journal.write().clear();
     Ok(())
 }
 
