@@ -1,9 +1,13 @@
-//! The shim's client side: the configuration, the connections to the server, and the
-//! application's C_Initialize state.
+//! The shim's client side: the configuration, the connections to the server, the
+//! application's C_Initialize state, and its recovery across server restarts (DESIGN.md,
+//! "Recovery model"): [`journal`] holds the shim's handles and what it records, [`recovery`]
+//! replays it on a new server.
 //!
 //! Threads call concurrently: each call takes an idle connection from the pool (or opens a new
-//! one), so no lock is held across a round trip. All connections of one shim instance present
-//! the same client id, so the server sees one application (DESIGN.md, "Shim semantics").
+//! one), so no lock is held across a round trip (the journal's write lock is held across the
+//! round trips of a replay only, so that no thread uses half-restored handles). All
+//! connections of one shim instance present the same client id, so the server sees one
+//! application (DESIGN.md, "Shim semantics").
 
 pub mod config;
 mod connection;
