@@ -1,6 +1,6 @@
 //! The shim's client side: the configuration, the connections to the server, the
 //! application's C_Initialize state, and its recovery across server restarts (DESIGN.md,
-//! "Recovery model"): [`journal`] holds the shim's handles and what it records, [`recovery`]
+//! "Recovery model"): `journal` holds the shim's handles and what it records, `recovery`
 //! replays it on a new server.
 //!
 //! Threads call concurrently: each call takes an idle connection from the pool (or opens a new
@@ -181,7 +181,7 @@ impl Client {
     /// One call, with the shim's handles in the request and in the answer.
     ///
     /// When the connection reaches a new server instance, the journal is replayed there
-    /// first ([`recovery`]). When an answer is lost, the request is sent again only if that
+    /// first (`recovery`). When an answer is lost, the request is sent again only if that
     /// cannot do anything twice: to the same server (resumed) only if it changes nothing at
     /// all; to a new instance (restart, failover) only if it does not change the token (the
     /// first send may have done so before the server went away). Otherwise the call answers
