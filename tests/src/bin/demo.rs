@@ -104,9 +104,20 @@ fn main() {
         .unwrap_err();
     println!("9. a tampered signature is refused through the proxy: {refused}");
 
+    // A proxy restart is invisible: the shim reopens the session, logs in again and finds the
+    // key again by its identifying attributes.
+    let address = server.address.clone();
+    server.kill();
+    let mut server = ProxyServer::start(&hsm, &address);
+    let signature = session.sign(&Mechanism::Ecdsa, private, &digest).unwrap();
+    session
+        .verify(&Mechanism::Ecdsa, public, &digest, &signature)
+        .unwrap();
+    println!("10. server killed (SIGKILL) and restarted on {address}: the same session and key handles signed and verified again, no error seen by the application");
+
     drop(session);
     drop(ctx);
     let status = server.stop();
-    println!("10. server stopped with SIGTERM: {status:?}");
+    println!("11. server stopped with SIGTERM: {status:?}");
     println!("demo: OK");
 }
