@@ -181,6 +181,9 @@ pub struct SessionRecord {
     /// The current server's handle; `None` when the session could not be brought back.
     pub real: Option<u64>,
     pub ops: Vec<OpRecord>,
+    /// The application is closing it (C_CloseSession or C_CloseAllSessions sent): another
+    /// thread's CKR_SESSION_HANDLE_INVALID for it is then the answer, not a session to mend.
+    pub closing: bool,
 }
 
 /// One object handle handed to the application.
@@ -494,6 +497,7 @@ impl Journal {
                             flags: *flags,
                             real: Some(real),
                             ops: Vec::new(),
+                            closing: false,
                         },
                     );
                     return Response::Handle(v);
@@ -638,6 +642,24 @@ impl Journal {
                     username: username.cloned(),
                 },
             );
+        }
+    }
+
+    /// Before C_CloseSession or C_CloseAllSessions leaves: the sessions it closes are no
+    /// longer to be mended.
+    pub fn closing(&mut self, request: &Request, shimmed: &Shimmed) {
+        match request {
+            Request::CloseSession { .. } => {
+                if let Some(s) = shimmed.session.and_then(|v| self.sessions.get_mut(&v)) {
+                    s.closing = true;
+                }
+            }
+            Request::CloseAllSessions { slot } => {
+                for s in self.sessions.values_mut().filter(|s| s.slot == *slot) {
+                    s.closing = true;
+                }
+            }
+            _ => {}
         }
     }
 

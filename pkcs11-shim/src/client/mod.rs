@@ -221,6 +221,12 @@ impl Client {
                     return Err(rv);
                 }
             };
+            if matches!(
+                request,
+                Request::CloseSession { .. } | Request::CloseAllSessions { .. }
+            ) {
+                self.journal.write().closing(&request, &shimmed);
+            }
             sends += 1;
             match conn.call(&request) {
                 Ok(response) => {
@@ -344,7 +350,7 @@ impl Client {
         let still_ours = j
             .sessions
             .get(&session)
-            .is_some_and(|s| s.real == Some(sent));
+            .is_some_and(|s| s.real == Some(sent) && !s.closing);
         still_ours
             && j.instance == conn.instance()
             && recovery::reopen_session(conn, &mut j, session).unwrap_or(false)
