@@ -364,8 +364,15 @@ fn a_session_the_server_dropped_is_opened_again_with_its_login_and_operation() {
     let f = m.f();
     let s = m.open_rw(m.first_slot());
     let key = find_key(&m, s, CKO_PRIVATE_KEY);
+    let data_class = CKO_DATA.to_ne_bytes();
+    let mut data_t = [attr(CKA_CLASS, &data_class), attr(CKA_LABEL, b"gone")];
+    let mut session_object = 0;
     // SAFETY: valid arguments throughout.
     unsafe {
+        assert_eq!(
+            f.C_CreateObject.unwrap()(s, data_t.as_mut_ptr(), 2, &mut session_object),
+            CKR_OK
+        );
         assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK);
         relay.cut();
         std::thread::sleep(Duration::from_millis(300));
@@ -385,6 +392,12 @@ fn a_session_the_server_dropped_is_opened_again_with_its_login_and_operation() {
         let mut info = CK_SESSION_INFO::default();
         assert_eq!(f.C_GetSessionInfo.unwrap()(s, &mut info), CKR_OK);
         assert_eq!(info.state, CKS_RW_USER_FUNCTIONS);
+        // The session object went with the dropped session.
+        let mut size = 0;
+        assert_eq!(
+            f.C_GetObjectSize.unwrap()(s, session_object, &mut size),
+            CKR_OBJECT_HANDLE_INVALID
+        );
     }
     assert_eq!(unsafe { fabric_sign(&m, s) }, CKR_OK);
 }

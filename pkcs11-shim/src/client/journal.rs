@@ -606,6 +606,20 @@ impl Journal {
         self.objects_to_shim(request, response, session, identities)
     }
 
+    /// The session objects `session` made are gone (the server lost the session): their
+    /// handles answer CKR_OBJECT_HANDLE_INVALID until the application closes the session.
+    pub fn lose_owned(&mut self, session: u64) {
+        let owned: Vec<u64> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| o.owner == Some(session))
+            .map(|(v, _)| *v)
+            .collect();
+        for v in owned {
+            self.lose_object(v);
+        }
+    }
+
     /// Forgets the session objects the given sessions made (closing them destroyed them).
     fn drop_owned(&mut self, sessions: &[u64]) {
         let by_real = &mut self.by_real;

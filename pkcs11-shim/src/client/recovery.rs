@@ -153,6 +153,8 @@ pub fn reopen_session(
     if let Some(s) = journal.sessions.get_mut(&session) {
         s.real = None;
     }
+    // Its session objects went with it; their numbers may be given to new objects.
+    journal.lose_owned(session);
     if !open_again(conn, journal, session)? {
         return Ok(false);
     }
