@@ -465,20 +465,47 @@ fn a_rolling_restart_moves_clients_to_the_next_server_without_errors() {
     );
     let mut first = ProxyServer::start(&hsm, &a);
     let _second = ProxyServer::start(&hsm, &b);
-    let m = client(&format!("{a},{b}"), &dir, &[]);
+    let log = dir.path().join("shim.log");
+    let m = client(
+        &format!("{a},{b}"),
+        &dir,
+        &[("PKCS11_PROXY_LOG_FILE", log.to_str().unwrap())],
+    );
     make_token_key(&m);
     let start = Instant::now();
     let mark = AtomicU64::new(0);
     let tally = Tally::default();
     let mut status = None;
     std::thread::scope(|scope| {
-        scope.spawn(|| fabric_loop(&m, 4, start + Duration::from_secs(3), start, &mark, &tally));
+        scope.spawn(|| fabric_loop(&m, 4, start + Duration::from_secs(4), start, &mark, &tally));
         std::thread::sleep(Duration::from_millis(1000));
         mark.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         // SIGTERM: the first server drains its calls in progress and exits.
         status = first.stop();
+        // Upgraded and back: the application stays on the second server.
+        std::thread::sleep(Duration::from_millis(500));
+        first = ProxyServer::start(&hsm, &a);
+        // A burst of calls opens new connections: they go where the application is.
+        std::thread::scope(|burst| {
+            for _ in 0..16 {
+                burst.spawn(|| {
+                    let s = m.open_rw(m.first_slot());
+                    let mut r = [0u8; 16];
+                    // SAFETY: valid buffer.
+                    let rv = unsafe { m.f().C_GenerateRandom.unwrap()(s, r.as_mut_ptr(), 16) };
+                    assert_eq!(rv, CKR_OK);
+                    // SAFETY: a session of this application.
+                    unsafe { m.f().C_CloseSession.unwrap()(s) };
+                });
+            }
+        });
     });
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let switches = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("new server instance")
+        .count();
+    assert_eq!(switches, 1, "moved once, to the second server");
     let first_ok = tally.first_ok_after_mark.load(Ordering::Relaxed);
     println!(
         "rolling restart: signatures {}, errors {} {:x?}, evictions {}, first signature {} ms after SIGTERM",

@@ -50,22 +50,34 @@ pub struct Connection {
     instance: [u8; 16],
     /// The journal's epoch when this connection was opened (see `Journal::epoch`).
     pub journal_epoch: u64,
+    address_index: usize,
     out: Vec<u8>,
     frame: Vec<u8>,
     scratch: Vec<u8>,
 }
 
 impl Connection {
-    /// Connects to the first address that answers and performs the handshake.
-    pub fn open(config: &Config, client_id: &ClientId) -> Result<Self, String> {
+    /// Connects to the first address that answers, trying them all in order from the one at
+    /// index `first` (wrapping around), and performs the handshake.
+    pub fn open(config: &Config, client_id: &ClientId, first: usize) -> Result<Self, String> {
+        let n = config.addresses.len();
         let mut errors = Vec::new();
-        for addr in &config.addresses {
+        for index in (0..n).map(|i| (first + i) % n) {
+            let addr = &config.addresses[index];
             match Self::open_one(addr, config, client_id) {
-                Ok(c) => return Ok(c),
+                Ok(mut c) => {
+                    c.address_index = index;
+                    return Ok(c);
+                }
                 Err(e) => errors.push(format!("{addr}: {e}")),
             }
         }
         Err(errors.join("; "))
+    }
+
+    /// The index, in the configured list, of the address this connection reached.
+    pub fn address_index(&self) -> usize {
+        self.address_index
     }
 
     fn open_one(addr: &Address, config: &Config, client_id: &ClientId) -> Result<Self, String> {
@@ -93,6 +105,7 @@ impl Connection {
             reader: BufReader::with_capacity(16 * 1024, stream),
             instance: [0; 16],
             journal_epoch: 0,
+            address_index: 0,
             out: Vec::new(),
             frame: Vec::new(),
             scratch: Vec::new(),

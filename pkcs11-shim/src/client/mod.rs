@@ -17,6 +17,7 @@ mod recovery;
 mod tls;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,8 @@ pub struct Client {
     idle: Mutex<Vec<Connection>>,
     /// The application's sessions, objects, logins and operations, with the shim's handles.
     journal: RwLock<Journal>,
+    /// The index of the address new connections try first.
+    address: AtomicUsize,
     /// The mechanism of each session's message-based operation, which fixes the layout of
     /// the per-message parameters (v3.0 §5.9).
     message_mechanisms: Mutex<HashMap<(CK_SESSION_HANDLE, MessageOp), CK_MECHANISM_TYPE>>,
@@ -125,10 +128,14 @@ impl Client {
             return Err(CKR_DEVICE_ERROR);
         }
         let epoch = self.journal.read().epoch;
-        match Connection::open(&self.config, &self.client_id) {
+        // The address that served last is tried first: after a failover the application
+        // stays on the server it moved to (no replay back when the first one returns).
+        let first = self.address.load(Ordering::Relaxed);
+        match Connection::open(&self.config, &self.client_id, first) {
             Ok(mut c) => {
                 *self.backoff.lock() = None;
                 c.journal_epoch = epoch;
+                self.address.store(c.address_index(), Ordering::Relaxed);
                 Ok(c)
             }
             Err(e) => {
@@ -542,7 +549,7 @@ pub fn initialize() -> Rv {
         );
         CKR_GENERAL_ERROR
     })?;
-    let conn = Connection::open(&config, &client_id).map_err(|e| {
+    let conn = Connection::open(&config, &client_id, 0).map_err(|e| {
         log::log(
             log::LogLevel::Error,
             &format!("C_Initialize: cannot reach the proxy server: {e}"),
@@ -554,6 +561,7 @@ pub fn initialize() -> Rv {
         client_id,
         pid: std::process::id(),
         journal: RwLock::new(Journal::new(conn.instance())),
+        address: AtomicUsize::new(conn.address_index()),
         idle: Mutex::new(vec![conn]),
         message_mechanisms: Mutex::new(HashMap::new()),
         backoff: Mutex::new(None),
