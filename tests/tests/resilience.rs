@@ -1100,3 +1100,62 @@ fn a_key_handle_kept_while_no_session_was_open_is_found_again_at_its_first_use()
     // A search hands out the same handle again.
     assert_eq!(find_key(&m, s, CKO_PRIVATE_KEY), key);
 }
+
+#[test]
+fn over_mutual_tls_a_restart_is_invisible_too() {
+    let hsm = SoftHsm::new("tlsrestart");
+    let dir = TempDir::new("tlsrestart");
+    let pki = tests::pki::Pki::new(dir.path(), "restart-ca");
+    let (server_id, client_id) = (pki.server("server"), pki.client("peer0", false));
+    let start = |listen: &str| {
+        ProxyServer::start_with(
+            &hsm,
+            &[
+                "--module",
+                SOFTHSM,
+                "--listen",
+                listen,
+                "--tls-cert",
+                server_id.cert.to_str().unwrap(),
+                "--tls-key",
+                server_id.key.to_str().unwrap(),
+                "--tls-client-ca",
+                pki.ca.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let mut server = start("tls://127.0.0.1:0");
+    let address = server.address.clone();
+    let m = client(
+        &address,
+        &dir,
+        &[
+            ("PKCS11_PROXY_TLS_CA", pki.ca.to_str().unwrap()),
+            ("PKCS11_PROXY_TLS_CERT", client_id.cert.to_str().unwrap()),
+            ("PKCS11_PROXY_TLS_KEY", client_id.key.to_str().unwrap()),
+        ],
+    );
+    make_token_key(&m);
+    let s = m.open_rw(m.first_slot());
+    let key = find_key(&m, s, CKO_PRIVATE_KEY);
+    // SAFETY: valid arguments.
+    unsafe { assert_eq!(m.f().C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK) };
+    server.kill();
+    let _server = start(&address);
+    let digest = [7u8; 32];
+    let mut sig = [0u8; 128];
+    let mut len: CK_ULONG = 128;
+    // SAFETY: valid buffers.
+    let rv = unsafe {
+        m.f().C_Sign.unwrap()(
+            s,
+            digest.as_ptr() as *mut u8,
+            32,
+            sig.as_mut_ptr(),
+            &mut len,
+        )
+    };
+    assert_eq!(rv, CKR_OK);
+    assert_eq!(unsafe { fabric_sign(&m, s) }, CKR_OK);
+}
