@@ -376,19 +376,7 @@ fn a_session_the_server_dropped_is_opened_again_with_its_login_and_operation() {
         assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK);
         relay.cut();
         std::thread::sleep(Duration::from_millis(300));
-        let digest = [7u8; 32];
-        let mut sig = [0u8; 128];
-        let mut len: CK_ULONG = 128;
-        assert_eq!(
-            f.C_Sign.unwrap()(
-                s,
-                digest.as_ptr() as *mut u8,
-                32,
-                sig.as_mut_ptr(),
-                &mut len
-            ),
-            CKR_OK
-        );
+        assert_eq!(sign_digest(&m, s), CKR_OK);
         let mut info = CK_SESSION_INFO::default();
         assert_eq!(f.C_GetSessionInfo.unwrap()(s, &mut info), CKR_OK);
         assert_eq!(info.state, CKS_RW_USER_FUNCTIONS);
@@ -576,16 +564,7 @@ fn a_slow_vendor_call_does_not_hold_up_other_clients() {
             let rv = unsafe {
                 let f = quick.f();
                 assert_eq!(f.C_SignInit.unwrap()(q, &mut ecdsa(), key), CKR_OK);
-                let digest = [7u8; 32];
-                let mut sig = [0u8; 128];
-                let mut len: CK_ULONG = 128;
-                f.C_Sign.unwrap()(
-                    q,
-                    digest.as_ptr() as *mut u8,
-                    32,
-                    sig.as_mut_ptr(),
-                    &mut len,
-                )
+                sign_digest(&quick, q)
             };
             assert_eq!(rv, CKR_OK);
             worst = worst.max(t.elapsed());
@@ -717,6 +696,24 @@ fn find_key(m: &RawModule, s: CK_SESSION_HANDLE, class: CK_OBJECT_CLASS) -> CK_O
     }
     assert_eq!(n, 1);
     key
+}
+
+/// One C_Sign of a fixed digest into a 128-byte buffer, on a session whose signing
+/// operation is initialised.
+fn sign_digest(m: &RawModule, s: CK_SESSION_HANDLE) -> CK_RV {
+    let digest = [7u8; 32];
+    let mut sig = [0u8; 128];
+    let mut len: CK_ULONG = 128;
+    // SAFETY: valid buffers; the handle may be stale, which the module answers.
+    unsafe {
+        m.f().C_Sign.unwrap()(
+            s,
+            digest.as_ptr() as *mut u8,
+            32,
+            sig.as_mut_ptr(),
+            &mut len,
+        )
+    }
 }
 
 fn ecdsa() -> CK_MECHANISM {
@@ -886,21 +883,7 @@ fn a_lost_answer_is_resent_only_when_the_call_cannot_have_changed_the_token() {
     let tru = [CK_TRUE];
     // Each call is sent to a server that has stopped answering; the server is then killed
     // and a new one started before the answer is given up on.
-    let (signed, server) = answer_lost_to_a_restart(&hsm, &address, server, || {
-        let digest = [7u8; 32];
-        let mut sig = [0u8; 128];
-        let mut len: CK_ULONG = 128;
-        // SAFETY: valid buffers.
-        unsafe {
-            f.C_Sign.unwrap()(
-                s,
-                digest.as_ptr() as *mut u8,
-                32,
-                sig.as_mut_ptr(),
-                &mut len,
-            )
-        }
-    });
+    let (signed, server) = answer_lost_to_a_restart(&hsm, &address, server, || sign_digest(&m, s));
     let (created, _server) = answer_lost_to_a_restart(&hsm, &address, server, || {
         let mut t = [
             attr(CKA_CLASS, &data_class),
@@ -1027,19 +1010,7 @@ fn a_server_killed_during_c_sign_and_not_restarted_gives_a_clean_error_in_bounde
     let (rv, took) = std::thread::scope(|scope| {
         let sign = scope.spawn(|| {
             let started = Instant::now();
-            let digest = [7u8; 32];
-            let mut sig = [0u8; 128];
-            let mut len: CK_ULONG = 128;
-            // SAFETY: valid buffers.
-            let rv = unsafe {
-                f.C_Sign.unwrap()(
-                    s,
-                    digest.as_ptr() as *mut u8,
-                    32,
-                    sig.as_mut_ptr(),
-                    &mut len,
-                )
-            };
+            let rv = sign_digest(&m, s);
             (rv, started.elapsed())
         });
         std::thread::sleep(Duration::from_millis(200));
@@ -1083,19 +1054,7 @@ fn a_key_handle_kept_while_no_session_was_open_is_found_again_at_its_first_use()
     // SAFETY: valid arguments.
     unsafe {
         assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK);
-        let digest = [7u8; 32];
-        let mut sig = [0u8; 128];
-        let mut len: CK_ULONG = 128;
-        assert_eq!(
-            f.C_Sign.unwrap()(
-                s,
-                digest.as_ptr() as *mut u8,
-                32,
-                sig.as_mut_ptr(),
-                &mut len
-            ),
-            CKR_OK
-        );
+        assert_eq!(sign_digest(&m, s), CKR_OK);
     }
     // A search hands out the same handle again.
     assert_eq!(find_key(&m, s, CKO_PRIVATE_KEY), key);
@@ -1143,19 +1102,6 @@ fn over_mutual_tls_a_restart_is_invisible_too() {
     unsafe { assert_eq!(m.f().C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK) };
     server.kill();
     let _server = start(&address);
-    let digest = [7u8; 32];
-    let mut sig = [0u8; 128];
-    let mut len: CK_ULONG = 128;
-    // SAFETY: valid buffers.
-    let rv = unsafe {
-        m.f().C_Sign.unwrap()(
-            s,
-            digest.as_ptr() as *mut u8,
-            32,
-            sig.as_mut_ptr(),
-            &mut len,
-        )
-    };
-    assert_eq!(rv, CKR_OK);
+    assert_eq!(sign_digest(&m, s), CKR_OK);
     assert_eq!(unsafe { fabric_sign(&m, s) }, CKR_OK);
 }

@@ -242,6 +242,14 @@ fn param_key_mut(request: &mut Request) -> Option<&mut Vec<u8>> {
     }
 }
 
+/// The handle a CKM_CONCATENATE_BASE_AND_KEY parameter holds (its length checked by
+/// [`param_key_mut`]).
+fn handle_in(bytes: &[u8]) -> u64 {
+    wire(CK_OBJECT_HANDLE::from_ne_bytes(
+        bytes.try_into().expect("length checked"),
+    ))
+}
+
 /// The application's state on the server, as the shim knows it.
 #[derive(Debug)]
 pub struct Journal {
@@ -308,9 +316,7 @@ impl Journal {
             }
         }
         if let Some(bytes) = param_key_mut(request) {
-            let h = wire(CK_OBJECT_HANDLE::from_ne_bytes(
-                bytes[..].try_into().expect("length checked"),
-            ));
+            let h = handle_in(bytes);
             shimmed.param_key = Some(h);
             let real = narrow(self.object_to_server(h)?)?;
             bytes.copy_from_slice(&real.to_ne_bytes());
@@ -345,9 +351,7 @@ impl Journal {
             check(*h);
         }
         if let Some(bytes) = param_key_mut(request) {
-            check(wire(CK_OBJECT_HANDLE::from_ne_bytes(
-                bytes[..].try_into().expect("length checked"),
-            )));
+            check(handle_in(bytes));
         }
         pending
     }
@@ -408,17 +412,17 @@ impl Journal {
     /// The server's object handles in a response to `request` that the shim has no handle
     /// for yet and that may be token objects (whose identity is worth reading): a session
     /// object made by this call cannot outlive its server.
-    pub fn new_objects(&self, request: &Request, response: &Response) -> Vec<u64> {
+    pub fn new_objects(&self, request: &Request, response: &mut Response) -> Vec<u64> {
         let made = made_session_objects(request);
-        object_handles_in(request, response)
+        response_objects_mut(request, response)
             .into_iter()
             .enumerate()
             .filter(|(i, h)| {
                 !made.get(*i).copied().unwrap_or(false)
-                    && *h != wire(CK_INVALID_HANDLE)
-                    && !self.by_real.contains_key(h)
+                    && **h != wire(CK_INVALID_HANDLE)
+                    && !self.by_real.contains_key(*h)
             })
-            .map(|(_, h)| h)
+            .map(|(_, h)| *h)
             .collect()
     }
 
@@ -693,59 +697,39 @@ impl Journal {
     fn objects_to_shim(
         &mut self,
         request: &Request,
-        response: Response,
+        mut response: Response,
         session: Option<u64>,
         identities: Vec<(u64, Option<Vec<Attribute>>)>,
     ) -> Response {
         let slot = session.and_then(|s| self.session_slot(s)).unwrap_or(0);
         let made = made_session_objects(request);
         let mut identities: HashMap<u64, Option<Vec<Attribute>>> = identities.into_iter().collect();
-        let mut shim = |real: u64, i: usize| -> u64 {
-            if real == wire(CK_INVALID_HANDLE) {
-                return real;
+        for (i, h) in response_objects_mut(request, &mut response)
+            .into_iter()
+            .enumerate()
+        {
+            if *h == wire(CK_INVALID_HANDLE) {
+                continue;
             }
-            match self.by_real.get(&real) {
+            *h = match self.by_real.get(h) {
                 Some(v) => *v,
                 None => {
-                    let identity = identities.remove(&real).flatten();
+                    let identity = identities.remove(h).flatten();
                     // An object the application held before a restart, handed out again.
-                    if let Some(v) = identity.as_ref().and_then(|id| self.pending_as(slot, id)) {
-                        self.resolve_object(v, Some(real));
-                        return v;
+                    match identity.as_ref().and_then(|id| self.pending_as(slot, id)) {
+                        Some(v) => {
+                            self.resolve_object(v, Some(*h));
+                            v
+                        }
+                        None => {
+                            let owner = session.filter(|_| made.get(i).copied().unwrap_or(false));
+                            self.add_object(*h, slot, identity, owner)
+                        }
                     }
-                    let owner = session.filter(|_| made[i]);
-                    self.add_object(real, slot, identity, owner)
                 }
-            }
-        };
-        match (request, response) {
-            (
-                Request::CreateObject { .. }
-                | Request::CopyObject { .. }
-                | Request::GenerateKey { .. }
-                | Request::UnwrapKey { .. }
-                | Request::DeriveKey { .. },
-                Response::Handle(h),
-            ) => Response::Handle(shim(h, 0)),
-            (
-                Request::GenerateKeyPair { .. },
-                Response::KeyPair {
-                    public_key,
-                    private_key,
-                },
-            ) => Response::KeyPair {
-                public_key: shim(public_key, 0),
-                private_key: shim(private_key, 1),
-            },
-            (Request::FindObjects { .. }, Response::Ulongs { rv, count, values }) => {
-                Response::Ulongs {
-                    rv,
-                    count,
-                    values: values.into_iter().map(|h| shim(h, 0)).collect(),
-                }
-            }
-            (_, r) => r,
+            };
         }
+        response
     }
 
     /// A new server instance: every server handle is void. Object handles keep their records
@@ -816,8 +800,9 @@ fn made_session_objects(request: &Request) -> [bool; 2] {
     }
 }
 
-/// The object handles a response carries, by the request it answers.
-pub fn object_handles_in(request: &Request, response: &Response) -> Vec<u64> {
+/// The object handles a response to `request` carries, in order (C_GenerateKeyPair: the
+/// public key, then the private key): the one place that knows which answers hold handles.
+pub fn response_objects_mut<'r>(request: &Request, response: &'r mut Response) -> Vec<&'r mut u64> {
     match (request, response) {
         (
             Request::CreateObject { .. }
@@ -826,15 +811,17 @@ pub fn object_handles_in(request: &Request, response: &Response) -> Vec<u64> {
             | Request::UnwrapKey { .. }
             | Request::DeriveKey { .. },
             Response::Handle(h),
-        ) => vec![*h],
+        ) => vec![h],
         (
             Request::GenerateKeyPair { .. },
             Response::KeyPair {
                 public_key,
                 private_key,
             },
-        ) => vec![*public_key, *private_key],
-        (Request::FindObjects { .. }, Response::Ulongs { values, .. }) => values.clone(),
+        ) => vec![public_key, private_key],
+        (Request::FindObjects { .. }, Response::Ulongs { values, .. }) => {
+            values.iter_mut().collect()
+        }
         _ => Vec::new(),
     }
 }

@@ -262,7 +262,7 @@ impl Client {
                         // thread moved it to a new instance): its handles mean nothing there.
                         // A creation did happen on the token but cannot be mapped: failed, as
                         // a lost answer. Anything else is sent again to the new server.
-                        None if request.changes_token() => return Err(CKR_FUNCTION_FAILED),
+                        None if request.changes_token() => return Err(self.lost_answer()),
                         None => {
                             lost_on = Some(conn.instance());
                             Journal::restore(&mut request, &shimmed);
@@ -396,14 +396,14 @@ impl Client {
         request: &mut Request,
         shimmed: &Shimmed,
         init: Option<Request>,
-        response: Response,
+        mut response: Response,
     ) -> Option<Response> {
         if !journal::records(request) {
             return Some(response);
         }
         let mut identities = Vec::new();
         if self.config.recovery {
-            let new = self.journal.read().new_objects(request, &response);
+            let new = self.journal.read().new_objects(request, &mut response);
             if let Some(session) = request.session_mut().copied() {
                 for real in new {
                     let identity = recovery::identity(conn, session, real).unwrap_or(None);
@@ -413,8 +413,8 @@ impl Client {
         }
         let keep_pin = self.config.recovery && self.config.keep_pin;
         let mut j = self.journal.write();
-        let handle_free =
-            request.changes_token() && journal::object_handles_in(request, &response).is_empty();
+        let handle_free = request.changes_token()
+            && journal::response_objects_mut(request, &mut response).is_empty();
         if j.instance != conn.instance() && !handle_free {
             return None;
         }
