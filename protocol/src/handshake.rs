@@ -3,27 +3,176 @@
 //! Both messages have a fixed binary layout that no future version may change, so that a peer of
 //! another version is always recognised and refused with a clear message:
 //!
-//! `Hello` (client to server), 28 bytes:
-//! `magic[8] | version u16 LE | ulong_size u8 | reserved u8 | client_id[16]`
+//! Every connection starts with a plaintext [`Prelude`] (26 bytes, not a frame):
+//! `route_magic[8] | version u16 LE | routing_id[16]`. It is read by the server's router before
+//! any TLS handshake, to hand the connection to the application's worker process (DESIGN.md,
+//! "Server semantics"). The routing id is a one-way function of the secret client id, so
+//! knowing it gives nothing: the worker checks that the client id of the hello, sent later
+//! (inside TLS on `tls://`), matches it.
+//!
+//! `Hello` (client to server), 40 bytes:
+//! `magic[8] | version u16 LE | ulong_size u8 | reserved u8 | client_id[16] |`
+//! `init_present u8 | init_callbacks u8 | init_reserved u8 | 0 u8 | init_flags u64 LE`
+//!
+//! The `init_*` fields are the shape of the application's `CK_C_INITIALIZE_ARGS` (PKCS#11
+//! v2.40 §5.4.1): whether the pointer was NULL, which of the four mutex callbacks were set (bit
+//! 0 CreateMutex, 1 DestroyMutex, 2 LockMutex, 3 UnlockMutex), whether `pReserved` was set, and
+//! the flags. The worker C_Initializes the vendor library with that shape on the first hello.
 //!
 //! `Welcome` (server to client):
-//! `magic[8] | version u16 LE | status u8 | instance_id[16]` (status 0, accepted) or
+//! `magic[8] | version u16 LE | status u8 | instance_id[16] | init_rv u64 LE` (status 0,
+//! accepted; `init_rv` is the vendor library's answer to C_Initialize) or
 //! `magic[8] | version u16 LE | status u8 | reason (UTF-8, rest of frame)` (status 1, refused).
+
+use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
 
 /// Identifies this protocol on the wire.
 pub const MAGIC: [u8; 8] = *b"P11PROXY";
+/// Identifies the routing prelude.
+pub const ROUTE_MAGIC: [u8; 8] = *b"P11ROUTE";
 /// The protocol version this build speaks. Bumped on any incompatible message change.
-pub const VERSION: u16 = 1;
+/// Version 2: routing prelude, C_Initialize arguments in the hello, the vendor's C_Initialize
+/// answer in the welcome.
+pub const VERSION: u16 = 2;
 
-const HELLO_LEN: usize = 28;
+/// Length of the routing prelude.
+pub const PRELUDE_LEN: usize = 26;
+const HELLO_LEN: usize = 40;
+const WELCOME_LEN: usize = 35;
 const STATUS_ACCEPTED: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
 
 /// A 128-bit random secret naming one application (one shim instance), whatever number of
 /// connections it opens.
 pub type ClientId = [u8; 16];
+
+/// A non-secret name of an application, derived from its client id, that routes its
+/// connections to its worker before any TLS handshake.
+pub type RoutingId = [u8; 16];
+
+/// The routing id of `client_id`: the first 16 bytes of
+/// SHA-256("pkcs11-proxy routing id v2" || client_id). One-way, so that seeing it on the wire
+/// (it travels in clear, before TLS) does not reveal the client id.
+pub fn routing_id(client_id: &ClientId) -> RoutingId {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"pkcs11-proxy routing id v2");
+    ctx.update(client_id);
+    let digest = ctx.finish();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest.as_ref()[..16]);
+    id
+}
+
+/// The routing prelude: the first bytes on every connection, before TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prelude {
+    pub routing_id: RoutingId,
+}
+
+impl Prelude {
+    pub fn encode(&self) -> [u8; PRELUDE_LEN] {
+        let mut out = [0u8; PRELUDE_LEN];
+        out[..8].copy_from_slice(&ROUTE_MAGIC);
+        out[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        out[10..].copy_from_slice(&self.routing_id);
+        out
+    }
+
+    /// Parses a prelude; a peer of another version is told apart from garbage.
+    pub fn decode(bytes: &[u8; PRELUDE_LEN]) -> Result<Self, ProtocolError> {
+        if bytes[..8] != ROUTE_MAGIC {
+            return Err(ProtocolError::BadMagic);
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != VERSION {
+            return Err(ProtocolError::VersionMismatch {
+                ours: VERSION,
+                theirs: version,
+            });
+        }
+        let mut routing_id = [0u8; 16];
+        routing_id.copy_from_slice(&bytes[10..]);
+        Ok(Self { routing_id })
+    }
+}
+
+/// The router's answer to a prelude, before anything else (and before TLS):
+/// `route_magic[8] | version u16 LE | status u8` (0: handed to the application's worker,
+/// which answers everything after), or, refused, the same with status 1 followed by
+/// `reason_len u16 LE | reason (UTF-8)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAnswer {
+    Routed,
+    Refused(String),
+}
+
+/// Length of a route answer's fixed part.
+pub const ROUTE_ANSWER_LEN: usize = 11;
+
+impl RouteAnswer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ROUTE_ANSWER_LEN);
+        out.extend_from_slice(&ROUTE_MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        match self {
+            Self::Routed => out.push(STATUS_ACCEPTED),
+            Self::Refused(reason) => {
+                out.push(STATUS_REFUSED);
+                let reason = &reason.as_bytes()[..reason.len().min(1024)];
+                out.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+                out.extend_from_slice(reason);
+            }
+        }
+        out
+    }
+
+    /// Reads a route answer from `r`, reading no byte past it (TLS may follow).
+    pub fn read(r: &mut impl std::io::Read) -> Result<Self, ProtocolError> {
+        let mut head = [0u8; ROUTE_ANSWER_LEN];
+        r.read_exact(&mut head)?;
+        if head[..8] != ROUTE_MAGIC {
+            return Err(ProtocolError::BadMagic);
+        }
+        let version = u16::from_le_bytes([head[8], head[9]]);
+        if version != VERSION {
+            return Err(ProtocolError::VersionMismatch {
+                ours: VERSION,
+                theirs: version,
+            });
+        }
+        match head[10] {
+            STATUS_ACCEPTED => Ok(Self::Routed),
+            STATUS_REFUSED => {
+                let mut len = [0u8; 2];
+                r.read_exact(&mut len)?;
+                let mut reason = vec![0u8; usize::from(u16::from_le_bytes(len)).min(1024)];
+                r.read_exact(&mut reason)?;
+                Ok(Self::Refused(String::from_utf8_lossy(&reason).into_owned()))
+            }
+            _ => Err(ProtocolError::Codec("malformed route answer".into())),
+        }
+    }
+}
+
+/// Whether the first bytes of a connection are a version-1 hello frame (a length prefix and
+/// [`MAGIC`]): a peer from before the routing prelude, to be refused in its own terms.
+pub fn is_v1_hello(first: &[u8]) -> bool {
+    first.len() >= 12 && first[4..12] == MAGIC
+}
+
+/// The shape of an application's `CK_C_INITIALIZE_ARGS` (PKCS#11 v2.40 §5.4.1), which the
+/// worker reproduces for the vendor library: the same flags, its own OS mutexes in place of
+/// each callback the application set, and a non-NULL `pReserved` where the application's was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitArgs {
+    pub flags: u64,
+    /// Bit 0 CreateMutex, 1 DestroyMutex, 2 LockMutex, 3 UnlockMutex.
+    pub callbacks: u8,
+    /// `pReserved` was not NULL.
+    pub reserved: bool,
+}
 
 /// What the client announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,24 +181,39 @@ pub struct Hello {
     /// `sizeof(CK_ULONG)` on the client, for width conversions of attribute lengths.
     pub ulong_size: u8,
     pub client_id: ClientId,
+    /// The application's C_Initialize arguments (`None`: a NULL pointer).
+    pub init: Option<InitArgs>,
 }
 
 /// What the server answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Welcome {
-    /// Accepted; `instance_id` is new at every server start.
-    Accepted { version: u16, instance_id: [u8; 16] },
+    /// Accepted; `instance_id` is new for every worker (every server start, every worker
+    /// started after a crash); `init_rv` is the vendor library's answer to C_Initialize.
+    Accepted {
+        version: u16,
+        instance_id: [u8; 16],
+        init_rv: u64,
+    },
     /// Refused, with a reason meant for a log line.
     Refused { version: u16, reason: String },
 }
 
+/// An accepted welcome, as the client reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub instance_id: [u8; 16],
+    pub init_rv: u64,
+}
+
 impl Hello {
     /// A hello of this build's version.
-    pub fn new(ulong_size: u8, client_id: ClientId) -> Self {
+    pub fn new(ulong_size: u8, client_id: ClientId, init: Option<InitArgs>) -> Self {
         Self {
             version: VERSION,
             ulong_size,
             client_id,
+            init,
         }
     }
 
@@ -60,6 +224,16 @@ impl Hello {
         out.push(self.ulong_size);
         out.push(0);
         out.extend_from_slice(&self.client_id);
+        let init = self.init.unwrap_or(InitArgs {
+            flags: 0,
+            callbacks: 0,
+            reserved: false,
+        });
+        out.push(u8::from(self.init.is_some()));
+        out.push(init.callbacks);
+        out.push(u8::from(init.reserved));
+        out.push(0);
+        out.extend_from_slice(&init.flags.to_le_bytes());
         out
     }
 
@@ -84,26 +258,44 @@ impl Hello {
         }
         let mut client_id = [0u8; 16];
         client_id.copy_from_slice(&bytes[12..28]);
+        let mut flags = [0u8; 8];
+        flags.copy_from_slice(&bytes[32..40]);
+        let init = match bytes[28] {
+            0 => None,
+            1 if bytes[29] <= 0xF && bytes[30] <= 1 => Some(InitArgs {
+                flags: u64::from_le_bytes(flags),
+                callbacks: bytes[29],
+                reserved: bytes[30] == 1,
+            }),
+            _ => {
+                return Err(ProtocolError::Codec(
+                    "malformed C_Initialize arguments in hello".into(),
+                ))
+            }
+        };
         Ok(Self {
             version,
             ulong_size: bytes[10],
             client_id,
+            init,
         })
     }
 }
 
 impl Welcome {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(27);
+        let mut out = Vec::with_capacity(WELCOME_LEN);
         out.extend_from_slice(&MAGIC);
         match self {
             Self::Accepted {
                 version,
                 instance_id,
+                init_rv,
             } => {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.push(STATUS_ACCEPTED);
                 out.extend_from_slice(instance_id);
+                out.extend_from_slice(&init_rv.to_le_bytes());
             }
             Self::Refused { version, reason } => {
                 out.extend_from_slice(&version.to_le_bytes());
@@ -115,8 +307,8 @@ impl Welcome {
     }
 
     /// Parses the server's answer and turns anything but an acceptance at our version into an
-    /// error; returns the server's instance id.
-    pub fn decode_accepted(bytes: &[u8]) -> Result<[u8; 16], ProtocolError> {
+    /// error; returns the server's instance id and the vendor's C_Initialize answer.
+    pub fn decode_accepted(bytes: &[u8]) -> Result<Accepted, ProtocolError> {
         if bytes.len() < 11 || bytes[..8] != MAGIC {
             return Err(ProtocolError::BadMagic);
         }
@@ -129,10 +321,15 @@ impl Welcome {
                 ours: VERSION,
                 theirs: version,
             }),
-            STATUS_ACCEPTED if bytes.len() == 27 => {
-                let mut id = [0u8; 16];
-                id.copy_from_slice(&bytes[11..27]);
-                Ok(id)
+            STATUS_ACCEPTED if bytes.len() == WELCOME_LEN => {
+                let mut instance_id = [0u8; 16];
+                instance_id.copy_from_slice(&bytes[11..27]);
+                let mut rv = [0u8; 8];
+                rv.copy_from_slice(&bytes[27..35]);
+                Ok(Accepted {
+                    instance_id,
+                    init_rv: u64::from_le_bytes(rv),
+                })
             }
             _ => Err(ProtocolError::Codec("malformed welcome".into())),
         }
@@ -145,13 +342,45 @@ mod tests {
 
     #[test]
     fn hello_round_trip() {
-        let hello = Hello::new(8, [7; 16]);
+        let hello = Hello::new(8, [7; 16], None);
+        assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
+        let init = InitArgs {
+            flags: 2,
+            callbacks: 0b1010,
+            reserved: true,
+        };
+        let hello = Hello::new(4, [9; 16], Some(init));
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
     }
 
     #[test]
+    fn route_answers_round_trip() {
+        for a in [RouteAnswer::Routed, RouteAnswer::Refused("too many".into())] {
+            let bytes = a.encode();
+            assert_eq!(RouteAnswer::read(&mut bytes.as_slice()).unwrap(), a);
+        }
+    }
+
+    #[test]
+    fn prelude_round_trip_and_routing_id_is_one_way_and_stable() {
+        let p = Prelude {
+            routing_id: routing_id(&[1; 16]),
+        };
+        assert_eq!(Prelude::decode(&p.encode()).unwrap(), p);
+        assert_eq!(routing_id(&[1; 16]), routing_id(&[1; 16]));
+        assert_ne!(routing_id(&[1; 16]), routing_id(&[2; 16]));
+        assert_ne!(routing_id(&[1; 16]), [1; 16]);
+        let mut old = p.encode();
+        old[8] = 1;
+        assert!(matches!(
+            Prelude::decode(&old),
+            Err(ProtocolError::VersionMismatch { theirs: 1, .. })
+        ));
+    }
+
+    #[test]
     fn other_version_is_recognised() {
-        let mut bytes = Hello::new(8, [7; 16]).encode();
+        let mut bytes = Hello::new(8, [7; 16], None).encode();
         bytes[8] = 99;
         assert!(matches!(
             Hello::decode(&bytes),
@@ -172,8 +401,10 @@ mod tests {
         let ok = Welcome::Accepted {
             version: VERSION,
             instance_id: [3; 16],
+            init_rv: 0x191,
         };
-        assert_eq!(Welcome::decode_accepted(&ok.encode()).unwrap(), [3; 16]);
+        let a = Welcome::decode_accepted(&ok.encode()).unwrap();
+        assert_eq!((a.instance_id, a.init_rv), ([3; 16], 0x191));
         let no = Welcome::Refused {
             version: VERSION,
             reason: "version 2 not supported".into(),

@@ -87,7 +87,7 @@ impl Request {
     pub fn session_mut(&mut self) -> Option<&mut u64> {
         use Request::*;
         match self {
-            Initialize
+            Initialize { .. }
             | Finalize
             | GetInfo
             | GetSlotList { .. }
@@ -231,8 +231,12 @@ impl Request {
 /// A request, one variant per PKCS#11 function that crosses the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    // General purpose (v2.40 §5.4). C_Initialize/C_Finalize act on the application's own view.
-    Initialize,
+    // General purpose (v2.40 §5.4). The first C_Initialize travels in the hello; this is a
+    // later one (the vendor answers CKR_CRYPTOKI_ALREADY_INITIALIZED, or whatever it checks
+    // first). C_Finalize finalises the application's vendor instance.
+    Initialize {
+        args: Option<crate::handshake::InitArgs>,
+    },
     Finalize,
     GetInfo,
     GetFunctionStatus {
@@ -888,7 +892,7 @@ mod tests {
     #[test]
     fn requests_round_trip_through_the_codec() {
         let requests = vec![
-            Request::Initialize,
+            Request::Initialize { args: None },
             Request::GetSlotList {
                 token_present: true,
                 capacity: None,

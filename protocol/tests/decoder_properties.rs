@@ -13,7 +13,7 @@ use protocol::ProtocolError;
 /// Real requests, encoded: the seeds of the mutations.
 fn seeds() -> Vec<Vec<u8>> {
     let requests = [
-        Request::Initialize,
+        Request::Initialize { args: None },
         Request::OpenSession { slot: 1, flags: 6 },
         Request::Login {
             session: 7,

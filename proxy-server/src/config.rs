@@ -78,8 +78,8 @@ pub struct Args {
     #[arg(long = "allow-uid", value_name = "UID")]
     pub allow_uid: Vec<u32>,
 
-    /// Most client connections open at once; more are closed at once with a log line
-    /// [default: 4096].
+    /// Most connections of one application (one worker) open at once; more are closed at
+    /// once with a log line [default: 4096].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
@@ -104,10 +104,20 @@ pub struct Args {
     #[arg(long = "deny-mechanism", value_name = "CKM")]
     pub deny_mechanism: Vec<String>,
 
-    /// Let every client share the vendor library's login state (the old proxies' behaviour):
-    /// one client's C_Login logs all clients in, one client's C_Logout logs all out.
+    /// Serve every application from one worker process and one vendor library instance (for
+    /// vendors that cope badly with many processes on one token): sessions stay owned per
+    /// application, the vendor's login is shared by all (the old proxies' behaviour).
     #[arg(long)]
-    pub shared_login: bool,
+    pub shared_worker: bool,
+
+    /// Most applications (shim instances) served at once, each by its own worker process;
+    /// more are refused in the handshake with a clear reason [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_applications: Option<usize>,
+
+    /// Run as a worker process (started by the server itself; not for operators).
+    #[arg(long, hide = true)]
+    pub worker: bool,
 
     /// Serve Prometheus metrics on /metrics, and /healthz and /readyz, at HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
@@ -143,7 +153,8 @@ struct FileConfig {
     resume_grace: Option<u64>,
     deny_function: Option<Vec<String>>,
     deny_mechanism: Option<Vec<String>>,
-    shared_login: Option<bool>,
+    shared_worker: Option<bool>,
+    max_applications: Option<usize>,
     metrics_listen: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -164,7 +175,8 @@ pub struct Settings {
     pub resume_grace: Duration,
     pub deny_functions: Vec<String>,
     pub deny_mechanisms: Vec<String>,
-    pub shared_login: bool,
+    pub shared_worker: bool,
+    pub max_applications: usize,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
 }
@@ -275,7 +287,12 @@ impl Settings {
             ),
             deny_functions: list(&args.deny_function, file.deny_function),
             deny_mechanisms: list(&args.deny_mechanism, file.deny_mechanism),
-            shared_login: args.shared_login || file.shared_login.unwrap_or(false),
+            shared_worker: args.shared_worker || file.shared_worker.unwrap_or(false),
+            max_applications: args
+                .max_applications
+                .or(file.max_applications)
+                .unwrap_or(256)
+                .max(1),
             metrics_listen,
             log_format: args
                 .log_format

@@ -1,19 +1,15 @@
-//! Observability: Prometheus text on `/metrics`, liveness on `/healthz`, readiness on
-//! `/readyz` (the vendor library answers C_GetTokenInfo for at least one slot), served by a
-//! small HTTP/1.1 responder on `--metrics-listen`.
+//! Counters: each worker keeps its own [`Metrics`] and reports a [`Snapshot`] to the router,
+//! which adds them up with its own [`RouterCounters`] and renders the Prometheus text
+//! exposition (version 0.0.4) on `/metrics` (served by `router::http`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use cryptoki_sys::*;
 use parking_lot::Mutex;
-
-use crate::server::Server;
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -21,15 +17,15 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// Per-function call statistics.
-#[derive(Default)]
-struct FunctionStats {
-    by_rv: HashMap<CK_RV, u64>,
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct FunctionStats {
+    by_rv: HashMap<u64, u64>,
     buckets: [u64; BUCKETS.len()],
     count: u64,
     sum: f64,
 }
 
-/// Counters and gauges of the server.
+/// Counters and gauges of one worker.
 #[derive(Default)]
 pub struct Metrics {
     functions: Mutex<HashMap<&'static str, FunctionStats>>,
@@ -39,6 +35,38 @@ pub struct Metrics {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     backend_errors: AtomicU64,
+}
+
+/// What a worker reports: its counters at one moment, and its sessions per application.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub functions: HashMap<String, FunctionStats>,
+    pub connections_open: i64,
+    pub connections_total: u64,
+    pub connections_refused: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub backend_errors: u64,
+    /// Applications served (one for an application's worker, any number for a shared one).
+    pub applications: u64,
+    /// Sessions open, by application label.
+    pub sessions: Vec<(String, u64)>,
+}
+
+/// The router's own counters.
+#[derive(Default)]
+pub struct RouterCounters {
+    /// Connections refused before reaching a worker (prelude, limits, worker failures).
+    pub connections_refused: AtomicU64,
+    pub worker_starts: AtomicU64,
+    /// Workers that ended by a signal or a non-zero exit status without being asked to.
+    pub worker_crashes: AtomicU64,
+}
+
+/// A return value as the wire and the metrics keep it.
+#[allow(clippy::useless_conversion)]
+fn rv_key(rv: CK_RV) -> u64 {
+    u64::from(rv)
 }
 
 /// Return values that mean the vendor library or device is in trouble.
@@ -63,7 +91,7 @@ impl Metrics {
         let secs = elapsed.as_secs_f64();
         let mut all = self.functions.lock();
         let f = all.entry(function).or_default();
-        *f.by_rv.entry(rv).or_default() += 1;
+        *f.by_rv.entry(rv_key(rv)).or_default() += 1;
         f.count += 1;
         f.sum += secs;
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
@@ -71,8 +99,54 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition (version 0.0.4).
-    fn render(&self, server: &Server) -> String {
+    /// The counters as they are now; `applications` and `sessions` are the worker's to fill.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            functions: self
+                .functions
+                .lock()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            connections_open: self.connections_open.load(Ordering::Relaxed),
+            connections_total: self.connections_total.load(Ordering::Relaxed),
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            backend_errors: self.backend_errors.load(Ordering::Relaxed),
+            applications: 0,
+            sessions: Vec::new(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Adds another worker's snapshot to this one.
+    pub fn add(&mut self, other: Snapshot) {
+        for (name, f) in other.functions {
+            let mine = self.functions.entry(name).or_default();
+            for (rv, n) in f.by_rv {
+                *mine.by_rv.entry(rv).or_default() += n;
+            }
+            for (a, b) in mine.buckets.iter_mut().zip(f.buckets) {
+                *a += b;
+            }
+            mine.count += f.count;
+            mine.sum += f.sum;
+        }
+        self.connections_open += other.connections_open;
+        self.connections_total += other.connections_total;
+        self.connections_refused += other.connections_refused;
+        self.bytes_received += other.bytes_received;
+        self.bytes_sent += other.bytes_sent;
+        self.backend_errors += other.backend_errors;
+        self.applications += other.applications;
+        self.sessions.extend(other.sessions);
+    }
+
+    /// The Prometheus text exposition (version 0.0.4) of the sum over workers and the
+    /// router's counters; `workers` is the number of workers running.
+    pub fn render(&self, router: &RouterCounters, workers: usize) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -80,22 +154,24 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         };
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
         let _ = writeln!(
             out,
             "# HELP pkcs11_proxy_calls_total PKCS#11 calls served, by function and return value."
         );
         let _ = writeln!(out, "# TYPE pkcs11_proxy_calls_total counter");
-        let all = self.functions.lock();
-        let mut names: Vec<_> = all.keys().copied().collect();
+        let mut names: Vec<_> = self.functions.keys().collect();
         names.sort_unstable();
         for name in &names {
-            let mut rvs: Vec<_> = all[name].by_rv.iter().collect();
+            let mut rvs: Vec<_> = self.functions[*name].by_rv.iter().collect();
             rvs.sort();
             for (rv, n) in rvs {
                 let _ = writeln!(
                     out,
                     "pkcs11_proxy_calls_total{{function=\"{name}\",rv=\"{}\"}} {n}",
-                    crate::rv::label(*rv)
+                    crate::rv::label(*rv as CK_RV)
                 );
             }
         }
@@ -105,7 +181,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE pkcs11_proxy_call_duration_seconds histogram");
         for name in &names {
-            let f = &all[name];
+            let f = &self.functions[*name];
             let mut cumulative = 0;
             for (i, b) in BUCKETS.iter().enumerate() {
                 cumulative += f.buckets[i];
@@ -127,108 +203,70 @@ impl Metrics {
                 f.count
             );
         }
-        drop(all);
-        let _ = writeln!(out, "# HELP pkcs11_proxy_connections Client connections open.\n# TYPE pkcs11_proxy_connections gauge");
-        let _ = writeln!(
-            out,
-            "pkcs11_proxy_connections {}",
-            self.connections_open.load(Ordering::Relaxed)
+        gauge(
+            &mut out,
+            "pkcs11_proxy_connections",
+            "Client connections open.",
+            self.connections_open,
         );
         counter(
             &mut out,
             "pkcs11_proxy_connections_total",
             "Client connections accepted.",
-            self.connections_total.load(Ordering::Relaxed),
+            self.connections_total,
         );
         counter(
             &mut out,
             "pkcs11_proxy_connections_refused_total",
             "Connections refused (limit, TLS, uid, handshake).",
-            self.connections_refused.load(Ordering::Relaxed),
+            self.connections_refused + router.connections_refused.load(Ordering::Relaxed),
         );
         counter(
             &mut out,
             "pkcs11_proxy_received_bytes_total",
             "Bytes of frames received from clients.",
-            self.bytes_received.load(Ordering::Relaxed),
+            self.bytes_received,
         );
         counter(
             &mut out,
             "pkcs11_proxy_sent_bytes_total",
             "Bytes of frames sent to clients.",
-            self.bytes_sent.load(Ordering::Relaxed),
+            self.bytes_sent,
         );
         counter(
             &mut out,
             "pkcs11_proxy_backend_errors_total",
             "Calls the vendor library answered with a device or general error.",
-            self.backend_errors.load(Ordering::Relaxed),
+            self.backend_errors,
         );
-        let _ = writeln!(out, "# HELP pkcs11_proxy_applications Applications (shim instances) connected.\n# TYPE pkcs11_proxy_applications gauge");
-        let _ = writeln!(
-            out,
-            "pkcs11_proxy_applications {}",
-            server.shared.registry.app_count()
+        gauge(
+            &mut out,
+            "pkcs11_proxy_applications",
+            "Applications (shim instances) served.",
+            self.applications as i64,
+        );
+        gauge(
+            &mut out,
+            "pkcs11_proxy_workers",
+            "Worker processes running (the readiness probe included).",
+            workers as i64,
+        );
+        counter(
+            &mut out,
+            "pkcs11_proxy_worker_starts_total",
+            "Worker processes started.",
+            router.worker_starts.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "pkcs11_proxy_worker_crashes_total",
+            "Worker processes that died of a signal or failed without being asked to stop.",
+            router.worker_crashes.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP pkcs11_proxy_sessions Sessions open, by application.\n# TYPE pkcs11_proxy_sessions gauge");
-        for (app, sessions) in server.shared.registry.session_counts() {
+        for (app, sessions) in &self.sessions {
             let _ = writeln!(out, "pkcs11_proxy_sessions{{client=\"{app}\"}} {sessions}");
         }
         out
     }
-}
-
-/// Whether the vendor library answers C_GetTokenInfo for at least one slot with a token.
-fn ready(server: &Server) -> bool {
-    let b = &server.shared.backend;
-    let (rv, _, slots) = b.slot_list(true, Some(64));
-    rv == CKR_OK
-        && slots
-            .iter()
-            .any(|s| b.get_token_info(*s, &mut CK_TOKEN_INFO::default()) == CKR_OK)
-}
-
-fn respond(server: &Server, mut c: TcpStream) {
-    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = String::from_utf8_lossy(&request);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = match path {
-        "/metrics" => ("200 OK", server.shared.metrics.render(server)),
-        "/healthz" => ("200 OK", "ok\n".to_string()),
-        "/readyz" if ready(server) => ("200 OK", "ready\n".to_string()),
-        "/readyz" => (
-            "503 Service Unavailable",
-            "vendor library not ready\n".to_string(),
-        ),
-        _ => ("404 Not Found", "not found\n".to_string()),
-    };
-    let _ = write!(
-        c,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
-
-/// Starts the metrics responder on `addr`; returns the address bound.
-pub fn serve(server: Arc<Server>, addr: SocketAddr) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    std::thread::Builder::new()
-        .name("p11-metrics".into())
-        .spawn(move || {
-            for c in listener.incoming().flatten() {
-                respond(&server, c);
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(local)
 }

@@ -1,7 +1,8 @@
 //! TLS for `tls://` listeners: TLS 1.3 with rustls (1.2 only with `--tls12`), the server's
 //! certificate and key from PEM files, and client certificates required and verified against
 //! `--tls-client-ca` (mutual TLS). The configuration can be rebuilt from the same files on
-//! SIGHUP; live connections keep the one they started with.
+//! SIGHUP; live connections keep the one they started with. The router checks the files at
+//! start; each worker loads them and does the handshakes of its own connections.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 
 /// Where the TLS material lives, to load it at start and again on SIGHUP.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cryptoki_sys::*;
 use protocol::codec;
-use protocol::handshake::Hello;
+use protocol::handshake::{routing_id, Hello, Prelude, ROUTE_ANSWER_LEN};
 use protocol::mechanism::{MechParam, Mechanism};
 use protocol::message::Request;
 use tests::raw::RawModule;
@@ -83,12 +83,17 @@ fn random_and_mutated_frames_do_not_hurt_the_server() {
         c.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         if round % 3 != 0 {
-            // A valid hello first, so the frames reach the request decoder.
+            // A valid prelude and hello first, so the frames reach a worker's request
+            // decoder; four applications (four workers) take them all.
             let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&rng.next().to_le_bytes());
-            let _ = c.write_all(&framed(&Hello::new(8, id).encode()));
-            let mut welcome = [0u8; 31];
-            let _ = c.read_exact(&mut welcome);
+            id[0] = rng.below(4) as u8;
+            let prelude = Prelude {
+                routing_id: routing_id(&id),
+            };
+            let _ = c.write_all(&prelude.encode());
+            let _ = c.write_all(&framed(&Hello::new(8, id, None).encode()));
+            let mut answers = [0u8; ROUTE_ANSWER_LEN + 4 + 35];
+            let _ = c.read_exact(&mut answers);
         }
         for _ in 0..10 {
             let mut payload = match rng.below(3) {

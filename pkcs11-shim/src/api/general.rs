@@ -3,47 +3,50 @@
 use std::ffi::c_void;
 
 use cryptoki_sys::*;
+use protocol::handshake::InitArgs;
 use protocol::message::{Request, Response};
 
 use crate::client;
 use crate::ffi::{entry, narrow, out, padded, rv_of, unexpected, wire};
 
-/// C_Initialize (v2.40 §5.4.1). `pReserved` must be NULL; the four mutex callbacks are all set
-/// or all NULL; callbacks without CKF_OS_LOCKING_OK get CKR_CANT_LOCK, as this library can only
-/// use the OS's locks. The shim starts no thread of its own, so
-/// CKF_LIBRARY_CANT_CREATE_OS_THREADS is always honoured.
+/// C_Initialize (v2.40 §5.4.1): the vendor library decides. The shape of the arguments
+/// (NULL or not, the flags, which of the four mutex callbacks are set, whether `pReserved` is
+/// set) travels to the application's worker, which C_Initializes its vendor instance the same
+/// way (with its own OS mutexes in place of the application's callbacks, which cannot run in
+/// another process) and returns the vendor's answer. A second C_Initialize is forwarded too:
+/// the vendor answers it (CKR_CRYPTOKI_ALREADY_INITIALIZED, or whatever it checks first).
+/// The shim starts no thread of its own, so CKF_LIBRARY_CANT_CREATE_OS_THREADS is honoured.
 #[no_mangle]
 pub unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
     entry!({
-        // Checked before the arguments, as vendor libraries (SoftHSM2 among them) do.
-        if client::current().is_ok() {
-            return Err(CKR_CRYPTOKI_ALREADY_INITIALIZED);
+        let init = (init_args as *const CK_C_INITIALIZE_ARGS)
+            .as_ref()
+            .map(|args| {
+                let callbacks = [
+                    args.CreateMutex.is_some(),
+                    args.DestroyMutex.is_some(),
+                    args.LockMutex.is_some(),
+                    args.UnlockMutex.is_some(),
+                ]
+                .iter()
+                .enumerate()
+                .fold(0u8, |bits, (i, set)| bits | (u8::from(*set) << i));
+                InitArgs {
+                    flags: wire(args.flags),
+                    callbacks,
+                    reserved: !args.pReserved.is_null(),
+                }
+            });
+        if let Ok(client) = client::current() {
+            return rv_of(client.call(Request::Initialize { args: init })?);
         }
-        if let Some(args) = (init_args as *const CK_C_INITIALIZE_ARGS).as_ref() {
-            if !args.pReserved.is_null() {
-                return Err(CKR_ARGUMENTS_BAD);
-            }
-            let set = [
-                args.CreateMutex.is_some(),
-                args.DestroyMutex.is_some(),
-                args.LockMutex.is_some(),
-                args.UnlockMutex.is_some(),
-            ]
-            .iter()
-            .filter(|s| **s)
-            .count();
-            if set != 0 && set != 4 {
-                return Err(CKR_ARGUMENTS_BAD);
-            }
-            if set == 4 && args.flags & CKF_OS_LOCKING_OK == 0 {
-                return Err(CKR_CANT_LOCK);
-            }
-        }
-        client::initialize()
+        client::initialize(init)
     })
 }
 
-/// C_Finalize (v2.40 §5.4.2): `pReserved` must be NULL.
+/// C_Finalize (v2.40 §5.4.2): `pReserved` must be NULL (checked here: the pointer's target
+/// cannot cross the wire, and NULL is the only valid value). The vendor instance of the
+/// application is finalised; its answer is C_Finalize's.
 #[no_mangle]
 pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
     entry!({

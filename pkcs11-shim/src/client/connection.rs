@@ -1,7 +1,7 @@
 //! One connection to the server: connect (trying each address in order), handshake, and
 //! request/response round trips with every wait bounded by a timeout.
 
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -9,7 +9,9 @@ use std::os::unix::net::UnixStream;
 use protocol::address::Address;
 use protocol::codec;
 use protocol::frame::{read_frame, wipe, write_frame, MAX_FRAME_LEN};
-use protocol::handshake::{ClientId, Hello, Welcome};
+use protocol::handshake::{
+    routing_id, ClientId, Hello, InitArgs, Prelude, RouteAnswer, Welcome, PRELUDE_LEN,
+};
 use protocol::message::{Request, Response};
 use protocol::stream::Stream;
 use protocol::ProtocolError;
@@ -43,11 +45,22 @@ fn tcp_connect(host: &str, port: u16, config: &Config) -> Result<TcpStream, Stri
     Err(last)
 }
 
+/// The router's answer, as an error when it refused the connection.
+fn routed_or_refused(answer: Result<RouteAnswer, ProtocolError>) -> Result<(), ProtocolError> {
+    match answer? {
+        RouteAnswer::Routed => Ok(()),
+        RouteAnswer::Refused(reason) => Err(ProtocolError::Refused(reason)),
+    }
+}
+
 /// A connected, handshaken connection with its reusable buffers.
 pub struct Connection {
     reader: BufReader<Stream>,
-    /// The server's instance id (new at every server start), from the handshake.
+    /// The server's instance id (new for every worker: every server start, every worker
+    /// started after a crash), from the handshake.
     instance: [u8; 16],
+    /// The vendor library's answer to the application's C_Initialize, from the handshake.
+    init_rv: u64,
     /// The journal's epoch when this connection was opened (see `Journal::epoch`).
     pub journal_epoch: u64,
     address_index: usize,
@@ -58,13 +71,19 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to the first address that answers, trying them all in order from the one at
-    /// index `first` (wrapping around), and performs the handshake.
-    pub fn open(config: &Config, client_id: &ClientId, first: usize) -> Result<Self, String> {
+    /// index `first` (wrapping around), and performs the handshake, which carries the shape
+    /// of the application's C_Initialize arguments (`init`).
+    pub fn open(
+        config: &Config,
+        client_id: &ClientId,
+        init: Option<InitArgs>,
+        first: usize,
+    ) -> Result<Self, String> {
         let n = config.addresses.len();
         let mut errors = Vec::new();
         for index in (0..n).map(|i| (first + i) % n) {
             let addr = &config.addresses[index];
-            match Self::open_one(addr, config, client_id) {
+            match Self::open_one(addr, config, client_id, init) {
                 Ok(mut c) => {
                     c.address_index = index;
                     return Ok(c);
@@ -80,21 +99,36 @@ impl Connection {
         self.address_index
     }
 
-    fn open_one(addr: &Address, config: &Config, client_id: &ClientId) -> Result<Self, String> {
-        let stream = match addr {
-            Address::Tcp { host, port } => Stream::Tcp(tcp_connect(host, *port, config)?),
+    fn open_one(
+        addr: &Address,
+        config: &Config,
+        client_id: &ClientId,
+        init: Option<InitArgs>,
+    ) -> Result<Self, String> {
+        // The routing prelude names the application to the server's router, before TLS; on
+        // a plain connection it goes out with the hello, and its answer is read before the
+        // welcome.
+        let prelude = Prelude {
+            routing_id: routing_id(client_id),
+        }
+        .encode();
+        let (stream, routed) = match addr {
+            Address::Tcp { host, port } => (Stream::Tcp(tcp_connect(host, *port, config)?), false),
             Address::Tls { host, port } => {
-                let tcp = tcp_connect(host, *port, config)?;
+                let mut tcp = tcp_connect(host, *port, config)?;
                 tcp.set_read_timeout(Some(config.connect_timeout))
                     .map_err(|e| e.to_string())?;
                 tcp.set_write_timeout(Some(config.connect_timeout))
                     .map_err(|e| e.to_string())?;
+                tcp.write_all(&prelude).map_err(|e| e.to_string())?;
+                routed_or_refused(RouteAnswer::read(&mut tcp)).map_err(|e| e.to_string())?;
                 let tls = config.tls.as_ref().ok_or("no TLS configuration")?;
-                super::tls::connect(tcp, host, tls)?
+                (super::tls::connect(tcp, host, tls)?, true)
             }
-            Address::Unix(path) => {
-                Stream::Unix(UnixStream::connect(path).map_err(|e| e.to_string())?)
-            }
+            Address::Unix(path) => (
+                Stream::Unix(UnixStream::connect(path).map_err(|e| e.to_string())?),
+                false,
+            ),
         };
         // The handshake is bounded by the connect timeout, every call after it by the call
         // timeout: a server that accepts and then says nothing never hangs the application.
@@ -104,13 +138,18 @@ impl Connection {
         let mut conn = Self {
             reader: BufReader::with_capacity(16 * 1024, stream),
             instance: [0; 16],
+            init_rv: 0,
             journal_epoch: 0,
             address_index: 0,
             out: Vec::new(),
             frame: Vec::new(),
             scratch: Vec::new(),
         };
-        conn.instance = conn.handshake(client_id).map_err(|e| e.to_string())?;
+        let accepted = conn
+            .handshake(client_id, init, (!routed).then_some(&prelude))
+            .map_err(|e| e.to_string())?;
+        conn.instance = accepted.instance_id;
+        conn.init_rv = accepted.init_rv;
         conn.reader
             .get_ref()
             .set_timeouts(config.call_timeout)
@@ -118,11 +157,27 @@ impl Connection {
         Ok(conn)
     }
 
-    fn handshake(&mut self, client_id: &ClientId) -> Result<[u8; 16], ProtocolError> {
-        let hello = Hello::new(ULONG as u8, *client_id).encode();
-        write_frame(self.reader.get_mut(), &hello, &mut self.scratch)?;
+    /// Sends the hello (after `prelude`, when it is still to be sent) and reads the answers.
+    fn handshake(
+        &mut self,
+        client_id: &ClientId,
+        init: Option<InitArgs>,
+        prelude: Option<&[u8; PRELUDE_LEN]>,
+    ) -> Result<protocol::handshake::Accepted, ProtocolError> {
+        let hello = Hello::new(ULONG as u8, *client_id, init).encode();
+        let mut out = prelude.map(|p| p.to_vec()).unwrap_or_default();
+        write_frame(&mut out, &hello, &mut self.scratch)?;
+        self.reader.get_mut().write_all(&out)?;
+        if prelude.is_some() {
+            routed_or_refused(RouteAnswer::read(&mut self.reader))?;
+        }
         read_frame(&mut self.reader, &mut self.frame, 4096)?;
         Welcome::decode_accepted(&self.frame)
+    }
+
+    /// The vendor library's answer to the application's C_Initialize.
+    pub fn init_rv(&self) -> u64 {
+        self.init_rv
     }
 
     /// Whether the server closed this idle connection (it stopped or restarted) or sent

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
-use protocol::handshake::ClientId;
+use protocol::handshake::{ClientId, InitArgs};
 use protocol::message::{Request, Response};
 use protocol::stream::Stream;
 
@@ -55,6 +55,9 @@ pub enum MessageOp {
 pub struct Client {
     config: Config,
     client_id: ClientId,
+    /// The shape of the application's C_Initialize arguments, which every hello carries: a
+    /// new worker (a restart, a crash) initialises its vendor instance with them.
+    init: Option<InitArgs>,
     /// The process that called C_Initialize: a forked child must initialise again.
     pid: u32,
     idle: Mutex<Vec<Connection>>,
@@ -131,7 +134,16 @@ impl Client {
         // The address that served last is tried first: after a failover the application
         // stays on the server it moved to (no replay back when the first one returns).
         let first = self.address.load(Ordering::Relaxed);
-        match Connection::open(&self.config, &self.client_id, first) {
+        let opened =
+            Connection::open(&self.config, &self.client_id, self.init, first).and_then(|c| match c
+                .init_rv()
+            {
+                0 => Ok(c),
+                rv => Err(format!(
+                    "the vendor library refused C_Initialize on a new worker ({rv:#x})"
+                )),
+            });
+        match opened {
             Ok(mut c) => {
                 *self.backoff.lock() = None;
                 c.journal_epoch = epoch;
@@ -192,7 +204,9 @@ impl Client {
     /// cannot do anything twice: to the same server (resumed) only if it changes nothing at
     /// all; to a new instance (restart, failover) only if it does not change the token (the
     /// first send may have done so before the server went away). Otherwise the call answers
-    /// CKR_FUNCTION_FAILED (CKR_DEVICE_ERROR with recovery off).
+    /// CKR_FUNCTION_FAILED (CKR_DEVICE_ERROR with recovery off). An answer lost a second
+    /// time answers CKR_DEVICE_ERROR: the call may be what kills its worker (DESIGN.md,
+    /// "Containment"), so it is sent at most twice.
     pub fn call(&self, request: Request) -> Rv<Response> {
         self.call_with(request, true)
     }
@@ -203,6 +217,7 @@ impl Client {
         let mut healed = false;
         let mut refound = false;
         let mut sends = 0;
+        let mut lost = 0;
         while sends < MAX_SENDS {
             let mut conn = self.connection(wait)?;
             if let Some(lost) = lost_on {
@@ -271,6 +286,12 @@ impl Client {
                 }
                 Err(e) => {
                     warn(&format!("{}: {e}", request.function_name()));
+                    // A call whose answer is lost twice may be what kills the server's worker
+                    // (a vendor library that crashes on it): it is not sent a third time.
+                    lost += 1;
+                    if lost >= 2 {
+                        return Err(CKR_DEVICE_ERROR);
+                    }
                     // The other idle connections to that server are suspect too (it may be
                     // stopping): the next attempt opens a new one, which tells whether the
                     // same server is still there.
@@ -514,9 +535,10 @@ pub fn call(request: Request) -> Rv<Response> {
     current()?.call(request)
 }
 
-/// C_Initialize's work once the arguments are checked: read the configuration, connect,
-/// and open this application's view on the server.
-pub fn initialize() -> Rv {
+/// C_Initialize's work: read the configuration, connect, and have the application's worker
+/// C_Initialize its vendor instance with the shape of the application's arguments (`init`);
+/// the vendor's answer is C_Initialize's.
+pub fn initialize(init: Option<InitArgs>) -> Rv {
     // A process that exits without C_Finalize still ends its view on the server at once, so
     // its sessions and login do not wait out the server's resume grace period.
     static EXIT_HOOK: std::sync::Once = std::sync::Once::new();
@@ -549,16 +571,22 @@ pub fn initialize() -> Rv {
         );
         CKR_GENERAL_ERROR
     })?;
-    let conn = Connection::open(&config, &client_id, 0).map_err(|e| {
+    let conn = Connection::open(&config, &client_id, init, 0).map_err(|e| {
         log::log(
             log::LogLevel::Error,
             &format!("C_Initialize: cannot reach the proxy server: {e}"),
         );
         CKR_FUNCTION_FAILED
     })?;
+    let init_rv = conn.init_rv();
+    if init_rv != 0 {
+        // Not initialised: the worker ends when this connection closes.
+        return Err(crate::ffi::narrow(init_rv).unwrap_or(CKR_GENERAL_ERROR));
+    }
     let client = Client {
         config,
         client_id,
+        init,
         pid: std::process::id(),
         journal: RwLock::new(Journal::new(conn.instance())),
         address: AtomicUsize::new(conn.address_index()),
@@ -568,19 +596,6 @@ pub fn initialize() -> Rv {
         waits: Mutex::new(HashMap::new()),
         next_wait: Default::default(),
     };
-    // A transport failure here is C_Initialize's CKR_FUNCTION_FAILED (v2.40 §5.4.1 lists no
-    // device error for it).
-    let answer = client.call(Request::Initialize).map_err(|rv| {
-        if rv == CKR_DEVICE_ERROR {
-            CKR_FUNCTION_FAILED
-        } else {
-            rv
-        }
-    });
-    match answer? {
-        Response::Rv(0) => {}
-        other => return Err(crate::ffi::unexpected(other)),
-    }
     *slot = Some(Arc::new(client));
     Ok(())
 }
@@ -596,12 +611,16 @@ pub fn finalize() -> Rv {
         }
     };
     client.interrupt_waits();
-    // The server also closes the sessions when the connections drop, so a failure here only
-    // delays that; C_Finalize itself succeeds.
-    let _ = client.call_with(Request::Finalize, false);
+    // The vendor's answer is C_Finalize's. Unanswered (the server is gone), the worker
+    // finalises the instance when its resume grace runs out: the application is finalised
+    // here all the same.
+    let answer = client.call_with(Request::Finalize, false);
     // Kept PINs are wiped as the records drop.
     client.journal.write().clear();
-    Ok(())
+    match answer {
+        Ok(r) => crate::ffi::rv_of(r),
+        Err(_) => Ok(()),
+    }
 }
 
 /// At process exit (or when the library is unloaded): C_Finalize's work, if the application

@@ -2,14 +2,13 @@
 //! builds the response. Each arm is the server side of one PKCS#11 function.
 
 use cryptoki_sys::*;
-use protocol::attribute::{AttrOut, AttrQuery, AttrValue, Want};
 use protocol::frame::MAX_DATA_LEN;
 use protocol::message::{Info, MechanismInfo, Request, Response, SessionInfo, SlotInfo, TokenInfo};
 
-use crate::backend::Output;
-use crate::connection::{App, Shared};
-use crate::mechanism::{CMechanism, CMsgParam};
-use crate::template::{to_ulong, wire, CTemplate};
+use super::backend::{InitFn, Output};
+use super::connection::{App, Shared};
+use super::mechanism::{CMechanism, CMsgParam};
+use super::template::{to_ulong, wire, CTemplate};
 
 /// Most handles returned by one C_FindObjects (the caller loops until none are left).
 const MAX_FIND_COUNT: u64 = 65_536;
@@ -78,11 +77,24 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
     let b = &shared.backend;
     let f = b.list();
     match request {
-        // General purpose functions (v2.40 §5.4): the application's own view only. The shim
-        // keeps the C_Initialize state; C_Finalize closes the application's sessions.
-        Request::Initialize => rv(CKR_OK),
+        // General purpose functions (v2.40 §5.4). An application's worker forwards them: the
+        // vendor instance is the application's own. A shared worker's instance is everybody's:
+        // a later C_Initialize is answered as the vendor would (already initialised), and
+        // C_Finalize closes only the application's sessions.
+        Request::Initialize { args } if !app.shares_vendor() => {
+            rv(b.initialize(args, shared.settings.init_args.as_deref()))
+        }
+        Request::Initialize { .. } => rv(CKR_CRYPTOKI_ALREADY_INITIALIZED),
+        Request::Finalize if !app.shares_vendor() => {
+            let r = b.finalize();
+            if r == CKR_OK {
+                app.take_all_sessions();
+                shared.finalized();
+            }
+            rv(r)
+        }
         Request::Finalize => {
-            shared.close_sessions(app, &app.take_all_sessions());
+            shared.close_sessions(&app.take_all_sessions());
             rv(CKR_OK)
         }
         Request::GetInfo => {
@@ -172,25 +184,14 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let label: [u8; 32] = label.try_into().map_err(|_| CKR_ARGUMENTS_BAD)?;
             rv(b.init_token(to_ulong(slot)?, so_pin.as_deref(), &label))
         }
-        Request::InitPin { session, pin } => {
-            // The SO's function: not for an application that is not the SO itself.
-            let (s, slot) = app.session(session)?;
-            if shared.logins.must_hide_private(app.id, slot) {
-                return Err(CKR_USER_NOT_LOGGED_IN);
-            }
-            rv(b.init_pin(s, pin.as_deref()))
-        }
+        Request::InitPin { session, pin } => rv(b.init_pin(app.check(session)?, pin.as_deref())),
         Request::SetPin {
             session,
             old_pin,
             new_pin,
         } => {
-            let (s, slot) = app.session(session)?;
-            let r = b.set_pin(s, old_pin.as_deref(), new_pin.as_deref());
-            if r == CKR_OK {
-                shared.logins.pin_changed(slot, new_pin.as_deref());
-            }
-            rv(r)
+            let s = app.check(session)?;
+            rv(b.set_pin(s, old_pin.as_deref(), new_pin.as_deref()))
         }
 
         // Session management (v2.40 §5.6).
@@ -204,35 +205,40 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             handle(r, h)
         }
         Request::CloseSession { session } => {
-            let (h, slot) = app.session(session)?;
+            let h = app.check(session)?;
             let r = b.session(f.C_CloseSession, h);
             if r == CKR_OK || r == CKR_SESSION_HANDLE_INVALID || r == CKR_SESSION_CLOSED {
                 app.remove_session(h);
-                shared.sessions_closed(app, &[(h, slot)]);
+            }
+            rv(r)
+        }
+        Request::CloseAllSessions { slot } if !app.shares_vendor() => {
+            let slot = to_ulong(slot)?;
+            let r = b.close_all_sessions(slot);
+            if r == CKR_OK {
+                app.take_sessions_of_slot(slot);
             }
             rv(r)
         }
         Request::CloseAllSessions { slot } => {
-            // Never the vendor's C_CloseAllSessions: it would close every client's sessions.
+            // In a shared worker, never the vendor's C_CloseAllSessions: it would close every
+            // application's sessions.
             let slot = to_ulong(slot)?;
             let mut probe = CK_SLOT_INFO::default();
             let r = b.get_slot_info(slot, &mut probe);
             if r != CKR_OK {
                 return rv(r);
             }
-            shared.close_sessions(app, &app.take_sessions_of_slot(slot));
+            shared.close_sessions(&app.take_sessions_of_slot(slot));
             rv(CKR_OK)
         }
         Request::GetSessionInfo { session } => {
             let mut i = CK_SESSION_INFO::default();
-            let (s, slot) = app.session(session)?;
-            let r = b.get_session_info(s, &mut i);
-            // The state of this application's login, not the vendor's (v2.40 §5.6.4).
-            let state = shared.logins.session_state(app.id, slot, i.flags, i.state);
+            let r = b.get_session_info(app.check(session)?, &mut i);
             ok_then(r, || {
                 Response::SessionInfo(SessionInfo {
                     slot: wire(i.slotID),
-                    state: wire(state),
+                    state: wire(i.state),
                     flags: wire(i.flags),
                     device_error: wire(i.ulDeviceError),
                 })
@@ -253,8 +259,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             rv(b.set_operation_state(
                 s,
                 &state,
-                visible_object(shared, app, s, encryption_key)?,
-                visible_object(shared, app, s, authentication_key)?,
+                object_handle(encryption_key)?,
+                object_handle(authentication_key)?,
             ))
         }
         Request::Login {
@@ -262,22 +268,17 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             user_type,
             pin,
         } => {
-            let (s, slot) = app.session(session)?;
-            rv(shared
-                .logins
-                .login(b, app.id, s, slot, to_ulong(user_type)?, pin.as_deref()))
+            let s = app.check(session)?;
+            rv(b.login(s, to_ulong(user_type)?, pin.as_deref()))
         }
-        Request::Logout { session } => {
-            let (s, slot) = app.session(session)?;
-            rv(shared.logins.logout(b, app.id, s, slot))
-        }
+        Request::Logout { session } => rv(b.session(f.C_Logout, app.check(session)?)),
 
         // Object management (v2.40 §5.7).
         Request::CreateObject { session, template } => {
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            made(shared, app, s, b.create_object(s, &mut t, &mut h), h)
+            handle(b.create_object(s, &mut t, &mut h), h)
         }
         Request::CopyObject {
             session,
@@ -287,22 +288,19 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            let r = b.copy_object(s, visible_object(shared, app, s, object)?, &mut t, &mut h);
-            made(shared, app, s, r, h)
+            let r = b.copy_object(s, object_handle(object)?, &mut t, &mut h);
+            handle(r, h)
         }
         Request::DestroyObject { session, object } => {
             let s = app.check(session)?;
-            let h = visible_object(shared, app, s, object)?;
+            let h = object_handle(object)?;
             let r = b.destroy_object(s, h);
-            if r == CKR_OK {
-                shared.objects.forget(h);
-            }
             rv(r)
         }
         Request::GetObjectSize { session, object } => {
             let mut size = 0;
             let s = app.check(session)?;
-            let r = b.get_object_size(s, visible_object(shared, app, s, object)?, &mut size);
+            let r = b.get_object_size(s, object_handle(object)?, &mut size);
             ok_then(r, || Response::Size(wire(size)))
         }
         Request::GetAttributeValue {
@@ -312,7 +310,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut t = CTemplate::for_query(&query)?;
-            let r = b.get_attribute_value(s, visible_object(shared, app, s, object)?, &mut t);
+            let r = b.get_attribute_value(s, object_handle(object)?, &mut t);
             Ok(Response::Attributes {
                 rv: wire(r),
                 values: t.results(),
@@ -325,7 +323,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
-            rv(b.set_attribute_value(s, visible_object(shared, app, s, object)?, &mut t))
+            rv(b.set_attribute_value(s, object_handle(object)?, &mut t))
         }
         Request::FindObjectsInit { session, template } => {
             let s = app.check(session)?;
@@ -333,30 +331,10 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             rv(b.find_objects_init(s, &mut t))
         }
         Request::FindObjects { session, max_count } => {
-            // Other applications' session objects are left out; the vendor is asked again
-            // while it fills whole batches, so a caller never takes a short batch for the end.
-            // So are private objects while only another application is logged in.
             let s = app.check(session)?;
-            let hide_private = hides_private(shared, app, s);
             let max = max_count.min(MAX_FIND_COUNT) as usize;
-            let mut values = Vec::new();
-            let mut r = CKR_OK;
-            while values.len() < max {
-                let want = max - values.len();
-                let (rv, found) = b.find_objects(s, want);
-                r = rv;
-                let batch = found.len();
-                values.extend(
-                    found
-                        .into_iter()
-                        .filter(|h| shared.objects.visible(app.id, *h))
-                        .filter(|h| !hide_private || !is_private(shared, s, *h))
-                        .map(wire),
-                );
-                if r != CKR_OK || batch < want {
-                    break;
-                }
-            }
+            let (r, found) = b.find_objects(s, max);
+            let values: Vec<u64> = found.into_iter().map(wire).collect();
             Ok(Response::Ulongs {
                 rv: wire(r),
                 count: values.len() as u64,
@@ -467,7 +445,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         }
         Request::DigestKey { session, key } => {
             let s = app.check(session)?;
-            rv(b.digest_key(s, visible_object(shared, app, s, key)?))
+            rv(b.digest_key(s, object_handle(key)?))
         }
         Request::DigestFinal { session, capacity } => Ok(output(b.final_(
             f.C_DigestFinal,
@@ -574,7 +552,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut m = CMechanism::from_wire(&mechanism)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            made(shared, app, s, b.generate_key(s, &mut m, &mut t, &mut h), h)
+            handle(b.generate_key(s, &mut m, &mut t, &mut h), h)
         }
         Request::GenerateKeyPair {
             session,
@@ -594,11 +572,6 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 &mut private,
                 (&mut pubk, &mut privk),
             );
-            if r == CKR_OK {
-                refuse_private_if_logged_out(shared, app, s, &[pubk, privk])?;
-                record_if_session_object(shared, app, s, pubk);
-                record_if_session_object(shared, app, s, privk);
-            }
             ok_then(r, || Response::KeyPair {
                 public_key: wire(pubk),
                 private_key: wire(privk),
@@ -616,8 +589,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             Ok(output(b.wrap_key(
                 s,
                 &mut m,
-                visible_object(shared, app, s, wrapping_key)?,
-                visible_object(shared, app, s, key)?,
+                object_handle(wrapping_key)?,
+                object_handle(key)?,
                 cap(capacity),
             )))
         }
@@ -632,14 +605,11 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut m = CMechanism::from_wire(&mechanism)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            made(
-                shared,
-                app,
-                s,
+            handle(
                 b.unwrap_key(
                     s,
                     &mut m,
-                    visible_object(shared, app, s, unwrapping_key)?,
+                    object_handle(unwrapping_key)?,
                     &wrapped_key,
                     &mut t,
                     &mut h,
@@ -657,17 +627,8 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut m = CMechanism::from_wire(&mechanism)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            made(
-                shared,
-                app,
-                s,
-                b.derive_key(
-                    s,
-                    &mut m,
-                    visible_object(shared, app, s, base_key)?,
-                    &mut t,
-                    &mut h,
-                ),
+            handle(
+                b.derive_key(s, &mut m, object_handle(base_key)?, &mut t, &mut h),
                 h,
             )
         }
@@ -897,117 +858,22 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
     }
 }
 
-/// The object handle `app` names in `session`, if it may reach it: not another application's
-/// session object, and not a private object while only another application is logged in
-/// (the vendor library would then not show it to `app`: CKR_OBJECT_HANDLE_INVALID, as
-/// SoftHSM2 answers a process that is not logged in).
-fn visible_object(
-    shared: &Shared,
-    app: &App,
-    session: CK_SESSION_HANDLE,
-    object: u64,
-) -> Result<CK_OBJECT_HANDLE, CK_RV> {
-    let h = shared.objects.check(app.id, object)?;
-    if hides_private(shared, app, session) && is_private(shared, session, h) {
-        return Err(CKR_OBJECT_HANDLE_INVALID);
-    }
-    Ok(h)
-}
-
-/// Whether `app` is not logged in on `session`'s slot while the vendor library is.
-fn hides_private(shared: &Shared, app: &App, session: CK_SESSION_HANDLE) -> bool {
-    app.slot_of(session)
-        .is_some_and(|slot| shared.logins.must_hide_private(app.id, slot))
-}
-
-/// Whether `object` has CKA_PRIVATE true (read from the vendor library).
-fn is_private(shared: &Shared, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> bool {
-    bool_attribute(shared, session, object, CKA_PRIVATE) == Some(true)
-}
-
-/// A CK_BBOOL attribute of an object, if it can be read.
-fn bool_attribute(
-    shared: &Shared,
-    session: CK_SESSION_HANDLE,
-    object: CK_OBJECT_HANDLE,
-    ty: CK_ATTRIBUTE_TYPE,
-) -> Option<bool> {
-    let query = [AttrQuery {
-        ty: wire(ty),
-        want: Want::Buffer(1),
-    }];
-    let mut t = CTemplate::for_query(&query).ok()?;
-    if shared.backend.get_attribute_value(session, object, &mut t) != CKR_OK {
-        return None;
-    }
-    match t.results().first() {
-        Some(AttrOut::Value(AttrValue::Bool(b))) => Some(*b),
-        _ => None,
-    }
-}
-
-/// The answer to a call that made an object, which is recorded if it is a session object.
-/// A private object made by an application that is not logged in (possible only because
-/// another one is) is destroyed again: CKR_USER_NOT_LOGGED_IN, as the vendor would answer.
-fn made(
-    shared: &Shared,
-    app: &App,
-    session: CK_SESSION_HANDLE,
-    r: CK_RV,
-    object: CK_OBJECT_HANDLE,
-) -> Result<Response, CK_RV> {
-    if r == CKR_OK {
-        refuse_private_if_logged_out(shared, app, session, &[object])?;
-        record_if_session_object(shared, app, session, object);
-    }
-    handle(r, object)
-}
-
-/// Destroys `objects` and answers CKR_USER_NOT_LOGGED_IN if `app` is not logged in and one of
-/// them is private.
-fn refuse_private_if_logged_out(
-    shared: &Shared,
-    app: &App,
-    session: CK_SESSION_HANDLE,
-    objects: &[CK_OBJECT_HANDLE],
-) -> Result<(), CK_RV> {
-    if hides_private(shared, app, session)
-        && objects.iter().any(|o| is_private(shared, session, *o))
-    {
-        for o in objects {
-            shared.backend.destroy_object(session, *o);
-        }
-        return Err(CKR_USER_NOT_LOGGED_IN);
-    }
-    Ok(())
-}
-
-/// Records `object`, just made by `app` in `session`, unless it is a token object (read
-/// back from the vendor library: CKA_TOKEN defaults differ between object classes).
-fn record_if_session_object(
-    shared: &Shared,
-    app: &App,
-    session: CK_SESSION_HANDLE,
-    object: CK_OBJECT_HANDLE,
-) {
-    if bool_attribute(shared, session, object, CKA_TOKEN) != Some(true) {
-        shared.objects.record(app.id, session, object);
-    }
+/// An object handle from the wire, passed to the vendor as the application gave it.
+fn object_handle(h: u64) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    CK_OBJECT_HANDLE::try_from(h).map_err(|_| CKR_OBJECT_HANDLE_INVALID)
 }
 
 fn init(
     shared: &Shared,
     app: &App,
-    f: Option<crate::backend::InitFn>,
+    f: Option<InitFn>,
     session: u64,
     mechanism: &protocol::mechanism::Mechanism,
     key: u64,
 ) -> Result<Response, CK_RV> {
     let s = app.check(session)?;
     let mut m = CMechanism::from_wire(mechanism)?;
-    rv(shared
-        .backend
-        .init(f, s, &mut m, visible_object(shared, app, s, key)?))
+    rv(shared.backend.init(f, s, &mut m, object_handle(key)?))
 }
 
 fn token_info(i: &CK_TOKEN_INFO) -> TokenInfo {

@@ -2,8 +2,10 @@
 //!
 //! Loading follows PKCS#11 v3.0 §5.2: `C_GetInterface` (the default "PKCS 11" interface) when
 //! the library exports it, else `C_GetFunctionList`. Either way the first part of the table is
-//! the v2.40 `CK_FUNCTION_LIST`, which is all this server calls. The library is initialised
-//! once with `CKF_OS_LOCKING_OK` (v2.40 §5.4) and finalised when the server stops.
+//! the v2.40 `CK_FUNCTION_LIST`, which is all this server calls. An application's worker
+//! initialises the library with the application's own C_Initialize arguments and finalises it
+//! at the application's C_Finalize; a shared worker initialises it once with
+//! `CKF_OS_LOCKING_OK` (v2.40 §5.4) and finalises it when it stops.
 
 use std::ffi::{c_void, CString};
 use std::ptr;
@@ -11,8 +13,64 @@ use std::ptr;
 use cryptoki_sys::*;
 use libloading::Library;
 
-use crate::mechanism::{CMechanism, CMsgParam};
-use crate::template::CTemplate;
+use protocol::handshake::InitArgs;
+
+use super::mechanism::{CMechanism, CMsgParam};
+use super::template::CTemplate;
+
+/// What `pReserved` points to when the application's was not NULL: its contents cannot
+/// cross the wire, so the vendor sees an empty string, and answers as it does.
+static EMPTY_RESERVED: [u8; 8] = [0; 8];
+
+/// The mutex callbacks a worker gives the vendor library in place of the application's
+/// (v2.40 §5.4.1, CK_CREATEMUTEX and the three others): the application's own functions live
+/// in another process, so the worker answers them with its own locks, which is what they are
+/// for: serialising the library's threads.
+mod os_mutex {
+    use std::ffi::c_void;
+
+    use cryptoki_sys::*;
+    use parking_lot::lock_api::RawMutex as _;
+
+    type Lock = parking_lot::RawMutex;
+
+    pub unsafe extern "C" fn create(out: *mut *mut c_void) -> CK_RV {
+        if out.is_null() {
+            return CKR_ARGUMENTS_BAD;
+        }
+        *out = Box::into_raw(Box::new(Lock::INIT)).cast();
+        CKR_OK
+    }
+
+    pub unsafe extern "C" fn destroy(m: *mut c_void) -> CK_RV {
+        if m.is_null() {
+            return CKR_MUTEX_BAD;
+        }
+        drop(Box::from_raw(m.cast::<Lock>()));
+        CKR_OK
+    }
+
+    pub unsafe extern "C" fn lock(m: *mut c_void) -> CK_RV {
+        match m.cast::<Lock>().as_ref() {
+            Some(l) => {
+                l.lock();
+                CKR_OK
+            }
+            None => CKR_MUTEX_BAD,
+        }
+    }
+
+    pub unsafe extern "C" fn unlock(m: *mut c_void) -> CK_RV {
+        match m.cast::<Lock>().as_ref() {
+            Some(l) if l.is_locked() => {
+                l.unlock();
+                CKR_OK
+            }
+            Some(_) => CKR_MUTEX_NOT_LOCKED,
+            None => CKR_MUTEX_BAD,
+        }
+    }
+}
 
 /// A vendor function with the shape `(session, in, in_len, out, out_len)`.
 pub type UpdateFn =
@@ -42,8 +100,10 @@ pub struct Backend {
     _library: Library,
 }
 
-// SAFETY: the library was initialised with CKF_OS_LOCKING_OK, so the spec (v2.40 §6.7.6)
-// allows calls from any thread at once; the table itself is immutable.
+// SAFETY: the table itself is immutable. Calls come from the threads serving the
+// application's connections, so the library sees the application's own concurrency, under the
+// locking the application asked for at C_Initialize (v2.40 §6.7.6); a shared worker
+// initialises it with CKF_OS_LOCKING_OK.
 unsafe impl Send for Backend {}
 unsafe impl Sync for Backend {}
 
@@ -59,44 +119,62 @@ macro_rules! func {
 }
 
 impl Backend {
-    /// Loads `path` and initialises it, passing `init_args` as `pReserved` when given.
-    pub fn load(path: &str, init_args: Option<&str>) -> Result<Self, String> {
+    /// Loads `path` and finds its function table; C_Initialize is [`Backend::initialize`]'s.
+    pub fn load(path: &str) -> Result<Self, String> {
         // SAFETY: loading a PKCS#11 module runs its initialisers; that is the point.
         let library = unsafe { Library::new(path) }
             .map_err(|e| format!("cannot load PKCS#11 module {path}: {e}"))?;
         let (list, list3) = Self::function_list(&library, path)?;
-        let backend = Self {
+        Ok(Self {
             list,
             list3,
             _library: library,
+        })
+    }
+
+    /// C_Initialize (v2.40 §5.4.1) with the shape of the application's arguments: `None` is
+    /// a NULL pointer; otherwise the same flags, this worker's own OS mutexes
+    /// ([`os_mutex`]) for each callback the application set, and a non-NULL `pReserved`
+    /// where the application's was. `init_args` (`--init-args`, for modules that take their
+    /// configuration there) is passed as `pReserved` in every case, with CKF_OS_LOCKING_OK
+    /// when the application gave no arguments.
+    pub fn initialize(&self, args: Option<InitArgs>, init_args: Option<&str>) -> CK_RV {
+        let f = func!(self.C_Initialize);
+        let Ok(reserved) = init_args.map(CString::new).transpose() else {
+            return CKR_ARGUMENTS_BAD;
         };
-        let reserved = init_args
-            .map(CString::new)
-            .transpose()
-            .map_err(|_| "--init-args contains a NUL byte".to_string())?;
-        let mut args = CK_C_INITIALIZE_ARGS {
-            CreateMutex: None,
-            DestroyMutex: None,
-            LockMutex: None,
-            UnlockMutex: None,
-            flags: CKF_OS_LOCKING_OK,
-            pReserved: reserved
-                .as_ref()
-                .map_or(ptr::null_mut(), |s| s.as_ptr() as *mut c_void),
+        let args = match (args, &reserved) {
+            (None, None) => {
+                // SAFETY: NULL is a valid argument (no locking requested).
+                return unsafe { f(ptr::null_mut()) };
+            }
+            (None, Some(_)) => InitArgs {
+                flags: super::template::wire(CKF_OS_LOCKING_OK),
+                callbacks: 0,
+                reserved: true,
+            },
+            (Some(a), _) => a,
         };
-        let init = backend
-            .list
-            .C_Initialize
-            .ok_or_else(|| format!("{path}: C_Initialize is missing from its function list"))?;
-        // SAFETY: args is a valid CK_C_INITIALIZE_ARGS living across the call.
-        let rv = unsafe { init(&mut args as *mut _ as *mut c_void) };
-        if rv != CKR_OK {
-            return Err(format!(
-                "{path}: C_Initialize failed with {}",
-                crate::rv::name(rv)
-            ));
-        }
-        Ok(backend)
+        let Ok(flags) = super::template::to_ulong(args.flags) else {
+            return CKR_ARGUMENTS_BAD;
+        };
+        let has = |bit: u8| args.callbacks & (1 << bit) != 0;
+        let p_reserved = match (&reserved, args.reserved) {
+            (Some(s), _) => s.as_ptr() as *mut c_void,
+            (None, true) => EMPTY_RESERVED.as_ptr() as *mut c_void,
+            (None, false) => ptr::null_mut(),
+        };
+        let mut c = CK_C_INITIALIZE_ARGS {
+            CreateMutex: has(0).then_some(os_mutex::create as _),
+            DestroyMutex: has(1).then_some(os_mutex::destroy as _),
+            LockMutex: has(2).then_some(os_mutex::lock as _),
+            UnlockMutex: has(3).then_some(os_mutex::unlock as _),
+            flags,
+            pReserved: p_reserved,
+        };
+        // SAFETY: c is a valid CK_C_INITIALIZE_ARGS living across the call; the strings it
+        // points to live until the end of this function, and the module copies what it keeps.
+        unsafe { f(&mut c as *mut _ as *mut c_void) }
     }
 
     #[allow(clippy::type_complexity)]
@@ -157,7 +235,7 @@ impl Backend {
         self.list
     }
 
-    /// Finalises the library (at server exit only).
+    /// C_Finalize (v2.40 §5.4.2).
     pub fn finalize(&self) -> CK_RV {
         let f = func!(self.C_Finalize);
         // SAFETY: NULL is the only valid argument.
@@ -377,6 +455,13 @@ impl Backend {
         };
         // SAFETY: pin is a live buffer of n bytes (or NULL).
         unsafe { f(session, user, p, n) }
+    }
+
+    /// C_CloseAllSessions (v2.40 §5.6.2): only in an application's own worker.
+    pub fn close_all_sessions(&self, slot: CK_SLOT_ID) -> CK_RV {
+        let f = func!(self.C_CloseAllSessions);
+        // SAFETY: a plain value argument.
+        unsafe { f(slot) }
     }
 
     pub fn create_object(

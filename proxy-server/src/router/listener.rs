@@ -1,21 +1,29 @@
-//! Listening sockets (`tcp://`, `tls://` and `unix://`) and their accept loops: one thread per
-//! connection, so a slow vendor call of one client never stalls another.
+//! Listening sockets (`tcp://`, `tls://` and `unix://`), their accept loops, and the routing
+//! of each accepted connection: its plaintext prelude names the application, whose worker is
+//! handed the socket (SCM_RIGHTS) and does everything after, the TLS handshake included.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocol::address::Address;
-use protocol::stream::Stream;
+use protocol::frame::write_frame;
+use protocol::handshake::{is_v1_hello, Prelude, RouteAnswer, Welcome, PRELUDE_LEN, VERSION};
 
-use crate::server::Server;
-use crate::tls::{TlsFiles, TlsListener};
+use super::Router;
+use crate::control::Transport;
 
-/// Stack of each connection thread: vendor libraries get the room they need.
-const CONNECTION_STACK: usize = 1024 * 1024;
+/// Stack of a routing thread: it reads 26 bytes and hands the socket over.
+const ROUTING_STACK: usize = 64 * 1024;
+
+/// Most connections reading their prelude at once; more are closed at once.
+const MAX_ROUTING: usize = 1024;
 
 /// TCP keepalive of client connections: first probe after 30 s idle, then every 10 s, 3 tries.
 const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
@@ -30,8 +38,8 @@ pub struct Access {
     pub unix_mode: u32,
     /// Peer uids allowed on Unix sockets (SO_PEERCRED); empty: any.
     pub allowed_uids: Vec<u32>,
-    /// TLS material, for `tls://` listeners.
-    pub tls: Option<TlsFiles>,
+    /// TLS material was given, for `tls://` listeners (the workers load it).
+    pub tls: bool,
     /// Listening on a non-loopback plain `tcp://` address was explicitly allowed.
     pub allow_plaintext: bool,
 }
@@ -39,23 +47,58 @@ pub struct Access {
 /// A bound listening socket.
 pub enum Listener {
     Tcp(TcpListener),
-    Tls(TcpListener, TlsListener),
+    Tls(TcpListener),
     Unix(UnixListener),
 }
 
-/// An accepted connection, before its TLS handshake (done on the connection's own thread).
-pub enum Incoming {
-    Plain(Stream),
-    Tls(Box<rustls::ServerConnection>, TcpStream),
+/// An accepted socket, before its prelude.
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn read_exact(&self, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => (&*s).read_exact(buf),
+            Self::Unix(s) => (&*s).read_exact(buf),
+        }
+    }
+
+    fn write_all(&self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => (&*s).write_all(buf),
+            Self::Unix(s) => (&*s).write_all(buf),
+        }
+    }
+
+    fn set_timeouts(&self, t: Duration) {
+        let _ = match self {
+            Self::Tcp(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+            Self::Unix(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+        };
+    }
+
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Self::Tcp(s) => s.as_fd(),
+            Self::Unix(s) => s.as_fd(),
+        }
+    }
 }
 
 /// An accepted connection, who it comes from, and the identity a client id is bound to.
-pub struct Accepted {
-    pub incoming: Incoming,
-    pub peer: String,
-    /// "tcp", `uid:N` for a Unix socket, or the client certificate (DER) for TLS (filled in
-    /// after the handshake).
-    pub identity: Vec<u8>,
+struct Accepted {
+    socket: Socket,
+    transport: Transport,
+    peer: String,
+    /// "tcp", or `uid:N` for a Unix socket; for TLS, the worker fills in the client
+    /// certificate after the handshake.
+    identity: Vec<u8>,
 }
 
 fn bind_tcp(addr: &Address, host: &str, port: u16) -> Result<TcpListener, String> {
@@ -95,15 +138,12 @@ impl Listener {
                 Ok(Self::Tcp(bind_tcp(addr, host, *port)?))
             }
             Address::Tls { host, port } => {
-                let files = access.tls.clone().ok_or_else(|| {
-                    format!(
+                if !access.tls {
+                    return Err(format!(
                         "{addr}: a tls:// listener needs --tls-cert, --tls-key and --tls-client-ca"
-                    )
-                })?;
-                Ok(Self::Tls(
-                    bind_tcp(addr, host, *port)?,
-                    TlsListener::new(files)?,
-                ))
+                    ));
+                }
+                Ok(Self::Tls(bind_tcp(addr, host, *port)?))
             }
             Address::Unix(path) => {
                 remove_stale_socket(path)?;
@@ -123,7 +163,7 @@ impl Listener {
                 .local_addr()
                 .map(|a| format!("tcp://{a}"))
                 .unwrap_or_default(),
-            Self::Tls(l, _) => l
+            Self::Tls(l) => l
                 .local_addr()
                 .map(|a| format!("tls://{a}"))
                 .unwrap_or_default(),
@@ -135,18 +175,10 @@ impl Listener {
         }
     }
 
-    /// Reloads TLS material (SIGHUP); other listeners have none.
-    pub fn reload(&self) -> Option<Result<(), String>> {
-        match self {
-            Self::Tls(_, tls) => Some(tls.reload()),
-            _ => None,
-        }
-    }
-
     /// Wakes a thread blocked in `accept` (shutdown(2) on a listening socket makes accept fail).
     pub fn stop(&self) {
         let fd = match self {
-            Self::Tcp(l) | Self::Tls(l, _) => l.as_raw_fd(),
+            Self::Tcp(l) | Self::Tls(l) => l.as_raw_fd(),
             Self::Unix(l) => l.as_raw_fd(),
         };
         // SAFETY: fd is a listening socket owned by self.
@@ -161,29 +193,19 @@ impl Listener {
             socket2::SockRef::from(s).set_tcp_keepalive(&KEEPALIVE)
         };
         match self {
-            Self::Tcp(l) => {
+            Self::Tcp(l) | Self::Tls(l) => {
                 let (s, peer) = l.accept()?;
                 tcp(&s)?;
                 Ok(Some(Accepted {
-                    incoming: Incoming::Plain(Stream::Tcp(s)),
+                    socket: Socket::Tcp(s),
+                    transport: if matches!(self, Self::Tls(_)) {
+                        Transport::Tls
+                    } else {
+                        Transport::Tcp
+                    },
                     peer: peer.to_string(),
                     identity: b"tcp".to_vec(),
                 }))
-            }
-            Self::Tls(l, tls) => {
-                let (s, peer) = l.accept()?;
-                tcp(&s)?;
-                match tls.session() {
-                    Ok(conn) => Ok(Some(Accepted {
-                        incoming: Incoming::Tls(Box::new(conn), s),
-                        peer: peer.to_string(),
-                        identity: vec![],
-                    })),
-                    Err(e) => {
-                        tracing::error!(%peer, error = %e, "cannot start a TLS session");
-                        Ok(None)
-                    }
-                }
             }
             Self::Unix(l) => {
                 let (s, _) = l.accept()?;
@@ -199,7 +221,8 @@ impl Listener {
                 }
                 let identity = format!("uid:{}", uid.map_or(-1, i64::from)).into_bytes();
                 Ok(Some(Accepted {
-                    incoming: Incoming::Plain(Stream::Unix(s)),
+                    socket: Socket::Unix(s),
+                    transport: Transport::Unix,
                     peer,
                     identity,
                 }))
@@ -291,45 +314,116 @@ fn remove_stale_socket(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Accepts connections on `listener` until the server stops, each served on its own thread;
-/// beyond `--max-connections` new ones are closed at once, with a log line.
-pub fn accept_loop(server: Arc<Server>, index: usize) {
-    let listener = &server.listeners[index];
+/// Accepts connections on `listener` until the server stops, each routed on a short-lived
+/// thread of its own (a client slow to send its prelude holds up nobody else).
+pub fn accept_loop(router: Arc<Router>, index: usize) {
+    static ROUTING: AtomicUsize = AtomicUsize::new(0);
+    let listener = &router.listeners[index];
     loop {
-        let accepted = match listener.accept(&server.access) {
+        let accepted = match listener.accept(&router.access) {
             Ok(Some(a)) => a,
             Ok(None) => {
-                server
-                    .shared
-                    .metrics
-                    .connections_refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                refused(&router);
                 continue;
             }
-            Err(_) if server.is_stopping() => return,
+            Err(_) if router.is_stopping() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
-        if server.is_stopping() {
+        if router.is_stopping() {
             return;
         }
-        let Some(conn_id) = server.track(&accepted) else {
+        if ROUTING.fetch_add(1, Ordering::AcqRel) >= MAX_ROUTING {
+            ROUTING.fetch_sub(1, Ordering::AcqRel);
+            refused(&router);
+            tracing::warn!(peer = %accepted.peer, "connection refused: too many connections sending their prelude");
             continue;
-        };
-        let srv = server.clone();
+        }
+        let r = router.clone();
         let spawned = std::thread::Builder::new()
-            .name("p11-conn".into())
-            .stack_size(CONNECTION_STACK)
+            .name("p11-route".into())
+            .stack_size(ROUTING_STACK)
             .spawn(move || {
-                crate::connection::serve(&srv.shared, accepted);
-                srv.untrack(conn_id);
+                route(&r, accepted);
+                ROUTING.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a connection thread; connection dropped");
-            server.untrack(conn_id);
+            ROUTING.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(error = %e, "cannot start a routing thread; connection dropped");
         }
+    }
+}
+
+fn refused(router: &Router) {
+    router
+        .workers
+        .counters
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reads the connection's prelude (bounded by the handshake timeout, no byte past it: TLS or
+/// the hello follow) and hands the socket to the application's worker, started if need be.
+fn route(router: &Router, accepted: Accepted) {
+    let peer = accepted.peer.as_str();
+    let socket = &accepted.socket;
+    socket.set_timeouts(router.handshake_timeout);
+    let mut first = [0u8; PRELUDE_LEN];
+    if let Err(e) = socket.read_exact(&mut first) {
+        refused(router);
+        tracing::warn!(peer, error = %e, "connection closed before its routing prelude");
+        return;
+    }
+    let prelude = match Prelude::decode(&first) {
+        Ok(p) => p,
+        Err(e) => {
+            refused(router);
+            if is_v1_hello(&first) {
+                // A shim from before the prelude reads this as a refused welcome.
+                let reason = format!(
+                    "server speaks protocol version {VERSION}: upgrade the shim (it speaks version 1)"
+                );
+                let mut frame = Vec::new();
+                let welcome = Welcome::Refused {
+                    version: VERSION,
+                    reason,
+                };
+                if write_frame(&mut frame, &welcome.encode(), &mut Vec::new()).is_ok() {
+                    let _ = socket.write_all(&frame);
+                }
+            } else if let protocol::ProtocolError::VersionMismatch { .. } = e {
+                let reason = format!("server speaks protocol version {VERSION}: {e}");
+                let _ = socket.write_all(&RouteAnswer::Refused(reason).encode());
+            }
+            tracing::warn!(peer, error = %e, "connection refused: no valid routing prelude");
+            return;
+        }
+    };
+    let worker = match router.workers.route(prelude.routing_id) {
+        Ok(w) => w,
+        Err(reason) => {
+            refused(router);
+            tracing::warn!(peer, reason, "connection refused");
+            let _ = socket.write_all(&RouteAnswer::Refused(reason).encode());
+            return;
+        }
+    };
+    // The answer goes before the hand-over: every byte after it is the worker's.
+    if let Err(e) = socket.write_all(&RouteAnswer::Routed.encode()) {
+        tracing::warn!(peer, error = %e, "connection lost while routing");
+        return;
+    }
+    let Accepted {
+        socket,
+        transport,
+        peer,
+        identity,
+    } = accepted;
+    if let Err(e) = worker.hand_over(socket.fd(), peer.clone(), transport, identity) {
+        refused(router);
+        tracing::warn!(peer, pid = worker.pid, error = %e, "cannot hand the connection to its worker; closed");
     }
 }

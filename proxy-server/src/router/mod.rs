@@ -1,0 +1,174 @@
+//! The router side: the listening sockets, the routing of each accepted connection to its
+//! application's worker, the workers' lifetimes, the metrics and health endpoints, and the
+//! orderly stop. The router never loads the vendor library (DESIGN.md, "Server semantics").
+
+mod http;
+mod listener;
+mod workers;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::LogFormat;
+use crate::config::Settings;
+use crate::control::{Role, WorkerSettings};
+
+pub use self::listener::{Access, Listener};
+use self::workers::Workers;
+
+/// How long a stop waits for the workers (their own drain is 10 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The running router.
+pub struct Router {
+    pub listeners: Vec<Listener>,
+    pub access: Access,
+    pub workers: Arc<Workers>,
+    pub handshake_timeout: Duration,
+    stopping: AtomicBool,
+}
+
+impl Router {
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn run(settings: Settings) -> Result<(), String> {
+    crate::policy::Policy::new(&settings.deny_functions, &settings.deny_mechanisms)?;
+    if let Some(tls) = &settings.tls {
+        tls.load()?;
+    }
+    crate::raise_file_limit();
+    let signals = block_stop_signals()?;
+    let access = Access {
+        unix_mode: settings.unix_mode,
+        allowed_uids: settings.allowed_uids.clone(),
+        tls: settings.tls.is_some(),
+        allow_plaintext: settings.allow_plaintext,
+    };
+    let template = WorkerSettings {
+        role: Role::Probe,
+        module: settings.module.clone(),
+        init_args: settings.init_args.clone(),
+        tls: settings.tls.clone(),
+        handshake_timeout: settings.handshake_timeout,
+        idle_timeout: settings.idle_timeout,
+        resume_grace: settings.resume_grace,
+        max_connections: settings.max_connections,
+        deny_functions: settings.deny_functions.clone(),
+        deny_mechanisms: settings.deny_mechanisms.clone(),
+        json_logs: settings.log_format == LogFormat::Json,
+    };
+    let workers = Workers::new(template, settings.shared_worker, settings.max_applications)?;
+    workers.start_probe()?;
+    tracing::info!(
+        module = settings.module,
+        "vendor library loaded and initialised by a worker"
+    );
+    if settings.shared_worker {
+        tracing::warn!("--shared-worker: every application is served by one vendor library instance; its login is shared by all (one application's C_Login lets every application use private keys, one C_Logout logs all out)");
+    }
+    let listeners = match settings
+        .addresses
+        .iter()
+        .map(|a| Listener::bind(a, &access))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(mut l) => {
+            l.extend(listener::inherited());
+            l
+        }
+        Err(e) => {
+            workers.stop(STOP_TIMEOUT);
+            return Err(e);
+        }
+    };
+    if !settings.deny_functions.is_empty() || !settings.deny_mechanisms.is_empty() {
+        tracing::info!(functions = ?settings.deny_functions, mechanisms = ?settings.deny_mechanisms, "policy: refusing these to every client");
+    }
+    let router = Arc::new(Router {
+        listeners,
+        access,
+        workers,
+        handshake_timeout: settings.handshake_timeout,
+        stopping: AtomicBool::new(false),
+    });
+    let mut bound: Vec<String> = router
+        .listeners
+        .iter()
+        .map(Listener::local_address)
+        .collect();
+    if let Some(addr) = settings.metrics_listen {
+        let local = http::serve(router.clone(), addr)?;
+        bound.push(format!("http://{local}/metrics"));
+    }
+    for i in 0..router.listeners.len() {
+        let r = router.clone();
+        std::thread::Builder::new()
+            .name("p11-accept".into())
+            .spawn(move || listener::accept_loop(r, i))
+            .map_err(|e| format!("cannot start accept thread: {e}"))?;
+    }
+    eprintln!("pkcs11-proxy-server: listening on {}", bound.join(" "));
+    let sig = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => router.reload(),
+            sig => break sig,
+        }
+    };
+    tracing::info!(
+        signal = sig,
+        applications = router.workers.application_count(),
+        "stopping"
+    );
+    router.stop();
+    Ok(())
+}
+
+impl Router {
+    /// Reloads the TLS material (SIGHUP): the router checks it, every worker reloads it.
+    fn reload(&self) {
+        if self.access.tls {
+            self.workers.reload();
+            tracing::info!("TLS reload sent to every worker");
+        }
+    }
+
+    /// Stops accepting, then has every worker finish its calls in flight (bounded), close
+    /// its sessions and finalise its vendor instance.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for l in &self.listeners {
+            l.stop();
+        }
+        self.workers.stop(STOP_TIMEOUT);
+        tracing::info!("stopped");
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP (TLS reload) in every thread (threads inherit the mask)
+/// so that the main thread alone receives them with sigwait.
+fn block_stop_signals() -> Result<libc::sigset_t, String> {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err("cannot block SIGTERM/SIGINT".into());
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: set is a valid signal set; sig is writable.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}

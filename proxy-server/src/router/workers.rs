@@ -1,0 +1,388 @@
+//! The router's worker processes: started on an application's first connection (the server's
+//! own binary, re-executed with `--worker`: never a bare fork of this multi-threaded process),
+//! handed each of its connections, asked for reports, told to stop, and supervised by their
+//! exit status, as PostgreSQL's postmaster does: a worker that dies is logged with its signal
+//! and counted, and only its own application is affected (DESIGN.md, "Server semantics").
+
+use std::collections::HashMap;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use protocol::handshake::RoutingId;
+
+use crate::control::{Channel, Role, ToRouter, ToWorker, Transport, WorkerSettings, WORKER_FD};
+use crate::metrics::{RouterCounters, Snapshot};
+
+/// How long a report may take.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the start-up check waits for the probe worker to load the vendor library.
+const PROBE_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A worker's metrics, and the vendor's readiness when it was asked for.
+type Report = (Snapshot, Option<bool>);
+
+/// Where a connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Application(RoutingId),
+    Shared,
+}
+
+/// One worker process, as the router sees it.
+pub struct Worker {
+    pub pid: u32,
+    role: Role,
+    channel: Channel,
+    started: Instant,
+    /// Where the next report goes; one request at a time.
+    report: Mutex<Option<mpsc::SyncSender<Report>>>,
+    report_turn: Mutex<()>,
+    /// Its first message: `Ok` once the vendor library is loaded, or the reason it failed.
+    start: Mutex<Option<Result<(), String>>>,
+    start_cv: Condvar,
+    /// Asked to stop (a stop, or after it said it is leaving): its exit is no crash.
+    asked_to_stop: AtomicBool,
+}
+
+impl Worker {
+    /// Hands over one connection.
+    pub fn hand_over(
+        &self,
+        fd: std::os::fd::BorrowedFd,
+        peer: String,
+        transport: Transport,
+        identity: Vec<u8>,
+    ) -> std::io::Result<()> {
+        self.channel.send(
+            &ToWorker::Connection {
+                peer,
+                transport,
+                identity,
+            },
+            Some(fd),
+        )
+    }
+
+    fn stop(&self) {
+        self.asked_to_stop.store(true, Ordering::Release);
+        let _ = self.channel.send(&ToWorker::Stop, None);
+    }
+
+    /// Its report: metrics, and the vendor's readiness when `ready`.
+    pub fn report(&self, ready: bool) -> Option<Report> {
+        let _turn = self.report_turn.lock();
+        let (tx, rx) = mpsc::sync_channel(1);
+        *self.report.lock() = Some(tx);
+        self.channel.send(&ToWorker::Report { ready }, None).ok()?;
+        let r = rx.recv_timeout(REPORT_TIMEOUT).ok();
+        *self.report.lock() = None;
+        r
+    }
+
+    /// Waits for the worker's first message.
+    fn wait_started(&self, timeout: Duration) -> Result<(), String> {
+        let mut start = self.start.lock();
+        let deadline = Instant::now() + timeout;
+        while start.is_none() {
+            if self.start_cv.wait_until(&mut start, deadline).timed_out() {
+                return Err("the worker did not start in time".into());
+            }
+        }
+        start.clone().unwrap_or(Ok(()))
+    }
+}
+
+/// Every worker process of the router.
+pub struct Workers {
+    exe: PathBuf,
+    /// The settings each worker gets, its role aside.
+    template: WorkerSettings,
+    shared_worker: bool,
+    max_applications: usize,
+    routes: Mutex<HashMap<Key, Arc<Worker>>>,
+    probe: Mutex<Option<Arc<Worker>>>,
+    /// Workers alive (routed or not), by pid.
+    alive: Mutex<HashMap<u32, Arc<Worker>>>,
+    gone: Condvar,
+    pub counters: RouterCounters,
+    stopping: AtomicBool,
+}
+
+impl Workers {
+    pub fn new(
+        template: WorkerSettings,
+        shared_worker: bool,
+        max_applications: usize,
+    ) -> Result<Arc<Self>, String> {
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find this program to start workers: {e}"))?;
+        Ok(Arc::new(Self {
+            exe,
+            template,
+            shared_worker,
+            max_applications,
+            routes: Mutex::new(HashMap::new()),
+            probe: Mutex::new(None),
+            alive: Mutex::new(HashMap::new()),
+            gone: Condvar::new(),
+            counters: RouterCounters::default(),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    /// Starts the worker that answers `/readyz` (with `--shared-worker`, the shared worker
+    /// itself) and waits until it has loaded and initialised the vendor library: a module
+    /// that cannot be loaded is an error at start, not at the first client.
+    pub fn start_probe(self: &Arc<Self>) -> Result<(), String> {
+        let (role, key) = if self.shared_worker {
+            (Role::Shared, Some(Key::Shared))
+        } else {
+            (Role::Probe, None)
+        };
+        let worker = self.spawn(role)?;
+        worker.wait_started(PROBE_START_TIMEOUT)?;
+        if let Some(key) = key {
+            self.routes.lock().insert(key, worker.clone());
+        }
+        *self.probe.lock() = Some(worker);
+        Ok(())
+    }
+
+    /// The worker for the application named `routing_id`, started if it has none.
+    pub fn route(self: &Arc<Self>, routing_id: RoutingId) -> Result<Arc<Worker>, String> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err("the server is stopping".into());
+        }
+        let key = if self.shared_worker {
+            Key::Shared
+        } else {
+            Key::Application(routing_id)
+        };
+        let mut routes = self.routes.lock();
+        if let Some(w) = routes.get(&key) {
+            return Ok(w.clone());
+        }
+        if key == Key::Shared {
+            return Err("the shared worker is not running".into());
+        }
+        if routes.len() >= self.max_applications {
+            return Err(format!(
+                "the server serves {} applications already (--max-applications)",
+                routes.len()
+            ));
+        }
+        let worker = self.spawn(Role::Application(routing_id))?;
+        routes.insert(key, worker.clone());
+        Ok(worker)
+    }
+
+    /// Starts a worker process and its supervising thread.
+    fn spawn(self: &Arc<Self>, role: Role) -> Result<Arc<Worker>, String> {
+        let (ours, theirs) =
+            Channel::pair().map_err(|e| format!("cannot make a worker channel: {e}"))?;
+        let child_fd = theirs.raw();
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("--worker")
+            .stdin(Stdio::null())
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES");
+        // SAFETY: dup2 is async-signal-safe; it places the channel at WORKER_FD, without
+        // close-on-exec, in the child only.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(child_fd, WORKER_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start a worker: {e}"))?;
+        drop(theirs);
+        let mut settings = self.template.clone();
+        settings.role = role;
+        ours.send(&ToWorker::Start(Box::new(settings)), None)
+            .map_err(|e| format!("cannot start a worker: {e}"))?;
+        let worker = Arc::new(Worker {
+            pid: child.id(),
+            role,
+            channel: ours,
+            started,
+            report: Mutex::new(None),
+            report_turn: Mutex::new(()),
+            start: Mutex::new(None),
+            start_cv: Condvar::new(),
+            asked_to_stop: AtomicBool::new(false),
+        });
+        self.counters.worker_starts.fetch_add(1, Ordering::Relaxed);
+        self.alive.lock().insert(worker.pid, worker.clone());
+        let me = self.clone();
+        let w = worker.clone();
+        std::thread::Builder::new()
+            .name("p11-worker".into())
+            .spawn(move || me.supervise(w, child))
+            .map_err(|e| format!("cannot start a worker's supervisor: {e}"))?;
+        Ok(worker)
+    }
+
+    /// Reads a worker's messages until its channel closes, then reaps and logs its exit.
+    fn supervise(&self, worker: Arc<Worker>, mut child: Child) {
+        let pid = worker.pid;
+        let app = worker.role.label();
+        loop {
+            match worker.channel.recv::<ToRouter>() {
+                Ok(Some((message, _))) => match message {
+                    ToRouter::Started { .. } => {
+                        tracing::info!(
+                            pid,
+                            app,
+                            ms = worker.started.elapsed().as_millis() as u64,
+                            "worker started"
+                        );
+                        *worker.start.lock() = Some(Ok(()));
+                        worker.start_cv.notify_all();
+                    }
+                    ToRouter::Failed { reason } => {
+                        *worker.start.lock() = Some(Err(reason));
+                        worker.start_cv.notify_all();
+                    }
+                    ToRouter::Report { snapshot, ready } => {
+                        if let Some(tx) = worker.report.lock().as_ref() {
+                            let _ = tx.try_send((snapshot, ready));
+                        }
+                    }
+                    ToRouter::Leaving => {
+                        self.unroute(&worker);
+                        worker.stop();
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "worker channel failed");
+                    break;
+                }
+            }
+        }
+        self.unroute(&worker);
+        let status = child.wait();
+        if worker.start.lock().is_none() {
+            *worker.start.lock() = Some(Err("the worker exited at start".into()));
+            worker.start_cv.notify_all();
+        }
+        let asked = worker.asked_to_stop.load(Ordering::Acquire);
+        match status {
+            Ok(s) if s.success() && asked => tracing::info!(pid, app, "worker exited"),
+            Ok(s) => {
+                self.counters.worker_crashes.fetch_add(1, Ordering::Relaxed);
+                match s.signal() {
+                    Some(sig) => tracing::error!(
+                        pid,
+                        app,
+                        signal = sig,
+                        "worker killed by signal {sig}{}; only its application's connections are affected",
+                        if s.core_dumped() { " (core dumped)" } else { "" }
+                    ),
+                    None => tracing::error!(
+                        pid,
+                        app,
+                        status = s.code().unwrap_or(-1),
+                        "worker exited unexpectedly; only its application's connections are affected"
+                    ),
+                }
+            }
+            Err(e) => tracing::error!(pid, error = %e, "cannot reap a worker"),
+        }
+        let mut alive = self.alive.lock();
+        alive.remove(&pid);
+        self.gone.notify_all();
+    }
+
+    /// Routes nothing more to `worker`.
+    fn unroute(&self, worker: &Arc<Worker>) {
+        self.routes.lock().retain(|_, w| !Arc::ptr_eq(w, worker));
+        let mut probe = self.probe.lock();
+        if probe.as_ref().is_some_and(|p| Arc::ptr_eq(p, worker)) {
+            *probe = None;
+        }
+    }
+
+    /// The readiness of the vendor library, as the probe worker sees it (restarted if it
+    /// died).
+    pub fn ready(self: &Arc<Self>) -> bool {
+        let probe = self.probe.lock().clone();
+        let probe = match probe {
+            Some(p) => p,
+            None => {
+                if self.stopping.load(Ordering::Acquire) || self.start_probe().is_err() {
+                    return false;
+                }
+                match self.probe.lock().clone() {
+                    Some(p) => p,
+                    None => return false,
+                }
+            }
+        };
+        matches!(probe.report(true), Some((_, Some(true))))
+    }
+
+    /// The sum of every worker's report, and the number of workers running.
+    pub fn snapshot(&self) -> (Snapshot, usize) {
+        let workers: Vec<Arc<Worker>> = self.alive.lock().values().cloned().collect();
+        let mut total = Snapshot::default();
+        for w in &workers {
+            if let Some((s, _)) = w.report(false) {
+                total.add(s);
+            }
+        }
+        (total, workers.len())
+    }
+
+    /// Applications with a worker.
+    pub fn application_count(&self) -> usize {
+        self.routes
+            .lock()
+            .keys()
+            .filter(|k| matches!(k, Key::Application(_)))
+            .count()
+    }
+
+    /// Sends SIGHUP's reload to every worker.
+    pub fn reload(&self) {
+        for w in self.alive.lock().values() {
+            let _ = w.channel.send(&ToWorker::Reload, None);
+        }
+    }
+
+    /// Tells every worker to stop and waits for them (bounded); kills those still running.
+    pub fn stop(&self, timeout: Duration) {
+        self.stopping.store(true, Ordering::Release);
+        let workers: Vec<Arc<Worker>> = self.alive.lock().values().cloned().collect();
+        for w in &workers {
+            w.stop();
+        }
+        let deadline = Instant::now() + timeout;
+        let mut alive = self.alive.lock();
+        while !alive.is_empty() {
+            if self.gone.wait_until(&mut alive, deadline).timed_out() {
+                for pid in alive.keys() {
+                    tracing::warn!(pid, "worker did not stop in time; killing it");
+                    // SAFETY: kill(2) on a child of ours that has not been reaped yet.
+                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                }
+                let _ = self.gone.wait_for(&mut alive, Duration::from_secs(2));
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The worker side: one process per application (or one for all, `--shared-worker`), started
+//! by the router as `pkcs11-proxy-server --worker` with its control channel at
+//! [`crate::control::WORKER_FD`]. It loads the vendor library, owns the connections the router hands
+//! over (TLS, hello and every call happen here: no extra hop), and answers the router's
+//! requests for reports and stops (DESIGN.md, "Server semantics").
+//!
+//! Lifetime of an application's worker: the vendor library is C_Initialized at the
+//! application's first hello with the application's own arguments, and C_Finalized at its
+//! C_Finalize; a worker whose application finalised, or had no connection for the resume
+//! grace period, tells the router it is leaving, and exits when told to stop. The control
+//! channel closing (the router is gone) stops it too: no orphans.
+
+mod backend;
+mod connection;
+mod dispatch;
+mod mechanism;
+mod template;
+
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptoki_sys::*;
+use parking_lot::{Condvar, Mutex};
+use protocol::handshake::InitArgs;
+use protocol::stream::Stream;
+
+use self::backend::Backend;
+use self::connection::{Handed, Shared};
+use crate::control::{Channel, Role, ToRouter, ToWorker, Transport, WorkerSettings};
+use crate::rv;
+use crate::tls::TlsListener;
+
+/// Stack of each connection thread: vendor libraries get the room they need.
+const CONNECTION_STACK: usize = 1024 * 1024;
+
+/// How long a stop waits for calls in flight before finalising anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The running worker: its state and its live connections (to wake them at a stop).
+struct Worker {
+    shared: Shared,
+    channel: Channel,
+    /// Names this worker's application in logs and metrics (not secret).
+    label: String,
+    next_conn: AtomicU64,
+    connections: Mutex<HashMap<u64, Stream>>,
+    drained: Condvar,
+}
+
+/// Runs a worker process until it is told to stop or its router goes away.
+pub fn run() -> ExitCode {
+    // SAFETY: this process was started by the router as a worker, with the channel at
+    // WORKER_FD; nothing else in it uses that descriptor.
+    let channel = unsafe { Channel::inherited() };
+    // A terminal's Ctrl-C reaches the whole process group: the router orders the stop.
+    // SAFETY: ignoring a signal has no preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let settings = match channel.recv::<ToWorker>() {
+        Ok(Some((ToWorker::Start(s), _))) => *s,
+        other => {
+            eprintln!("pkcs11-proxy-server worker: no start message from the router ({other:?}); run the server without --worker");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::init_logging(settings.json_logs);
+    crate::raise_file_limit();
+    let label = settings.role.label();
+    let span = tracing::info_span!("worker", app = %label);
+    let _entered = span.enter();
+    let started = Instant::now();
+    let shared = match start(settings) {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::error!("{reason}");
+            let _ = channel.send(&ToRouter::Failed { reason }, None);
+            return ExitCode::FAILURE;
+        }
+    };
+    let interface = shared.backend.interface_version();
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "vendor library loaded (PKCS#11 {}.{} interface)",
+        interface.0,
+        interface.1
+    );
+    if channel
+        .send(&ToRouter::Started { interface }, None)
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    let worker = Arc::new(Worker {
+        shared,
+        channel,
+        label,
+        next_conn: AtomicU64::new(0),
+        connections: Mutex::new(HashMap::new()),
+        drained: Condvar::new(),
+    });
+    worker.control_loop(&span);
+    worker.stop();
+    ExitCode::SUCCESS
+}
+
+/// Loads the vendor library (and, for a shared or probe worker, initialises it) and the TLS
+/// material.
+fn start(settings: WorkerSettings) -> Result<Shared, String> {
+    let policy = crate::policy::Policy::new(&settings.deny_functions, &settings.deny_mechanisms)?;
+    let backend = Backend::load(&settings.module)?;
+    let tls = settings.tls.clone().map(TlsListener::new).transpose()?;
+    let initialised = !matches!(settings.role, Role::Application(_));
+    if initialised {
+        let args = InitArgs {
+            flags: template::wire(CKF_OS_LOCKING_OK),
+            callbacks: 0,
+            reserved: false,
+        };
+        let r = backend.initialize(Some(args), settings.init_args.as_deref());
+        if r != CKR_OK {
+            return Err(format!(
+                "{}: C_Initialize failed with {}",
+                settings.module,
+                rv::name(r)
+            ));
+        }
+    }
+    Ok(Shared::new(
+        settings,
+        policy,
+        backend,
+        tls,
+        initialised,
+        random_id(),
+    ))
+}
+
+impl Worker {
+    /// Serves the router's messages until it says stop or goes away.
+    fn control_loop(self: &Arc<Self>, span: &tracing::Span) {
+        let mut lifecycle = false;
+        loop {
+            let (message, fd) = match self.channel.recv::<ToWorker>() {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    tracing::info!("the router is gone; stopping");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "control channel failed; stopping");
+                    return;
+                }
+            };
+            match message {
+                ToWorker::Connection {
+                    peer,
+                    transport,
+                    identity,
+                } => {
+                    let Some(fd) = fd else {
+                        tracing::error!("a connection was handed over without its socket");
+                        continue;
+                    };
+                    self.accept(fd, peer, transport, identity, span);
+                    if !lifecycle {
+                        lifecycle = true;
+                        self.start_lifecycle(span);
+                    }
+                }
+                ToWorker::Reload => {
+                    if let Some(tls) = &self.shared.tls {
+                        match tls.reload() {
+                            Ok(()) => {
+                                tracing::info!("TLS certificate, key and client CA reloaded")
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "TLS reload failed; keeping the previous material")
+                            }
+                        }
+                    }
+                }
+                ToWorker::Report { ready } => {
+                    let mut snapshot = self.shared.metrics.snapshot();
+                    (snapshot.applications, snapshot.sessions) = self.shared.census(&self.label);
+                    let ready = ready.then(|| self.shared.initialised() && self.vendor_ready());
+                    let _ = self
+                        .channel
+                        .send(&ToRouter::Report { snapshot, ready }, None);
+                }
+                ToWorker::Stop => return,
+                ToWorker::Start(_) => tracing::warn!("a second start message; ignored"),
+            }
+        }
+    }
+
+    /// Takes over one connection and serves it on its own thread.
+    fn accept(
+        self: &Arc<Self>,
+        fd: OwnedFd,
+        peer: String,
+        transport: Transport,
+        identity: Vec<u8>,
+        span: &tracing::Span,
+    ) {
+        let stream = match transport {
+            Transport::Tcp | Transport::Tls => Stream::Tcp(TcpStream::from(fd)),
+            Transport::Unix => Stream::Unix(UnixStream::from(fd)),
+        };
+        let shared = &self.shared;
+        if shared.leaving.load(Ordering::Acquire) {
+            // Routed here before the router learnt that this worker is leaving: the client
+            // connects again and reaches a new worker.
+            tracing::info!(%peer, "connection closed: this worker is leaving");
+            return;
+        }
+        let open = shared.live.load(Ordering::Acquire);
+        if open >= shared.settings.max_connections as u64 {
+            shared
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, open, "connection refused: --max-connections reached for this application");
+            return;
+        }
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = stream.try_clone() {
+            self.connections.lock().insert(id, clone);
+        }
+        shared.live.fetch_add(1, Ordering::AcqRel);
+        let worker = self.clone();
+        let span = span.clone();
+        let handed = Handed {
+            stream,
+            tls: transport == Transport::Tls,
+            peer,
+            identity,
+        };
+        let spawned = std::thread::Builder::new()
+            .name("p11-conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                let _entered = span.enter();
+                connection::serve(&worker.shared, handed);
+                worker.ended(id);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a connection thread; connection dropped");
+            self.ended(id);
+        }
+    }
+
+    /// A connection ended.
+    fn ended(&self, id: u64) {
+        let mut conns = self.connections.lock();
+        conns.remove(&id);
+        if self.shared.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.shared.idle_since.lock() = Instant::now();
+        }
+        if conns.is_empty() {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Watches the worker's lifetime: a shared worker closes the sessions of applications
+    /// that did not come back; an application's worker leaves when its application is done
+    /// (finalised) or gone for the resume grace period.
+    fn start_lifecycle(self: &Arc<Self>, span: &tracing::Span) {
+        let worker = self.clone();
+        let span = span.clone();
+        let grace = self.shared.settings.resume_grace;
+        let tick = (grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let _ = std::thread::Builder::new()
+            .name("p11-lifecycle".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                let s = &worker.shared;
+                loop {
+                    std::thread::sleep(tick);
+                    match s.settings.role {
+                        Role::Application(_) => {
+                            if s.live.load(Ordering::Acquire) == 0
+                                && (s.done() || s.idle_since.lock().elapsed() >= grace)
+                            {
+                                s.leaving.store(true, Ordering::Release);
+                                tracing::info!(finalised = s.done(), "application gone; leaving");
+                                let _ = worker.channel.send(&ToRouter::Leaving, None);
+                                return;
+                            }
+                        }
+                        Role::Shared | Role::Probe => s.reap(),
+                    }
+                }
+            });
+    }
+
+    /// Whether the vendor library answers C_GetTokenInfo for at least one slot with a token.
+    fn vendor_ready(&self) -> bool {
+        let b = &self.shared.backend;
+        let (rv, _, slots) = b.slot_list(true, Some(64));
+        rv == CKR_OK
+            && slots
+                .iter()
+                .any(|s| b.get_token_info(*s, &mut CK_TOKEN_INFO::default()) == CKR_OK)
+    }
+
+    /// Lets calls in flight finish (bounded), closes the sessions and finalises the vendor
+    /// library if it is still initialised.
+    fn stop(&self) {
+        let shared = &self.shared;
+        shared.leaving.store(true, Ordering::Release);
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut conns = self.connections.lock();
+        // Shutting down the read side ends each connection after the call it is serving.
+        for s in conns.values() {
+            s.shutdown(Shutdown::Read);
+        }
+        while !conns.is_empty() {
+            if self.drained.wait_until(&mut conns, deadline).timed_out() {
+                tracing::warn!(
+                    connections = conns.len(),
+                    "calls still in flight at stop; finalising anyway"
+                );
+                break;
+            }
+        }
+        drop(conns);
+        if shared.initialised() {
+            let sessions = shared.take_every_session();
+            if !matches!(shared.settings.role, Role::Application(_)) {
+                shared.close_sessions(&sessions);
+            }
+            let r = shared.backend.finalize();
+            tracing::info!(rv = %rv::name(r), "vendor library finalised; worker stopped");
+        } else {
+            tracing::debug!("worker stopped");
+        }
+    }
+}
+
+/// 16 random bytes from the kernel (getrandom(2)): a new instance id for every worker.
+fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    // SAFETY: id is writable for its length.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if n != id.len() as isize {
+        // Uniqueness, not secrecy, is what an instance id needs.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        id.copy_from_slice(&t.as_nanos().to_le_bytes());
+        id[..4].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    id
+}
