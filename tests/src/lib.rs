@@ -1,6 +1,7 @@
 //! Test harness: a throwaway SoftHSM2 token, the real `pkcs11-proxy-server` binary, and
 //! private copies of the PKCS#11 modules so that several instances live in one process.
 
+pub mod fabric;
 pub mod parity;
 pub mod pki;
 pub mod raw;
@@ -251,16 +252,40 @@ impl ProxyServer {
         url.trim_end_matches("/metrics").to_string()
     }
 
-    /// Kills the server outright (SIGKILL), as a crash would, and reaps it.
+    /// Kills the server outright (SIGKILL), router and workers, as a crash of its host
+    /// would, and reaps the router.
     pub fn kill(&mut self) {
+        let workers = self.workers();
         let _ = self.child.kill();
+        for w in workers {
+            // SAFETY: signalling a child of our child.
+            unsafe { libc::kill(w as i32, libc::SIGKILL) };
+        }
         let _ = self.child.wait();
     }
 
-    /// Sends a signal to the server (SIGSTOP to freeze it, SIGCONT to thaw...).
+    /// Sends a signal to the server's router and workers (SIGSTOP to freeze it, SIGCONT to
+    /// thaw...).
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
+        // SAFETY: signalling our own child and its children.
         unsafe { libc::kill(self.child.id() as i32, sig) };
+        for w in self.workers() {
+            // SAFETY: as above.
+            unsafe { libc::kill(w as i32, sig) };
+        }
+    }
+
+    /// The process ids of the server's worker processes (its children).
+    pub fn workers(&self) -> Vec<u32> {
+        children_of(self.child.id())
+    }
+
+    /// Resident memory of the router and all its workers, in KiB.
+    pub fn tree_rss_kib(&self) -> u64 {
+        std::iter::once(self.pid())
+            .chain(self.workers())
+            .map(rss_kib_of)
+            .sum()
     }
 
     /// The server's process id.
@@ -268,15 +293,9 @@ impl ProxyServer {
         self.child.id()
     }
 
-    /// The server's resident memory in KiB (VmRSS).
+    /// The router's resident memory in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        rss_kib_of(self.pid())
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
@@ -309,6 +328,57 @@ impl ProxyServer {
         }
     }
 }
+
+/// A process's resident memory in KiB (VmRSS), 0 if it is gone.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The live children of `parent`, read from /proc (field 4 of /proc/PID/stat is the parent).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The command name (field 2) is in parentheses and may hold spaces.
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// A raw TCP connection that sent the routing prelude and a hello for `client_id` (no C
+/// initialisation arguments); the route answer and the welcome are the caller's to read.
+pub fn raw_hello(address: &str, client_id: [u8; 16]) -> std::net::TcpStream {
+    use protocol::handshake::{routing_id, Hello, Prelude};
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(address.trim_start_matches("tcp://")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut bytes = Prelude {
+        routing_id: routing_id(&client_id),
+    }
+    .encode()
+    .to_vec();
+    let hello = Hello::new(8, client_id, None).encode();
+    bytes.extend_from_slice(&(hello.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&hello);
+    c.write_all(&bytes).unwrap();
+    c
+}
+
+/// Length of the route answer and the framed welcome a raw client reads after its hello.
+pub const ANSWERS_LEN: usize = protocol::handshake::ROUTE_ANSWER_LEN + 4 + 35;
 
 impl Drop for ProxyServer {
     fn drop(&mut self) {

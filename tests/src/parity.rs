@@ -1109,8 +1109,9 @@ pub fn run() -> Report {
         with_env(&[("SOFTHSM2_CONF", &conf)], || direct.initialize()),
         CKR_OK
     );
-    // SAFETY: the scenario passes valid buffers except where it tests NULL handling.
-    let expected = unsafe { scenario(&direct) };
+    // Each side keeps its configuration for the whole scenario, which initialises again at
+    // its end. SAFETY: the scenario passes valid buffers except where it tests NULL handling.
+    let expected = with_env(&[("SOFTHSM2_CONF", &conf)], || unsafe { scenario(&direct) });
 
     let proxy = RawModule::load(&private_copy(&shim_path(), dir.path()));
     assert_eq!(
@@ -1119,6 +1120,8 @@ pub fn run() -> Report {
         CKR_OK
     );
     // SAFETY: as above.
-    let got = unsafe { scenario(&proxy) };
+    let got = with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || unsafe {
+        scenario(&proxy)
+    });
     Report { expected, got }
 }

@@ -28,10 +28,99 @@ fn state(m: &RawModule, s: CK_SESSION_HANDLE) -> Result<CK_STATE, CK_RV> {
     }
 }
 
+/// Two applications on SoftHSM2 directly: two instances of the module, each with its own
+/// sessions and login, as two processes have.
+fn direct_pair(hsm: &SoftHsm) -> (RawModule, RawModule) {
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    let (a, b) = (
+        RawModule::load(&hsm.module_copy()),
+        RawModule::load(&hsm.module_copy()),
+    );
+    with_env(&[("SOFTHSM2_CONF", &conf)], || {
+        assert_eq!(a.initialize(), CKR_OK);
+        assert_eq!(b.initialize(), CKR_OK);
+    });
+    (a, b)
+}
+
+/// B calls with A's session handle and its neighbours, logs out and closes with it, closes
+/// all its sessions and finalises; what B gets, and A's session state after it all.
+fn foreign_session_scenario(
+    a: &RawModule,
+    b: &RawModule,
+) -> (Vec<String>, Result<CK_STATE, CK_RV>) {
+    let slot = a.first_slot();
+    let ha = a.open_rw(slot);
+    assert_eq!(a.login(ha, PIN), CKR_OK);
+    let _hb = b.open_rw(slot);
+    let f = b.f();
+    let mut seen = Vec::new();
+    for guess in ha.saturating_sub(4)..ha + 4 {
+        seen.push(format!("state {guess}: {:?}", state(b, guess)));
+    }
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_SHA256,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    // SAFETY: valid arguments; only the session handle may be foreign.
+    unsafe {
+        seen.push(format!(
+            "DigestInit {:#x}",
+            f.C_DigestInit.unwrap()(ha, &mut mech)
+        ));
+        seen.push(format!("Logout {:#x}", f.C_Logout.unwrap()(ha)));
+        seen.push(format!("CloseSession {:#x}", f.C_CloseSession.unwrap()(ha)));
+        seen.push(format!(
+            "CloseAllSessions {:#x}",
+            f.C_CloseAllSessions.unwrap()(slot)
+        ));
+        seen.push(format!(
+            "Finalize {:#x}",
+            f.C_Finalize.unwrap()(ptr::null_mut())
+        ));
+    }
+    let a_state = state(a, ha);
+    // SAFETY: valid arguments.
+    unsafe { assert_eq!(a.f().C_DigestInit.unwrap()(ha, &mut mech), CKR_OK) };
+    (seen, a_state)
+}
+
 #[test]
-fn an_application_cannot_use_probe_or_close_another_ones_sessions() {
+fn another_application_s_session_handles_reach_nothing_of_it_as_between_two_processes() {
+    // Each application has its own vendor instance: whatever B does with A's session handle
+    // (a number that means something only in A's instance) is answered by B's instance, as
+    // between two processes loading SoftHSM2, and leaves A's session and login untouched.
     let hsm = SoftHsm::new("isolation");
-    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let (da, db) = direct_pair(&hsm);
+    let expected = foreign_session_scenario(&da, &db);
+    let hsm2 = SoftHsm::new("isolation");
+    let server = ProxyServer::start(&hsm2, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("isolation");
+    let (a, b) = (client(&server, &dir), client(&server, &dir));
+    let got = foreign_session_scenario(&a, &b);
+    assert_eq!(
+        expected.1,
+        Ok(CKS_RW_USER_FUNCTIONS),
+        "directly, A is untouched"
+    );
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn in_a_shared_worker_an_application_cannot_use_probe_or_close_another_ones_sessions() {
+    let hsm = SoftHsm::new("isolation");
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            tests::SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--shared-worker",
+        ],
+        &[],
+    );
     let dir = TempDir::new("isolation");
     let a = client(&server, &dir);
     let b = client(&server, &dir);
@@ -77,7 +166,7 @@ fn an_application_cannot_use_probe_or_close_another_ones_sessions() {
 #[test]
 fn a_killed_client_leaves_no_session_behind() {
     let hsm = SoftHsm::new("killed");
-    // The vendor's login is what shows the holder's sessions from outside: shared mode.
+    // The vendor's login is what shows the holder's sessions from outside: a shared worker.
     let server = ProxyServer::start_with(
         &hsm,
         &[
@@ -85,7 +174,7 @@ fn a_killed_client_leaves_no_session_behind() {
             tests::SOFTHSM,
             "--listen",
             "tcp://127.0.0.1:0",
-            "--shared-login",
+            "--shared-worker",
             "--resume-grace",
             "1",
         ],
@@ -106,7 +195,7 @@ fn a_killed_client_leaves_no_session_behind() {
         .unwrap();
     assert!(line.starts_with("ready"), "{line}");
 
-    // The holder is logged in, and with --shared-login the vendor library's login shows in
+    // The holder is logged in, and in a shared worker the vendor library's login shows in
     // every client's sessions: a new session of another application sees the user state.
     let observer = client(&server, &dir);
     let slot = observer.first_slot();
@@ -154,13 +243,10 @@ fn a_forked_child_initialises_afresh_and_never_uses_the_parents_sessions() {
     );
 }
 
-#[test]
-fn an_application_cannot_reach_another_ones_session_objects() {
-    let hsm = SoftHsm::new("objects");
-    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
-    let dir = TempDir::new("objects");
-    let a = client(&server, &dir);
-    let b = client(&server, &dir);
+/// A makes session objects; B tries to reach them by their handles; each searches by label.
+/// What B gets, and what each search finds.
+fn foreign_object_scenario(a: &RawModule, b: &RawModule) -> Vec<String> {
+    let mut seen = Vec::new();
     let slot = a.first_slot();
     let (sa, sb) = (a.open_rw(slot), b.open_rw(slot));
     assert_eq!(a.login(sa, PIN), CKR_OK);
@@ -209,34 +295,30 @@ fn an_application_cannot_reach_another_ones_session_objects() {
             CKR_OK
         );
         let f = b.f();
-        // B cannot sign with, read, copy or destroy A's objects, by handle or by guessing.
-        assert_eq!(
-            f.C_SignInit.unwrap()(sb, &mut mech, key),
-            CKR_OBJECT_HANDLE_INVALID
-        );
+        // B's calls with A's object handles are answered by B's own instance.
+        seen.push(format!(
+            "B SignInit {:#x}",
+            f.C_SignInit.unwrap()(sb, &mut mech, key)
+        ));
         let mut size = 0;
-        assert_eq!(
-            f.C_GetObjectSize.unwrap()(sb, key, &mut size),
-            CKR_OBJECT_HANDLE_INVALID
-        );
+        seen.push(format!(
+            "B GetObjectSize {:#x}",
+            f.C_GetObjectSize.unwrap()(sb, key, &mut size)
+        ));
         let mut q = [CK_ATTRIBUTE {
             type_: CKA_LABEL,
             pValue: ptr::null_mut(),
             ulValueLen: 0,
         }];
-        assert_eq!(
-            f.C_GetAttributeValue.unwrap()(sb, data_a, q.as_mut_ptr(), 1),
-            CKR_OBJECT_HANDLE_INVALID
-        );
+        seen.push(format!(
+            "B GetAttributeValue {:#x}",
+            f.C_GetAttributeValue.unwrap()(sb, data_a, q.as_mut_ptr(), 1)
+        ));
         let mut copy = 0;
-        assert_eq!(
-            f.C_CopyObject.unwrap()(sb, data_a, ptr::null_mut(), 0, &mut copy),
-            CKR_OBJECT_HANDLE_INVALID
-        );
-        assert_eq!(
-            f.C_DestroyObject.unwrap()(sb, data_a),
-            CKR_OBJECT_HANDLE_INVALID
-        );
+        seen.push(format!(
+            "B CopyObject {:#x}",
+            f.C_CopyObject.unwrap()(sb, data_a, ptr::null_mut(), 0, &mut copy)
+        ));
         // B's search for the label finds its own object only; A's finds A's only.
         for (m, s, own) in [(&b, sb, data_b), (&a, sa, data_a)] {
             let mut find = [attr(CKA_LABEL, label)];
@@ -250,16 +332,36 @@ fn an_application_cannot_reach_another_ones_session_objects() {
                 m.f().C_FindObjects.unwrap()(s, found.as_mut_ptr(), 8, &mut n),
                 CKR_OK
             );
-            assert_eq!(&found[..n as usize], &[own]);
+            assert_eq!(
+                &found[..n as usize],
+                &[own],
+                "each finds its own object only"
+            );
             assert_eq!(m.f().C_FindObjectsFinal.unwrap()(s), CKR_OK);
         }
-        // A still uses its key.
+        // A still uses its key and its object.
         assert_eq!(a.f().C_SignInit.unwrap()(sa, &mut mech, key), CKR_OK);
-        // Once A's session closes, its objects are gone for everyone.
-        assert_eq!(a.f().C_CloseSession.unwrap()(sa), CKR_OK);
         assert_eq!(
-            f.C_GetObjectSize.unwrap()(sb, key, &mut size),
-            CKR_OBJECT_HANDLE_INVALID
+            a.f().C_GetObjectSize.unwrap()(sa, data_a, &mut size),
+            CKR_OK
         );
+        assert_eq!(a.f().C_CloseSession.unwrap()(sa), CKR_OK);
+        seen.push(format!(
+            "B GetObjectSize after A closed {:#x}",
+            f.C_GetObjectSize.unwrap()(sb, key, &mut size)
+        ));
     }
+    seen
+}
+
+#[test]
+fn an_application_cannot_reach_another_ones_session_objects_as_between_two_processes() {
+    let hsm = SoftHsm::new("objects");
+    let (da, db) = direct_pair(&hsm);
+    let expected = foreign_object_scenario(&da, &db);
+    let hsm2 = SoftHsm::new("objects");
+    let server = ProxyServer::start(&hsm2, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("objects");
+    let (a, b) = (client(&server, &dir), client(&server, &dir));
+    assert_eq!(foreign_object_scenario(&a, &b), expected);
 }

@@ -1,7 +1,8 @@
-//! Per-client login: each application has its own login state, as it would talking to the
-//! vendor library directly. The same two-application scenario runs on two SoftHSM2 instances
-//! (two "processes": private copies of the module, each with its own login state) and on two
-//! shim instances sharing one server; every answer must match.
+//! Per-application login: each application has its own vendor instance (its own worker), so
+//! its login state is the vendor's own, as when it loads the library directly. The same
+//! two-application scenario runs on two SoftHSM2 instances (two "processes": private copies of
+//! the module, each with its own login state) and on two shim instances sharing one server;
+//! every answer must match.
 
 use std::ptr;
 
@@ -21,6 +22,12 @@ fn attr(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
 
 unsafe fn login(m: &RawModule, s: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &str) -> CK_RV {
     m.f().C_Login.unwrap()(s, user, pin.as_ptr() as *mut u8, pin.len() as CK_ULONG)
+}
+
+/// C_Login with a NULL PIN of length 0, as Fabric's BCCSP does on a pooled session when the
+/// token is already logged in (and as a protected authentication path would).
+unsafe fn login_null(m: &RawModule, s: CK_SESSION_HANDLE) -> CK_RV {
+    m.f().C_Login.unwrap()(s, CKU_USER, ptr::null_mut(), 0)
 }
 
 unsafe fn state(m: &RawModule, s: CK_SESSION_HANDLE) -> (CK_RV, CK_ULONG) {
@@ -178,8 +185,21 @@ unsafe fn scenario(a: &RawModule, b: &RawModule) -> Vec<Step> {
         login(b, sb, CKU_USER, "0000"),
         vec![],
     );
+    rec("B login with a NULL PIN", login_null(b, sb), vec![]);
     rec("B login", login(b, sb, CKU_USER, PIN), vec![]);
     rec("B login again", login(b, sb, CKU_USER, PIN), vec![]);
+    // Fabric's pooled-session login: an empty PIN while already logged in.
+    let sb2 = b.open_rw(slot);
+    rec(
+        "B login with a NULL PIN on a second session, logged in",
+        login_null(b, sb2),
+        vec![],
+    );
+    rec(
+        "B closes the second session",
+        b.f().C_CloseSession.unwrap()(sb2),
+        vec![],
+    );
     let (rv, st) = state(b, sb);
     rec("B session state after login", rv, st.to_ne_bytes().to_vec());
     let (rv, found) = find(b, sb, &mut [attr(CKA_CLASS, &class), attr(CKA_ID, &id)]);
@@ -302,6 +322,11 @@ fn each_application_has_its_own_login_as_with_the_vendor_library_directly() {
         assert_eq!(answer(name), CKR_OK, "{name}");
     }
     assert_eq!(answer("B login with a wrong PIN"), CKR_PIN_INCORRECT);
+    // What made Fabric crash through the emulating proxy: the vendor refuses an empty PIN.
+    assert_eq!(
+        answer("B login with a NULL PIN on a second session, logged in"),
+        CKR_ARGUMENTS_BAD
+    );
     assert_eq!(
         answer("B creates a private object without login"),
         CKR_USER_NOT_LOGGED_IN
@@ -340,12 +365,43 @@ fn each_application_has_its_own_login_as_with_the_vendor_library_directly() {
     );
 }
 
+/// One application logged in as the user, another as the SO, then swapped.
+unsafe fn user_and_so(a: &RawModule, b: &RawModule) -> Vec<(CK_RV, CK_ULONG)> {
+    let slot = a.first_slot();
+    let (sa, sb) = (a.open_rw(slot), b.open_rw(slot));
+    let mut seen = vec![
+        (login(a, sa, CKU_USER, PIN), 0),
+        (login(b, sb, CKU_SO, SO_PIN), 0),
+    ];
+    seen.push(state(a, sa));
+    seen.push(state(b, sb));
+    seen.push((a.f().C_Logout.unwrap()(sa), 0));
+    seen.push((b.f().C_Logout.unwrap()(sb), 0));
+    seen.push((login(b, sb, CKU_SO, SO_PIN), 0));
+    seen.push((login(a, sa, CKU_USER, PIN), 0));
+    seen.push(state(a, sa));
+    seen.push(state(b, sb));
+    seen
+}
+
 #[test]
-fn across_applications_user_and_so_cannot_be_logged_in_at_once() {
-    // One vendor login serves every client: while one application is logged in as the user,
-    // another's SO login is refused (two processes on SoftHSM2 directly could do both).
+fn user_and_so_logins_of_two_applications_are_the_vendor_s_answers() {
+    // Two processes on SoftHSM2 can be logged in as the user and as the SO at once; so can
+    // two applications through the proxy, each with its own vendor instance.
     let hsm = SoftHsm::new("so-user");
-    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    let (da, db) = (
+        RawModule::load(&hsm.module_copy()),
+        RawModule::load(&hsm.module_copy()),
+    );
+    with_env(&[("SOFTHSM2_CONF", &conf)], || {
+        assert_eq!(da.initialize(), CKR_OK);
+        assert_eq!(db.initialize(), CKR_OK);
+    });
+    // SAFETY: valid arguments.
+    let expected = unsafe { user_and_so(&da, &db) };
+    let hsm2 = SoftHsm::new("so-user");
+    let server = ProxyServer::start(&hsm2, "tcp://127.0.0.1:0");
     let dir = TempDir::new("so-user");
     let (a, b) = (
         RawModule::load(&private_copy(&shim_path(), dir.path())),
@@ -355,25 +411,9 @@ fn across_applications_user_and_so_cannot_be_logged_in_at_once() {
         assert_eq!(a.initialize(), CKR_OK);
         assert_eq!(b.initialize(), CKR_OK);
     });
-    let slot = a.first_slot();
-    let (sa, sb) = (a.open_rw(slot), b.open_rw(slot));
     // SAFETY: valid arguments.
-    unsafe {
-        assert_eq!(login(&a, sa, CKU_USER, PIN), CKR_OK);
-        assert_eq!(
-            login(&b, sb, CKU_SO, SO_PIN),
-            CKR_USER_ANOTHER_ALREADY_LOGGED_IN
-        );
-        assert_eq!(a.f().C_Logout.unwrap()(sa), CKR_OK);
-        // With the user gone, the SO may log in; now the user may not.
-        assert_eq!(login(&b, sb, CKU_SO, SO_PIN), CKR_OK);
-        assert_eq!(state(&b, sb).1, CKS_RW_SO_FUNCTIONS);
-        assert_eq!(
-            login(&a, sa, CKU_USER, PIN),
-            CKR_USER_ANOTHER_ALREADY_LOGGED_IN
-        );
-        assert_eq!(state(&a, sa).1, CKS_RW_PUBLIC_SESSION);
-    }
+    let got = unsafe { user_and_so(&a, &b) };
+    assert_eq!(got, expected);
 }
 
 #[test]

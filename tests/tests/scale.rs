@@ -1,52 +1,73 @@
-//! One server holding 1,000 client connections at once, idle and active: no error, bounded
-//! memory, and a client still served normally. (Timing figures belong to the benchmark.)
+//! One server serving 100 applications with 10 connections each at once, each application
+//! by its own worker process: no error, the memory of router and workers reported and bounded,
+//! a client still served normally, and the workers gone (their memory with them) once their
+//! applications are. (Timing figures belong to the benchmark.)
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
+use protocol::handshake::ROUTE_ANSWER_LEN;
 use tests::raw::RawModule;
-use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN};
+use tests::{
+    private_copy, raw_hello, shim_path, with_env, ProxyServer, SoftHsm, TempDir, ANSWERS_LEN, PIN,
+};
 
-const CONNECTIONS: usize = 1000;
+const APPLICATIONS: usize = 100;
+const CONNECTIONS_EACH: usize = 10;
 
-/// A connection that completed the handshake, as application number `n`.
-fn connect(address: &str, n: usize) -> TcpStream {
-    let mut c = TcpStream::connect(address.trim_start_matches("tcp://")).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut hello = b"P11PROXY".to_vec();
-    hello.extend_from_slice(&1u16.to_le_bytes());
-    hello.extend_from_slice(&[8, 0]);
+/// A connection that completed the handshake, as application number `app`.
+fn connect(address: &str, app: usize) -> TcpStream {
     let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&(n as u64).to_le_bytes());
-    hello.extend_from_slice(&id);
-    let mut frame = (hello.len() as u32).to_le_bytes().to_vec();
-    frame.extend_from_slice(&hello);
-    c.write_all(&frame).unwrap();
-    let mut welcome = [0u8; 31];
-    c.read_exact(&mut welcome).unwrap();
-    assert_eq!(&welcome[4..12], b"P11PROXY");
-    assert_eq!(welcome[14], 0, "accepted");
+    id[..8].copy_from_slice(&(app as u64).to_le_bytes());
+    let mut c = raw_hello(address, id);
+    let mut answers = [0u8; ANSWERS_LEN];
+    c.read_exact(&mut answers).unwrap();
+    assert_eq!(answers[10], 0, "routed");
+    let welcome = &answers[ROUTE_ANSWER_LEN + 4..];
+    assert_eq!(&welcome[..8], b"P11PROXY");
+    assert_eq!(welcome[10], 0, "accepted");
     c
 }
 
 #[test]
-fn a_thousand_connections_in_bounded_memory() {
+fn a_hundred_applications_of_ten_connections_in_bounded_memory() {
     let hsm = SoftHsm::new("scale");
-    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
-    let before = server.rss_kib();
-    let idle: Vec<TcpStream> = (0..CONNECTIONS)
-        .map(|n| connect(&server.address, n))
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let after = server.rss_kib();
-    let per_connection = (after.saturating_sub(before)) as f64 / CONNECTIONS as f64;
-    println!("server RSS: {before} KiB before, {after} KiB with {CONNECTIONS} idle connections ({per_connection:.1} KiB each)");
-    assert!(
-        after < 100 * 1024,
-        "server RSS {after} KiB with {CONNECTIONS} connections"
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            tests::SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--resume-grace",
+            "1",
+        ],
+        &[],
     );
+    let before = server.tree_rss_kib();
+    let started = Instant::now();
+    let idle: Vec<TcpStream> = (0..APPLICATIONS * CONNECTIONS_EACH)
+        .map(|n| connect(&server.address, n / CONNECTIONS_EACH))
+        .collect();
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let workers = server.workers().len();
+    let router = server.rss_kib();
+    let after = server.tree_rss_kib();
+    let per_app = (after.saturating_sub(before)) as f64 / APPLICATIONS as f64;
+    println!(
+        "{APPLICATIONS} applications x {CONNECTIONS_EACH} connections in {} ms: {workers} worker processes; RSS router {router} KiB, router + workers {before} KiB before, {after} KiB after ({per_app:.0} KiB per application)",
+        took.as_millis()
+    );
+    assert_eq!(
+        workers,
+        APPLICATIONS + 1,
+        "one worker per application, and the probe"
+    );
+    assert!(router < 64 * 1024, "router RSS {router} KiB");
+    assert!(per_app < 32.0 * 1024.0, "{per_app:.0} KiB per application");
 
     // Active clients alongside the idle ones.
     let dir = TempDir::new("scale");
@@ -74,8 +95,28 @@ fn a_thousand_connections_in_bounded_memory() {
             });
         }
     });
-    let busy = server.rss_kib();
-    println!("server RSS with {CONNECTIONS} idle and 16 active connections: {busy} KiB");
-    assert!(busy < 100 * 1024, "server RSS {busy} KiB");
     drop(idle);
+    assert_eq!(
+        // SAFETY: NULL is the valid argument.
+        unsafe { m.f().C_Finalize.unwrap()(std::ptr::null_mut()) },
+        CKR_OK
+    );
+    // The applications are gone: their workers finalise and exit after the resume grace.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.workers().len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} workers still running",
+            server.workers().len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = server.tree_rss_kib();
+    println!(
+        "after the applications left: one worker (the probe), RSS router + workers {gone} KiB"
+    );
+    assert!(
+        gone < before + 16 * 1024,
+        "{gone} KiB left, {before} KiB at start"
+    );
 }

@@ -271,16 +271,10 @@ fn unix_socket_mode_and_uid_allow_list() {
 }
 
 /// A raw connection that completed the handshake.
+/// A connection of one application (one worker) that sent its prelude and hello.
 fn handshaken(address: &str) -> TcpStream {
-    let mut c = TcpStream::connect(address.trim_start_matches("tcp://")).unwrap();
+    let c = tests::raw_hello(address, [9; 16]);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut hello = b"P11PROXY".to_vec();
-    hello.extend_from_slice(&1u16.to_le_bytes());
-    hello.extend_from_slice(&[8, 0]);
-    hello.extend_from_slice(&[9; 16]);
-    let mut frame = (hello.len() as u32).to_le_bytes().to_vec();
-    frame.extend_from_slice(&hello);
-    c.write_all(&frame).unwrap();
     c
 }
 
@@ -339,11 +333,12 @@ fn connection_limit_slow_loris_and_flood_leave_good_clients_served() {
     }
     assert!(started.elapsed() < Duration::from_secs(8));
 
-    // Over the limit: connections beyond 40 are closed at once, with a log line.
+    // Over the limit: an application's connections beyond 40 are closed at once, with a log
+    // line.
     let mut held: Vec<TcpStream> = (0..45).map(|_| handshaken(&server.address)).collect();
     let mut refused = 0;
     for c in &mut held {
-        let mut welcome = [0u8; 31];
+        let mut welcome = [0u8; tests::ANSWERS_LEN];
         if c.read_exact(&mut welcome).is_err() {
             refused += 1;
         }

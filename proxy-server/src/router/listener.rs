@@ -72,6 +72,24 @@ impl Socket {
         }
     }
 
+    /// Ends a refused connection so that the peer reads the refusal: closing a socket with
+    /// unread bytes would reset it and lose what was written. Reads what is left (bounded).
+    fn close_gently(&self) {
+        // SAFETY: shutdown(2) of our own socket's sending side.
+        unsafe { libc::shutdown(self.fd().as_raw_fd(), libc::SHUT_WR) };
+        self.set_timeouts(Duration::from_millis(500));
+        let mut sink = [0u8; 1024];
+        for _ in 0..16 {
+            let n = match self {
+                Self::Tcp(s) => (&*s).read(&mut sink),
+                Self::Unix(s) => (&*s).read(&mut sink),
+            };
+            if !matches!(n, Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+
     fn set_timeouts(&self, t: Duration) {
         let _ = match self {
             Self::Tcp(s) => s
@@ -383,8 +401,9 @@ fn route(router: &Router, accepted: Accepted) {
             refused(router);
             if is_v1_hello(&first) {
                 // A shim from before the prelude reads this as a refused welcome.
+                let theirs = u16::from_le_bytes([first[12], first[13]]);
                 let reason = format!(
-                    "server speaks protocol version {VERSION}: upgrade the shim (it speaks version 1)"
+                    "server speaks protocol version {VERSION}, the client {theirs}: use a shim of the same release"
                 );
                 let mut frame = Vec::new();
                 let welcome = Welcome::Refused {
@@ -399,6 +418,7 @@ fn route(router: &Router, accepted: Accepted) {
                 let _ = socket.write_all(&RouteAnswer::Refused(reason).encode());
             }
             tracing::warn!(peer, error = %e, "connection refused: no valid routing prelude");
+            socket.close_gently();
             return;
         }
     };
@@ -408,6 +428,7 @@ fn route(router: &Router, accepted: Accepted) {
             refused(router);
             tracing::warn!(peer, reason, "connection refused");
             let _ = socket.write_all(&RouteAnswer::Refused(reason).encode());
+            socket.close_gently();
             return;
         }
     };

@@ -243,12 +243,14 @@ impl Workers {
         loop {
             match worker.channel.recv::<ToRouter>() {
                 Ok(Some((message, _))) => match message {
-                    ToRouter::Started { .. } => {
+                    ToRouter::Started { interface } => {
                         tracing::info!(
                             pid,
                             app,
                             ms = worker.started.elapsed().as_millis() as u64,
-                            "worker started"
+                            "worker started (vendor library loaded, PKCS#11 {}.{} interface)",
+                            interface.0,
+                            interface.1
                         );
                         *worker.start.lock() = Some(Ok(()));
                         worker.start_cv.notify_all();

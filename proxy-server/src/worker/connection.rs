@@ -263,25 +263,29 @@ impl Shared {
         Ok(entry.app.clone())
     }
 
-    /// Drops one connection of `key`. In a shared worker, an application whose last
-    /// connection ended waits for the resume grace period ([`Shared::reap`]), or, with no
-    /// grace, has its sessions closed at once.
+    /// Drops one connection of `key`. An application whose last connection ended waits for
+    /// the resume grace period (in a shared worker, [`Shared::reap`] closes its sessions then;
+    /// an application's worker leaves), or, in a shared worker with no grace, has its sessions
+    /// closed at once.
     fn detach(&self, key: &AppKey) {
         let mut apps = self.apps.lock();
         let Some(entry) = apps.get_mut(key) else {
             return;
         };
         entry.connections -= 1;
-        if entry.connections > 0 || !self.shared_vendor() {
+        if entry.connections > 0 {
             return;
         }
-        if self.settings.resume_grace.is_zero() {
+        if !self.shared_vendor() || !self.settings.resume_grace.is_zero() {
+            // Kept for the resume grace (an application's worker: the worker itself waits).
+            entry.left_at = Some(Instant::now());
+            return;
+        }
+        {
             if let Some(e) = apps.remove(key) {
                 drop(apps);
                 self.application_gone(&e.app);
             }
-        } else {
-            entry.left_at = Some(Instant::now());
         }
     }
 

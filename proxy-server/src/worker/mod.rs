@@ -73,7 +73,6 @@ pub fn run() -> ExitCode {
     let label = settings.role.label();
     let span = tracing::info_span!("worker", app = %label);
     let _entered = span.enter();
-    let started = Instant::now();
     let shared = match start(settings) {
         Ok(s) => s,
         Err(reason) => {
@@ -83,12 +82,6 @@ pub fn run() -> ExitCode {
         }
     };
     let interface = shared.backend.interface_version();
-    tracing::debug!(
-        ms = started.elapsed().as_millis() as u64,
-        "vendor library loaded (PKCS#11 {}.{} interface)",
-        interface.0,
-        interface.1
-    );
     if channel
         .send(&ToRouter::Started { interface }, None)
         .is_err()

@@ -1,0 +1,120 @@
+//! Fabric's own PKCS#11 patterns, made with raw calls: its signing key (a token EC P-256 key
+//! pair found by CKA_ID) and its signing path (fabric-lib-go bccsp/pkcs11: FindObjectsInit by
+//! CKA_CLASS and CKA_ID, C_SignInit, a two-call C_Sign).
+
+use std::ptr;
+
+use cryptoki_sys::*;
+
+use crate::raw::RawModule;
+use crate::PIN;
+
+/// A template entry pointing at `v`.
+pub fn attr(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE {
+        type_: ty,
+        pValue: v.as_ptr() as *mut _,
+        ulValueLen: v.len() as CK_ULONG,
+    }
+}
+
+pub const KEY_ID: &[u8] = b"fabric-key";
+
+/// A token EC P-256 key pair with CKA_ID `KEY_ID`, as Fabric keeps its signing key.
+pub fn make_token_key(m: &RawModule) {
+    let s = m.open_rw(m.first_slot());
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    assert_eq!(make_token_key_with_id(m, s, KEY_ID), CKR_OK);
+}
+
+/// C_GenerateKeyPair of a token EC P-256 key pair with CKA_ID `id`, on the logged-in session
+/// `s`, as Fabric's BCCSP makes its keys.
+pub fn make_token_key_with_id(m: &RawModule, s: CK_SESSION_HANDLE, id: &[u8]) -> CK_RV {
+    let ec = [0x06u8, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let tru = [CK_TRUE];
+    let mut public = [
+        attr(CKA_EC_PARAMS, &ec),
+        attr(CKA_TOKEN, &tru),
+        attr(CKA_ID, id),
+        attr(CKA_VERIFY, &tru),
+    ];
+    let mut private = [
+        attr(CKA_TOKEN, &tru),
+        attr(CKA_PRIVATE, &tru),
+        attr(CKA_ID, id),
+        attr(CKA_SIGN, &tru),
+    ];
+    let mut gen = CK_MECHANISM {
+        mechanism: CKM_EC_KEY_PAIR_GEN,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let (mut a, mut b) = (0, 0);
+    // SAFETY: valid templates and out pointers.
+    unsafe {
+        m.f().C_GenerateKeyPair.unwrap()(
+            s,
+            &mut gen,
+            public.as_mut_ptr(),
+            4,
+            private.as_mut_ptr(),
+            4,
+            &mut a,
+            &mut b,
+        )
+    }
+}
+
+/// Fabric's signing path on session `s`: find the private key by CKA_ID, C_SignInit, C_Sign
+/// (size query, then the signature) of a digest.
+///
+/// # Safety
+/// `s` may be stale (that is often the point); `m` is initialised.
+pub unsafe fn fabric_sign(m: &RawModule, s: CK_SESSION_HANDLE) -> CK_RV {
+    fabric_sign_data(m, s, KEY_ID, &[7u8; 32])
+}
+
+/// [`fabric_sign`] with the key of CKA_ID `id`, over `data`.
+///
+/// # Safety
+/// As [`fabric_sign`].
+pub unsafe fn fabric_sign_data(
+    m: &RawModule,
+    s: CK_SESSION_HANDLE,
+    id: &[u8],
+    data: &[u8],
+) -> CK_RV {
+    let f = m.f();
+    let class = CKO_PRIVATE_KEY.to_ne_bytes();
+    let mut t = [attr(CKA_CLASS, &class), attr(CKA_ID, id)];
+    let rv = f.C_FindObjectsInit.unwrap()(s, t.as_mut_ptr(), 2);
+    if rv != CKR_OK {
+        return rv;
+    }
+    let (mut key, mut n) = (0, 0);
+    let rv = f.C_FindObjects.unwrap()(s, &mut key, 1, &mut n);
+    f.C_FindObjectsFinal.unwrap()(s);
+    if rv != CKR_OK {
+        return rv;
+    }
+    if n != 1 {
+        return CKR_KEY_HANDLE_INVALID;
+    }
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_ECDSA,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let rv = f.C_SignInit.unwrap()(s, &mut mech, key);
+    if rv != CKR_OK {
+        return rv;
+    }
+    let n = data.len() as CK_ULONG;
+    let mut len: CK_ULONG = 0;
+    let rv = f.C_Sign.unwrap()(s, data.as_ptr() as *mut u8, n, ptr::null_mut(), &mut len);
+    if rv != CKR_OK {
+        return rv;
+    }
+    let mut sig = [0u8; 128];
+    f.C_Sign.unwrap()(s, data.as_ptr() as *mut u8, n, sig.as_mut_ptr(), &mut len)
+}
