@@ -163,7 +163,10 @@ fn other_protocol_versions_and_garbage_are_refused_and_the_server_keeps_serving(
     let _ = c.read_to_end(&mut sink);
 
     assert!(server.log_contains("no valid routing prelude"));
-    assert!(server.log_contains("closing connection"), "junk after the hello");
+    assert!(
+        server.log_contains("closing connection"),
+        "junk after the hello"
+    );
     assert_serves(&server, &dir);
 }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use protocol::address::Address;
 use protocol::frame::write_frame;
-use protocol::handshake::{is_v1_hello, Prelude, RouteAnswer, Welcome, PRELUDE_LEN, VERSION};
+use protocol::handshake::{
+    is_v1_hello, Prelude, RouteAnswer, Welcome, PRELUDE_LEN, ROUTE_MAGIC, VERSION,
+};
 
 use super::Router;
 use crate::control::Transport;
@@ -390,7 +392,16 @@ fn route(router: &Router, accepted: Accepted) {
     let socket = &accepted.socket;
     socket.set_timeouts(router.handshake_timeout);
     let mut first = [0u8; PRELUDE_LEN];
-    if let Err(e) = socket.read_exact(&mut first) {
+    // The magic first (or, from a shim of version 1, a frame length and the magic), so that
+    // anything else is refused at once rather than after the handshake timeout.
+    let magic_read = socket.read_exact(&mut first[..12]).and_then(|()| {
+        if first[..8] == ROUTE_MAGIC || is_v1_hello(&first[..12]) {
+            socket.read_exact(&mut first[12..])
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = magic_read {
         refused(router);
         tracing::warn!(peer, error = %e, "connection closed before its routing prelude");
         return;

@@ -34,7 +34,14 @@ fn main() {
         step("C_OpenSession", rv)?;
         // As Fabric does, a login that finds the token logged in already is a success.
         let rv = m.login(s, tests::PIN);
-        step("C_Login", if rv == CKR_USER_ALREADY_LOGGED_IN { CKR_OK } else { rv })?;
+        step(
+            "C_Login",
+            if rv == CKR_USER_ALREADY_LOGGED_IN {
+                CKR_OK
+            } else {
+                rv
+            },
+        )?;
         step(
             "C_GenerateKeyPair",
             make_token_key_with_id(&m, s, id.as_bytes()),
