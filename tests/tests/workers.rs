@@ -278,3 +278,36 @@ fn twenty_short_lived_applications_at_once_directly_per_application_and_in_a_sha
         "one vendor instance serves all: {shared:?}"
     );
 }
+
+#[test]
+fn workers_do_not_outlive_their_router() {
+    let hsm = SoftHsm::new("orphans");
+    let mut server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("orphans");
+    let started = Instant::now();
+    let m = client(&server, &dir);
+    let first_initialize = started.elapsed();
+    let s = m.open_rw(m.first_slot());
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    let workers = server.workers();
+    let rss: Vec<u64> = workers.iter().map(|w| tests::rss_kib_of(*w)).collect();
+    println!(
+        "first C_Initialize through the proxy (a new worker loads and initialises SoftHSM2): {} ms; {} workers, RSS {rss:?} KiB; router {} KiB",
+        first_initialize.as_millis(),
+        workers.len(),
+        server.rss_kib()
+    );
+    assert_eq!(workers.len(), 2, "the probe and the application's worker");
+    // The router dies without a word (SIGKILL): its workers notice and exit.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while workers
+        .iter()
+        .any(|w| std::path::Path::new(&format!("/proc/{w}")).exists() && tests::rss_kib_of(*w) > 0)
+    {
+        assert!(Instant::now() < deadline, "workers outlived their router");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill();
+}

@@ -1,7 +1,8 @@
 // Replays Hyperledger Fabric's BCCSP PKCS#11 sequence (fabric-lib-go bccsp/pkcs11) with
 // github.com/miekg/pkcs11, the binding Fabric uses, against the module given as argument:
 // initialise, find the token by label, open an RW session, log in (accepting
-// CKR_USER_ALREADY_LOGGED_IN), generate an EC P-256 key pair with Fabric's templates, set
+// CKR_USER_ALREADY_LOGGED_IN), log in with an empty PIN on a second pooled session (printing
+// the answer), generate an EC P-256 key pair with Fabric's templates, set
 // CKA_ID/CKA_LABEL to the SKI, find the key by CKA_ID, read CKA_EC_POINT/CKA_EC_PARAMS,
 // SignInit(CKM_ECDSA) + C_Sign, verify in software, copy with CKA_MODIFIABLE=false and destroy
 // the original, then sign from 10 goroutines at once, each on a session of a pool.
@@ -119,6 +120,14 @@ func main() {
 	session, err := ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	must(err, "C_OpenSession")
 	login(ctx, session, os.Args[3])
+
+	// Fabric's BCCSP logs in on each new pooled session; with an empty PIN (a PIN-less
+	// configuration, or a protected authentication path) miekg passes NULL and 0. The answer
+	// is the vendor's, printed so that the caller can compare it with the vendor's directly.
+	pooled, err := ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	must(err, "C_OpenSession (pooled)")
+	fmt.Printf("empty-PIN login on a pooled session, logged in: %v\n", ctx.Login(pooled, pkcs11.CKU_USER, ""))
+	must(ctx.CloseSession(pooled), "C_CloseSession (pooled)")
 
 	// Key generation with Fabric's templates (bccsp/pkcs11 generateECKey).
 	ecParams, _ := asn1.Marshal(oidP256)
