@@ -47,4 +47,11 @@ fn c_program_builds_against_the_header_and_loads_the_shim() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(String::from_utf8_lossy(&run.stdout).contains("header_test: ok"));
+    // The header publishes the protocol version this build speaks.
+    let header = std::fs::read_to_string(root.join("include/pkcs11_proxy.h")).unwrap();
+    let line = format!(
+        "#define PKCS11_PROXY_PROTOCOL_VERSION {}",
+        protocol::handshake::VERSION
+    );
+    assert!(header.contains(&line), "{line}");
 }

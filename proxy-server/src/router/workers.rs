@@ -170,7 +170,11 @@ impl Workers {
             return Ok(w.clone());
         }
         if key == Key::Shared {
-            return Err("the shared worker is not running".into());
+            // It died (a vendor crash): a new one for every application, as at start.
+            let worker = self.spawn(Role::Shared)?;
+            routes.insert(key, worker.clone());
+            *self.probe.lock() = Some(worker.clone());
+            return Ok(worker);
         }
         if routes.len() >= self.max_applications {
             return Err(format!(
