@@ -196,6 +196,11 @@ unsafe fn scenario(a: &RawModule, b: &RawModule) -> Vec<Step> {
         vec![],
     );
     rec(
+        "B login with a wrong PIN on a second session, logged in",
+        login(b, sb2, CKU_USER, "0000"),
+        vec![],
+    );
+    rec(
         "B closes the second session",
         b.f().C_CloseSession.unwrap()(sb2),
         vec![],
