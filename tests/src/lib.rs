@@ -196,6 +196,10 @@ impl ProxyServer {
     /// `listening on` line.
     pub fn start_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(program);
+        // Its own process group (router and workers): signals reach all of it, and no other
+        // test's exiting processes can make the kernel continue it (orphaned process groups
+        // with stopped members get SIGCONT).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -252,27 +256,19 @@ impl ProxyServer {
         url.trim_end_matches("/metrics").to_string()
     }
 
-    /// Kills the server outright (SIGKILL), router and workers, as a crash of its host
-    /// would, and reaps the router.
+    /// Kills the server outright (SIGKILL), router and workers at once (its process group),
+    /// as a crash of its host would, and reaps the router.
     pub fn kill(&mut self) {
-        let workers = self.workers();
-        let _ = self.child.kill();
-        for w in workers {
-            // SAFETY: signalling a child of our child.
-            unsafe { libc::kill(w as i32, libc::SIGKILL) };
-        }
+        self.signal(libc::SIGKILL);
         let _ = self.child.wait();
     }
 
-    /// Sends a signal to the server's router and workers (SIGSTOP to freeze it, SIGCONT to
-    /// thaw...).
+    /// Sends a signal to the server's router and workers at once, its process group (SIGSTOP
+    /// to freeze it, SIGCONT to thaw...). Workers a router started after it went away are
+    /// not in it.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child and its children.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-        for w in self.workers() {
-            // SAFETY: as above.
-            unsafe { libc::kill(w as i32, sig) };
-        }
+        // SAFETY: signalling the process group of our own child.
+        unsafe { libc::killpg(self.child.id() as i32, sig) };
     }
 
     /// The process ids of the server's worker processes (its children).

@@ -525,17 +525,22 @@ fn killed_clients_leave_no_session(extra: &[&str], batches: usize, each: usize) 
                     .unwrap()
             })
             .collect();
-        for h in &mut holders {
-            let mut line = String::new();
-            BufReader::new(h.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert!(line.starts_with("ready"), "{line}");
-        }
+        let lines: Vec<String> = holders
+            .iter_mut()
+            .map(|h| {
+                let mut line = String::new();
+                let _ = BufReader::new(h.stdout.take().unwrap()).read_line(&mut line);
+                line
+            })
+            .collect();
+        // Killed before anything is asserted, so that a failure leaves no holder behind.
         for mut h in holders {
             h.kill().unwrap();
             h.wait().unwrap();
             killed += 1;
+        }
+        for line in lines {
+            assert!(line.starts_with("ready"), "{line}");
         }
     }
     assert_eq!(killed, batches * each);
@@ -570,8 +575,9 @@ fn two_hundred_clients_killed_mid_operation_leave_no_session_in_a_shared_worker(
 #[test]
 fn killed_clients_leave_no_session_and_no_worker() {
     // Each client its own worker: the worker finalises its vendor instance and exits once its
-    // client is gone for the resume grace. Two at a time (SoftHSM2's multi-process limits).
-    killed_clients_leave_no_session(&[], 10, 2);
+    // client is gone for the resume grace. One at a time (SoftHSM2's file store fails some of
+    // several processes that start at once on one token).
+    killed_clients_leave_no_session(&[], 10, 1);
 }
 
 #[test]

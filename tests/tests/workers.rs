@@ -311,3 +311,47 @@ fn workers_do_not_outlive_their_router() {
     }
     server.kill();
 }
+
+#[test]
+fn applications_beyond_max_applications_are_refused_clearly() {
+    let hsm = SoftHsm::new("max-apps");
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--max-applications",
+            "2",
+        ],
+        &[],
+    );
+    let dir = TempDir::new("max-apps");
+    let (a, b) = (client(&server, &dir), client(&server, &dir));
+    let third = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let rv = with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || {
+        third.initialize()
+    });
+    assert_eq!(rv, CKR_FUNCTION_FAILED, "refused in the handshake");
+    assert!(server.log_contains("--max-applications"));
+    // One leaves; the third gets its place.
+    // SAFETY: NULL is the valid argument.
+    assert_eq!(
+        unsafe { a.f().C_Finalize.unwrap()(std::ptr::null_mut()) },
+        CKR_OK
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rv = with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || {
+            third.initialize()
+        });
+        if rv == CKR_OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rv:#x}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = b.open_rw(b.first_slot());
+    assert_eq!(b.login(s, PIN), CKR_OK);
+}

@@ -197,6 +197,12 @@ impl Shared {
         }
     }
 
+    /// Whether a hello ever reached this worker (an application is bound to it). A worker no
+    /// hello reached (a prelude without a client behind it) has nothing to keep for a resume.
+    pub fn bound(&self) -> bool {
+        !self.apps.lock().is_empty()
+    }
+
     /// Whether the vendor library is initialised and not finalised.
     pub fn initialised(&self) -> bool {
         matches!(*self.init.lock(), Init::Done(CKR_OK))

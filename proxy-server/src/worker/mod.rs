@@ -58,9 +58,13 @@ pub fn run() -> ExitCode {
     // SAFETY: this process was started by the router as a worker, with the channel at
     // WORKER_FD; nothing else in it uses that descriptor.
     let channel = unsafe { Channel::inherited() };
-    // A terminal's Ctrl-C reaches the whole process group: the router orders the stop.
-    // SAFETY: ignoring a signal has no preconditions.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // A terminal's Ctrl-C, systemd's SIGTERM to the whole control group, a hang-up of an
+    // orphaned process group: the router orders the stop (and its reload), over the control
+    // channel, so that calls in flight finish and the vendor instance is finalised.
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: ignoring a signal has no preconditions.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
     let settings = match channel.recv::<ToWorker>() {
         Ok(Some((ToWorker::Start(s), _))) => *s,
         other => {
@@ -261,7 +265,7 @@ impl Worker {
 
     /// Watches the worker's lifetime: a shared worker closes the sessions of applications
     /// that did not come back; an application's worker leaves when its application is done
-    /// (finalised) or gone for the resume grace period.
+    /// (finalised) or gone for the resume grace period, and at once when no hello ever came.
     fn start_lifecycle(self: &Arc<Self>, span: &tracing::Span) {
         let worker = self.clone();
         let span = span.clone();
@@ -277,7 +281,9 @@ impl Worker {
                     match s.settings.role {
                         Role::Application(_) => {
                             if s.live.load(Ordering::Acquire) == 0
-                                && (s.done() || s.idle_since.lock().elapsed() >= grace)
+                                && (s.done()
+                                    || !s.bound()
+                                    || s.idle_since.lock().elapsed() >= grace)
                             {
                                 s.leaving.store(true, Ordering::Release);
                                 tracing::info!(finalised = s.done(), "application gone; leaving");
