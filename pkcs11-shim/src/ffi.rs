@@ -64,7 +64,7 @@ pub fn len(v: CK_ULONG) -> Rv<usize> {
 /// # Safety
 /// `p` must point to `n` readable bytes when not NULL.
 pub unsafe fn bytes<'a>(p: *const u8, n: CK_ULONG) -> Rv<&'a [u8]> {
-    let n = len(n)?;
+    let n = carried(n)?;
     if n == 0 {
         return Ok(&[]);
     }
@@ -72,6 +72,21 @@ pub unsafe fn bytes<'a>(p: *const u8, n: CK_ULONG) -> Rv<&'a [u8]> {
         return Err(CKR_ARGUMENTS_BAD);
     }
     Ok(std::slice::from_raw_parts(p, n))
+}
+
+/// A length of caller bytes to send, bounded by what one frame carries, checked before any
+/// slice is made or byte copied: a length no frame can carry (2^46 over a small buffer, a
+/// pointer read as a length) cannot be forwarded, and answers CKR_ARGUMENTS_BAD instead of
+/// an allocation that would abort the calling process (DESIGN.md, "The vendor decides").
+pub fn carried(n: CK_ULONG) -> Rv<usize> {
+    let n = len(n)?;
+    if n as u64 > protocol::frame::MAX_DATA_LEN {
+        crate::client::warn(&format!(
+            "a length of {n} bytes: more than one frame carries; CKR_ARGUMENTS_BAD"
+        ));
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    Ok(n)
 }
 
 /// An optional PIN: NULL is a protected-authentication-path login.

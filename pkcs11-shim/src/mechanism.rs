@@ -9,7 +9,7 @@
 use std::mem::size_of;
 
 use cryptoki_sys::*;
-use protocol::mechanism::{MechParam, Mechanism};
+use protocol::mechanism::{MechParam, Mechanism, MsgParam};
 
 use crate::ffi::{bytes, wire, Rv, ULONG};
 
@@ -203,6 +203,23 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
     Ok(Mechanism {
         ty: wire(ty),
         param,
+    })
+}
+
+/// Reads the mechanism of a `C_Message*Init` (v3.0 §5.9 to §5.16): its parameter is the
+/// message-based structure of the mechanism (for CKM_AES_GCM a `CK_GCM_MESSAGE_PARAMS`, the
+/// size of a `CK_GCM_PARAMS` but not its layout), read as the function gives it.
+///
+/// # Safety
+/// As [`read`].
+pub unsafe fn read_message_init(p: *const CK_MECHANISM) -> Rv<Mechanism> {
+    let m = p.as_ref().ok_or(CKR_ARGUMENTS_BAD)?;
+    Ok(Mechanism {
+        ty: wire(m.mechanism),
+        param: match crate::message::read(m.mechanism, m.pParameter, m.ulParameterLen)? {
+            MsgParam::None => MechParam::None,
+            other => MechParam::Message(other),
+        },
     })
 }
 

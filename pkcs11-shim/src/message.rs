@@ -25,7 +25,10 @@ unsafe fn param<T>(p: *mut c_void, n: CK_ULONG) -> Rv<T> {
     Ok((p as *const T).read_unaligned())
 }
 
+/// A buffer of a message parameter: its bytes, or zeros of its length where the pointer is
+/// NULL (the token fills it); a length no frame carries is refused before anything is made.
 unsafe fn buf(p: *const u8, n: usize) -> Rv<Vec<u8>> {
+    let n = crate::ffi::carried(CK_ULONG::try_from(n).map_err(|_| CKR_ARGUMENTS_BAD)?)?;
     if p.is_null() {
         return Ok(vec![0; n]);
     }

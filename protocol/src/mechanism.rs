@@ -79,6 +79,10 @@ pub enum MechParam {
     },
     /// `CK_EDDSA_PARAMS` (v3.0 Mechanisms §2.3.14).
     Eddsa { prehash: bool, context: Vec<u8> },
+    /// The parameter of a `C_Message*Init` (v3.0 §5.9 to §5.16): the structure of the
+    /// message-based functions (`CK_GCM_MESSAGE_PARAMS` for CKM_AES_GCM...), which has the
+    /// size of the single-part one but another layout: read as the function gives it.
+    Message(MsgParam),
 }
 
 /// The per-message parameter of the PKCS#11 v3.0 message-based functions (v3.0 §5.9 to

@@ -84,6 +84,30 @@ unsafe fn gcm_messages(m: &RawModule) -> Outcome {
         "C_GenerateKey",
         f.C_GenerateKey.unwrap()(s, &mut keygen, t.as_mut_ptr(), 4, &mut key),
     ));
+    // Parameters at the Init, as NSS's own tests and the Rust cryptoki crate pass them: a
+    // CK_GCM_MESSAGE_PARAMS, the size of a CK_GCM_PARAMS, read as the function gives it.
+    let (mut iv0, mut tag0) = ([0u8; 12], [0u8; 16]);
+    let mut at_init = CK_GCM_MESSAGE_PARAMS {
+        pIv: iv0.as_mut_ptr(),
+        ulIvLen: 12,
+        ulIvFixedBits: 0,
+        ivGenerator: CKG_GENERATE_COUNTER,
+        pTag: tag0.as_mut_ptr(),
+        ulTagBits: 128,
+    };
+    let mut gcm_at_init = CK_MECHANISM {
+        mechanism: CKM_AES_GCM,
+        pParameter: (&mut at_init as *mut CK_GCM_MESSAGE_PARAMS).cast(),
+        ulParameterLen: std::mem::size_of::<CK_GCM_MESSAGE_PARAMS>() as CK_ULONG,
+    };
+    rvs.push((
+        "C_MessageEncryptInit(CK_GCM_MESSAGE_PARAMS)",
+        f3.C_MessageEncryptInit.unwrap()(s, &mut gcm_at_init, key),
+    ));
+    rvs.push((
+        "C_MessageEncryptFinal after it",
+        f3.C_MessageEncryptFinal.unwrap()(s),
+    ));
     let mut gcm = CK_MECHANISM {
         mechanism: CKM_AES_GCM,
         pParameter: ptr::null_mut(),

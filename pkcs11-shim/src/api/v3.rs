@@ -93,7 +93,7 @@ macro_rules! message_init {
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
             entry!({
                 let client = client::current()?;
-                let mechanism = mechanism::read(mech)?;
+                let mechanism = mechanism::read_message_init(mech)?;
                 let ty = (*mech).mechanism;
                 rv_of(client.call(Request::$variant { session: wire(session), mechanism, key: wire(key) })?)?;
                 client.set_message_mechanism(session, $op, Some(ty));

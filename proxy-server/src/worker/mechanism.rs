@@ -40,6 +40,8 @@ enum Param {
     DesCbcEncryptData(Box<CK_DES_CBC_ENCRYPT_DATA_PARAMS>, Vec<u8>),
     Eddsa(Box<CK_EDDSA_PARAMS>, Vec<u8>),
     RsaAesKeyWrap(Box<CK_RSA_AES_KEY_WRAP_PARAMS>, Option<Box<Param>>),
+    /// A `C_Message*Init` parameter, in the message-based structure.
+    Message(CMsgParam),
 }
 
 /// A C mechanism owning its parameter.
@@ -242,6 +244,7 @@ impl Param {
                     context,
                 )
             }
+            MechParam::Message(p) => Param::Message(CMsgParam::from_wire(p)?),
             MechParam::RsaAesKeyWrap { aes_key_bits, oaep } => {
                 let mut inner = match oaep.as_deref() {
                     None => None,
@@ -281,6 +284,10 @@ impl Param {
             Param::DesCbcEncryptData(b, _) => boxed(b),
             Param::Eddsa(b, _) => boxed(b),
             Param::RsaAesKeyWrap(b, _) => boxed(b),
+            Param::Message(m) => {
+                let (p, n) = m.ptr_len();
+                (p, n as usize)
+            }
         }
     }
 }
