@@ -108,6 +108,27 @@ static INTERFACES: Interfaces = Interfaces([
     },
 ]);
 
+/// The interfaces this shim offers: the versions the vendor library offers (DESIGN.md, "Shim
+/// configuration"): a 3.x vendor gets "PKCS 11" 3.0 and 2.40, a 2.x vendor 2.40 alone, so a
+/// 3.0-aware client (the Rust cryptoki crate's `is_fn_supported` among them) sees a 2.40
+/// library as the 2.40 library it is. With no server to ask, 3.0 and 2.40. The first answer
+/// a server gives is kept for the process: the tables handed out stay the same.
+fn offered() -> &'static [CK_INTERFACE] {
+    static VENDOR_IS_3: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let v3 = match VENDOR_IS_3.get() {
+        Some(v3) => *v3,
+        None => match client::vendor_interface() {
+            Some((major, _)) => *VENDOR_IS_3.get_or_init(|| major >= 3),
+            None => true,
+        },
+    };
+    if v3 {
+        &INTERFACES.0
+    } else {
+        &INTERFACES.0[1..]
+    }
+}
+
 /// C_GetFunctionList (v2.40 §5.4.4): the v2.40 table; callable before C_Initialize.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
@@ -125,7 +146,8 @@ pub unsafe extern "C" fn C_GetInterfaceList(
 ) -> CK_RV {
     entry!({
         let count = ffi::out(count)?;
-        let n = INTERFACES.0.len();
+        let offered = offered();
+        let n = offered.len();
         if list.is_null() {
             *count = n as CK_ULONG;
             return Ok(());
@@ -134,7 +156,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(
             *count = n as CK_ULONG;
             return Err(CKR_BUFFER_TOO_SMALL);
         }
-        std::ptr::copy_nonoverlapping(INTERFACES.0.as_ptr(), list, n);
+        std::ptr::copy_nonoverlapping(offered.as_ptr(), list, n);
         *count = n as CK_ULONG;
         Ok(())
     })
@@ -157,7 +179,7 @@ pub unsafe extern "C" fn C_GetInterface(
             return Err(CKR_ARGUMENTS_BAD);
         }
         let wanted = version.as_ref();
-        let found = INTERFACES.0.iter().find(|i| {
+        let found = offered().iter().find(|i| {
             // SAFETY: every pFunctionList starts with its CK_VERSION.
             let v = unsafe { *(i.pFunctionList as *const CK_VERSION) };
             wanted.is_none_or(|w| w.major == v.major && w.minor == v.minor)

@@ -72,6 +72,20 @@ pub struct Prelude {
 }
 
 impl Prelude {
+    /// A prelude that asks the router which interface the vendor library offers (answered
+    /// in the route answer, then closed): what C_GetInterfaceList needs before C_Initialize,
+    /// without starting a worker. Its routing id (all zeros) names no application.
+    pub fn interface_query() -> Self {
+        Self {
+            routing_id: [0; 16],
+        }
+    }
+
+    /// Whether this is [`Prelude::interface_query`].
+    pub fn is_interface_query(&self) -> bool {
+        self.routing_id == [0; 16]
+    }
+
     pub fn encode(&self) -> [u8; PRELUDE_LEN] {
         let mut out = [0u8; PRELUDE_LEN];
         out[..8].copy_from_slice(&ROUTE_MAGIC);
@@ -99,17 +113,18 @@ impl Prelude {
 }
 
 /// The router's answer to a prelude, before anything else (and before TLS):
-/// `route_magic[8] | version u16 LE | status u8` (0: handed to the application's worker,
-/// which answers everything after), or, refused, the same with status 1 followed by
-/// `reason_len u16 LE | reason (UTF-8)`.
+/// `route_magic[8] | version u16 LE | status u8 | interface_major u8 | interface_minor u8`
+/// (status 0: handed to the application's worker, which answers everything after; the
+/// version of the vendor library's "PKCS 11" interface, 0.0 if unknown), or, refused,
+/// `route_magic[8] | version u16 LE | 1 | reason_len u16 LE | reason (UTF-8)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAnswer {
-    Routed,
+    Routed { interface: (u8, u8) },
     Refused(String),
 }
 
-/// Length of a route answer's fixed part.
-pub const ROUTE_ANSWER_LEN: usize = 11;
+/// Length of a route answer's fixed part (a refusal has a different length).
+pub const ROUTE_ANSWER_LEN: usize = 13;
 
 impl RouteAnswer {
     pub fn encode(&self) -> Vec<u8> {
@@ -117,7 +132,11 @@ impl RouteAnswer {
         out.extend_from_slice(&ROUTE_MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         match self {
-            Self::Routed => out.push(STATUS_ACCEPTED),
+            Self::Routed { interface } => {
+                out.push(STATUS_ACCEPTED);
+                out.push(interface.0);
+                out.push(interface.1);
+            }
             Self::Refused(reason) => {
                 out.push(STATUS_REFUSED);
                 let reason = &reason.as_bytes()[..reason.len().min(1024)];
@@ -130,7 +149,7 @@ impl RouteAnswer {
 
     /// Reads a route answer from `r`, reading no byte past it (TLS may follow).
     pub fn read(r: &mut impl std::io::Read) -> Result<Self, ProtocolError> {
-        let mut head = [0u8; ROUTE_ANSWER_LEN];
+        let mut head = [0u8; 11];
         r.read_exact(&mut head)?;
         if head[..8] != ROUTE_MAGIC {
             return Err(ProtocolError::BadMagic);
@@ -143,7 +162,13 @@ impl RouteAnswer {
             });
         }
         match head[10] {
-            STATUS_ACCEPTED => Ok(Self::Routed),
+            STATUS_ACCEPTED => {
+                let mut interface = [0u8; 2];
+                r.read_exact(&mut interface)?;
+                Ok(Self::Routed {
+                    interface: (interface[0], interface[1]),
+                })
+            }
             STATUS_REFUSED => {
                 let mut len = [0u8; 2];
                 r.read_exact(&mut len)?;
@@ -355,7 +380,10 @@ mod tests {
 
     #[test]
     fn route_answers_round_trip() {
-        for a in [RouteAnswer::Routed, RouteAnswer::Refused("too many".into())] {
+        for a in [
+            RouteAnswer::Routed { interface: (3, 0) },
+            RouteAnswer::Refused("too many".into()),
+        ] {
             let bytes = a.encode();
             assert_eq!(RouteAnswer::read(&mut bytes.as_slice()).unwrap(), a);
         }

@@ -56,6 +56,14 @@ impl RawModule {
         unsafe { self.list.C_Initialize.unwrap()(&mut args as *mut _ as *mut _) }
     }
 
+    /// The exported symbol `name` (NUL-terminated), as a C function of type `T`.
+    ///
+    /// # Safety
+    /// `T` must be the symbol's real type.
+    pub unsafe fn symbol<T: Copy>(&self, name: &[u8]) -> Option<T> {
+        self._lib.get::<T>(name).ok().map(|s| *s)
+    }
+
     /// The 3.0 function table of the default "PKCS 11" interface, if the module has one.
     pub fn f3(&self) -> Option<&CK_FUNCTION_LIST_3_0> {
         // SAFETY: C_GetInterface as the v3.0 specification defines it.

@@ -300,25 +300,95 @@ fn v3_functions_on_a_2_40_library_answer_function_not_supported() {
         CKR_OK
     );
     let s = proxy.open_rw(proxy.first_slot());
-    let f3 = proxy.f3().unwrap();
+    // Like the vendor, the shim offers no 3.0 interface then ...
+    assert!(proxy.f3().is_none());
     let mut gcm = CK_MECHANISM {
         mechanism: CKM_AES_GCM,
         pParameter: ptr::null_mut(),
         ulParameterLen: 0,
     };
-    // SAFETY: valid arguments.
+    // ... and the 3.0 functions it exports by name answer CKR_FUNCTION_NOT_SUPPORTED.
+    // SAFETY: valid arguments; the symbols have the types of the 3.0 header.
     unsafe {
-        assert_eq!(
-            f3.C_MessageEncryptInit.unwrap()(s, &mut gcm, 1),
-            CKR_FUNCTION_NOT_SUPPORTED
-        );
-        assert_eq!(
-            f3.C_SessionCancel.unwrap()(s, 0),
-            CKR_FUNCTION_NOT_SUPPORTED
-        );
-        assert_eq!(
-            f3.C_MessageSignFinal.unwrap()(s),
-            CKR_FUNCTION_NOT_SUPPORTED
-        );
+        let init: CK_C_MessageEncryptInit = proxy.symbol(b"C_MessageEncryptInit\0").unwrap();
+        let cancel: CK_C_SessionCancel = proxy.symbol(b"C_SessionCancel\0").unwrap();
+        let final_: CK_C_MessageSignFinal = proxy.symbol(b"C_MessageSignFinal\0").unwrap();
+        assert_eq!(init.unwrap()(s, &mut gcm, 1), CKR_FUNCTION_NOT_SUPPORTED);
+        assert_eq!(cancel.unwrap()(s, 0), CKR_FUNCTION_NOT_SUPPORTED);
+        assert_eq!(final_.unwrap()(s), CKR_FUNCTION_NOT_SUPPORTED);
     }
+}
+
+/// The versions of the "PKCS 11" interfaces `module` lists, before C_Initialize.
+fn listed_versions(module: &Path) -> Vec<(u8, u8)> {
+    // SAFETY: C_GetInterfaceList as v3.0 §5.2.1 defines it (size query, then the list).
+    unsafe {
+        let lib = libloading::Library::new(module).unwrap();
+        let get: libloading::Symbol<CK_C_GetInterfaceList> =
+            lib.get(b"C_GetInterfaceList\0").unwrap();
+        let mut n = 0;
+        assert_eq!(get.unwrap()(ptr::null_mut(), &mut n), CKR_OK);
+        let mut list = vec![
+            CK_INTERFACE {
+                pInterfaceName: ptr::null_mut(),
+                pFunctionList: ptr::null_mut(),
+                flags: 0,
+            };
+            n as usize
+        ];
+        assert_eq!(get.unwrap()(list.as_mut_ptr(), &mut n), CKR_OK);
+        list.iter()
+            .filter(|i| {
+                std::ffi::CStr::from_ptr(i.pInterfaceName as *const std::ffi::c_char).to_bytes()
+                    == b"PKCS 11"
+            })
+            .map(|i| {
+                let v = *(i.pFunctionList as *const CK_VERSION);
+                (v.major, v.minor)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn before_c_initialize_the_shim_offers_the_interfaces_the_vendor_offers() {
+    // SoftHSM2 2.6.1 is a 2.40 library (it has no C_GetInterface): through the proxy, a
+    // client that asks before C_Initialize sees 2.40 alone, not a 3.0 table whose message
+    // functions would all answer CKR_FUNCTION_NOT_SUPPORTED.
+    let hsm = tests::SoftHsm::new("ifaces");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("ifaces");
+    let shim = private_copy(&shim_path(), dir.path());
+    let versions = with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || {
+        listed_versions(&shim)
+    });
+    assert_eq!(versions, vec![(2, 40)]);
+    // NSS softokn offers 3.0 and 2.40 (and vendor interfaces of its own, not offered here).
+    let init = nss_database(dir.path());
+    let nss_server = ProxyServer::start_args(
+        &[
+            "--module",
+            SOFTOKN,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--init-args",
+            &init,
+        ],
+        &[],
+    );
+    let shim = private_copy(&shim_path(), dir.path());
+    let versions = with_env(&[("PKCS11_PROXY_SOCKET", &nss_server.address)], || {
+        listed_versions(&shim)
+    });
+    assert_eq!(
+        versions,
+        listed_versions(&private_copy(Path::new(SOFTOKN), dir.path()))
+    );
+    assert_eq!(versions, vec![(3, 0), (2, 40)]);
+    // No server to ask: 3.0 and 2.40.
+    let shim = private_copy(&shim_path(), dir.path());
+    let versions = with_env(&[("PKCS11_PROXY_SOCKET", "tcp://127.0.0.1:1")], || {
+        listed_versions(&shim)
+    });
+    assert_eq!(versions, vec![(3, 0), (2, 40)]);
 }

@@ -45,12 +45,46 @@ fn tcp_connect(host: &str, port: u16, config: &Config) -> Result<TcpStream, Stri
     Err(last)
 }
 
-/// The router's answer, as an error when it refused the connection.
-fn routed_or_refused(answer: Result<RouteAnswer, ProtocolError>) -> Result<(), ProtocolError> {
+/// The router's answer (the version of the vendor's interface), as an error when it refused
+/// the connection.
+fn routed_or_refused(
+    answer: Result<RouteAnswer, ProtocolError>,
+) -> Result<(u8, u8), ProtocolError> {
     match answer? {
-        RouteAnswer::Routed => Ok(()),
+        RouteAnswer::Routed { interface } => Ok(interface),
         RouteAnswer::Refused(reason) => Err(ProtocolError::Refused(reason)),
     }
+}
+
+/// Asks the first server that answers which version of the "PKCS 11" interface its vendor
+/// library offers (an interface query prelude, answered by the router without a worker,
+/// before any TLS), every wait bounded by the connect timeout.
+pub fn vendor_interface(config: &Config) -> Result<(u8, u8), String> {
+    let mut errors = Vec::new();
+    for addr in &config.addresses {
+        let asked = (|| -> Result<(u8, u8), String> {
+            let mut stream = match addr {
+                Address::Tcp { host, port } | Address::Tls { host, port } => {
+                    Stream::Tcp(tcp_connect(host, *port, config)?)
+                }
+                Address::Unix(path) => {
+                    Stream::Unix(UnixStream::connect(path).map_err(|e| e.to_string())?)
+                }
+            };
+            stream
+                .set_timeouts(config.connect_timeout)
+                .map_err(|e| e.to_string())?;
+            stream
+                .write_all(&Prelude::interface_query().encode())
+                .map_err(|e| e.to_string())?;
+            routed_or_refused(RouteAnswer::read(&mut stream)).map_err(|e| e.to_string())
+        })();
+        match asked {
+            Ok(v) => return Ok(v),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 /// A connected, handshaken connection with its reusable buffers.
@@ -61,6 +95,8 @@ pub struct Connection {
     instance: [u8; 16],
     /// The vendor library's answer to the application's C_Initialize, from the handshake.
     init_rv: u64,
+    /// The version of the vendor library's "PKCS 11" interface, from the route answer.
+    vendor_interface: (u8, u8),
     /// The journal's epoch when this connection was opened (see `Journal::epoch`).
     pub journal_epoch: u64,
     address_index: usize,
@@ -112,8 +148,8 @@ impl Connection {
             routing_id: routing_id(client_id),
         }
         .encode();
-        let (stream, routed) = match addr {
-            Address::Tcp { host, port } => (Stream::Tcp(tcp_connect(host, *port, config)?), false),
+        let (stream, routed_to) = match addr {
+            Address::Tcp { host, port } => (Stream::Tcp(tcp_connect(host, *port, config)?), None),
             Address::Tls { host, port } => {
                 let mut tcp = tcp_connect(host, *port, config)?;
                 tcp.set_read_timeout(Some(config.connect_timeout))
@@ -121,13 +157,14 @@ impl Connection {
                 tcp.set_write_timeout(Some(config.connect_timeout))
                     .map_err(|e| e.to_string())?;
                 tcp.write_all(&prelude).map_err(|e| e.to_string())?;
-                routed_or_refused(RouteAnswer::read(&mut tcp)).map_err(|e| e.to_string())?;
+                let interface =
+                    routed_or_refused(RouteAnswer::read(&mut tcp)).map_err(|e| e.to_string())?;
                 let tls = config.tls.as_ref().ok_or("no TLS configuration")?;
-                (super::tls::connect(tcp, host, tls)?, true)
+                (super::tls::connect(tcp, host, tls)?, Some(interface))
             }
             Address::Unix(path) => (
                 Stream::Unix(UnixStream::connect(path).map_err(|e| e.to_string())?),
-                false,
+                None,
             ),
         };
         // The handshake is bounded by the connect timeout, every call after it by the call
@@ -139,17 +176,19 @@ impl Connection {
             reader: BufReader::with_capacity(16 * 1024, stream),
             instance: [0; 16],
             init_rv: 0,
+            vendor_interface: (0, 0),
             journal_epoch: 0,
             address_index: 0,
             out: Vec::new(),
             frame: Vec::new(),
             scratch: Vec::new(),
         };
-        let accepted = conn
-            .handshake(client_id, init, (!routed).then_some(&prelude))
+        let (interface, accepted) = conn
+            .handshake(client_id, init, routed_to, &prelude)
             .map_err(|e| e.to_string())?;
         conn.instance = accepted.instance_id;
         conn.init_rv = accepted.init_rv;
+        conn.vendor_interface = interface;
         conn.reader
             .get_ref()
             .set_timeouts(config.call_timeout)
@@ -157,22 +196,34 @@ impl Connection {
         Ok(conn)
     }
 
-    /// Sends the hello (after `prelude`, when it is still to be sent) and reads the answers.
+    /// Sends the hello (after `prelude`, unless the connection was `routed` already, with
+    /// the vendor's interface version it learnt) and reads the answers.
     fn handshake(
         &mut self,
         client_id: &ClientId,
         init: Option<InitArgs>,
-        prelude: Option<&[u8; PRELUDE_LEN]>,
-    ) -> Result<protocol::handshake::Accepted, ProtocolError> {
+        routed: Option<(u8, u8)>,
+        prelude: &[u8; PRELUDE_LEN],
+    ) -> Result<((u8, u8), protocol::handshake::Accepted), ProtocolError> {
         let hello = Hello::new(ULONG as u8, *client_id, init).encode();
-        let mut out = prelude.map(|p| p.to_vec()).unwrap_or_default();
+        let mut out = match routed {
+            Some(_) => Vec::new(),
+            None => prelude.to_vec(),
+        };
         write_frame(&mut out, &hello, &mut self.scratch)?;
         self.reader.get_mut().write_all(&out)?;
-        if prelude.is_some() {
-            routed_or_refused(RouteAnswer::read(&mut self.reader))?;
-        }
+        let interface = match routed {
+            Some(v) => v,
+            None => routed_or_refused(RouteAnswer::read(&mut self.reader))?,
+        };
         read_frame(&mut self.reader, &mut self.frame, 4096)?;
-        Welcome::decode_accepted(&self.frame)
+        Ok((interface, Welcome::decode_accepted(&self.frame)?))
+    }
+
+    /// The version of the vendor library's "PKCS 11" interface (0.0 if the router did not
+    /// know it).
+    pub fn vendor_interface(&self) -> (u8, u8) {
+        self.vendor_interface
     }
 
     /// The vendor library's answer to the application's C_Initialize.

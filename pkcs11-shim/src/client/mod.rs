@@ -58,6 +58,8 @@ pub struct Client {
     /// The shape of the application's C_Initialize arguments, which every hello carries: a
     /// new worker (a restart, a crash) initialises its vendor instance with them.
     init: Option<InitArgs>,
+    /// The version of the vendor library's "PKCS 11" interface, from the first connection.
+    vendor_interface: (u8, u8),
     /// The process that called C_Initialize: a forked child must initialise again.
     pid: u32,
     idle: Mutex<Vec<Connection>>,
@@ -530,6 +532,37 @@ pub fn current() -> Rv<Arc<Client>> {
     }
 }
 
+/// The version of the vendor library's "PKCS 11" interface behind this shim: known from the
+/// connection of the initialised instance, or, before C_Initialize (C_GetInterfaceList and
+/// C_GetInterface may come first, v3.0 §5.2), asked of the server with the configuration
+/// read now, bounded by the connect timeout. `None` when no server answers.
+pub fn vendor_interface() -> Option<(u8, u8)> {
+    if let Ok(c) = current() {
+        return Some(c.vendor_interface).filter(|v| *v != (0, 0));
+    }
+    log::configure_from_env();
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            log::log(
+                log::LogLevel::Info,
+                &format!("C_GetInterface before C_Initialize: no configuration ({e}); offering PKCS#11 3.0 and 2.40"),
+            );
+            return None;
+        }
+    };
+    match connection::vendor_interface(&config) {
+        Ok(v) if v != (0, 0) => Some(v),
+        Ok(_) => None,
+        Err(e) => {
+            warn(&format!(
+                "C_GetInterface before C_Initialize: cannot ask the proxy server ({e}); offering PKCS#11 3.0 and 2.40"
+            ));
+            None
+        }
+    }
+}
+
 /// Sends `request` through the initialised instance.
 pub fn call(request: Request) -> Rv<Response> {
     current()?.call(request)
@@ -584,6 +617,7 @@ pub fn initialize(init: Option<InitArgs>) -> Rv {
         return Err(crate::ffi::narrow(init_rv).unwrap_or(CKR_GENERAL_ERROR));
     }
     let client = Client {
+        vendor_interface: conn.vendor_interface(),
         config,
         client_id,
         init,

@@ -433,6 +433,13 @@ fn route(router: &Router, accepted: Accepted) {
             return;
         }
     };
+    let interface = router.workers.interface();
+    if prelude.is_interface_query() {
+        // C_GetInterfaceList before C_Initialize: the vendor's version, and nothing more.
+        let _ = socket.write_all(&RouteAnswer::Routed { interface }.encode());
+        socket.close_gently();
+        return;
+    }
     let worker = match router.workers.route(prelude.routing_id) {
         Ok(w) => w,
         Err(reason) => {
@@ -444,7 +451,7 @@ fn route(router: &Router, accepted: Accepted) {
         }
     };
     // The answer goes before the hand-over: every byte after it is the worker's.
-    if let Err(e) = socket.write_all(&RouteAnswer::Routed.encode()) {
+    if let Err(e) = socket.write_all(&RouteAnswer::Routed { interface }.encode()) {
         tracing::warn!(peer, error = %e, "connection lost while routing");
         return;
     }

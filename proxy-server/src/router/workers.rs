@@ -113,6 +113,8 @@ pub struct Workers {
     gone: Condvar,
     pub counters: RouterCounters,
     stopping: AtomicBool,
+    /// The version of the vendor library's "PKCS 11" interface, as the workers loaded it.
+    interface: Mutex<(u8, u8)>,
 }
 
 impl Workers {
@@ -134,6 +136,7 @@ impl Workers {
             gone: Condvar::new(),
             counters: RouterCounters::default(),
             stopping: AtomicBool::new(false),
+            interface: Mutex::new((0, 0)),
         }))
     }
 
@@ -256,6 +259,7 @@ impl Workers {
                             interface.0,
                             interface.1
                         );
+                        *self.interface.lock() = interface;
                         *worker.start.lock() = Some(Ok(()));
                         worker.start_cv.notify_all();
                     }
@@ -352,6 +356,12 @@ impl Workers {
             }
         }
         (total, workers.len())
+    }
+
+    /// The version of the vendor library's "PKCS 11" interface (0.0 before a worker loaded
+    /// it).
+    pub fn interface(&self) -> (u8, u8) {
+        *self.interface.lock()
     }
 
     /// Applications with a worker.

@@ -73,10 +73,11 @@ fn main() {
                 pParameter: (&mut gcm as *mut CK_GCM_MESSAGE_PARAMS).cast(),
                 ulParameterLen: std::mem::size_of::<CK_GCM_MESSAGE_PARAMS>() as CK_ULONG,
             };
-            if let Some(f3) = m.f3() {
+            let init: CK_C_MessageEncryptInit = m.symbol(b"C_MessageEncryptInit\0").flatten();
+            if let Some(message_encrypt_init) = init {
                 println!(
                     "{huge:#x} C_MessageEncryptInit(IV length) {:#x}",
-                    f3.C_MessageEncryptInit.unwrap()(s, &mut mech, 1)
+                    message_encrypt_init(s, &mut mech, 1)
                 );
                 let mut right = CK_GCM_MESSAGE_PARAMS { ulIvLen: 12, ..gcm };
                 let mut mech = CK_MECHANISM {
@@ -85,7 +86,7 @@ fn main() {
                 };
                 println!(
                     "C_MessageEncryptInit(CK_GCM_MESSAGE_PARAMS) {:#x}",
-                    f3.C_MessageEncryptInit.unwrap()(s, &mut mech, 1)
+                    message_encrypt_init(s, &mut mech, 1)
                 );
             }
         }
