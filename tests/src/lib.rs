@@ -325,6 +325,32 @@ impl ProxyServer {
     }
 }
 
+/// Two applications on SoftHSM2 directly: two instances of the module (private copies), each
+/// with its own sessions, handles and login, as two processes have; initialised.
+pub fn direct_pair(hsm: &SoftHsm) -> (raw::RawModule, raw::RawModule) {
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    let (a, b) = (
+        raw::RawModule::load(&hsm.module_copy()),
+        raw::RawModule::load(&hsm.module_copy()),
+    );
+    with_env(&[("SOFTHSM2_CONF", &conf)], || {
+        assert_eq!(a.initialize(), cryptoki_sys::CKR_OK);
+        assert_eq!(b.initialize(), cryptoki_sys::CKR_OK);
+    });
+    (a, b)
+}
+
+/// One application through the proxy at `address`: a private copy of the shim (its own
+/// instance), initialised.
+pub fn proxy_client(address: &str, dir: &TempDir) -> raw::RawModule {
+    let m = raw::RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", address)], || m.initialize()),
+        cryptoki_sys::CKR_OK
+    );
+    m
+}
+
 /// A process's resident memory in KiB (VmRSS), 0 if it is gone.
 pub fn rss_kib_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

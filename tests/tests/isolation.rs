@@ -7,16 +7,10 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use tests::raw::RawModule;
-use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN};
+use tests::{private_copy, shim_path, ProxyServer, SoftHsm, TempDir, PIN};
 
 fn client(server: &ProxyServer, dir: &TempDir) -> RawModule {
-    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
-    assert_eq!(
-        with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || m
-            .initialize()),
-        CKR_OK
-    );
-    m
+    tests::proxy_client(&server.address, dir)
 }
 
 fn state(m: &RawModule, s: CK_SESSION_HANDLE) -> Result<CK_STATE, CK_RV> {
@@ -26,21 +20,6 @@ fn state(m: &RawModule, s: CK_SESSION_HANDLE) -> Result<CK_STATE, CK_RV> {
         CKR_OK => Ok(info.state),
         rv => Err(rv),
     }
-}
-
-/// Two applications on SoftHSM2 directly: two instances of the module, each with its own
-/// sessions and login, as two processes have.
-fn direct_pair(hsm: &SoftHsm) -> (RawModule, RawModule) {
-    let conf = hsm.conf.to_string_lossy().into_owned();
-    let (a, b) = (
-        RawModule::load(&hsm.module_copy()),
-        RawModule::load(&hsm.module_copy()),
-    );
-    with_env(&[("SOFTHSM2_CONF", &conf)], || {
-        assert_eq!(a.initialize(), CKR_OK);
-        assert_eq!(b.initialize(), CKR_OK);
-    });
-    (a, b)
 }
 
 /// B calls with A's session handle and its neighbours, logs out and closes with it, closes
@@ -92,7 +71,7 @@ fn another_application_s_session_handles_reach_nothing_of_it_as_between_two_proc
     // (a number that means something only in A's instance) is answered by B's instance, as
     // between two processes loading SoftHSM2, and leaves A's session and login untouched.
     let hsm = SoftHsm::new("isolation");
-    let (da, db) = direct_pair(&hsm);
+    let (da, db) = tests::direct_pair(&hsm);
     let expected = foreign_session_scenario(&da, &db);
     let hsm2 = SoftHsm::new("isolation");
     let server = ProxyServer::start(&hsm2, "tcp://127.0.0.1:0");
@@ -357,7 +336,7 @@ fn foreign_object_scenario(a: &RawModule, b: &RawModule) -> Vec<String> {
 #[test]
 fn an_application_cannot_reach_another_ones_session_objects_as_between_two_processes() {
     let hsm = SoftHsm::new("objects");
-    let (da, db) = direct_pair(&hsm);
+    let (da, db) = tests::direct_pair(&hsm);
     let expected = foreign_object_scenario(&da, &db);
     let hsm2 = SoftHsm::new("objects");
     let server = ProxyServer::start(&hsm2, "tcp://127.0.0.1:0");

@@ -284,15 +284,7 @@ fn each_application_has_its_own_login_as_with_the_vendor_library_directly() {
     let hsm = SoftHsm::new("login");
     let dir = TempDir::new("login");
     // Directly: two instances of SoftHSM2, each with its own login state.
-    let conf = hsm.conf.to_string_lossy().into_owned();
-    let (da, db) = (
-        RawModule::load(&hsm.module_copy()),
-        RawModule::load(&hsm.module_copy()),
-    );
-    with_env(&[("SOFTHSM2_CONF", &conf)], || {
-        assert_eq!(da.initialize(), CKR_OK);
-        assert_eq!(db.initialize(), CKR_OK);
-    });
+    let (da, db) = tests::direct_pair(&hsm);
     // SAFETY: valid arguments throughout.
     let expected = unsafe { scenario(&da, &db) };
 
@@ -394,15 +386,7 @@ fn user_and_so_logins_of_two_applications_are_the_vendor_s_answers() {
     // Two processes on SoftHSM2 can be logged in as the user and as the SO at once; so can
     // two applications through the proxy, each with its own vendor instance.
     let hsm = SoftHsm::new("so-user");
-    let conf = hsm.conf.to_string_lossy().into_owned();
-    let (da, db) = (
-        RawModule::load(&hsm.module_copy()),
-        RawModule::load(&hsm.module_copy()),
-    );
-    with_env(&[("SOFTHSM2_CONF", &conf)], || {
-        assert_eq!(da.initialize(), CKR_OK);
-        assert_eq!(db.initialize(), CKR_OK);
-    });
+    let (da, db) = tests::direct_pair(&hsm);
     // SAFETY: valid arguments.
     let expected = unsafe { user_and_so(&da, &db) };
     let hsm2 = SoftHsm::new("so-user");

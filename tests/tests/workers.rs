@@ -15,13 +15,7 @@ use tests::raw::RawModule;
 use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM};
 
 fn client(server: &ProxyServer, dir: &TempDir) -> RawModule {
-    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
-    assert_eq!(
-        with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || m
-            .initialize()),
-        CKR_OK
-    );
-    m
+    tests::proxy_client(&server.address, dir)
 }
 
 /// Builds `tests/c/faulty_module.c`: SoftHSM2, but C_Sign over "CRASH-ME" segfaults.
