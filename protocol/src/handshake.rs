@@ -48,6 +48,19 @@ const STATUS_REFUSED: u8 = 1;
 /// connections it opens.
 pub type ClientId = [u8; 16];
 
+/// The version in bytes 8 and 9 (after the magic) of any of these messages, if it is ours;
+/// another is told apart from garbage, so that the peer gets a clear refusal.
+fn same_version(bytes: &[u8]) -> Result<u16, ProtocolError> {
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != VERSION {
+        return Err(ProtocolError::VersionMismatch {
+            ours: VERSION,
+            theirs: version,
+        });
+    }
+    Ok(version)
+}
+
 /// A non-secret name of an application, derived from its client id, that routes its
 /// connections to its worker before any TLS handshake.
 pub type RoutingId = [u8; 16];
@@ -99,13 +112,7 @@ impl Prelude {
         if bytes[..8] != ROUTE_MAGIC {
             return Err(ProtocolError::BadMagic);
         }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != VERSION {
-            return Err(ProtocolError::VersionMismatch {
-                ours: VERSION,
-                theirs: version,
-            });
-        }
+        same_version(bytes)?;
         let mut routing_id = [0u8; 16];
         routing_id.copy_from_slice(&bytes[10..]);
         Ok(Self { routing_id })
@@ -154,13 +161,7 @@ impl RouteAnswer {
         if head[..8] != ROUTE_MAGIC {
             return Err(ProtocolError::BadMagic);
         }
-        let version = u16::from_le_bytes([head[8], head[9]]);
-        if version != VERSION {
-            return Err(ProtocolError::VersionMismatch {
-                ours: VERSION,
-                theirs: version,
-            });
-        }
+        same_version(&head)?;
         match head[10] {
             STATUS_ACCEPTED => {
                 let mut interface = [0u8; 2];
@@ -268,13 +269,7 @@ impl Hello {
         if bytes.len() < 10 || bytes[..8] != MAGIC {
             return Err(ProtocolError::BadMagic);
         }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != VERSION {
-            return Err(ProtocolError::VersionMismatch {
-                ours: VERSION,
-                theirs: version,
-            });
-        }
+        let version = same_version(bytes)?;
         if bytes.len() != HELLO_LEN {
             return Err(ProtocolError::Codec(format!(
                 "hello of {} bytes, expected {HELLO_LEN}",

@@ -139,10 +139,6 @@ pub struct Shared {
     init: Mutex<Init>,
     apps: Mutex<HashMap<AppKey, Entry>>,
     next_app: AtomicU64,
-    /// Connections handed over and not yet ended (their handshake included).
-    pub live: AtomicU64,
-    /// When `live` last went to zero.
-    pub idle_since: Mutex<Instant>,
     /// The worker told the router it is leaving: connections still handed over are closed.
     pub leaving: AtomicBool,
 }
@@ -172,8 +168,6 @@ impl Shared {
             }),
             apps: Mutex::new(HashMap::new()),
             next_app: AtomicU64::new(0),
-            live: AtomicU64::new(0),
-            idle_since: Mutex::new(Instant::now()),
             leaving: AtomicBool::new(false),
         }
     }

@@ -49,7 +49,11 @@ struct Worker {
     /// Names this worker's application in logs and metrics (not secret).
     label: String,
     next_conn: AtomicU64,
+    /// Connections handed over and not yet ended (their handshake included), to wake them at
+    /// a stop; how many are open, for the limit and the lifetime.
     connections: Mutex<HashMap<u64, Stream>>,
+    /// When the last connection ended.
+    idle_since: Mutex<Instant>,
     drained: Condvar,
 }
 
@@ -98,6 +102,7 @@ pub fn run() -> ExitCode {
         label,
         next_conn: AtomicU64::new(0),
         connections: Mutex::new(HashMap::new()),
+        idle_since: Mutex::new(Instant::now()),
         drained: Condvar::new(),
     });
     worker.control_loop(&span);
@@ -215,8 +220,16 @@ impl Worker {
             tracing::info!(%peer, "connection closed: this worker is leaving");
             return;
         }
-        let open = shared.live.load(Ordering::Acquire);
-        if open >= shared.settings.max_connections as u64 {
+        let clone = match stream.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot track a connection; closed");
+                return;
+            }
+        };
+        let mut conns = self.connections.lock();
+        let open = conns.len();
+        if open >= shared.settings.max_connections {
             shared
                 .metrics
                 .connections_refused
@@ -225,10 +238,8 @@ impl Worker {
             return;
         }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = stream.try_clone() {
-            self.connections.lock().insert(id, clone);
-        }
-        shared.live.fetch_add(1, Ordering::AcqRel);
+        conns.insert(id, clone);
+        drop(conns);
         let worker = self.clone();
         let span = span.clone();
         let handed = Handed {
@@ -255,10 +266,8 @@ impl Worker {
     fn ended(&self, id: u64) {
         let mut conns = self.connections.lock();
         conns.remove(&id);
-        if self.shared.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.shared.idle_since.lock() = Instant::now();
-        }
         if conns.is_empty() {
+            *self.idle_since.lock() = Instant::now();
             self.drained.notify_all();
         }
     }
@@ -280,10 +289,10 @@ impl Worker {
                     std::thread::sleep(tick);
                     match s.settings.role {
                         Role::Application(_) => {
-                            if s.live.load(Ordering::Acquire) == 0
+                            if worker.connections.lock().is_empty()
                                 && (s.done()
                                     || !s.bound()
-                                    || s.idle_since.lock().elapsed() >= grace)
+                                    || worker.idle_since.lock().elapsed() >= grace)
                             {
                                 s.leaving.store(true, Ordering::Release);
                                 tracing::info!(finalised = s.done(), "application gone; leaving");
