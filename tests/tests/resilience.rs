@@ -784,7 +784,10 @@ fn answer_lost_to_a_restart(
     server.signal(libc::SIGSTOP);
     std::thread::scope(|scope| {
         let call = scope.spawn(call);
-        std::thread::sleep(Duration::from_millis(300));
+        // Time for the call to be sent to the stopped server, even on a machine loaded with
+        // the other tests' processes (within the 1 s call timeout, though the outcome is the
+        // same beyond it): sent later, it would reach the new server as a first send.
+        std::thread::sleep(Duration::from_millis(800));
         server.kill();
         let restarted = ProxyServer::start(hsm, address);
         (call.join().unwrap(), restarted)
