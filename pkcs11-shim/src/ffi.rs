@@ -9,6 +9,7 @@ use std::mem::size_of;
 
 use cryptoki_sys::*;
 use protocol::message::Response;
+use protocol::shape::{Bytes, Out, Outputs};
 
 /// The result type of the logic behind each C function.
 pub type Rv<T = ()> = Result<T, CK_RV>;
@@ -59,7 +60,21 @@ pub fn len(v: CK_ULONG) -> Rv<usize> {
     usize::try_from(v).map_err(|_| CKR_ARGUMENTS_BAD)
 }
 
-/// The caller's input buffer: NULL is allowed only with a zero length.
+/// The caller's input bytes in their shape (DESIGN.md, "The vendor decides"): NULL travels as
+/// NULL with the caller's length, unread, so the vendor decides what NULL means; a pointer is
+/// read for its length, bounded first by what one frame carries.
+///
+/// # Safety
+/// `p` must point to `n` readable bytes when not NULL.
+pub unsafe fn input(p: *const u8, n: CK_ULONG) -> Rv<Bytes> {
+    if p.is_null() {
+        return Ok(Bytes::Null(wire(n)));
+    }
+    Ok(Bytes::Given(bytes(p, n)?.to_vec()))
+}
+
+/// The caller's bytes where the function needs them (a PIN, a label): NULL is allowed only
+/// with a zero length.
 ///
 /// # Safety
 /// `p` must point to `n` readable bytes when not NULL.
@@ -100,7 +115,8 @@ pub unsafe fn pin(p: *const u8, n: CK_ULONG) -> Rv<protocol::message::Pin> {
     Ok(Some(bytes(p, n)?.to_vec().into()))
 }
 
-/// A required output pointer.
+/// A required output pointer of a function the shim answers itself (C_GetFunctionList,
+/// C_GetInterface...): NULL is CKR_ARGUMENTS_BAD, as in any library.
 ///
 /// # Safety
 /// `p` must be NULL or valid for writes of a `T`.
@@ -108,11 +124,28 @@ pub unsafe fn out<'a, T>(p: *mut T) -> Rv<&'a mut T> {
     p.as_mut().ok_or(CKR_ARGUMENTS_BAD)
 }
 
+/// Which of the caller's single output pointers are given, in the C signature's order: the
+/// server passes NULL for the others, and the vendor answers as it does for NULL.
+pub fn outputs(given: &[bool]) -> Outputs {
+    Outputs::of(given)
+}
+
+/// Writes `value` through the caller's output pointer when it is not NULL.
+///
+/// # Safety
+/// `p` must be NULL or valid for writes of a `T`.
+pub unsafe fn put<T>(p: *mut T, value: T) {
+    if let Some(p) = p.as_mut() {
+        *p = value;
+    }
+}
+
 /// The caller's output buffer of the two-call convention (PKCS#11 v2.40 §5.2): a NULL buffer
-/// asks for the length; a buffer too small gets `CKR_BUFFER_TOO_SMALL` and the length.
+/// asks for the length; a buffer too small gets `CKR_BUFFER_TOO_SMALL` and the length. A NULL
+/// length pointer travels as NULL, for the vendor to answer.
 pub struct OutBuf<'a, T> {
     buf: *mut T,
-    len: &'a mut CK_ULONG,
+    len: Option<&'a mut CK_ULONG>,
 }
 
 impl<T: Copy> OutBuf<'_, T> {
@@ -121,13 +154,17 @@ impl<T: Copy> OutBuf<'_, T> {
     pub unsafe fn new(buf: *mut T, len: *mut CK_ULONG) -> Rv<Self> {
         Ok(Self {
             buf,
-            len: len.as_mut().ok_or(CKR_ARGUMENTS_BAD)?,
+            len: len.as_mut(),
         })
     }
 
-    /// What the request says of the caller's buffer: `None` for NULL, else its element count.
-    pub fn capacity(&self) -> Option<u64> {
-        (!self.buf.is_null()).then_some(wire(*self.len))
+    /// What the request says of the caller's output: a buffer or NULL, and the value at the
+    /// length pointer (the vendor starts from it, and may leave it unchanged).
+    pub fn capacity(&self) -> Out {
+        Out {
+            buffer: !self.buf.is_null(),
+            len: self.len.as_deref().map(|n| wire(*n)),
+        }
     }
 
     /// Writes what the server answered: the reported length always (as the vendor library
@@ -135,14 +172,18 @@ impl<T: Copy> OutBuf<'_, T> {
     /// buffer (a hostile or broken server) is refused without writing.
     pub fn write(self, rv: u64, reported: u64, data: &[T]) -> Rv {
         let rv = narrow(rv)?;
+        let Some(out_len) = self.len else {
+            // No length pointer: the vendor had nothing to write either.
+            return if rv == CKR_OK { Ok(()) } else { Err(rv) };
+        };
         if !self.buf.is_null() && rv == CKR_OK {
-            if data.len() > len(*self.len)? {
+            if data.len() > len(*out_len)? {
                 return Err(CKR_GENERAL_ERROR);
             }
             // SAFETY: buf holds *len elements (checked above), data is a distinct Rust slice.
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf, data.len()) };
         }
-        *self.len = narrow(reported)?;
+        *out_len = narrow(reported)?;
         if rv == CKR_OK {
             Ok(())
         } else {

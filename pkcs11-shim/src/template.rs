@@ -7,6 +7,8 @@ use protocol::attribute::{
     MAX_TEMPLATE_DEPTH, MAX_TEMPLATE_LEN,
 };
 
+use protocol::shape::Array;
+
 use crate::ffi::{bytes, len, narrow, wire, Rv, ATTRIBUTE, ULONG};
 
 /// The caller's `CK_ATTRIBUTE` array, checked: NULL only with a zero count.
@@ -24,12 +26,17 @@ unsafe fn attributes<'a>(p: *const CK_ATTRIBUTE, count: CK_ULONG) -> Rv<&'a [CK_
     Ok(std::slice::from_raw_parts(p, n))
 }
 
-/// Reads an input template (C_CreateObject, C_FindObjectsInit, key generation...).
+/// Reads an input template (C_CreateObject, C_FindObjectsInit, key generation...) in its
+/// shape: a NULL template travels as NULL with the caller's count, unread, and a non-NULL one
+/// with a count of 0 stays non-NULL (DESIGN.md, "The vendor decides").
 ///
 /// # Safety
 /// `p` must point to `count` attributes whose values are readable for their lengths.
-pub unsafe fn read(p: *const CK_ATTRIBUTE, count: CK_ULONG) -> Rv<Vec<Attribute>> {
-    read_at(p, count, 0)
+pub unsafe fn read(p: *const CK_ATTRIBUTE, count: CK_ULONG) -> Rv<Array<Attribute>> {
+    if p.is_null() {
+        return Ok(Array::Null(wire(count)));
+    }
+    Ok(Array::Given(read_at(p, count, 0)?))
 }
 
 unsafe fn read_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<Vec<Attribute>> {
@@ -72,10 +79,15 @@ unsafe fn read_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<V
 /// Reads the caller's C_GetAttributeValue template as a query: a NULL `pValue` asks for the
 /// length, a buffer gives its capacity, a template attribute's buffer is a nested query.
 ///
+/// A NULL template travels as NULL, as in [`read`].
+///
 /// # Safety
 /// As [`read`].
-pub unsafe fn query(p: *const CK_ATTRIBUTE, count: CK_ULONG) -> Rv<Vec<AttrQuery>> {
-    query_at(p, count, 0)
+pub unsafe fn query(p: *const CK_ATTRIBUTE, count: CK_ULONG) -> Rv<Array<AttrQuery>> {
+    if p.is_null() {
+        return Ok(Array::Null(wire(count)));
+    }
+    Ok(Array::Given(query_at(p, count, 0)?))
 }
 
 unsafe fn query_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<Vec<AttrQuery>> {
@@ -120,6 +132,14 @@ pub unsafe fn write_results(
     results: &[AttrOut],
     rv: CK_RV,
 ) -> Rv<CK_RV> {
+    if p.is_null() {
+        // The vendor had no template to write into.
+        return if results.is_empty() {
+            Ok(rv)
+        } else {
+            Err(CKR_GENERAL_ERROR)
+        };
+    }
     let attrs = attributes(p, count)?;
     if results.len() != attrs.len() {
         return Err(CKR_GENERAL_ERROR);

@@ -1,10 +1,11 @@
 //! One [`Request`] variant per PKCS#11 function, and the [`Response`] shapes they answer with.
 //!
 //! Handles, slot ids, flags, lengths and return values are `u64` (a `CK_ULONG` in C).
-//! A `capacity` of `None` means the caller passed a NULL output buffer (a size query);
-//! `Some(n)` is the size of the caller's buffer. The server calls the vendor library the same way
-//! and sends back its return value, the length it wrote and the data, so the two-call convention
-//! (PKCS#11 v2.40 §5.2) is reproduced exactly.
+//! Pointer arguments keep their shape ([`crate::shape`]): inputs say NULL or given, a
+//! `capacity` says whether the caller gave a buffer and what its length pointer holds, and
+//! `outputs` which single output pointers it gave. The server calls the vendor library with
+//! the same shapes and sends back its return value, the length it wrote and the data, so the
+//! vendor's argument checks and the two-call convention (PKCS#11 v2.40 §5.2) are its own.
 //!
 //! Responses: any call that failed and has nothing more to say answers [`Response::Rv`]; a
 //! successful call answers the variant of its shape. The shapes that carry data with an error
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribute::{AttrOut, AttrQuery, Attribute};
 use crate::mechanism::{Mechanism, MsgParam};
+use crate::shape::{Array, Bytes, Out, Outputs};
 
 /// A PIN; `None` is a NULL `pPin` (protected authentication path).
 pub type Pin = Option<SecretBytes>;
@@ -49,7 +51,7 @@ impl Request {
     pub fn is_repeatable(&self) -> bool {
         matches!(
             self,
-            Request::GetInfo
+            Request::GetInfo { .. }
                 | Request::GetSlotList { .. }
                 | Request::GetSlotInfo { .. }
                 | Request::GetTokenInfo { .. }
@@ -89,7 +91,7 @@ impl Request {
         match self {
             Initialize { .. }
             | Finalize
-            | GetInfo
+            | GetInfo { .. }
             | GetSlotList { .. }
             | GetSlotInfo { .. }
             | GetTokenInfo { .. }
@@ -104,7 +106,7 @@ impl Request {
             | InitPin { session, .. }
             | SetPin { session, .. }
             | CloseSession { session }
-            | GetSessionInfo { session }
+            | GetSessionInfo { session, .. }
             | GetOperationState { session, .. }
             | SetOperationState { session, .. }
             | Login { session, .. }
@@ -238,7 +240,9 @@ pub enum Request {
         args: Option<crate::handshake::InitArgs>,
     },
     Finalize,
-    GetInfo,
+    GetInfo {
+        outputs: Outputs,
+    },
     GetFunctionStatus {
         session: u64,
     },
@@ -248,29 +252,33 @@ pub enum Request {
     // Slot and token management (v2.40 §5.5).
     GetSlotList {
         token_present: bool,
-        capacity: Option<u64>,
+        capacity: Out,
     },
     GetSlotInfo {
         slot: u64,
+        outputs: Outputs,
     },
     GetTokenInfo {
         slot: u64,
+        outputs: Outputs,
     },
     WaitForSlotEvent {
         flags: u64,
+        outputs: Outputs,
     },
     GetMechanismList {
         slot: u64,
-        capacity: Option<u64>,
+        capacity: Out,
     },
     GetMechanismInfo {
         slot: u64,
         mechanism: u64,
+        outputs: Outputs,
     },
     InitToken {
         slot: u64,
         so_pin: Pin,
-        label: Vec<u8>,
+        label: Bytes,
     },
     InitPin {
         session: u64,
@@ -285,6 +293,7 @@ pub enum Request {
     OpenSession {
         slot: u64,
         flags: u64,
+        outputs: Outputs,
     },
     CloseSession {
         session: u64,
@@ -294,14 +303,15 @@ pub enum Request {
     },
     GetSessionInfo {
         session: u64,
+        outputs: Outputs,
     },
     GetOperationState {
         session: u64,
-        capacity: Option<u64>,
+        capacity: Out,
     },
     SetOperationState {
         session: u64,
-        state: Vec<u8>,
+        state: Bytes,
         encryption_key: u64,
         authentication_key: u64,
     },
@@ -316,12 +326,14 @@ pub enum Request {
     // Object management (v2.40 §5.7).
     CreateObject {
         session: u64,
-        template: Vec<Attribute>,
+        template: Array<Attribute>,
+        outputs: Outputs,
     },
     CopyObject {
         session: u64,
         object: u64,
-        template: Vec<Attribute>,
+        template: Array<Attribute>,
+        outputs: Outputs,
     },
     DestroyObject {
         session: u64,
@@ -330,24 +342,26 @@ pub enum Request {
     GetObjectSize {
         session: u64,
         object: u64,
+        outputs: Outputs,
     },
     GetAttributeValue {
         session: u64,
         object: u64,
-        query: Vec<AttrQuery>,
+        query: Array<AttrQuery>,
     },
     SetAttributeValue {
         session: u64,
         object: u64,
-        template: Vec<Attribute>,
+        template: Array<Attribute>,
     },
     FindObjectsInit {
         session: u64,
-        template: Vec<Attribute>,
+        template: Array<Attribute>,
     },
     FindObjects {
         session: u64,
         max_count: u64,
+        outputs: Outputs,
     },
     FindObjectsFinal {
         session: u64,
@@ -360,17 +374,17 @@ pub enum Request {
     },
     Encrypt {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     EncryptUpdate {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     EncryptFinal {
         session: u64,
-        capacity: Option<u64>,
+        capacity: Out,
     },
     // Decryption (v2.40 §5.9).
     DecryptInit {
@@ -380,17 +394,17 @@ pub enum Request {
     },
     Decrypt {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     DecryptUpdate {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     DecryptFinal {
         session: u64,
-        capacity: Option<u64>,
+        capacity: Out,
     },
     // Message digesting (v2.40 §5.10).
     DigestInit {
@@ -399,12 +413,12 @@ pub enum Request {
     },
     Digest {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     DigestUpdate {
         session: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     DigestKey {
         session: u64,
@@ -412,7 +426,7 @@ pub enum Request {
     },
     DigestFinal {
         session: u64,
-        capacity: Option<u64>,
+        capacity: Out,
     },
     // Signing and MACing (v2.40 §5.11).
     SignInit {
@@ -422,16 +436,16 @@ pub enum Request {
     },
     Sign {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     SignUpdate {
         session: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     SignFinal {
         session: u64,
-        capacity: Option<u64>,
+        capacity: Out,
     },
     SignRecoverInit {
         session: u64,
@@ -440,8 +454,8 @@ pub enum Request {
     },
     SignRecover {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     // Verifying signatures and MACs (v2.40 §5.12).
     VerifyInit {
@@ -451,16 +465,16 @@ pub enum Request {
     },
     Verify {
         session: u64,
-        data: Vec<u8>,
-        signature: Vec<u8>,
+        data: Bytes,
+        signature: Bytes,
     },
     VerifyUpdate {
         session: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     VerifyFinal {
         session: u64,
-        signature: Vec<u8>,
+        signature: Bytes,
     },
     VerifyRecoverInit {
         session: u64,
@@ -469,77 +483,82 @@ pub enum Request {
     },
     VerifyRecover {
         session: u64,
-        signature: Vec<u8>,
-        capacity: Option<u64>,
+        signature: Bytes,
+        capacity: Out,
     },
     // Dual-function cryptographic functions (v2.40 §5.13).
     DigestEncryptUpdate {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     DecryptDigestUpdate {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     SignEncryptUpdate {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     DecryptVerifyUpdate {
         session: u64,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     // Key management (v2.40 §5.14).
     GenerateKey {
         session: u64,
         mechanism: Mechanism,
-        template: Vec<Attribute>,
+        template: Array<Attribute>,
+        outputs: Outputs,
     },
     GenerateKeyPair {
         session: u64,
         mechanism: Mechanism,
-        public_template: Vec<Attribute>,
-        private_template: Vec<Attribute>,
+        public_template: Array<Attribute>,
+        private_template: Array<Attribute>,
+        outputs: Outputs,
     },
     WrapKey {
         session: u64,
         mechanism: Mechanism,
         wrapping_key: u64,
         key: u64,
-        capacity: Option<u64>,
+        capacity: Out,
     },
     UnwrapKey {
         session: u64,
         mechanism: Mechanism,
         unwrapping_key: u64,
-        wrapped_key: Vec<u8>,
-        template: Vec<Attribute>,
+        wrapped_key: Bytes,
+        template: Array<Attribute>,
+        outputs: Outputs,
     },
     DeriveKey {
         session: u64,
         mechanism: Mechanism,
         base_key: u64,
-        template: Vec<Attribute>,
+        template: Array<Attribute>,
+        outputs: Outputs,
     },
     // Random number generation (v2.40 §5.15).
     SeedRandom {
         session: u64,
-        seed: Vec<u8>,
+        seed: Bytes,
     },
     GenerateRandom {
         session: u64,
         len: u64,
+        outputs: Outputs,
     },
     // PKCS#11 v3.0 additions (v3.0 §5.6, §5.9 to §5.16).
     LoginUser {
         session: u64,
         user_type: u64,
         pin: Pin,
-        username: Vec<u8>,
+        username: Bytes,
     },
     SessionCancel {
         session: u64,
@@ -553,20 +572,20 @@ pub enum Request {
     EncryptMessage {
         session: u64,
         param: MsgParam,
-        aad: Vec<u8>,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        aad: Bytes,
+        data: Bytes,
+        capacity: Out,
     },
     EncryptMessageBegin {
         session: u64,
         param: MsgParam,
-        aad: Vec<u8>,
+        aad: Bytes,
     },
     EncryptMessageNext {
         session: u64,
         param: MsgParam,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
         flags: u64,
     },
     MessageEncryptFinal {
@@ -580,20 +599,20 @@ pub enum Request {
     DecryptMessage {
         session: u64,
         param: MsgParam,
-        aad: Vec<u8>,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        aad: Bytes,
+        data: Bytes,
+        capacity: Out,
     },
     DecryptMessageBegin {
         session: u64,
         param: MsgParam,
-        aad: Vec<u8>,
+        aad: Bytes,
     },
     DecryptMessageNext {
         session: u64,
         param: MsgParam,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
         flags: u64,
     },
     MessageDecryptFinal {
@@ -607,20 +626,19 @@ pub enum Request {
     SignMessage {
         session: u64,
         param: MsgParam,
-        data: Vec<u8>,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     SignMessageBegin {
         session: u64,
         param: MsgParam,
     },
-    /// `last` is false when the caller's `pulSignatureLen` is NULL (not the last part).
+    /// A `capacity` without a length pointer is "not the last part" (v3.0 §5.14.4).
     SignMessageNext {
         session: u64,
         param: MsgParam,
-        data: Vec<u8>,
-        last: bool,
-        capacity: Option<u64>,
+        data: Bytes,
+        capacity: Out,
     },
     MessageSignFinal {
         session: u64,
@@ -633,8 +651,8 @@ pub enum Request {
     VerifyMessage {
         session: u64,
         param: MsgParam,
-        data: Vec<u8>,
-        signature: Vec<u8>,
+        data: Bytes,
+        signature: Bytes,
     },
     VerifyMessageBegin {
         session: u64,
@@ -644,8 +662,8 @@ pub enum Request {
     VerifyMessageNext {
         session: u64,
         param: MsgParam,
-        data: Vec<u8>,
-        signature: Option<Vec<u8>>,
+        data: Bytes,
+        signature: Bytes,
     },
     MessageVerifyFinal {
         session: u64,
@@ -895,7 +913,7 @@ mod tests {
             Request::Initialize { args: None },
             Request::GetSlotList {
                 token_present: true,
-                capacity: None,
+                capacity: Out::query(0),
             },
             Request::SignInit {
                 session: 1,
@@ -921,7 +939,9 @@ mod tests {
                         }]
                         .into(),
                     ),
-                }],
+                }]
+                .into(),
+                outputs: Outputs::ALL,
             },
             Request::GetAttributeValue {
                 session: 1,
@@ -929,7 +949,8 @@ mod tests {
                 query: vec![AttrQuery {
                     ty: 0x11,
                     want: Want::Buffer(64),
-                }],
+                }]
+                .into(),
             },
         ];
         let mut buf = Vec::new();
@@ -966,7 +987,7 @@ mod tests {
         assert_eq!(
             Request::GetSlotList {
                 token_present: false,
-                capacity: None
+                capacity: Out::query(0)
             }
             .function_name(),
             "C_GetSlotList"

@@ -8,13 +8,18 @@ use protocol::frame::{read_frame, write_frame, MAX_FRAME_LEN};
 use protocol::fuzzing::decode_stream;
 use protocol::mechanism::{MechParam, Mechanism};
 use protocol::message::Request;
+use protocol::shape::{Bytes, Out, Outputs};
 use protocol::ProtocolError;
 
 /// Real requests, encoded: the seeds of the mutations.
 fn seeds() -> Vec<Vec<u8>> {
     let requests = [
         Request::Initialize { args: None },
-        Request::OpenSession { slot: 1, flags: 6 },
+        Request::OpenSession {
+            slot: 1,
+            flags: 6,
+            outputs: Outputs::ALL,
+        },
         Request::Login {
             session: 7,
             user_type: 1,
@@ -35,8 +40,8 @@ fn seeds() -> Vec<Vec<u8>> {
         },
         Request::Sign {
             session: 7,
-            data: vec![0x42; 32],
-            capacity: Some(72),
+            data: vec![0x42; 32].into(),
+            capacity: Out::buffer(72),
         },
         Request::CreateObject {
             session: 7,
@@ -59,7 +64,9 @@ fn seeds() -> Vec<Vec<u8>> {
                     ty: 0x11,
                     value: AttrValue::Bytes(b"value".to_vec()),
                 },
-            ],
+            ]
+            .into(),
+            outputs: Outputs::ALL,
         },
         Request::GetAttributeValue {
             session: 7,
@@ -73,7 +80,8 @@ fn seeds() -> Vec<Vec<u8>> {
                     }]
                     .into(),
                 ),
-            }],
+            }]
+            .into(),
         },
     ];
     requests
@@ -126,9 +134,12 @@ proptest! {
     fn sign_requests_round_trip(
         session in any::<u64>(),
         data in proptest::collection::vec(any::<u8>(), 0..512),
-        cap in proptest::option::of(any::<u64>()),
+        buffer in any::<bool>(),
+        len in proptest::option::of(any::<u64>()),
+        null in any::<bool>(),
     ) {
-        let r = Request::Sign { session, data, capacity: cap };
+        let data = if null { Bytes::Null(data.len() as u64) } else { data.into() };
+        let r = Request::Sign { session, data, capacity: Out { buffer, len } };
         let mut buf = Vec::new();
         codec::encode(&r, &mut buf).unwrap();
         prop_assert_eq!(codec::decode::<Request>(&buf).unwrap(), r);

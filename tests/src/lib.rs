@@ -2,6 +2,7 @@
 //! private copies of the PKCS#11 modules so that several instances live in one process.
 
 pub mod fabric;
+pub mod matrix;
 pub mod parity;
 pub mod pki;
 pub mod raw;

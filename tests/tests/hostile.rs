@@ -10,6 +10,7 @@ use protocol::codec;
 use protocol::handshake::{routing_id, Hello, Prelude, ROUTE_ANSWER_LEN};
 use protocol::mechanism::{MechParam, Mechanism};
 use protocol::message::Request;
+use protocol::shape::Outputs;
 use tests::raw::RawModule;
 use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN};
 
@@ -29,7 +30,11 @@ impl Rng {
 
 fn payloads() -> Vec<Vec<u8>> {
     [
-        Request::OpenSession { slot: 1, flags: 6 },
+        Request::OpenSession {
+            slot: 1,
+            flags: 6,
+            outputs: Outputs::ALL,
+        },
         Request::Login {
             session: 1,
             user_type: 1,
@@ -46,11 +51,12 @@ fn payloads() -> Vec<Vec<u8>> {
         Request::GetAttributeValue {
             session: 1,
             object: 1,
-            query: vec![],
+            query: vec![].into(),
         },
         Request::FindObjects {
             session: 1,
             max_count: 10,
+            outputs: Outputs::ALL,
         },
     ]
     .iter()

@@ -10,7 +10,7 @@ use cryptoki_sys::*;
 use protocol::message::Request;
 
 use crate::client;
-use crate::ffi::{bytes, entry, rv_of, wire, OutBuf};
+use crate::ffi::{entry, input, rv_of, wire, OutBuf};
 use crate::mechanism;
 
 /// `C_*Init(session, mechanism, key)`.
@@ -35,14 +35,14 @@ macro_rules! update_fn {
         #[no_mangle]
         pub unsafe extern "C" fn $name(
             session: CK_SESSION_HANDLE,
-            input: *mut CK_BYTE,
-            input_len: CK_ULONG,
+            part: *mut CK_BYTE,
+            part_len: CK_ULONG,
             output: *mut CK_BYTE,
             output_len: *mut CK_ULONG,
         ) -> CK_RV {
             entry!({
                 let client = client::current()?;
-                let $field = bytes(input, input_len)?.to_vec();
+                let $field = input(part, part_len)?;
                 let buf = OutBuf::new(output, output_len)?;
                 let r = client.call(Request::$variant { session: session as u64, $field, capacity: buf.capacity() })?;
                 buf.write_output(r)
@@ -72,10 +72,10 @@ macro_rules! input_fn {
     ($(#[$doc:meta])* $name:ident => $variant:ident { $field:ident }) => {
         $(#[$doc])*
         #[no_mangle]
-        pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, input: *mut CK_BYTE, input_len: CK_ULONG) -> CK_RV {
+        pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, part_len: CK_ULONG) -> CK_RV {
             entry!({
                 let client = client::current()?;
-                let $field = bytes(input, input_len)?.to_vec();
+                let $field = input(part, part_len)?;
                 rv_of(client.call(Request::$variant { session: session as u64, $field })?)
             })
         }
@@ -158,8 +158,8 @@ pub unsafe extern "C" fn C_Verify(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let data = bytes(data, data_len)?.to_vec();
-        let signature = bytes(signature, signature_len)?.to_vec();
+        let data = input(data, data_len)?;
+        let signature = input(signature, signature_len)?;
         rv_of(client.call(Request::Verify {
             session: wire(session),
             data,

@@ -7,7 +7,7 @@ use protocol::handshake::InitArgs;
 use protocol::message::{Request, Response};
 
 use crate::client;
-use crate::ffi::{entry, narrow, out, padded, rv_of, unexpected, wire};
+use crate::ffi::{entry, narrow, outputs, padded, put, rv_of, unexpected, wire};
 
 /// C_Initialize (v2.40 §5.4.1): the vendor library decides. The shape of the arguments
 /// (NULL or not, the flags, which of the four mutex callbacks are set, whether `pReserved` is
@@ -62,22 +62,25 @@ pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
 pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let info = out(info)?;
-        match client.call(Request::GetInfo)? {
+        let outputs = outputs(&[!info.is_null()]);
+        match client.call(Request::GetInfo { outputs })? {
             Response::Info(i) => {
-                *info = CK_INFO {
-                    cryptokiVersion: CK_VERSION {
-                        major: i.cryptoki_version.0,
-                        minor: i.cryptoki_version.1,
+                put(
+                    info,
+                    CK_INFO {
+                        cryptokiVersion: CK_VERSION {
+                            major: i.cryptoki_version.0,
+                            minor: i.cryptoki_version.1,
+                        },
+                        manufacturerID: padded(&i.manufacturer_id),
+                        flags: narrow(i.flags)?,
+                        libraryDescription: padded(&i.library_description),
+                        libraryVersion: CK_VERSION {
+                            major: i.library_version.0,
+                            minor: i.library_version.1,
+                        },
                     },
-                    manufacturerID: padded(&i.manufacturer_id),
-                    flags: narrow(i.flags)?,
-                    libraryDescription: padded(&i.library_description),
-                    libraryVersion: CK_VERSION {
-                        major: i.library_version.0,
-                        minor: i.library_version.1,
-                    },
-                };
+                );
                 Ok(())
             }
             other => Err(unexpected(other)),

@@ -5,7 +5,7 @@ use protocol::message::{Request, Response};
 
 use crate::api::object::write_handle;
 use crate::client;
-use crate::ffi::{bytes, entry, len, narrow, out, rv_of, unexpected, wire, OutBuf};
+use crate::ffi::{entry, input, len, narrow, outputs, put, rv_of, unexpected, wire, OutBuf};
 use crate::{mechanism, template};
 
 /// C_GenerateKey (v2.40 §5.14.1).
@@ -19,7 +19,6 @@ pub unsafe extern "C" fn C_GenerateKey(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let key = out(key)?;
         let mechanism = mechanism::read(mech)?;
         let template = template::read(t, count)?;
         write_handle(
@@ -27,6 +26,7 @@ pub unsafe extern "C" fn C_GenerateKey(
                 session: wire(session),
                 mechanism,
                 template,
+                outputs: outputs(&[!key.is_null()]),
             })?,
             key,
         )
@@ -47,7 +47,6 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let (public_key, private_key) = (out(public_key)?, out(private_key)?);
         let mechanism = mechanism::read(mech)?;
         let public_template = template::read(public_t, public_count)?;
         let private_template = template::read(private_t, private_count)?;
@@ -56,14 +55,15 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
             mechanism,
             public_template,
             private_template,
+            outputs: outputs(&[!public_key.is_null(), !private_key.is_null()]),
         })?;
         match r {
             Response::KeyPair {
                 public_key: p,
                 private_key: k,
             } => {
-                *public_key = narrow(p)?;
-                *private_key = narrow(k)?;
+                put(public_key, narrow(p)?);
+                put(private_key, narrow(k)?);
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -110,9 +110,8 @@ pub unsafe extern "C" fn C_UnwrapKey(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let key = out(key)?;
         let mechanism = mechanism::read(mech)?;
-        let wrapped_key = bytes(wrapped, wrapped_len)?.to_vec();
+        let wrapped_key = input(wrapped, wrapped_len)?;
         let template = template::read(t, count)?;
         let r = client.call(Request::UnwrapKey {
             session: wire(session),
@@ -120,6 +119,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
             unwrapping_key: wire(unwrapping_key),
             wrapped_key,
             template,
+            outputs: outputs(&[!key.is_null()]),
         })?;
         write_handle(r, key)
     })
@@ -137,7 +137,6 @@ pub unsafe extern "C" fn C_DeriveKey(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let key = out(key)?;
         let mechanism = mechanism::read(mech)?;
         let template = template::read(t, count)?;
         let r = client.call(Request::DeriveKey {
@@ -145,6 +144,7 @@ pub unsafe extern "C" fn C_DeriveKey(
             mechanism,
             base_key: wire(base_key),
             template,
+            outputs: outputs(&[!key.is_null()]),
         })?;
         write_handle(r, key)
     })
@@ -159,7 +159,7 @@ pub unsafe extern "C" fn C_SeedRandom(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let seed = bytes(seed, seed_len)?.to_vec();
+        let seed = input(seed, seed_len)?;
         rv_of(client.call(Request::SeedRandom {
             session: wire(session),
             seed,
@@ -177,19 +177,17 @@ pub unsafe extern "C" fn C_GenerateRandom(
     entry!({
         let client = client::current()?;
         let n = len(data_len)?;
-        if data.is_null() && n > 0 {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
         match client.call(Request::GenerateRandom {
             session: wire(session),
             len: n as u64,
+            outputs: outputs(&[!data.is_null()]),
         })? {
             Response::Output {
                 rv: 0,
                 data: random,
                 ..
-            } if random.len() == n => {
-                if n > 0 {
+            } if random.len() == n || data.is_null() => {
+                if n > 0 && !data.is_null() {
                     std::ptr::copy_nonoverlapping(random.as_ptr(), data, n);
                 }
                 Ok(())

@@ -4,14 +4,17 @@ use cryptoki_sys::*;
 use protocol::message::{Request, Response};
 
 use crate::client;
-use crate::ffi::{entry, len, narrow, out, rv_of, unexpected, wire};
+use crate::ffi::{entry, len, narrow, outputs, put, rv_of, unexpected, wire};
 use crate::template;
 
-/// Writes a `Response::Handle` into the caller's handle.
-pub(crate) fn write_handle(r: Response, h: &mut CK_OBJECT_HANDLE) -> crate::ffi::Rv {
+/// Writes a `Response::Handle` into the caller's handle (when not NULL).
+///
+/// # Safety
+/// `h` must be NULL or writable.
+pub(crate) unsafe fn write_handle(r: Response, h: *mut CK_OBJECT_HANDLE) -> crate::ffi::Rv {
     match r {
         Response::Handle(v) => {
-            *h = narrow(v)?;
+            put(h, narrow(v)?);
             Ok(())
         }
         other => Err(unexpected(other)),
@@ -28,12 +31,12 @@ pub unsafe extern "C" fn C_CreateObject(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let object = out(object)?;
         let template = template::read(t, count)?;
         write_handle(
             client.call(Request::CreateObject {
                 session: wire(session),
                 template,
+                outputs: outputs(&[!object.is_null()]),
             })?,
             object,
         )
@@ -51,12 +54,12 @@ pub unsafe extern "C" fn C_CopyObject(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let new_object = out(new_object)?;
         let template = template::read(t, count)?;
         let r = client.call(Request::CopyObject {
             session: wire(session),
             object: wire(object),
             template,
+            outputs: outputs(&[!new_object.is_null()]),
         })?;
         write_handle(r, new_object)
     })
@@ -85,13 +88,13 @@ pub unsafe extern "C" fn C_GetObjectSize(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let size = out(size)?;
         match client.call(Request::GetObjectSize {
             session: wire(session),
             object: wire(object),
+            outputs: outputs(&[!size.is_null()]),
         })? {
             Response::Size(s) => {
-                *size = narrow(s)?;
+                put(size, narrow(s)?);
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -173,14 +176,15 @@ pub unsafe extern "C" fn C_FindObjects(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let count = out(count)?;
-        if objects.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        let max = len(max_count)?;
+        let max = if objects.is_null() {
+            0
+        } else {
+            len(max_count)?
+        };
         match client.call(Request::FindObjects {
             session: wire(session),
             max_count: wire(max_count),
+            outputs: outputs(&[!objects.is_null(), !count.is_null()]),
         })? {
             Response::Ulongs { rv, values, .. } => {
                 let rv = narrow(rv)?;
@@ -193,7 +197,7 @@ pub unsafe extern "C" fn C_FindObjects(
                 for (i, v) in values.iter().enumerate() {
                     *objects.add(i) = narrow(*v)?;
                 }
-                *count = values.len() as CK_ULONG;
+                put(count, values.len() as CK_ULONG);
                 Ok(())
             }
             other => Err(unexpected(other)),

@@ -6,7 +6,7 @@ use cryptoki_sys::*;
 use protocol::message::{Request, Response};
 
 use crate::client;
-use crate::ffi::{bytes, entry, narrow, out, pin, rv_of, unexpected, wire, OutBuf};
+use crate::ffi::{entry, input, narrow, outputs, pin, put, rv_of, unexpected, wire, OutBuf};
 
 /// C_OpenSession (v2.40 §5.6.1). Notification callbacks stay in this process: they are not
 /// forwarded (vendor libraries, SoftHSM2 and Luna among them, do not call them either).
@@ -20,13 +20,13 @@ pub unsafe extern "C" fn C_OpenSession(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let session = out(session)?;
         match client.call(Request::OpenSession {
             slot: wire(slot),
             flags: wire(flags),
+            outputs: outputs(&[!session.is_null()]),
         })? {
             Response::Handle(h) => {
-                *session = narrow(h)?;
+                put(session, narrow(h)?);
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -62,17 +62,20 @@ pub unsafe extern "C" fn C_GetSessionInfo(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let info = out(info)?;
         match client.call(Request::GetSessionInfo {
             session: wire(session),
+            outputs: outputs(&[!info.is_null()]),
         })? {
             Response::SessionInfo(i) => {
-                *info = CK_SESSION_INFO {
-                    slotID: narrow(i.slot)?,
-                    state: narrow(i.state)?,
-                    flags: narrow(i.flags)?,
-                    ulDeviceError: narrow(i.device_error)?,
-                };
+                put(
+                    info,
+                    CK_SESSION_INFO {
+                        slotID: narrow(i.slot)?,
+                        state: narrow(i.state)?,
+                        flags: narrow(i.flags)?,
+                        ulDeviceError: narrow(i.device_error)?,
+                    },
+                );
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -109,7 +112,7 @@ pub unsafe extern "C" fn C_SetOperationState(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let state = bytes(state, len)?.to_vec();
+        let state = input(state, len)?;
         rv_of(client.call(Request::SetOperationState {
             session: wire(session),
             state,
@@ -119,8 +122,8 @@ pub unsafe extern "C" fn C_SetOperationState(
     })
 }
 
-/// C_Login (v2.40 §5.6.7). Login state is the vendor library's: through a shared server, all
-/// applications share it (see the README's security section).
+/// C_Login (v2.40 §5.6.7). Login state is the application's own vendor instance's (with
+/// `--shared-worker`, every application's: see the README's security section).
 #[no_mangle]
 pub unsafe extern "C" fn C_Login(
     session: CK_SESSION_HANDLE,

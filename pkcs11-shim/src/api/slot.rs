@@ -6,7 +6,9 @@ use cryptoki_sys::*;
 use protocol::message::{Request, Response};
 
 use crate::client;
-use crate::ffi::{bytes, entry, narrow, out, padded, pin, rv_of, unexpected, wire, OutBuf};
+use crate::ffi::{
+    entry, input, narrow, outputs, padded, pin, put, rv_of, unexpected, wire, OutBuf,
+};
 
 fn version(v: (u8, u8)) -> CK_VERSION {
     CK_VERSION {
@@ -38,16 +40,22 @@ pub unsafe extern "C" fn C_GetSlotList(
 pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let info = out(info)?;
-        match client.call(Request::GetSlotInfo { slot: wire(slot) })? {
+        let outputs = outputs(&[!info.is_null()]);
+        match client.call(Request::GetSlotInfo {
+            slot: wire(slot),
+            outputs,
+        })? {
             Response::SlotInfo(i) => {
-                *info = CK_SLOT_INFO {
-                    slotDescription: padded(&i.slot_description),
-                    manufacturerID: padded(&i.manufacturer_id),
-                    flags: narrow(i.flags)?,
-                    hardwareVersion: version(i.hardware_version),
-                    firmwareVersion: version(i.firmware_version),
-                };
+                put(
+                    info,
+                    CK_SLOT_INFO {
+                        slotDescription: padded(&i.slot_description),
+                        manufacturerID: padded(&i.manufacturer_id),
+                        flags: narrow(i.flags)?,
+                        hardwareVersion: version(i.hardware_version),
+                        firmwareVersion: version(i.firmware_version),
+                    },
+                );
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -60,29 +68,35 @@ pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO
 pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let info = out(info)?;
-        match client.call(Request::GetTokenInfo { slot: wire(slot) })? {
+        let outputs = outputs(&[!info.is_null()]);
+        match client.call(Request::GetTokenInfo {
+            slot: wire(slot),
+            outputs,
+        })? {
             Response::TokenInfo(i) => {
-                *info = CK_TOKEN_INFO {
-                    label: padded(&i.label),
-                    manufacturerID: padded(&i.manufacturer_id),
-                    model: padded(&i.model),
-                    serialNumber: padded(&i.serial_number),
-                    flags: narrow(i.flags)?,
-                    ulMaxSessionCount: narrow(i.max_session_count)?,
-                    ulSessionCount: narrow(i.session_count)?,
-                    ulMaxRwSessionCount: narrow(i.max_rw_session_count)?,
-                    ulRwSessionCount: narrow(i.rw_session_count)?,
-                    ulMaxPinLen: narrow(i.max_pin_len)?,
-                    ulMinPinLen: narrow(i.min_pin_len)?,
-                    ulTotalPublicMemory: narrow(i.total_public_memory)?,
-                    ulFreePublicMemory: narrow(i.free_public_memory)?,
-                    ulTotalPrivateMemory: narrow(i.total_private_memory)?,
-                    ulFreePrivateMemory: narrow(i.free_private_memory)?,
-                    hardwareVersion: version(i.hardware_version),
-                    firmwareVersion: version(i.firmware_version),
-                    utcTime: padded(&i.utc_time),
-                };
+                put(
+                    info,
+                    CK_TOKEN_INFO {
+                        label: padded(&i.label),
+                        manufacturerID: padded(&i.manufacturer_id),
+                        model: padded(&i.model),
+                        serialNumber: padded(&i.serial_number),
+                        flags: narrow(i.flags)?,
+                        ulMaxSessionCount: narrow(i.max_session_count)?,
+                        ulSessionCount: narrow(i.session_count)?,
+                        ulMaxRwSessionCount: narrow(i.max_rw_session_count)?,
+                        ulRwSessionCount: narrow(i.rw_session_count)?,
+                        ulMaxPinLen: narrow(i.max_pin_len)?,
+                        ulMinPinLen: narrow(i.min_pin_len)?,
+                        ulTotalPublicMemory: narrow(i.total_public_memory)?,
+                        ulFreePublicMemory: narrow(i.free_public_memory)?,
+                        ulTotalPrivateMemory: narrow(i.total_private_memory)?,
+                        ulFreePrivateMemory: narrow(i.free_private_memory)?,
+                        hardwareVersion: version(i.hardware_version),
+                        firmwareVersion: version(i.firmware_version),
+                        utcTime: padded(&i.utc_time),
+                    },
+                );
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -104,8 +118,10 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
         if !reserved.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let slot = out(slot)?;
-        let request = Request::WaitForSlotEvent { flags: wire(flags) };
+        let request = Request::WaitForSlotEvent {
+            flags: wire(flags),
+            outputs: outputs(&[!slot.is_null()]),
+        };
         let answer = if flags & CKF_DONT_BLOCK != 0 {
             client.call(request)
         } else {
@@ -116,7 +132,7 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
         };
         match answer? {
             Response::Handle(s) => {
-                *slot = narrow(s)?;
+                put(slot, narrow(s)?);
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -151,17 +167,20 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let info = out(info)?;
         match client.call(Request::GetMechanismInfo {
             slot: wire(slot),
             mechanism: wire(ty),
+            outputs: outputs(&[!info.is_null()]),
         })? {
             Response::MechanismInfo(i) => {
-                *info = CK_MECHANISM_INFO {
-                    ulMinKeySize: narrow(i.min_key_size)?,
-                    ulMaxKeySize: narrow(i.max_key_size)?,
-                    flags: narrow(i.flags)?,
-                };
+                put(
+                    info,
+                    CK_MECHANISM_INFO {
+                        ulMinKeySize: narrow(i.min_key_size)?,
+                        ulMaxKeySize: narrow(i.max_key_size)?,
+                        flags: narrow(i.flags)?,
+                    },
+                );
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -169,7 +188,8 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
     })
 }
 
-/// C_InitToken (v2.40 §5.5.7): the label is 32 blank-padded bytes and must not be NULL.
+/// C_InitToken (v2.40 §5.5.7): the label is 32 blank-padded bytes; a NULL label travels as
+/// NULL, for the vendor to answer.
 #[no_mangle]
 pub unsafe extern "C" fn C_InitToken(
     slot: CK_SLOT_ID,
@@ -179,7 +199,7 @@ pub unsafe extern "C" fn C_InitToken(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let label = bytes(label, 32)?.to_vec();
+        let label = input(label, 32)?;
         let so_pin = pin(so_pin, pin_len)?;
         rv_of(client.call(Request::InitToken {
             slot: wire(slot),

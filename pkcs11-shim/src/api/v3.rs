@@ -9,7 +9,7 @@ use cryptoki_sys::*;
 use protocol::message::{Request, Response};
 
 use crate::client::{self, Client, MessageOp};
-use crate::ffi::{bytes, entry, narrow, pin, rv_of, unexpected, wire, OutBuf, Rv};
+use crate::ffi::{entry, input, narrow, pin, rv_of, unexpected, wire, OutBuf, Rv};
 use crate::{mechanism, message};
 
 /// C_LoginUser (v3.0 §5.6.9).
@@ -25,7 +25,7 @@ pub unsafe extern "C" fn C_LoginUser(
     entry!({
         let client = client::current()?;
         let pin = pin(p, n)?;
-        let username = bytes(username, username_len)?.to_vec();
+        let username = input(username, username_len)?;
         rv_of(client.call(Request::LoginUser {
             session: wire(session),
             user_type: wire(user_type),
@@ -132,16 +132,16 @@ macro_rules! crypt_message {
             pl: CK_ULONG,
             aad: *mut CK_BYTE,
             aad_len: CK_ULONG,
-            input: *mut CK_BYTE,
-            input_len: CK_ULONG,
+            part: *mut CK_BYTE,
+            part_len: CK_ULONG,
             output: *mut CK_BYTE,
             output_len: *mut CK_ULONG,
         ) -> CK_RV {
             entry!({
                 let client = client::current()?;
                 let param = read_param(&client, session, $op, p, pl)?;
-                let aad = bytes(aad, aad_len)?.to_vec();
-                let data = bytes(input, input_len)?.to_vec();
+                let aad = input(aad, aad_len)?;
+                let data = input(part, part_len)?;
                 let out = OutBuf::new(output, output_len)?;
                 let r = client.call(Request::$variant { session: wire(session), param, aad, data, capacity: out.capacity() })?;
                 finish(r, p, pl, Some(out))
@@ -159,7 +159,7 @@ macro_rules! crypt_begin {
             entry!({
                 let client = client::current()?;
                 let param = read_param(&client, session, $op, p, pl)?;
-                let aad = bytes(aad, aad_len)?.to_vec();
+                let aad = input(aad, aad_len)?;
                 finish(client.call(Request::$variant { session: wire(session), param, aad })?, p, pl, None)
             })
         }
@@ -175,8 +175,8 @@ macro_rules! crypt_next {
             session: CK_SESSION_HANDLE,
             p: *mut c_void,
             pl: CK_ULONG,
-            input: *mut CK_BYTE,
-            input_len: CK_ULONG,
+            part: *mut CK_BYTE,
+            part_len: CK_ULONG,
             output: *mut CK_BYTE,
             output_len: *mut CK_ULONG,
             flags: CK_FLAGS,
@@ -184,7 +184,7 @@ macro_rules! crypt_next {
             entry!({
                 let client = client::current()?;
                 let param = read_param(&client, session, $op, p, pl)?;
-                let data = bytes(input, input_len)?.to_vec();
+                let data = input(part, part_len)?;
                 let out = OutBuf::new(output, output_len)?;
                 let r = client.call(Request::$variant {
                     session: wire(session),
@@ -264,7 +264,7 @@ pub unsafe extern "C" fn C_SignMessage(
     entry!({
         let client = client::current()?;
         let param = read_param(&client, session, MessageOp::Sign, p, pl)?;
-        let data = bytes(data, data_len)?.to_vec();
+        let data = input(data, data_len)?;
         let out = OutBuf::new(signature, signature_len)?;
         let r = client.call(Request::SignMessage {
             session: wire(session),
@@ -290,21 +290,16 @@ pub unsafe extern "C" fn C_SignMessageNext(
     entry!({
         let client = client::current()?;
         let param = read_param(&client, session, MessageOp::Sign, p, pl)?;
-        let data = bytes(data, data_len)?.to_vec();
-        let out = if signature_len.is_null() {
-            None
-        } else {
-            Some(OutBuf::new(signature, signature_len)?)
-        };
-        let capacity = out.as_ref().and_then(OutBuf::capacity);
+        let data = input(data, data_len)?;
+        let out = OutBuf::new(signature, signature_len)?;
+        let capacity = out.capacity();
         let r = client.call(Request::SignMessageNext {
             session: wire(session),
             param,
             data,
-            last: out.is_some(),
             capacity,
         })?;
-        finish(r, p, pl, out)
+        finish(r, p, pl, (!signature_len.is_null()).then_some(out))
     })
 }
 
@@ -322,8 +317,8 @@ pub unsafe extern "C" fn C_VerifyMessage(
     entry!({
         let client = client::current()?;
         let param = read_param(&client, session, MessageOp::Verify, p, pl)?;
-        let data = bytes(data, data_len)?.to_vec();
-        let signature = bytes(signature, signature_len)?.to_vec();
+        let data = input(data, data_len)?;
+        let signature = input(signature, signature_len)?;
         finish(
             client.call(Request::VerifyMessage {
                 session: wire(session),
@@ -352,12 +347,8 @@ pub unsafe extern "C" fn C_VerifyMessageNext(
     entry!({
         let client = client::current()?;
         let param = read_param(&client, session, MessageOp::Verify, p, pl)?;
-        let data = bytes(data, data_len)?.to_vec();
-        let signature = if signature.is_null() {
-            None
-        } else {
-            Some(bytes(signature, signature_len)?.to_vec())
-        };
+        let data = input(data, data_len)?;
+        let signature = input(signature, signature_len)?;
         finish(
             client.call(Request::VerifyMessageNext {
                 session: wire(session),

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use cryptoki_sys::*;
 use protocol::attribute::{AttrValue, Attribute};
 use protocol::message::{Pin, Request, Response};
+use protocol::shape::Bytes;
 
 use crate::ffi::{narrow, wire, Rv};
 
@@ -140,19 +141,19 @@ fn step(request: &Request) -> Step {
         R::SignMessageBegin { .. } | R::SignMessageNext { .. } => Step::Data(&[MessageSign]),
         R::VerifyMessageBegin { .. } | R::VerifyMessageNext { .. } => Step::Data(&[MessageVerify]),
         R::Encrypt { capacity, .. } | R::EncryptFinal { capacity, .. } => {
-            Step::Last(Encrypt, capacity.is_none())
+            Step::Last(Encrypt, capacity.is_query())
         }
         R::Decrypt { capacity, .. } | R::DecryptFinal { capacity, .. } => {
-            Step::Last(Decrypt, capacity.is_none())
+            Step::Last(Decrypt, capacity.is_query())
         }
         R::Digest { capacity, .. } | R::DigestFinal { capacity, .. } => {
-            Step::Last(Digest, capacity.is_none())
+            Step::Last(Digest, capacity.is_query())
         }
         R::Sign { capacity, .. } | R::SignFinal { capacity, .. } => {
-            Step::Last(Sign, capacity.is_none())
+            Step::Last(Sign, capacity.is_query())
         }
-        R::SignRecover { capacity, .. } => Step::Last(SignRecover, capacity.is_none()),
-        R::VerifyRecover { capacity, .. } => Step::Last(VerifyRecover, capacity.is_none()),
+        R::SignRecover { capacity, .. } => Step::Last(SignRecover, capacity.is_query()),
+        R::VerifyRecover { capacity, .. } => Step::Last(VerifyRecover, capacity.is_query()),
         R::Verify { .. } | R::VerifyFinal { .. } => Step::Ends(Verify),
         R::FindObjectsFinal { .. } => Step::Ends(Find),
         R::MessageEncryptFinal { .. } => Step::Ends(MessageEncrypt),
@@ -212,7 +213,7 @@ pub struct LoginRecord {
     /// `None` when PINs are not kept (then the login cannot be replayed).
     pub pin: Option<Pin>,
     /// C_LoginUser's user name (v3.0 §5.6.10).
-    pub username: Option<Vec<u8>>,
+    pub username: Option<Bytes>,
 }
 
 /// The shim's handles of a request, taken before they are replaced by the server's.
@@ -298,15 +299,17 @@ impl Journal {
     /// Replaces the shim's handles in `request` by the current server's, returning the shim's
     /// to restore before a retry. A session that was lost answers CKR_SESSION_HANDLE_INVALID,
     /// an object that was lost (a session object, or a token object not found again after a
-    /// restart) CKR_OBJECT_HANDLE_INVALID. A handle the shim never handed out travels as it
-    /// is, so the server and the vendor library give their own answer to it.
+    /// restart) CKR_OBJECT_HANDLE_INVALID. A session the shim never handed out travels as
+    /// CK_INVALID_HANDLE (0, never a session: v2.40 §2.3), an object as it is, so the vendor
+    /// library gives its own answer to it, in its own order of checks.
     pub fn to_server(&self, request: &mut Request) -> Rv<Shimmed> {
         let mut shimmed = Shimmed::default();
         if let Some(session) = request.session_mut() {
             shimmed.session = Some(*session);
             *session = match self.sessions.get(session) {
                 Some(SessionRecord { real: Some(r), .. }) => *r,
-                _ => return Err(CKR_SESSION_HANDLE_INVALID),
+                Some(SessionRecord { real: None, .. }) => return Err(CKR_SESSION_HANDLE_INVALID),
+                None => wire(CK_INVALID_HANDLE),
             };
         }
         for (i, object) in request.object_handles_mut().into_iter().enumerate() {
@@ -491,7 +494,7 @@ impl Journal {
         let rv = response.rv();
         let session = shimmed.session;
         match request {
-            Request::OpenSession { slot, flags } => {
+            Request::OpenSession { slot, flags, .. } => {
                 if let Response::Handle(real) = response {
                     let v = self.allocate_session(real);
                     self.sessions.insert(
@@ -644,7 +647,7 @@ impl Journal {
         rv: CK_RV,
         user_type: u64,
         pin: &Pin,
-        username: Option<&Vec<u8>>,
+        username: Option<&Bytes>,
         keep_pin: bool,
     ) {
         // CKU_CONTEXT_SPECIFIC authorises one operation (v2.40 §5.6.7), it is not a login.
@@ -830,6 +833,7 @@ pub fn response_objects_mut<'r>(request: &Request, response: &'r mut Response) -
 mod tests {
     use super::*;
     use protocol::mechanism::{MechParam, Mechanism};
+    use protocol::shape::{Out, Outputs};
 
     const A: InstanceId = [1; 16];
     const B: InstanceId = [2; 16];
@@ -844,7 +848,11 @@ mod tests {
     fn open(j: &mut Journal, real: u64) -> u64 {
         match exchange(
             j,
-            Request::OpenSession { slot: 0, flags: 6 },
+            Request::OpenSession {
+                slot: 0,
+                flags: 6,
+                outputs: Outputs::ALL,
+            },
             Response::Handle(real),
         ) {
             Ok(Response::Handle(h)) => h,
@@ -871,11 +879,30 @@ mod tests {
         // The new server's session 1 must not take the place of the lost session 1.
         let second = open(&mut j, 1);
         assert_ne!(second, 1);
-        let mut r = Request::GetSessionInfo { session: 1 };
+        let mut r = Request::GetSessionInfo {
+            session: 1,
+            outputs: Outputs::ALL,
+        };
         assert_eq!(j.to_server(&mut r).unwrap_err(), CKR_SESSION_HANDLE_INVALID);
-        let mut r = Request::GetSessionInfo { session: second };
+        // A number never handed out is the vendor's to judge, as CK_INVALID_HANDLE.
+        let mut r = Request::GetSessionInfo {
+            session: 77,
+            outputs: Outputs::ALL,
+        };
         j.to_server(&mut r).unwrap();
-        assert_eq!(r, Request::GetSessionInfo { session: 1 });
+        assert_eq!(r.session_mut().copied(), Some(0));
+        let mut r = Request::GetSessionInfo {
+            session: second,
+            outputs: Outputs::ALL,
+        };
+        j.to_server(&mut r).unwrap();
+        assert_eq!(
+            r,
+            Request::GetSessionInfo {
+                session: 1,
+                outputs: Outputs::ALL,
+            }
+        );
     }
 
     #[test]
@@ -903,6 +930,7 @@ mod tests {
             Request::FindObjects {
                 session: s,
                 max_count: 4,
+                outputs: Outputs::ALL,
             },
             Response::Ulongs {
                 rv: CKR_OK,
@@ -943,6 +971,7 @@ mod tests {
             let mut request = Request::FindObjects {
                 session: s,
                 max_count: 1,
+                outputs: Outputs::ALL,
             };
             let shimmed = j.to_server(&mut request).unwrap();
             j.after(
@@ -981,7 +1010,8 @@ mod tests {
                 param: MechParam::Bytes(other.to_ne_bytes().to_vec()),
             },
             base_key: base,
-            template: vec![],
+            template: vec![].into(),
+            outputs: Outputs::ALL,
         };
         let mut r = derive(key, 5);
         let shimmed = j.to_server(&mut r).unwrap();
@@ -1005,7 +1035,7 @@ mod tests {
         assert_eq!(ops(&j), [(OpKind::Sign, true)]);
         let sign = |capacity| Request::Sign {
             session: s,
-            data: vec![1],
+            data: vec![1].into(),
             capacity,
         };
         let output = |rv| Response::Output {
@@ -1014,10 +1044,10 @@ mod tests {
             data: vec![],
         };
         // A size query and a too-small buffer leave it active (v2.40 §5.2).
-        exchange(&mut j, sign(None), output(CKR_OK)).unwrap();
-        exchange(&mut j, sign(Some(1)), output(CKR_BUFFER_TOO_SMALL)).unwrap();
+        exchange(&mut j, sign(Out::query(0)), output(CKR_OK)).unwrap();
+        exchange(&mut j, sign(Out::buffer(1)), output(CKR_BUFFER_TOO_SMALL)).unwrap();
         assert_eq!(ops(&j), [(OpKind::Sign, true)]);
-        exchange(&mut j, sign(Some(64)), output(CKR_OK)).unwrap();
+        exchange(&mut j, sign(Out::buffer(64)), output(CKR_OK)).unwrap();
         assert!(ops(&j).is_empty());
         // An answered update: can no longer be replayed.
         exchange(&mut j, sign_init(s, 0), Response::Rv(CKR_OK)).unwrap();
@@ -1025,7 +1055,7 @@ mod tests {
             &mut j,
             Request::SignUpdate {
                 session: s,
-                data: vec![1],
+                data: vec![1].into(),
             },
             Response::Rv(CKR_OK),
         )
@@ -1049,6 +1079,7 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            outputs: Outputs::ALL,
         };
         let session_object = exchange(&mut j, create(None), Response::Handle(10)).unwrap();
         let token_object = exchange(&mut j, create(Some(true)), Response::Handle(11)).unwrap();

@@ -21,6 +21,7 @@ use std::time::Instant;
 use cryptoki_sys::*;
 use protocol::attribute::{AttrOut, AttrQuery, AttrValue, Attribute, Want};
 use protocol::message::{Request, Response};
+use protocol::shape::Outputs;
 use protocol::ProtocolError;
 
 use super::connection::Connection;
@@ -179,7 +180,11 @@ fn open_again(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<bo
     if journal.logins.get(&slot).is_some_and(|l| l.pin.is_none()) {
         return Ok(false);
     }
-    match conn.call(&Request::OpenSession { slot, flags })? {
+    match conn.call(&Request::OpenSession {
+        slot,
+        flags,
+        outputs: Outputs::ALL,
+    })? {
         Response::Handle(real) => {
             journal.sessions.get_mut(&h).expect("listed").real = Some(real);
             Ok(true)
@@ -377,7 +382,10 @@ fn find_one(
     template: Vec<Attribute>,
 ) -> Result<Result<Option<u64>, CK_RV>, ProtocolError> {
     let rv = conn
-        .call(&Request::FindObjectsInit { session, template })?
+        .call(&Request::FindObjectsInit {
+            session,
+            template: template.into(),
+        })?
         .rv();
     if rv != CKR_OK {
         return Ok(Err(rv));
@@ -385,6 +393,7 @@ fn find_one(
     let found = conn.call(&Request::FindObjects {
         session,
         max_count: 2,
+        outputs: Outputs::ALL,
     })?;
     conn.call(&Request::FindObjectsFinal { session })?;
     Ok(Ok(match found {

@@ -13,10 +13,12 @@ use std::ptr;
 use cryptoki_sys::*;
 use libloading::Library;
 
+use protocol::frame::MAX_DATA_LEN;
 use protocol::handshake::InitArgs;
+use protocol::shape::{Array, Bytes, Out};
 
 use super::mechanism::{CMechanism, CMsgParam};
-use super::template::CTemplate;
+use super::template::{to_ulong, CTemplate};
 
 /// What `pReserved` points to when the application's was not NULL: its contents cannot
 /// cross the wire, so the vendor sees an empty string, and answers as it does.
@@ -242,34 +244,30 @@ impl Backend {
         unsafe { f(ptr::null_mut()) }
     }
 
-    /// Calls a `(session, in, in_len, out, out_len)` function with a NULL output buffer for a
-    /// size query (`capacity == None`) or a buffer of `capacity` bytes.
+    /// Calls a `(session, in, in_len, out, out_len)` function with the caller's shapes.
     pub fn update(
         &self,
         f: Option<UpdateFn>,
         session: CK_SESSION_HANDLE,
-        input: &[u8],
-        capacity: Option<usize>,
+        input: &Bytes,
+        capacity: Out,
     ) -> Output {
         let Some(f) = f else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
         };
-        let Ok(in_len) = CK_ULONG::try_from(input.len()) else {
-            return Output::rv(CKR_ARGUMENTS_BAD);
+        let (ip, il) = match raw(input) {
+            Ok(r) => r,
+            Err(rv) => return Output::rv(rv),
         };
         with_out_buffer(capacity, |out, len| {
-            // SAFETY: input is a live slice of in_len bytes; out/len come from with_out_buffer.
-            unsafe { f(session, input.as_ptr() as *mut u8, in_len, out, len) }
+            // SAFETY: ip is NULL or a live buffer of il bytes; out/len come from
+            // with_out_buffer.
+            unsafe { f(session, ip, il, out, len) }
         })
     }
 
     /// Calls a `(session, out, out_len)` function (the `*Final` functions, GetOperationState).
-    pub fn final_(
-        &self,
-        f: Option<FinalFn>,
-        session: CK_SESSION_HANDLE,
-        capacity: Option<usize>,
-    ) -> Output {
+    pub fn final_(&self, f: Option<FinalFn>, session: CK_SESSION_HANDLE, capacity: Out) -> Output {
         let Some(f) = f else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
         };
@@ -278,15 +276,16 @@ impl Backend {
     }
 
     /// Calls a `(session, in, in_len)` function.
-    pub fn input(&self, f: Option<InputFn>, session: CK_SESSION_HANDLE, input: &[u8]) -> CK_RV {
+    pub fn input(&self, f: Option<InputFn>, session: CK_SESSION_HANDLE, input: &Bytes) -> CK_RV {
         let Some(f) = f else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
-        let Ok(len) = CK_ULONG::try_from(input.len()) else {
-            return CKR_ARGUMENTS_BAD;
+        let (p, len) = match raw(input) {
+            Ok(r) => r,
+            Err(rv) => return rv,
         };
-        // SAFETY: a live slice of len bytes; the vendor only reads it.
-        unsafe { f(session, input.as_ptr() as *mut u8, len) }
+        // SAFETY: NULL or a live buffer of len bytes; the vendor only reads it.
+        unsafe { f(session, p, len) }
     }
 
     /// Calls a `(session, mechanism, key)` function (the `*Init` functions).
@@ -313,9 +312,9 @@ impl Backend {
         unsafe { f(session) }
     }
 
-    pub fn get_info(&self, info: &mut CK_INFO) -> CK_RV {
+    pub fn get_info(&self, info: *mut CK_INFO) -> CK_RV {
         let f = func!(self.C_GetInfo);
-        // SAFETY: a valid, writable CK_INFO.
+        // SAFETY: NULL (the caller's) or a valid, writable CK_INFO.
         unsafe { f(info) }
     }
 
@@ -323,7 +322,7 @@ impl Backend {
     pub fn slot_list(
         &self,
         token_present: bool,
-        capacity: Option<usize>,
+        capacity: Out,
     ) -> (CK_RV, CK_ULONG, Vec<CK_ULONG>) {
         let Some(f) = self.list.C_GetSlotList else {
             return (CKR_FUNCTION_NOT_SUPPORTED, 0, vec![]);
@@ -336,7 +335,7 @@ impl Backend {
     pub fn mechanism_list(
         &self,
         slot: CK_SLOT_ID,
-        capacity: Option<usize>,
+        capacity: Out,
     ) -> (CK_RV, CK_ULONG, Vec<CK_ULONG>) {
         let Some(f) = self.list.C_GetMechanismList else {
             return (CKR_FUNCTION_NOT_SUPPORTED, 0, vec![]);
@@ -345,15 +344,15 @@ impl Backend {
         with_ulong_buffer(capacity, |p, n| unsafe { f(slot, p, n) })
     }
 
-    pub fn get_slot_info(&self, slot: CK_SLOT_ID, info: &mut CK_SLOT_INFO) -> CK_RV {
+    pub fn get_slot_info(&self, slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
         let f = func!(self.C_GetSlotInfo);
-        // SAFETY: a valid, writable struct.
+        // SAFETY: NULL or a valid, writable struct.
         unsafe { f(slot, info) }
     }
 
-    pub fn get_token_info(&self, slot: CK_SLOT_ID, info: &mut CK_TOKEN_INFO) -> CK_RV {
+    pub fn get_token_info(&self, slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
         let f = func!(self.C_GetTokenInfo);
-        // SAFETY: a valid, writable struct.
+        // SAFETY: NULL or a valid, writable struct.
         unsafe { f(slot, info) }
     }
 
@@ -361,26 +360,32 @@ impl Backend {
         &self,
         slot: CK_SLOT_ID,
         mech: CK_MECHANISM_TYPE,
-        info: &mut CK_MECHANISM_INFO,
+        info: *mut CK_MECHANISM_INFO,
     ) -> CK_RV {
         let f = func!(self.C_GetMechanismInfo);
-        // SAFETY: a valid, writable struct.
+        // SAFETY: NULL or a valid, writable struct.
         unsafe { f(slot, mech, info) }
     }
 
-    pub fn wait_for_slot_event(&self, flags: CK_FLAGS, slot: &mut CK_SLOT_ID) -> CK_RV {
+    pub fn wait_for_slot_event(&self, flags: CK_FLAGS, slot: *mut CK_SLOT_ID) -> CK_RV {
         let f = func!(self.C_WaitForSlotEvent);
-        // SAFETY: a valid, writable slot id; pReserved must be NULL.
+        // SAFETY: NULL or a valid, writable slot id; pReserved must be NULL.
         unsafe { f(flags, slot, ptr::null_mut()) }
     }
 
-    pub fn init_token(&self, slot: CK_SLOT_ID, pin: Option<&[u8]>, label: &[u8; 32]) -> CK_RV {
+    /// `label` is NULL (the caller's) or 32 bytes.
+    pub fn init_token(&self, slot: CK_SLOT_ID, pin: Option<&[u8]>, label: &Bytes) -> CK_RV {
         let f = func!(self.C_InitToken);
         let Some((p, n)) = opt_bytes(pin) else {
             return CKR_ARGUMENTS_BAD;
         };
-        // SAFETY: pin and label are live buffers of the stated lengths.
-        unsafe { f(slot, p, n, label.as_ptr() as *mut u8) }
+        let label = match label {
+            Array::Null(_) => ptr::null_mut(),
+            Array::Given(l) if l.len() == 32 => l.as_ptr() as *mut u8,
+            Array::Given(_) => return CKR_ARGUMENTS_BAD,
+        };
+        // SAFETY: pin and label are NULL or live buffers of the stated lengths.
+        unsafe { f(slot, p, n, label) }
     }
 
     pub fn init_pin(&self, session: CK_SESSION_HANDLE, pin: Option<&[u8]>) -> CK_RV {
@@ -410,7 +415,7 @@ impl Backend {
         &self,
         slot: CK_SLOT_ID,
         flags: CK_FLAGS,
-        session: &mut CK_SESSION_HANDLE,
+        session: *mut CK_SESSION_HANDLE,
     ) -> CK_RV {
         let f = func!(self.C_OpenSession);
         // SAFETY: no application callback is passed to the vendor (notifications are not
@@ -421,26 +426,27 @@ impl Backend {
     pub fn get_session_info(
         &self,
         session: CK_SESSION_HANDLE,
-        info: &mut CK_SESSION_INFO,
+        info: *mut CK_SESSION_INFO,
     ) -> CK_RV {
         let f = func!(self.C_GetSessionInfo);
-        // SAFETY: a valid, writable struct.
+        // SAFETY: NULL or a valid, writable struct.
         unsafe { f(session, info) }
     }
 
     pub fn set_operation_state(
         &self,
         session: CK_SESSION_HANDLE,
-        state: &[u8],
+        state: &Bytes,
         enc: CK_OBJECT_HANDLE,
         auth: CK_OBJECT_HANDLE,
     ) -> CK_RV {
         let f = func!(self.C_SetOperationState);
-        let Ok(n) = CK_ULONG::try_from(state.len()) else {
-            return CKR_ARGUMENTS_BAD;
+        let (p, n) = match raw(state) {
+            Ok(r) => r,
+            Err(rv) => return rv,
         };
-        // SAFETY: state is a live buffer of n bytes.
-        unsafe { f(session, state.as_ptr() as *mut u8, n, enc, auth) }
+        // SAFETY: state is NULL or a live buffer of n bytes.
+        unsafe { f(session, p, n, enc, auth) }
     }
 
     pub fn login(
@@ -468,7 +474,7 @@ impl Backend {
         &self,
         session: CK_SESSION_HANDLE,
         t: &mut CTemplate,
-        obj: &mut CK_OBJECT_HANDLE,
+        obj: *mut CK_OBJECT_HANDLE,
     ) -> CK_RV {
         let f = func!(self.C_CreateObject);
         // SAFETY: CTemplate owns every buffer its attributes point to.
@@ -480,7 +486,7 @@ impl Backend {
         session: CK_SESSION_HANDLE,
         object: CK_OBJECT_HANDLE,
         t: &mut CTemplate,
-        obj: &mut CK_OBJECT_HANDLE,
+        obj: *mut CK_OBJECT_HANDLE,
     ) -> CK_RV {
         let f = func!(self.C_CopyObject);
         // SAFETY: as create_object.
@@ -497,10 +503,10 @@ impl Backend {
         &self,
         session: CK_SESSION_HANDLE,
         object: CK_OBJECT_HANDLE,
-        size: &mut CK_ULONG,
+        size: *mut CK_ULONG,
     ) -> CK_RV {
         let f = func!(self.C_GetObjectSize);
-        // SAFETY: size is writable.
+        // SAFETY: size is NULL or writable.
         unsafe { f(session, object, size) }
     }
 
@@ -532,22 +538,31 @@ impl Backend {
         unsafe { f(session, t.as_mut_ptr(), t.count()) }
     }
 
+    /// C_FindObjects into a buffer of `max` handles (`None`: the caller's NULL buffer, with
+    /// its `max_count`), and a count pointer when `count` is true.
     pub fn find_objects(
         &self,
         session: CK_SESSION_HANDLE,
-        max: usize,
+        max: Result<usize, CK_ULONG>,
+        count: bool,
     ) -> (CK_RV, Vec<CK_OBJECT_HANDLE>) {
         let Some(f) = self.list.C_FindObjects else {
             return (CKR_FUNCTION_NOT_SUPPORTED, vec![]);
         };
-        let mut found = vec![0 as CK_OBJECT_HANDLE; max];
-        let mut count: CK_ULONG = 0;
-        let Ok(max_c) = CK_ULONG::try_from(max) else {
-            return (CKR_ARGUMENTS_BAD, vec![]);
+        let mut found = vec![0 as CK_OBJECT_HANDLE; *max.as_ref().unwrap_or(&0)];
+        let (p, max_c) = match max {
+            Ok(n) => (found.as_mut_ptr(), n as CK_ULONG),
+            Err(n) => (ptr::null_mut(), n),
         };
-        // SAFETY: found holds max handles; count is writable.
-        let rv = unsafe { f(session, found.as_mut_ptr(), max_c, &mut count) };
-        found.truncate(usize::try_from(count).unwrap_or(0).min(max));
+        let mut n: CK_ULONG = 0;
+        let np = if count {
+            &mut n as *mut CK_ULONG
+        } else {
+            ptr::null_mut()
+        };
+        // SAFETY: found holds max handles (or is the caller's NULL); np is NULL or writable.
+        let rv = unsafe { f(session, p, max_c, np) };
+        found.truncate(usize::try_from(n).unwrap_or(0).min(found.len()));
         (rv, found)
     }
 
@@ -563,24 +578,14 @@ impl Backend {
         unsafe { f(session, mech.as_mut_ptr()) }
     }
 
-    pub fn verify(&self, session: CK_SESSION_HANDLE, data: &[u8], sig: &[u8]) -> CK_RV {
+    pub fn verify(&self, session: CK_SESSION_HANDLE, data: &Bytes, sig: &Bytes) -> CK_RV {
         let f = func!(self.C_Verify);
-        let (Ok(dn), Ok(sn)) = (
-            CK_ULONG::try_from(data.len()),
-            CK_ULONG::try_from(sig.len()),
-        ) else {
-            return CKR_ARGUMENTS_BAD;
+        let ((dp, dn), (sp, sn)) = match (raw(data), raw(sig)) {
+            (Ok(d), Ok(s)) => (d, s),
+            (Err(rv), _) | (_, Err(rv)) => return rv,
         };
-        // SAFETY: live buffers of the stated lengths, only read.
-        unsafe {
-            f(
-                session,
-                data.as_ptr() as *mut u8,
-                dn,
-                sig.as_ptr() as *mut u8,
-                sn,
-            )
-        }
+        // SAFETY: NULL or live buffers of the stated lengths, only read.
+        unsafe { f(session, dp, dn, sp, sn) }
     }
 
     pub fn generate_key(
@@ -588,7 +593,7 @@ impl Backend {
         session: CK_SESSION_HANDLE,
         mech: &mut CMechanism,
         t: &mut CTemplate,
-        key: &mut CK_OBJECT_HANDLE,
+        key: *mut CK_OBJECT_HANDLE,
     ) -> CK_RV {
         let f = func!(self.C_GenerateKey);
         // SAFETY: owned mechanism and template.
@@ -601,7 +606,7 @@ impl Backend {
         mech: &mut CMechanism,
         public: &mut CTemplate,
         private: &mut CTemplate,
-        keys: (&mut CK_OBJECT_HANDLE, &mut CK_OBJECT_HANDLE),
+        keys: (*mut CK_OBJECT_HANDLE, *mut CK_OBJECT_HANDLE),
     ) -> CK_RV {
         let f = func!(self.C_GenerateKeyPair);
         // SAFETY: owned mechanism and templates; key handles writable.
@@ -625,7 +630,7 @@ impl Backend {
         mech: &mut CMechanism,
         wrapping: CK_OBJECT_HANDLE,
         key: CK_OBJECT_HANDLE,
-        capacity: Option<usize>,
+        capacity: Out,
     ) -> Output {
         let Some(f) = self.list.C_WrapKey else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
@@ -642,13 +647,14 @@ impl Backend {
         session: CK_SESSION_HANDLE,
         mech: &mut CMechanism,
         unwrapping: CK_OBJECT_HANDLE,
-        wrapped: &[u8],
+        wrapped: &Bytes,
         t: &mut CTemplate,
-        key: &mut CK_OBJECT_HANDLE,
+        key: *mut CK_OBJECT_HANDLE,
     ) -> CK_RV {
         let f = func!(self.C_UnwrapKey);
-        let Ok(n) = CK_ULONG::try_from(wrapped.len()) else {
-            return CKR_ARGUMENTS_BAD;
+        let (wp, n) = match raw(wrapped) {
+            Ok(r) => r,
+            Err(rv) => return rv,
         };
         // SAFETY: owned mechanism, template and wrapped bytes.
         unsafe {
@@ -656,7 +662,7 @@ impl Backend {
                 session,
                 mech.as_mut_ptr(),
                 unwrapping,
-                wrapped.as_ptr() as *mut u8,
+                wp,
                 n,
                 t.as_mut_ptr(),
                 t.count(),
@@ -671,7 +677,7 @@ impl Backend {
         mech: &mut CMechanism,
         base: CK_OBJECT_HANDLE,
         t: &mut CTemplate,
-        key: &mut CK_OBJECT_HANDLE,
+        key: *mut CK_OBJECT_HANDLE,
     ) -> CK_RV {
         let f = func!(self.C_DeriveKey);
         // SAFETY: owned mechanism and template.
@@ -687,16 +693,23 @@ impl Backend {
         }
     }
 
-    pub fn generate_random(&self, session: CK_SESSION_HANDLE, len: usize) -> (CK_RV, Vec<u8>) {
+    /// C_GenerateRandom into a buffer of `len` bytes (`Err`: the caller's NULL buffer, with
+    /// its length).
+    pub fn generate_random(
+        &self,
+        session: CK_SESSION_HANDLE,
+        len: Result<usize, CK_ULONG>,
+    ) -> (CK_RV, Vec<u8>) {
         let Some(f) = self.list.C_GenerateRandom else {
             return (CKR_FUNCTION_NOT_SUPPORTED, vec![]);
         };
-        let Ok(n) = CK_ULONG::try_from(len) else {
-            return (CKR_ARGUMENTS_BAD, vec![]);
+        let mut out = vec![0u8; *len.as_ref().unwrap_or(&0)];
+        let (p, n) = match len {
+            Ok(n) => (out.as_mut_ptr(), n as CK_ULONG),
+            Err(n) => (ptr::null_mut(), n),
         };
-        let mut out = vec![0u8; len];
-        // SAFETY: out holds len writable bytes.
-        let rv = unsafe { f(session, out.as_mut_ptr(), n) };
+        // SAFETY: out holds n writable bytes, or p is the caller's NULL.
+        let rv = unsafe { f(session, p, n) };
         (rv, out)
     }
 }
@@ -713,16 +726,16 @@ impl Backend {
         session: CK_SESSION_HANDLE,
         user: CK_USER_TYPE,
         pin: Option<&[u8]>,
-        username: &[u8],
+        username: &Bytes,
     ) -> CK_RV {
         let Some(f) = self.f3(|l| l.C_LoginUser) else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
-        let (Some((p, n)), Ok(un)) = (opt_bytes(pin), CK_ULONG::try_from(username.len())) else {
+        let (Some((p, n)), Ok((up, un))) = (opt_bytes(pin), raw(username)) else {
             return CKR_ARGUMENTS_BAD;
         };
-        // SAFETY: live buffers of the stated lengths.
-        unsafe { f(session, user, p, n, username.as_ptr() as *mut u8, un) }
+        // SAFETY: NULL or live buffers of the stated lengths.
+        unsafe { f(session, user, p, n, up, un) }
     }
 
     pub fn session_cancel(&self, session: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
@@ -739,9 +752,9 @@ impl Backend {
         decrypt: bool,
         session: CK_SESSION_HANDLE,
         param: &mut CMsgParam,
-        aad: &[u8],
-        input: &[u8],
-        capacity: Option<usize>,
+        aad: &Bytes,
+        input: &Bytes,
+        capacity: Out,
     ) -> Output {
         let f = if decrypt {
             self.f3(|l| l.C_DecryptMessage)
@@ -751,28 +764,15 @@ impl Backend {
         let Some(f) = f else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
         };
-        let (Ok(al), Ok(il)) = (
-            CK_ULONG::try_from(aad.len()),
-            CK_ULONG::try_from(input.len()),
-        ) else {
-            return Output::rv(CKR_ARGUMENTS_BAD);
+        let ((ap, al), (ip, il)) = match (raw(aad), raw(input)) {
+            (Ok(a), Ok(i)) => (a, i),
+            (Err(rv), _) | (_, Err(rv)) => return Output::rv(rv),
         };
         let (p, pl) = param.ptr_len();
         with_out_buffer(capacity, |out, len| {
-            // SAFETY: param owns its buffers; aad/input are live slices; out/len from with_out_buffer.
-            unsafe {
-                f(
-                    session,
-                    p,
-                    pl,
-                    aad.as_ptr() as *mut u8,
-                    al,
-                    input.as_ptr() as *mut u8,
-                    il,
-                    out,
-                    len,
-                )
-            }
+            // SAFETY: param owns its buffers; aad/input are NULL or live buffers; out/len from
+            // with_out_buffer.
+            unsafe { f(session, p, pl, ap, al, ip, il, out, len) }
         })
     }
 
@@ -782,7 +782,7 @@ impl Backend {
         decrypt: bool,
         session: CK_SESSION_HANDLE,
         param: &mut CMsgParam,
-        aad: &[u8],
+        aad: &Bytes,
     ) -> CK_RV {
         let f = if decrypt {
             self.f3(|l| l.C_DecryptMessageBegin)
@@ -792,12 +792,13 @@ impl Backend {
         let Some(f) = f else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
-        let Ok(al) = CK_ULONG::try_from(aad.len()) else {
-            return CKR_ARGUMENTS_BAD;
+        let (ap, al) = match raw(aad) {
+            Ok(r) => r,
+            Err(rv) => return rv,
         };
         let (p, pl) = param.ptr_len();
-        // SAFETY: param owns its buffers; aad is a live slice.
-        unsafe { f(session, p, pl, aad.as_ptr() as *mut u8, al) }
+        // SAFETY: param owns its buffers; aad is NULL or a live buffer.
+        unsafe { f(session, p, pl, ap, al) }
     }
 
     /// C_EncryptMessageNext / C_DecryptMessageNext: `(session, param, in, out, flags)`.
@@ -806,8 +807,8 @@ impl Backend {
         decrypt: bool,
         session: CK_SESSION_HANDLE,
         param: &mut CMsgParam,
-        input: &[u8],
-        capacity: Option<usize>,
+        input: &Bytes,
+        capacity: Out,
         flags: CK_FLAGS,
     ) -> Output {
         let f = if decrypt {
@@ -818,66 +819,43 @@ impl Backend {
         let Some(f) = f else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
         };
-        let Ok(il) = CK_ULONG::try_from(input.len()) else {
-            return Output::rv(CKR_ARGUMENTS_BAD);
+        let (ip, il) = match raw(input) {
+            Ok(r) => r,
+            Err(rv) => return Output::rv(rv),
         };
         let (p, pl) = param.ptr_len();
         with_out_buffer(capacity, |out, len| {
             // SAFETY: as crypt_message.
-            unsafe {
-                f(
-                    session,
-                    p,
-                    pl,
-                    input.as_ptr() as *mut u8,
-                    il,
-                    out,
-                    len,
-                    flags,
-                )
-            }
+            unsafe { f(session, p, pl, ip, il, out, len, flags) }
         })
     }
 
-    /// C_SignMessage, or C_SignMessageNext with `next` (whose `last == false` passes a NULL
-    /// signature length: not the last part).
+    /// C_SignMessage, or C_SignMessageNext with `next` (a NULL signature length there means
+    /// "not the last part", v3.0 §5.14.4).
     pub fn sign_message(
         &self,
-        next: Option<bool>,
+        next: bool,
         session: CK_SESSION_HANDLE,
         param: &mut CMsgParam,
-        input: &[u8],
-        capacity: Option<usize>,
+        input: &Bytes,
+        capacity: Out,
     ) -> Output {
-        let f = match next {
-            None => self.f3(|l| l.C_SignMessage),
-            Some(_) => self.f3(|l| l.C_SignMessageNext),
+        let f = if next {
+            self.f3(|l| l.C_SignMessageNext)
+        } else {
+            self.f3(|l| l.C_SignMessage)
         };
         let Some(f) = f else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
         };
-        let Ok(il) = CK_ULONG::try_from(input.len()) else {
-            return Output::rv(CKR_ARGUMENTS_BAD);
+        let (ip, il) = match raw(input) {
+            Ok(r) => r,
+            Err(rv) => return Output::rv(rv),
         };
         let (p, pl) = param.ptr_len();
-        if next == Some(false) {
-            // SAFETY: param and input as above; no signature pointers.
-            let rv = unsafe {
-                f(
-                    session,
-                    p,
-                    pl,
-                    input.as_ptr() as *mut u8,
-                    il,
-                    ptr::null_mut(),
-                    ptr::null_mut(),
-                )
-            };
-            return Output::rv(rv);
-        }
         with_out_buffer(capacity, |out, len| {
             // SAFETY: as crypt_message.
-            unsafe { f(session, p, pl, input.as_ptr() as *mut u8, il, out, len) }
+            unsafe { f(session, p, pl, ip, il, out, len) }
         })
     }
 
@@ -901,15 +879,15 @@ impl Backend {
         unsafe { f(session, p, pl) }
     }
 
-    /// C_VerifyMessage, or C_VerifyMessageNext with `next` (a `None` signature passes NULL:
-    /// not the last part).
+    /// C_VerifyMessage, or C_VerifyMessageNext with `next` (a NULL signature there means "not
+    /// the last part", v3.0 §5.16.4).
     pub fn verify_message(
         &self,
         next: bool,
         session: CK_SESSION_HANDLE,
         param: &mut CMsgParam,
-        input: &[u8],
-        signature: Option<&[u8]>,
+        input: &Bytes,
+        signature: &Bytes,
     ) -> CK_RV {
         let f = if next {
             self.f3(|l| l.C_VerifyMessageNext)
@@ -919,13 +897,13 @@ impl Backend {
         let Some(f) = f else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
-        let (Ok(il), Some((sp, sl))) = (CK_ULONG::try_from(input.len()), opt_bytes(signature))
-        else {
-            return CKR_ARGUMENTS_BAD;
+        let ((ip, il), (sp, sl)) = match (raw(input), raw(signature)) {
+            (Ok(i), Ok(s)) => (i, s),
+            (Err(rv), _) | (_, Err(rv)) => return rv,
         };
         let (p, pl) = param.ptr_len();
-        // SAFETY: live buffers of the stated lengths.
-        unsafe { f(session, p, pl, input.as_ptr() as *mut u8, il, sp, sl) }
+        // SAFETY: NULL or live buffers of the stated lengths.
+        unsafe { f(session, p, pl, ip, il, sp, sl) }
     }
 }
 
@@ -948,49 +926,76 @@ fn opt_bytes(b: Option<&[u8]>) -> Option<(*mut u8, CK_ULONG)> {
     }
 }
 
-/// Runs a size-query call with a NULL buffer (`None`) or a buffer of `capacity` bytes, and
-/// returns what the vendor reported. The reported length is trusted only up to the buffer size.
-fn with_out_buffer(
-    capacity: Option<usize>,
-    call: impl FnOnce(*mut u8, *mut CK_ULONG) -> CK_RV,
-) -> Output {
-    let mut buf = vec![0u8; capacity.unwrap_or(0)];
-    let Ok(mut len) = CK_ULONG::try_from(buf.len()) else {
-        return Output::rv(CKR_ARGUMENTS_BAD);
+/// What an empty input's pointer is: valid and non-NULL, as the caller's was.
+static EMPTY_INPUT: [u8; 1] = [0];
+
+/// Caller bytes as the vendor gets them: NULL stays NULL with the caller's count; an empty
+/// array is a valid pointer with a count of 0 (DESIGN.md, "The vendor decides").
+fn raw(b: &Bytes) -> Result<(*mut u8, CK_ULONG), CK_RV> {
+    match b {
+        Array::Null(n) => Ok((ptr::null_mut(), to_ulong(*n)?)),
+        Array::Given(v) if v.is_empty() => Ok((EMPTY_INPUT.as_ptr() as *mut u8, 0)),
+        Array::Given(v) => Ok((
+            v.as_ptr() as *mut u8,
+            CK_ULONG::try_from(v.len()).map_err(|_| CKR_ARGUMENTS_BAD)?,
+        )),
+    }
+}
+
+/// Runs a two-call function (v2.40 §5.2) with the caller's shapes: its buffer (at most `max`
+/// elements, what one frame carries) or NULL, and its length pointer holding the caller's
+/// value, or NULL. Returns the vendor's return value, the length it left and the elements
+/// it wrote; the reported length is trusted only up to the buffer size.
+fn with_out_array<T: Copy + Default>(
+    out: Out,
+    max: u64,
+    call: impl FnOnce(*mut T, *mut CK_ULONG) -> CK_RV,
+) -> (CK_RV, CK_ULONG, Vec<T>) {
+    let elements = match (out.buffer, out.capacity()) {
+        (true, Some(n)) => n.min(max) as usize,
+        // A buffer without a length pointer: the vendor cannot know its size, and answers.
+        (true, None) => 1,
+        (false, _) => 0,
     };
-    let out = if capacity.is_some() {
+    let mut buf = vec![T::default(); elements];
+    let mut len: CK_ULONG = match out.len {
+        Some(_) if out.buffer => buf.len() as CK_ULONG,
+        // A size query starts from the caller's value: the vendor may leave it there.
+        Some(n) => to_ulong(n).unwrap_or(CK_ULONG::MAX),
+        None => 0,
+    };
+    let p = if out.buffer {
         buf.as_mut_ptr()
     } else {
         ptr::null_mut()
     };
-    let rv = call(out, &mut len);
-    if rv == CKR_OK && capacity.is_some() {
+    let lp = if out.len.is_some() {
+        &mut len as *mut CK_ULONG
+    } else {
+        ptr::null_mut()
+    };
+    let rv = call(p, lp);
+    if rv == CKR_OK && out.capacity().is_some() {
         buf.truncate(usize::try_from(len).unwrap_or(usize::MAX).min(buf.len()));
     } else {
         buf.clear();
     }
-    Output { rv, len, data: buf }
+    (rv, len, buf)
 }
 
-/// As [`with_out_buffer`] for arrays of CK_ULONG (slot and mechanism lists).
+/// [`with_out_array`] for bytes, as an [`Output`].
+fn with_out_buffer(out: Out, call: impl FnOnce(*mut u8, *mut CK_ULONG) -> CK_RV) -> Output {
+    let (rv, len, data) = with_out_array(out, MAX_DATA_LEN, call);
+    Output { rv, len, data }
+}
+
+/// Most entries of a slot or mechanism list buffer.
+const MAX_LIST_LEN: u64 = 65_536;
+
+/// [`with_out_array`] for arrays of CK_ULONG (slot and mechanism lists).
 fn with_ulong_buffer(
-    capacity: Option<usize>,
+    out: Out,
     call: impl FnOnce(*mut CK_ULONG, *mut CK_ULONG) -> CK_RV,
 ) -> (CK_RV, CK_ULONG, Vec<CK_ULONG>) {
-    let mut buf = vec![0 as CK_ULONG; capacity.unwrap_or(0)];
-    let Ok(mut count) = CK_ULONG::try_from(buf.len()) else {
-        return (CKR_ARGUMENTS_BAD, 0, vec![]);
-    };
-    let p = if capacity.is_some() {
-        buf.as_mut_ptr()
-    } else {
-        ptr::null_mut()
-    };
-    let rv = call(p, &mut count);
-    if rv == CKR_OK && capacity.is_some() {
-        buf.truncate(usize::try_from(count).unwrap_or(usize::MAX).min(buf.len()));
-    } else {
-        buf.clear();
-    }
-    (rv, count, buf)
+    with_out_array(out, MAX_LIST_LEN, call)
 }

@@ -4,6 +4,7 @@
 use cryptoki_sys::*;
 use protocol::frame::MAX_DATA_LEN;
 use protocol::message::{Info, MechanismInfo, Request, Response, SessionInfo, SlotInfo, TokenInfo};
+use protocol::shape::Outputs;
 
 use super::backend::{InitFn, Output};
 use super::connection::{App, Shared};
@@ -12,8 +13,6 @@ use super::template::{to_ulong, wire, CTemplate};
 
 /// Most handles returned by one C_FindObjects (the caller loops until none are left).
 const MAX_FIND_COUNT: u64 = 65_536;
-/// Most entries of a slot or mechanism list buffer.
-const MAX_LIST_LEN: u64 = 65_536;
 
 /// Serves one request for `app`.
 pub fn dispatch(shared: &Shared, app: &App, request: Request) -> Response {
@@ -26,9 +25,14 @@ pub fn dispatch(shared: &Shared, app: &App, request: Request) -> Response {
     }
 }
 
-/// A caller's output capacity, bounded by what one frame can carry.
-fn cap(c: Option<u64>) -> Option<usize> {
-    c.map(|c| c.min(MAX_DATA_LEN) as usize)
+/// The vendor's pointer for the function's output `i`: `value`, or NULL where the caller
+/// gave NULL (DESIGN.md, "The vendor decides").
+fn out_ptr<T>(outputs: Outputs, i: u8, value: &mut T) -> *mut T {
+    if outputs.has(i) {
+        value
+    } else {
+        std::ptr::null_mut()
+    }
 }
 
 fn output(o: Output) -> Response {
@@ -97,9 +101,9 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             shared.close_sessions(&app.take_all_sessions());
             rv(CKR_OK)
         }
-        Request::GetInfo => {
+        Request::GetInfo { outputs } => {
             let mut i = CK_INFO::default();
-            let r = b.get_info(&mut i);
+            let r = b.get_info(out_ptr(outputs, 0, &mut i));
             ok_then(r, || {
                 Response::Info(Info {
                     cryptoki_version: version(i.cryptokiVersion),
@@ -122,19 +126,16 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             token_present,
             capacity,
         } => {
-            let (r, count, values) = b.slot_list(
-                token_present,
-                capacity.map(|c| c.min(MAX_LIST_LEN) as usize),
-            );
+            let (r, count, values) = b.slot_list(token_present, capacity);
             Ok(Response::Ulongs {
                 rv: wire(r),
                 count: wire(count),
                 values: values.into_iter().map(wire).collect(),
             })
         }
-        Request::GetSlotInfo { slot } => {
+        Request::GetSlotInfo { slot, outputs } => {
             let mut i = CK_SLOT_INFO::default();
-            let r = b.get_slot_info(to_ulong(slot)?, &mut i);
+            let r = b.get_slot_info(to_ulong(slot)?, out_ptr(outputs, 0, &mut i));
             ok_then(r, || {
                 Response::SlotInfo(SlotInfo {
                     slot_description: i.slotDescription.to_vec(),
@@ -145,29 +146,32 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 })
             })
         }
-        Request::GetTokenInfo { slot } => {
+        Request::GetTokenInfo { slot, outputs } => {
             let mut i = CK_TOKEN_INFO::default();
-            let r = b.get_token_info(to_ulong(slot)?, &mut i);
+            let r = b.get_token_info(to_ulong(slot)?, out_ptr(outputs, 0, &mut i));
             ok_then(r, || Response::TokenInfo(token_info(&i)))
         }
-        Request::WaitForSlotEvent { flags } => {
+        Request::WaitForSlotEvent { flags, outputs } => {
             let mut slot = 0;
-            handle(b.wait_for_slot_event(to_ulong(flags)?, &mut slot), slot)
+            let r = b.wait_for_slot_event(to_ulong(flags)?, out_ptr(outputs, 0, &mut slot));
+            handle(r, slot)
         }
         Request::GetMechanismList { slot, capacity } => {
-            let (r, count, values) = b.mechanism_list(
-                to_ulong(slot)?,
-                capacity.map(|c| c.min(MAX_LIST_LEN) as usize),
-            );
+            let (r, count, values) = b.mechanism_list(to_ulong(slot)?, capacity);
             Ok(Response::Ulongs {
                 rv: wire(r),
                 count: wire(count),
                 values: values.into_iter().map(wire).collect(),
             })
         }
-        Request::GetMechanismInfo { slot, mechanism } => {
+        Request::GetMechanismInfo {
+            slot,
+            mechanism,
+            outputs,
+        } => {
             let mut i = CK_MECHANISM_INFO::default();
-            let r = b.get_mechanism_info(to_ulong(slot)?, to_ulong(mechanism)?, &mut i);
+            let info = out_ptr(outputs, 0, &mut i);
+            let r = b.get_mechanism_info(to_ulong(slot)?, to_ulong(mechanism)?, info);
             ok_then(r, || {
                 Response::MechanismInfo(MechanismInfo {
                     min_key_size: wire(i.ulMinKeySize),
@@ -180,10 +184,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             slot,
             so_pin,
             label,
-        } => {
-            let label: [u8; 32] = label.try_into().map_err(|_| CKR_ARGUMENTS_BAD)?;
-            rv(b.init_token(to_ulong(slot)?, so_pin.as_deref(), &label))
-        }
+        } => rv(b.init_token(to_ulong(slot)?, so_pin.as_deref(), &label)),
         Request::InitPin { session, pin } => rv(b.init_pin(app.check(session)?, pin.as_deref())),
         Request::SetPin {
             session,
@@ -195,11 +196,15 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         }
 
         // Session management (v2.40 §5.6).
-        Request::OpenSession { slot, flags } => {
+        Request::OpenSession {
+            slot,
+            flags,
+            outputs,
+        } => {
             let slot = to_ulong(slot)?;
             let mut h = 0;
-            let r = b.open_session(slot, to_ulong(flags)?, &mut h);
-            if r == CKR_OK {
+            let r = b.open_session(slot, to_ulong(flags)?, out_ptr(outputs, 0, &mut h));
+            if r == CKR_OK && outputs.has(0) {
                 app.add_session(h, slot);
             }
             handle(r, h)
@@ -232,9 +237,9 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             shared.close_sessions(&app.take_sessions_of_slot(slot));
             rv(CKR_OK)
         }
-        Request::GetSessionInfo { session } => {
+        Request::GetSessionInfo { session, outputs } => {
             let mut i = CK_SESSION_INFO::default();
-            let r = b.get_session_info(app.check(session)?, &mut i);
+            let r = b.get_session_info(app.check(session)?, out_ptr(outputs, 0, &mut i));
             ok_then(r, || {
                 Response::SessionInfo(SessionInfo {
                     slot: wire(i.slotID),
@@ -247,7 +252,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::GetOperationState { session, capacity } => Ok(output(b.final_(
             f.C_GetOperationState,
             app.check(session)?,
-            cap(capacity),
+            capacity,
         ))),
         Request::SetOperationState {
             session,
@@ -274,21 +279,31 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::Logout { session } => rv(b.session(f.C_Logout, app.check(session)?)),
 
         // Object management (v2.40 §5.7).
-        Request::CreateObject { session, template } => {
+        Request::CreateObject {
+            session,
+            template,
+            outputs,
+        } => {
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            handle(b.create_object(s, &mut t, &mut h), h)
+            handle(b.create_object(s, &mut t, out_ptr(outputs, 0, &mut h)), h)
         }
         Request::CopyObject {
             session,
             object,
             template,
+            outputs,
         } => {
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            let r = b.copy_object(s, object_handle(object)?, &mut t, &mut h);
+            let r = b.copy_object(
+                s,
+                object_handle(object)?,
+                &mut t,
+                out_ptr(outputs, 0, &mut h),
+            );
             handle(r, h)
         }
         Request::DestroyObject { session, object } => {
@@ -297,10 +312,14 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let r = b.destroy_object(s, h);
             rv(r)
         }
-        Request::GetObjectSize { session, object } => {
+        Request::GetObjectSize {
+            session,
+            object,
+            outputs,
+        } => {
             let mut size = 0;
             let s = app.check(session)?;
-            let r = b.get_object_size(s, object_handle(object)?, &mut size);
+            let r = b.get_object_size(s, object_handle(object)?, out_ptr(outputs, 0, &mut size));
             ok_then(r, || Response::Size(wire(size)))
         }
         Request::GetAttributeValue {
@@ -330,10 +349,18 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut t = CTemplate::from_wire(&template)?;
             rv(b.find_objects_init(s, &mut t))
         }
-        Request::FindObjects { session, max_count } => {
+        Request::FindObjects {
+            session,
+            max_count,
+            outputs,
+        } => {
             let s = app.check(session)?;
-            let max = max_count.min(MAX_FIND_COUNT) as usize;
-            let (r, found) = b.find_objects(s, max);
+            let max = if outputs.has(0) {
+                Ok(max_count.min(MAX_FIND_COUNT) as usize)
+            } else {
+                Err(to_ulong(max_count)?)
+            };
+            let (r, found) = b.find_objects(s, max, outputs.has(1));
             let values: Vec<u64> = found.into_iter().map(wire).collect();
             Ok(Response::Ulongs {
                 rv: wire(r),
@@ -388,7 +415,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_Encrypt,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::EncryptUpdate {
             session,
@@ -398,12 +425,12 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_EncryptUpdate,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::EncryptFinal { session, capacity } => Ok(output(b.final_(
             f.C_EncryptFinal,
             app.check(session)?,
-            cap(capacity),
+            capacity,
         ))),
         Request::Decrypt {
             session,
@@ -413,7 +440,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_Decrypt,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::DecryptUpdate {
             session,
@@ -423,12 +450,12 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_DecryptUpdate,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::DecryptFinal { session, capacity } => Ok(output(b.final_(
             f.C_DecryptFinal,
             app.check(session)?,
-            cap(capacity),
+            capacity,
         ))),
         Request::Digest {
             session,
@@ -438,7 +465,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_Digest,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::DigestUpdate { session, data } => {
             rv(b.input(f.C_DigestUpdate, app.check(session)?, &data))
@@ -450,7 +477,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::DigestFinal { session, capacity } => Ok(output(b.final_(
             f.C_DigestFinal,
             app.check(session)?,
-            cap(capacity),
+            capacity,
         ))),
         Request::Sign {
             session,
@@ -460,7 +487,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_Sign,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::SignUpdate { session, data } => {
             rv(b.input(f.C_SignUpdate, app.check(session)?, &data))
@@ -468,7 +495,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::SignFinal { session, capacity } => Ok(output(b.final_(
             f.C_SignFinal,
             app.check(session)?,
-            cap(capacity),
+            capacity,
         ))),
         Request::SignRecover {
             session,
@@ -478,7 +505,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_SignRecover,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::Verify {
             session,
@@ -499,7 +526,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_VerifyRecover,
             app.check(session)?,
             &signature,
-            cap(capacity),
+            capacity,
         ))),
         Request::DigestEncryptUpdate {
             session,
@@ -509,7 +536,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_DigestEncryptUpdate,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::DecryptDigestUpdate {
             session,
@@ -519,7 +546,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_DecryptDigestUpdate,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::SignEncryptUpdate {
             session,
@@ -529,7 +556,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_SignEncryptUpdate,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
         Request::DecryptVerifyUpdate {
             session,
@@ -539,7 +566,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             f.C_DecryptVerifyUpdate,
             app.check(session)?,
             &data,
-            cap(capacity),
+            capacity,
         ))),
 
         // Key management (v2.40 §5.14).
@@ -547,18 +574,21 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             session,
             mechanism,
             template,
+            outputs,
         } => {
             let s = app.check(session)?;
             let mut m = CMechanism::from_wire(&mechanism)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
-            handle(b.generate_key(s, &mut m, &mut t, &mut h), h)
+            let r = b.generate_key(s, &mut m, &mut t, out_ptr(outputs, 0, &mut h));
+            handle(r, h)
         }
         Request::GenerateKeyPair {
             session,
             mechanism,
             public_template,
             private_template,
+            outputs,
         } => {
             let s = app.check(session)?;
             let mut m = CMechanism::from_wire(&mechanism)?;
@@ -570,7 +600,10 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 &mut m,
                 &mut public,
                 &mut private,
-                (&mut pubk, &mut privk),
+                (
+                    out_ptr(outputs, 0, &mut pubk),
+                    out_ptr(outputs, 1, &mut privk),
+                ),
             );
             ok_then(r, || Response::KeyPair {
                 public_key: wire(pubk),
@@ -591,7 +624,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                 &mut m,
                 object_handle(wrapping_key)?,
                 object_handle(key)?,
-                cap(capacity),
+                capacity,
             )))
         }
         Request::UnwrapKey {
@@ -600,6 +633,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             unwrapping_key,
             wrapped_key,
             template,
+            outputs,
         } => {
             let s = app.check(session)?;
             let mut m = CMechanism::from_wire(&mechanism)?;
@@ -612,7 +646,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
                     object_handle(unwrapping_key)?,
                     &wrapped_key,
                     &mut t,
-                    &mut h,
+                    out_ptr(outputs, 0, &mut h),
                 ),
                 h,
             )
@@ -622,13 +656,15 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             mechanism,
             base_key,
             template,
+            outputs,
         } => {
             let s = app.check(session)?;
             let mut m = CMechanism::from_wire(&mechanism)?;
             let mut t = CTemplate::from_wire(&template)?;
             let mut h = 0;
+            let key = out_ptr(outputs, 0, &mut h);
             handle(
-                b.derive_key(s, &mut m, object_handle(base_key)?, &mut t, &mut h),
+                b.derive_key(s, &mut m, object_handle(base_key)?, &mut t, key),
                 h,
             )
         }
@@ -721,7 +757,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let o = b.crypt_message(false, s, &mut p, &aad, &data, cap(capacity));
+            let o = b.crypt_message(false, s, &mut p, &aad, &data, capacity);
             Ok(message(o, &p))
         }
         Request::DecryptMessage {
@@ -733,7 +769,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let o = b.crypt_message(true, s, &mut p, &aad, &data, cap(capacity));
+            let o = b.crypt_message(true, s, &mut p, &aad, &data, capacity);
             Ok(message(o, &p))
         }
         Request::EncryptMessageBegin {
@@ -765,7 +801,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let o = b.crypt_message_next(false, s, &mut p, &data, cap(capacity), to_ulong(flags)?);
+            let o = b.crypt_message_next(false, s, &mut p, &data, capacity, to_ulong(flags)?);
             Ok(message(o, &p))
         }
         Request::DecryptMessageNext {
@@ -777,7 +813,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let o = b.crypt_message_next(true, s, &mut p, &data, cap(capacity), to_ulong(flags)?);
+            let o = b.crypt_message_next(true, s, &mut p, &data, capacity, to_ulong(flags)?);
             Ok(message(o, &p))
         }
         Request::SignMessage {
@@ -788,19 +824,18 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let o = b.sign_message(None, s, &mut p, &data, cap(capacity));
+            let o = b.sign_message(false, s, &mut p, &data, capacity);
             Ok(message(o, &p))
         }
         Request::SignMessageNext {
             session,
             param,
             data,
-            last,
             capacity,
         } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let o = b.sign_message(Some(last), s, &mut p, &data, cap(capacity));
+            let o = b.sign_message(true, s, &mut p, &data, capacity);
             Ok(message(o, &p))
         }
         Request::SignMessageBegin { session, param } => {
@@ -823,7 +858,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let r = b.verify_message(false, s, &mut p, &data, Some(&signature));
+            let r = b.verify_message(false, s, &mut p, &data, &signature);
             Ok(message(Output::rv(r), &p))
         }
         Request::VerifyMessageNext {
@@ -834,7 +869,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         } => {
             let s = app.check(session)?;
             let mut p = CMsgParam::from_wire(&param)?;
-            let r = b.verify_message(true, s, &mut p, &data, signature.as_deref());
+            let r = b.verify_message(true, s, &mut p, &data, &signature);
             Ok(message(Output::rv(r), &p))
         }
 
@@ -842,13 +877,22 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::SeedRandom { session, seed } => {
             rv(b.input(f.C_SeedRandom, app.check(session)?, &seed))
         }
-        Request::GenerateRandom { session, len } => {
+        Request::GenerateRandom {
+            session,
+            len,
+            outputs,
+        } => {
             let s = app.check(session)?;
-            if len > MAX_DATA_LEN {
+            if len > MAX_DATA_LEN && outputs.has(0) {
                 tracing::warn!(len, "C_GenerateRandom: more bytes than one frame carries");
                 return Err(CKR_ARGUMENTS_BAD);
             }
-            let (r, data) = b.generate_random(s, len as usize);
+            let buffer = if outputs.has(0) {
+                Ok(len as usize)
+            } else {
+                Err(to_ulong(len)?)
+            };
+            let (r, data) = b.generate_random(s, buffer);
             ok_then(r, || Response::Output {
                 rv: wire(CKR_OK),
                 len,

@@ -309,7 +309,7 @@ impl Worker {
     /// Whether the vendor library answers C_GetTokenInfo for at least one slot with a token.
     fn vendor_ready(&self) -> bool {
         let b = &self.shared.backend;
-        let (rv, _, slots) = b.slot_list(true, Some(64));
+        let (rv, _, slots) = b.slot_list(true, protocol::shape::Out::buffer(64));
         rv == CKR_OK
             && slots
                 .iter()

@@ -14,6 +14,7 @@ use protocol::attribute::{
     MAX_TEMPLATE_DEPTH,
 };
 use protocol::frame::MAX_DATA_LEN;
+use protocol::shape::Array;
 
 const ULONG: usize = size_of::<CK_ULONG>();
 const ATTRIBUTE: usize = size_of::<CK_ATTRIBUTE>();
@@ -26,16 +27,30 @@ enum Storage {
     Nested(CTemplate),
 }
 
-/// A C template with the storage its pointers refer to.
+/// A C template with the storage its pointers refer to, in the caller's shape: a NULL
+/// template is NULL with the caller's count, an empty one a valid pointer with a count of 0
+/// (DESIGN.md, "The vendor decides").
 pub struct CTemplate {
     attrs: Vec<CK_ATTRIBUTE>,
     storage: Vec<Storage>,
+    /// The caller's count of a NULL template.
+    null: Option<CK_ULONG>,
 }
 
 impl CTemplate {
     /// A template for an input call (C_CreateObject, C_FindObjectsInit, key generation...).
-    pub fn from_wire(template: &[Attribute]) -> Result<Self, CK_RV> {
-        Self::from_wire_at(template, 0)
+    pub fn from_wire(template: &Array<Attribute>) -> Result<Self, CK_RV> {
+        match template {
+            Array::Null(n) => Ok(Self::null(*n)?),
+            Array::Given(t) => Self::from_wire_at(t, 0),
+        }
+    }
+
+    fn null(count: u64) -> Result<Self, CK_RV> {
+        Ok(Self {
+            null: Some(to_ulong(count)?),
+            ..Self::with_capacity(0)
+        })
     }
 
     fn from_wire_at(template: &[Attribute], depth: usize) -> Result<Self, CK_RV> {
@@ -64,9 +79,12 @@ impl CTemplate {
     /// A template for C_GetAttributeValue with a buffer of the asked size per attribute.
     /// All buffers together are bounded by what one response frame can carry, so a caller
     /// announcing huge buffers cannot make the server allocate more than that.
-    pub fn for_query(query: &[AttrQuery]) -> Result<Self, CK_RV> {
+    pub fn for_query(query: &Array<AttrQuery>) -> Result<Self, CK_RV> {
         let mut budget = MAX_DATA_LEN;
-        Self::for_query_at(query, 0, &mut budget)
+        match query {
+            Array::Null(n) => Self::null(*n),
+            Array::Given(q) => Self::for_query_at(q, 0, &mut budget),
+        }
     }
 
     fn for_query_at(query: &[AttrQuery], depth: usize, budget: &mut u64) -> Result<Self, CK_RV> {
@@ -99,8 +117,10 @@ impl CTemplate {
 
     fn with_capacity(n: usize) -> Self {
         Self {
-            attrs: Vec::with_capacity(n),
+            // At least one element: an empty template still has a real, valid pointer.
+            attrs: Vec::with_capacity(n.max(1)),
             storage: Vec::with_capacity(n),
+            null: None,
         }
     }
 
@@ -122,8 +142,9 @@ impl CTemplate {
         Ok(())
     }
 
+    /// The template's pointer: NULL only for the caller's NULL.
     pub fn as_mut_ptr(&mut self) -> *mut CK_ATTRIBUTE {
-        if self.attrs.is_empty() {
+        if self.null.is_some() {
             ptr::null_mut()
         } else {
             self.attrs.as_mut_ptr()
@@ -131,7 +152,7 @@ impl CTemplate {
     }
 
     pub fn count(&self) -> CK_ULONG {
-        self.attrs.len() as CK_ULONG
+        self.null.unwrap_or(self.attrs.len() as CK_ULONG)
     }
 
     /// Reads what the vendor wrote after C_GetAttributeValue, one result per attribute.
