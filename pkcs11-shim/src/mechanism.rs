@@ -106,10 +106,11 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
     let m = p.as_ref().ok_or(CKR_ARGUMENTS_BAD)?;
     let ty = m.mechanism;
     let param = if m.pParameter.is_null() {
-        if m.ulParameterLen != 0 {
-            return Err(CKR_MECHANISM_PARAM_INVALID);
+        match m.ulParameterLen {
+            0 => MechParam::None,
+            // Nothing to read: the shape travels, and the vendor answers it.
+            n => MechParam::Null(wire(n)),
         }
-        MechParam::None
     } else if ty == CKM_RSA_PKCS_OAEP {
         oaep(param(m)?)?
     } else if ty == CKM_RSA_AES_KEY_WRAP {

@@ -47,6 +47,13 @@ unsafe fn read_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<V
         .iter()
         .map(|a| {
             let ty = wire(a.type_);
+            if a.pValue.is_null() {
+                // Nothing to read: the shape travels, and the vendor answers it.
+                return Ok(Attribute {
+                    ty,
+                    value: AttrValue::Null(wire(a.ulValueLen)),
+                });
+            }
             let raw = bytes(a.pValue as *const u8, a.ulValueLen)?;
             let value = match kind_of(ty) {
                 Kind::Bool if raw.len() == 1 && raw[0] <= 1 => AttrValue::Bool(raw[0] == 1),
@@ -204,7 +211,8 @@ fn native_bytes(v: &AttrValue) -> Rv<Vec<u8>> {
             out
         }
         AttrValue::Bytes(b) => b.clone(),
-        // A nested template is answered as AttrOut::Template, never as a flat value.
-        AttrValue::Template(_) => return Err(CKR_GENERAL_ERROR),
+        // A nested template is answered as AttrOut::Template, never as a flat value; a NULL
+        // value only travels to the vendor, never back.
+        AttrValue::Template(_) | AttrValue::Null(_) => return Err(CKR_GENERAL_ERROR),
     })
 }

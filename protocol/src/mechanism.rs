@@ -22,6 +22,8 @@ pub struct Mechanism {
 pub enum MechParam {
     /// `pParameter == NULL`, `ulParameterLen == 0`.
     None,
+    /// `pParameter == NULL` with this nonzero `ulParameterLen`: the vendor answers it.
+    Null(u64),
     /// A byte string (an IV for CBC/ECB-less modes, an optional AES key wrap IV) or a parameter
     /// structure without pointers, forwarded as it is.
     Bytes(Vec<u8>),

@@ -262,8 +262,11 @@ pub enum Request {
         slot: u64,
         outputs: Outputs,
     },
+    /// `reserved`: whether the caller's `pReserved` was not NULL (it must be NULL: the vendor
+    /// answers).
     WaitForSlotEvent {
         flags: u64,
+        reserved: bool,
         outputs: Outputs,
     },
     GetMechanismList {

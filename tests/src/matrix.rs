@@ -217,6 +217,11 @@ pub unsafe fn cases(m: &RawModule, c: &Ctx, state: &str) -> Vec<Outcome> {
         vec![],
     );
     rec(
+        "WaitForSlotEvent(pReserved)".into(),
+        f.C_WaitForSlotEvent.unwrap()(CKF_DONT_BLOCK, &mut event, c.slot as *mut _),
+        vec![],
+    );
+    rec(
         "WaitForSlotEvent(NULL slot)".into(),
         f.C_WaitForSlotEvent.unwrap()(CKF_DONT_BLOCK, null_mut(), null_mut()),
         vec![],
@@ -352,6 +357,48 @@ pub unsafe fn cases(m: &RawModule, c: &Ctx, state: &str) -> Vec<Outcome> {
                 f.C_CreateObject.unwrap()(s, p, n, null_mut()),
                 vec![],
             );
+            // One attribute's value in each shape (an empty label: NULL or not).
+            let (vp, vn) = input(shape, &label);
+            let mut t = [
+                attr(CKA_CLASS, &class),
+                attr(CKA_TOKEN, &FALSE),
+                CK_ATTRIBUTE {
+                    type_: CKA_LABEL,
+                    pValue: vp as *mut _,
+                    ulValueLen: vn,
+                },
+            ];
+            let mut h: CK_OBJECT_HANDLE = 0;
+            let rv = f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 3, &mut h);
+            rec(
+                format!("CreateObject({slabel}, label value {shape:?})"),
+                rv,
+                vec![],
+            );
+            let mut label_len = [CK_ATTRIBUTE {
+                type_: CKA_LABEL,
+                pValue: null_mut(),
+                ulValueLen: 0,
+            }];
+            let got = if rv == CKR_OK {
+                f.C_GetAttributeValue.unwrap()(s, h, label_len.as_mut_ptr(), 1)
+            } else {
+                NOT_RUN
+            };
+            rec(
+                format!("GetAttributeValue({slabel}, label value {shape:?})"),
+                got,
+                ulong(label_len[0].ulValueLen),
+            );
+            rec(
+                format!("DestroyObject({slabel}, label value {shape:?})"),
+                if rv == CKR_OK {
+                    f.C_DestroyObject.unwrap()(s, h)
+                } else {
+                    NOT_RUN
+                },
+                vec![],
+            );
             for (olabel, o) in [("key", c.aes), ("bogus", BOGUS)] {
                 let mut t = [attr(CKA_LABEL, &label)];
                 let (p, n) = template(shape, &mut t);
@@ -472,7 +519,7 @@ pub unsafe fn cases(m: &RawModule, c: &Ctx, state: &str) -> Vec<Outcome> {
             );
             let mut count: CK_ULONG = 99;
             rec(
-                format!("FindObjects({slabel}, 4)"),
+                format!("FindObjects({slabel}, 4, after {shape:?})"),
                 f.C_FindObjects.unwrap()(s, found.as_mut_ptr(), 4, &mut count),
                 ulong(count),
             );
@@ -588,6 +635,24 @@ pub unsafe fn cases(m: &RawModule, c: &Ctx, state: &str) -> Vec<Outcome> {
                 (fam.init)(s, null_mut(), fam.key),
                 vec![],
             );
+            for shape in INPUTS {
+                let mut m = fam.mech;
+                let (pp, pn) = input(shape, &iv);
+                m.pParameter = pp as *mut _;
+                m.ulParameterLen = pn;
+                rec(
+                    format!("{name} Init({slabel}, parameter {shape:?})"),
+                    (fam.init)(s, &mut m, fam.key),
+                    vec![],
+                );
+                let mut big = [0u8; 4096];
+                let mut n2: CK_ULONG = 4096;
+                rec(
+                    format!("{name}({slabel}, parameter {shape:?}, after)"),
+                    (fam.single)(s, DATA.as_ptr() as *mut u8, 16, big.as_mut_ptr(), &mut n2),
+                    vec![],
+                );
+            }
             rec(
                 format!("{name} Init({slabel}, bogus key)"),
                 (fam.init)(s, &mut mech, BOGUS),

@@ -115,11 +115,9 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        if !reserved.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
         let request = Request::WaitForSlotEvent {
             flags: wire(flags),
+            reserved: !reserved.is_null(),
             outputs: outputs(&[!slot.is_null()]),
         };
         let answer = if flags & CKF_DONT_BLOCK != 0 {

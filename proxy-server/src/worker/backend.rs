@@ -367,10 +367,22 @@ impl Backend {
         unsafe { f(slot, mech, info) }
     }
 
-    pub fn wait_for_slot_event(&self, flags: CK_FLAGS, slot: *mut CK_SLOT_ID) -> CK_RV {
+    /// `reserved`: the caller's `pReserved` was not NULL (it must be: its contents cannot
+    /// cross the wire, so the vendor sees a pointer to nothing it may use, and answers).
+    pub fn wait_for_slot_event(
+        &self,
+        flags: CK_FLAGS,
+        reserved: bool,
+        slot: *mut CK_SLOT_ID,
+    ) -> CK_RV {
         let f = func!(self.C_WaitForSlotEvent);
-        // SAFETY: NULL or a valid, writable slot id; pReserved must be NULL.
-        unsafe { f(flags, slot, ptr::null_mut()) }
+        let reserved = if reserved {
+            EMPTY_RESERVED.as_ptr() as *mut c_void
+        } else {
+            ptr::null_mut()
+        };
+        // SAFETY: NULL or a valid, writable slot id; pReserved NULL or a readable dummy.
+        unsafe { f(flags, slot, reserved) }
     }
 
     /// `label` is NULL (the caller's) or 32 bytes.

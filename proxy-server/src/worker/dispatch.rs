@@ -151,9 +151,14 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let r = b.get_token_info(to_ulong(slot)?, out_ptr(outputs, 0, &mut i));
             ok_then(r, || Response::TokenInfo(token_info(&i)))
         }
-        Request::WaitForSlotEvent { flags, outputs } => {
+        Request::WaitForSlotEvent {
+            flags,
+            reserved,
+            outputs,
+        } => {
             let mut slot = 0;
-            let r = b.wait_for_slot_event(to_ulong(flags)?, out_ptr(outputs, 0, &mut slot));
+            let slot_ptr = out_ptr(outputs, 0, &mut slot);
+            let r = b.wait_for_slot_event(to_ulong(flags)?, reserved, slot_ptr);
             handle(r, slot)
         }
         Request::GetMechanismList { slot, capacity } => {

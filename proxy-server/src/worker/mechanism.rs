@@ -26,6 +26,8 @@ struct GcmParamsNoIvBits {
 #[allow(dead_code)]
 enum Param {
     None,
+    /// The caller's NULL `pParameter` with its nonzero length.
+    Null(usize),
     Bytes(Vec<u8>),
     Ulong(Box<CK_ULONG>),
     Oaep(Box<CK_RSA_PKCS_OAEP_PARAMS>, Vec<u8>),
@@ -89,6 +91,9 @@ impl Param {
     fn from_wire(param: &MechParam) -> Result<Self, CK_RV> {
         Ok(match param {
             MechParam::None => Param::None,
+            MechParam::Null(n) => {
+                Param::Null(usize::try_from(*n).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?)
+            }
             MechParam::Bytes(b) => Param::Bytes(b.clone()),
             MechParam::Ulong(v) => Param::Ulong(Box::new(to_ulong(*v)?)),
             MechParam::RsaPkcsOaep {
@@ -269,6 +274,7 @@ impl Param {
     fn ptr_len(&mut self) -> (*mut c_void, usize) {
         match self {
             Param::None => (ptr::null_mut(), 0),
+            Param::Null(n) => (ptr::null_mut(), *n),
             Param::Bytes(b) if b.is_empty() => (ptr::null_mut(), 0),
             Param::Bytes(b) => (b.as_mut_ptr().cast(), b.len()),
             Param::Ulong(b) => boxed(b),

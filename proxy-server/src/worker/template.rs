@@ -22,6 +22,8 @@ const ATTRIBUTE: usize = size_of::<CK_ATTRIBUTE>();
 /// Storage behind one attribute's `pValue`.
 enum Storage {
     None,
+    /// The caller's NULL `pValue`, with its length.
+    Null(CK_ULONG),
     Bytes(Vec<u8>),
     Ulongs(Vec<CK_ULONG>),
     Nested(CTemplate),
@@ -60,6 +62,7 @@ impl CTemplate {
         let mut t = Self::with_capacity(template.len());
         for a in template {
             let storage = match &a.value {
+                AttrValue::Null(n) => Storage::Null(to_ulong(*n)?),
                 AttrValue::Bool(b) => Storage::Bytes(vec![u8::from(*b)]),
                 AttrValue::Ulong(v) => Storage::Ulongs(vec![to_ulong(*v)?]),
                 AttrValue::Date(d) => Storage::Bytes(d.to_vec()),
@@ -127,7 +130,12 @@ impl CTemplate {
     fn push(&mut self, ty: CK_ATTRIBUTE_TYPE, mut storage: Storage) -> Result<(), CK_RV> {
         let (p, len): (*mut c_void, usize) = match &mut storage {
             Storage::None => (ptr::null_mut(), 0),
-            Storage::Bytes(b) if b.is_empty() => (ptr::null_mut(), 0),
+            Storage::Null(n) => (ptr::null_mut(), *n as usize),
+            Storage::Bytes(b) if b.is_empty() => {
+                // An empty value the caller gave with a pointer: a real one, never NULL.
+                b.reserve(1);
+                (b.as_mut_ptr().cast(), 0)
+            }
             Storage::Bytes(b) => (b.as_mut_ptr().cast(), b.len()),
             Storage::Ulongs(v) => (v.as_mut_ptr().cast(), v.len() * ULONG),
             Storage::Nested(t) => (t.attrs.as_mut_ptr().cast(), t.attrs.len() * ATTRIBUTE),
@@ -168,7 +176,9 @@ impl CTemplate {
                 let kind = kind_of(wire(a.type_));
                 let len = wire(a.ulValueLen);
                 match s {
-                    Storage::None => AttrOut::Len(bytes_to_units(kind, len, ULONG, ATTRIBUTE)),
+                    Storage::None | Storage::Null(_) => {
+                        AttrOut::Len(bytes_to_units(kind, len, ULONG, ATTRIBUTE))
+                    }
                     Storage::Bytes(b) => {
                         match usize::try_from(len).ok().filter(|l| *l <= b.len()) {
                             Some(l) => AttrOut::Value(value_from_bytes(kind, &b[..l])),
