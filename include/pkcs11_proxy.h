@@ -18,7 +18,7 @@
 #define PKCS11_PROXY_VERSION_MINOR 1
 
 /* Version of the wire protocol between shim and server (refused on mismatch). */
-#define PKCS11_PROXY_PROTOCOL_VERSION 2
+#define PKCS11_PROXY_PROTOCOL_VERSION 3
 
 /* PKCS#11 interface versions offered by C_GetInterface, default first: 3.0, then 2.40. */
 #define PKCS11_PROXY_INTERFACE_NAME "PKCS 11"

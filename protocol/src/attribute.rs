@@ -175,15 +175,15 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nested<T> {
 /// attribute given 3 bytes, say) travels as `Bytes`, unchanged, so the vendor library judges it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AttrValue {
-    /// A NULL `pValue` with this `ulValueLen` (the vendor answers it; 0 is an empty value
-    /// given as NULL).
-    Null(u64),
     Bool(bool),
     Ulong(u64),
     Date([u8; 8]),
     UlongArray(Vec<u64>),
     Template(Nested<Attribute>),
     Bytes(Vec<u8>),
+    /// A NULL `pValue` with this `ulValueLen` (the vendor answers it; 0 is an empty value
+    /// given as NULL).
+    Null(u64),
 }
 
 /// One `CK_ATTRIBUTE` of an input template.

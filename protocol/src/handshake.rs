@@ -34,8 +34,8 @@ pub const MAGIC: [u8; 8] = *b"P11PROXY";
 pub const ROUTE_MAGIC: [u8; 8] = *b"P11ROUTE";
 /// The protocol version this build speaks. Bumped on any incompatible message change.
 /// Version 2: routing prelude, C_Initialize arguments in the hello, the vendor's C_Initialize
-/// answer in the welcome.
-pub const VERSION: u16 = 2;
+/// answer in the welcome. Version 3: pointer arguments keep their shape (`crate::shape`).
+pub const VERSION: u16 = 3;
 
 /// Length of the routing prelude.
 pub const PRELUDE_LEN: usize = 26;

@@ -22,8 +22,6 @@ pub struct Mechanism {
 pub enum MechParam {
     /// `pParameter == NULL`, `ulParameterLen == 0`.
     None,
-    /// `pParameter == NULL` with this nonzero `ulParameterLen`: the vendor answers it.
-    Null(u64),
     /// A byte string (an IV for CBC/ECB-less modes, an optional AES key wrap IV) or a parameter
     /// structure without pointers, forwarded as it is.
     Bytes(Vec<u8>),
@@ -85,6 +83,8 @@ pub enum MechParam {
     /// message-based functions (`CK_GCM_MESSAGE_PARAMS` for CKM_AES_GCM...), which has the
     /// size of the single-part one but another layout: read as the function gives it.
     Message(MsgParam),
+    /// `pParameter == NULL` with this nonzero `ulParameterLen`: the vendor answers it.
+    Null(u64),
 }
 
 /// The per-message parameter of the PKCS#11 v3.0 message-based functions (v3.0 §5.9 to

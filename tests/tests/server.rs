@@ -140,7 +140,7 @@ fn other_protocol_versions_and_garbage_are_refused_and_the_server_keeps_serving(
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.write_all(&old).unwrap();
     match RouteAnswer::read(&mut c) {
-        Ok(RouteAnswer::Refused(reason)) => assert!(reason.contains("version 2"), "{reason}"),
+        Ok(RouteAnswer::Refused(reason)) => assert!(reason.contains("version 3"), "{reason}"),
         other => panic!("{other:?}"),
     }
     let id = [2u8; 16];
