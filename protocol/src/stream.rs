@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -81,6 +81,15 @@ impl AsRawFd for Stream {
         match self {
             Self::Tcp(s) | Self::Tls(_, s) => s.as_raw_fd(),
             Self::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Tcp(s) | Self::Tls(_, s) => s.as_fd(),
+            Self::Unix(s) => s.as_fd(),
         }
     }
 }

@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use protocol::address::Address;
 use serde::Deserialize;
 
+use crate::startups::Limits;
 use crate::tls::TlsFiles;
 
 /// Where the compatible form takes its address.
@@ -115,6 +116,23 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_applications: Option<usize>,
 
+    /// Budget of connections that have not sent their routing prelude yet, as OpenSSH's
+    /// MaxStartups: from START open, new ones are refused with RATE % probability, rising to
+    /// 100 % at FULL; at FULL the oldest is dropped to make room [default: 512:30:1024].
+    #[arg(long, value_name = "START:RATE:FULL")]
+    pub max_startups: Option<String>,
+
+    /// Most of those connections from one peer address; beyond it, that address's oldest is
+    /// dropped [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_startups_per_peer: Option<usize>,
+
+    /// Most workers started for applications that have not completed a hello yet (a routing
+    /// id alone starts one); beyond it, the oldest such worker is stopped. They do not count
+    /// against --max-applications [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_pending_applications: Option<usize>,
+
     /// Run as a worker process (started by the server itself; not for operators).
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -155,6 +173,9 @@ struct FileConfig {
     deny_mechanism: Option<Vec<String>>,
     shared_worker: Option<bool>,
     max_applications: Option<usize>,
+    max_startups: Option<String>,
+    max_startups_per_peer: Option<usize>,
+    max_pending_applications: Option<usize>,
     metrics_listen: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -177,6 +198,9 @@ pub struct Settings {
     pub deny_mechanisms: Vec<String>,
     pub shared_worker: bool,
     pub max_applications: usize,
+    /// The data port's budget of connections before their prelude.
+    pub startups: Limits,
+    pub max_pending_applications: usize,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
 }
@@ -257,6 +281,18 @@ impl Settings {
             })?),
         };
         let idle = args.idle_timeout.or(file.idle_timeout).unwrap_or(0);
+        let mut startups: Limits = args
+            .max_startups
+            .as_deref()
+            .or(file.max_startups.as_deref())
+            .unwrap_or("512:30:1024")
+            .parse()
+            .map_err(|e| format!("max_startups {e}"))?;
+        startups.per_peer = args
+            .max_startups_per_peer
+            .or(file.max_startups_per_peer)
+            .unwrap_or(256)
+            .max(1);
         Ok(Self {
             module,
             addresses,
@@ -292,6 +328,12 @@ impl Settings {
                 .max_applications
                 .or(file.max_applications)
                 .unwrap_or(256)
+                .max(1),
+            startups,
+            max_pending_applications: args
+                .max_pending_applications
+                .or(file.max_pending_applications)
+                .unwrap_or(16)
                 .max(1),
             metrics_listen,
             log_format: args

@@ -107,6 +107,9 @@ pub enum ToRouter {
         snapshot: Snapshot,
         ready: Option<bool>,
     },
+    /// A hello was accepted: the worker serves a real application, no longer a routing id
+    /// alone (sent once).
+    Authenticated,
     /// The application is gone (C_Finalize, or no connection for the resume grace period):
     /// route nothing more here; the router answers with [`ToWorker::Stop`].
     Leaving,

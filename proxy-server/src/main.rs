@@ -12,6 +12,7 @@ mod metrics;
 mod policy;
 mod router;
 mod rv;
+mod startups;
 mod tls;
 mod worker;
 

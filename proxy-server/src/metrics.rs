@@ -61,6 +61,13 @@ pub struct RouterCounters {
     pub worker_starts: AtomicU64,
     /// Workers that ended by a signal or a non-zero exit status without being asked to.
     pub worker_crashes: AtomicU64,
+    /// Workers no hello reached, stopped to make room (--max-pending-applications).
+    pub pending_stopped: AtomicU64,
+    /// New applications refused: more than --max-pending-applications a second.
+    pub pending_refused: AtomicU64,
+    /// Readiness checks that reached the vendor library (the others were answered from the
+    /// last one).
+    pub readiness_checks: AtomicU64,
 }
 
 /// A return value as the wire and the metrics keep it.
@@ -146,7 +153,12 @@ impl Snapshot {
 
     /// The Prometheus text exposition (version 0.0.4) of the sum over workers and the
     /// router's counters; `workers` is the number of workers running.
-    pub fn render(&self, router: &RouterCounters, workers: usize) -> String {
+    pub fn render(
+        &self,
+        router: &RouterCounters,
+        workers: usize,
+        startups: &crate::startups::Startups,
+    ) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -262,6 +274,42 @@ impl Snapshot {
             "pkcs11_proxy_worker_crashes_total",
             "Worker processes that died of a signal or failed without being asked to stop.",
             router.worker_crashes.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "pkcs11_proxy_pending_workers_stopped_total",
+            "Workers no hello reached, stopped to make room (--max-pending-applications).",
+            router.pending_stopped.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "pkcs11_proxy_pending_workers_refused_total",
+            "New applications refused: more than --max-pending-applications started a second.",
+            router.pending_refused.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "pkcs11_proxy_unauthenticated_connections",
+            "Data-port connections that have not sent their routing prelude yet.",
+            startups.open() as i64,
+        );
+        counter(
+            &mut out,
+            "pkcs11_proxy_unauthenticated_refused_total",
+            "Data-port connections refused before their prelude (random early drop, or nothing valid sent).",
+            startups.refused_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "pkcs11_proxy_unauthenticated_dropped_total",
+            "Data-port connections dropped before their prelude to make room (--max-startups, --max-startups-per-peer).",
+            startups.dropped_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "pkcs11_proxy_readiness_checks_total",
+            "Readiness checks that reached the vendor library (/readyz answers from the last one for a second).",
+            router.readiness_checks.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP pkcs11_proxy_sessions Sessions open, by application.\n# TYPE pkcs11_proxy_sessions gauge");
         for (app, sessions) in &self.sessions {

@@ -333,13 +333,22 @@ fn connection_limit_slow_loris_and_flood_leave_good_clients_served() {
     }
     assert!(started.elapsed() < Duration::from_secs(8));
 
-    // Over the limit: an application's connections beyond 40 are closed at once, with a log
-    // line.
+    // Over the limit: an application's connections beyond 40 are refused in the handshake
+    // (a welcome that says why), with a log line.
     let mut held: Vec<TcpStream> = (0..45).map(|_| handshaken(&server.address)).collect();
     let mut refused = 0;
     for c in &mut held {
-        let mut welcome = [0u8; tests::ANSWERS_LEN];
-        if c.read_exact(&mut welcome).is_err() {
+        let mut route = [0u8; protocol::handshake::ROUTE_ANSWER_LEN];
+        let mut len = [0u8; 4];
+        let welcome = c
+            .read_exact(&mut route)
+            .and_then(|()| c.read_exact(&mut len))
+            .and_then(|()| {
+                let mut w = vec![0u8; u32::from_le_bytes(len) as usize];
+                c.read_exact(&mut w).map(|()| w)
+            });
+        // Status 1: refused (protocol/src/handshake.rs).
+        if welcome.map_or(true, |w| w.get(10) == Some(&1)) {
             refused += 1;
         }
     }

@@ -1,78 +1,162 @@
 //! `/metrics` (Prometheus text: the sum of every worker's report and the router's own
 //! counters), `/healthz` (the router answers) and `/readyz` (the probe worker checks that the
-//! vendor library answers C_GetTokenInfo for a slot; the answer is kept for a second, so a
-//! storm of probes costs the vendor library one call a second at most), served on
-//! `--metrics-listen` by a small HTTP/1.1 responder.
+//! vendor library answers C_GetTokenInfo for a slot), served on `--metrics-listen`.
+//!
+//! Each connection is served on a thread of its own, so a probe never waits behind a scrape or
+//! a slow client, and within a budget of its own (`crate::startups`: at most
+//! [`MAX_CONNECTIONS`], the oldest dropped to make room): a request is read within
+//! [`READ_TIMEOUT`] and [`MAX_REQUEST`] bytes, an answer written within [`WRITE_TIMEOUT`].
+//! A readiness answer is kept for [`READY_CACHE`], and while one probe asks the vendor the
+//! others answer from the last check: a storm of probes costs the vendor one call a second.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::Router;
+use crate::startups::{Limits, Startups};
 
 /// How long a readiness answer is reused.
 const READY_CACHE: Duration = Duration::from_secs(1);
+/// Connections open at once; the oldest is dropped to make room for a new one.
+const MAX_CONNECTIONS: usize = 128;
+/// Time to send the request, and to take the answer.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes of a request (line and headers).
+const MAX_REQUEST: usize = 8192;
+/// Stack of a responder thread.
+const STACK: usize = 256 * 1024;
 
-fn respond(router: &Router, ready_cache: &Mutex<Option<(Instant, bool)>>, mut c: TcpStream) {
-    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = String::from_utf8_lossy(&request);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = match path {
-        "/metrics" => {
-            let (total, workers) = router.workers.snapshot();
-            ("200 OK", total.render(&router.workers.counters, workers))
-        }
-        "/healthz" => ("200 OK", "ok\n".to_string()),
-        "/readyz" => {
-            let mut cache = ready_cache.lock();
-            let ready = match *cache {
-                Some((at, ready)) if at.elapsed() < READY_CACHE => ready,
-                _ => {
-                    let ready = router.workers.ready();
-                    *cache = Some((Instant::now(), ready));
-                    ready
-                }
-            };
-            if ready {
-                ("200 OK", "ready\n".to_string())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "vendor library not ready\n".to_string(),
-                )
+/// The last readiness answer, and whether a probe is asking the vendor now.
+#[derive(Default)]
+struct Readiness {
+    last: Option<(Instant, bool)>,
+    checking: bool,
+}
+
+struct Responder {
+    router: Arc<Router>,
+    readiness: Mutex<Readiness>,
+    /// Held by the probe asking the vendor.
+    check: Mutex<()>,
+    budget: Arc<Startups>,
+}
+
+impl Responder {
+    /// The last readiness answer while it is fresh, or while another probe is asking the
+    /// vendor; else this probe asks (one at a time).
+    fn ready(&self) -> bool {
+        let fresh = |r: &Readiness| r.last.filter(|(at, _)| at.elapsed() < READY_CACHE);
+        {
+            let r = self.readiness.lock();
+            if let Some((_, ready)) = fresh(&r) {
+                return ready;
+            }
+            if let (Some((_, ready)), true) = (r.last, r.checking) {
+                return ready;
             }
         }
-        _ => ("404 Not Found", "not found\n".to_string()),
-    };
-    let _ = write!(
-        c,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+        let _one = self.check.lock();
+        {
+            let mut r = self.readiness.lock();
+            if let Some((_, ready)) = fresh(&r) {
+                return ready;
+            }
+            r.checking = true;
+        }
+        let counters = &self.router.workers.counters;
+        counters
+            .readiness_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ready = self.router.workers.ready();
+        let mut r = self.readiness.lock();
+        r.last = Some((Instant::now(), ready));
+        r.checking = false;
+        ready
+    }
+
+    fn respond(&self, mut c: TcpStream) {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let _ = c.set_write_timeout(Some(WRITE_TIMEOUT));
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || c.set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let line = String::from_utf8_lossy(&request);
+        let path = line.split_whitespace().nth(1).unwrap_or("");
+        let (status, body) = match path {
+            "/metrics" => {
+                let router = &self.router;
+                let (total, workers) = router.workers.snapshot();
+                (
+                    "200 OK",
+                    total.render(&router.workers.counters, workers, &router.startups),
+                )
+            }
+            "/healthz" => ("200 OK", "ok\n".to_string()),
+            "/readyz" if self.ready() => ("200 OK", "ready\n".to_string()),
+            "/readyz" => (
+                "503 Service Unavailable",
+                "vendor library not ready\n".to_string(),
+            ),
+            _ => ("404 Not Found", "not found\n".to_string()),
+        };
+        let _ = write!(
+            c,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
 }
 
 /// Starts the responder on `addr`; returns the address bound.
 pub fn serve(router: Arc<Router>, addr: SocketAddr) -> Result<SocketAddr, String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let responder = Arc::new(Responder {
+        router,
+        readiness: Mutex::new(Readiness::default()),
+        check: Mutex::new(()),
+        // No random early drop here: a probe must get in; the oldest connection goes.
+        budget: Startups::new(
+            Limits {
+                start: MAX_CONNECTIONS,
+                rate: 100,
+                full: MAX_CONNECTIONS,
+                per_peer: MAX_CONNECTIONS,
+            },
+            "HTTP request",
+        ),
+    });
     std::thread::Builder::new()
         .name("p11-metrics".into())
         .spawn(move || {
-            let cache = Mutex::new(None);
             for c in listener.incoming().flatten() {
-                respond(&router, &cache, c);
+                let peer = c.peer_addr().ok().map(|a| a.ip());
+                let Some(ticket) = responder.budget.admit(peer, c.as_fd()) else {
+                    continue;
+                };
+                let r = responder.clone();
+                let _ = std::thread::Builder::new()
+                    .name("p11-http".into())
+                    .stack_size(STACK)
+                    .spawn(move || {
+                        let _ticket = ticket;
+                        r.respond(c);
+                    });
             }
         })
         .map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,14 +18,12 @@ use protocol::handshake::{
     is_v1_hello, Prelude, RouteAnswer, Welcome, PRELUDE_LEN, ROUTE_MAGIC, VERSION,
 };
 
+use super::workers::Refusal;
 use super::Router;
 use crate::control::Transport;
 
 /// Stack of a routing thread: it reads 26 bytes and hands the socket over.
 const ROUTING_STACK: usize = 64 * 1024;
-
-/// Most connections reading their prelude at once; more are closed at once.
-const MAX_ROUTING: usize = 1024;
 
 /// TCP keepalive of client connections: first probe after 30 s idle, then every 10 s, 3 tries.
 const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
@@ -103,6 +101,14 @@ impl Socket {
         };
     }
 
+    /// The peer's IP address (none for a Unix socket).
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Self::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
+            Self::Unix(_) => None,
+        }
+    }
+
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
             Self::Tcp(s) => s.as_fd(),
@@ -121,6 +127,17 @@ struct Accepted {
     identity: Vec<u8>,
 }
 
+/// Backlog of a listening socket (the kernel caps it at `net.core.somaxconn`): a burst of
+/// connections, a reconnect storm or a flood, waits in the queue rather than having its SYNs
+/// dropped (a client then retries only after a second).
+const BACKLOG: libc::c_int = 4096;
+
+/// Raises a bound listener's backlog (listen(2) again on a listening socket sets it).
+fn deepen_backlog(fd: std::os::fd::RawFd) {
+    // SAFETY: listen(2) on a socket this process owns and listens on.
+    unsafe { libc::listen(fd, BACKLOG) };
+}
+
 fn bind_tcp(addr: &Address, host: &str, port: u16) -> Result<TcpListener, String> {
     let candidates = (host, port)
         .to_socket_addrs()
@@ -128,7 +145,10 @@ fn bind_tcp(addr: &Address, host: &str, port: u16) -> Result<TcpListener, String
     let mut last = format!("{addr}: no address");
     for sa in candidates {
         match TcpListener::bind(sa) {
-            Ok(l) => return Ok(l),
+            Ok(l) => {
+                deepen_backlog(l.as_raw_fd());
+                return Ok(l);
+            }
             Err(e) => last = format!("{addr}: cannot listen on {sa}: {e}"),
         }
     }
@@ -169,6 +189,7 @@ impl Listener {
                 remove_stale_socket(path)?;
                 let l =
                     UnixListener::bind(path).map_err(|e| format!("{addr}: cannot listen: {e}"))?;
+                deepen_backlog(l.as_raw_fd());
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.unix_mode))
                     .map_err(|e| format!("{addr}: cannot set mode {:o}: {e}", access.unix_mode))?;
                 Ok(Self::Unix(l))
@@ -335,9 +356,9 @@ fn remove_stale_socket(path: &Path) -> Result<(), String> {
 }
 
 /// Accepts connections on `listener` until the server stops, each routed on a short-lived
-/// thread of its own (a client slow to send its prelude holds up nobody else).
+/// thread of its own (a client slow to send its prelude holds up nobody else), within the
+/// budget of connections before their prelude (`crate::startups`).
 pub fn accept_loop(router: Arc<Router>, index: usize) {
-    static ROUTING: AtomicUsize = AtomicUsize::new(0);
     let listener = &router.listeners[index];
     loop {
         let accepted = match listener.accept(&router.access) {
@@ -356,22 +377,20 @@ pub fn accept_loop(router: Arc<Router>, index: usize) {
         if router.is_stopping() {
             return;
         }
-        if ROUTING.fetch_add(1, Ordering::AcqRel) >= MAX_ROUTING {
-            ROUTING.fetch_sub(1, Ordering::AcqRel);
+        // Refusals and drops are counted and logged as one summary per interval.
+        let Some(ticket) = router
+            .startups
+            .admit(accepted.socket.peer_ip(), accepted.socket.fd())
+        else {
             refused(&router);
-            tracing::warn!(peer = %accepted.peer, "connection refused: too many connections sending their prelude");
             continue;
-        }
+        };
         let r = router.clone();
         let spawned = std::thread::Builder::new()
             .name("p11-route".into())
             .stack_size(ROUTING_STACK)
-            .spawn(move || {
-                route(&r, accepted);
-                ROUTING.fetch_sub(1, Ordering::AcqRel);
-            });
+            .spawn(move || route(&r, accepted, ticket));
         if let Err(e) = spawned {
-            ROUTING.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, "cannot start a routing thread; connection dropped");
         }
     }
@@ -387,7 +406,9 @@ fn refused(router: &Router) {
 
 /// Reads the connection's prelude (bounded by the handshake timeout, no byte past it: TLS or
 /// the hello follow) and hands the socket to the application's worker, started if need be.
-fn route(router: &Router, accepted: Accepted) {
+/// The connection holds `_ticket`, its place in the budget, until it is handed over or
+/// closed.
+fn route(router: &Router, accepted: Accepted, _ticket: crate::startups::Ticket) {
     let peer = accepted.peer.as_str();
     let socket = &accepted.socket;
     socket.set_timeouts(router.handshake_timeout);
@@ -403,7 +424,8 @@ fn route(router: &Router, accepted: Accepted) {
     });
     if let Err(e) = magic_read {
         refused(router);
-        tracing::warn!(peer, error = %e, "connection closed before its routing prelude");
+        // Idle and dropped connections are the budget's to report, in its summaries.
+        tracing::debug!(peer, error = %e, "connection closed before its routing prelude");
         return;
     }
     let prelude = match Prelude::decode(&first) {
@@ -428,7 +450,8 @@ fn route(router: &Router, accepted: Accepted) {
                 let reason = format!("server speaks protocol version {VERSION}: {e}");
                 let _ = socket.write_all(&RouteAnswer::Refused(reason).encode());
             }
-            tracing::warn!(peer, error = %e, "connection refused: no valid routing prelude");
+            router.startups.refused_invalid();
+            tracing::debug!(peer, error = %e, "connection refused: no valid routing prelude");
             socket.close_gently();
             return;
         }
@@ -442,9 +465,19 @@ fn route(router: &Router, accepted: Accepted) {
     }
     let worker = match router.workers.route(prelude.routing_id) {
         Ok(w) => w,
-        Err(reason) => {
+        Err(refusal) => {
             refused(router);
-            tracing::warn!(peer, reason, "connection refused");
+            let reason = match refusal {
+                Refusal::Flood(reason) => {
+                    // Counted in the metrics; one line each would be the flood's own.
+                    tracing::debug!(peer, reason, "connection refused");
+                    reason
+                }
+                Refusal::Limit(reason) => {
+                    tracing::warn!(peer, reason, "connection refused");
+                    reason
+                }
+            };
             let _ = socket.write_all(&RouteAnswer::Refused(reason).encode());
             socket.close_gently();
             return;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::config::LogFormat;
 use crate::config::Settings;
 use crate::control::{Role, WorkerSettings};
+use crate::startups::Startups;
 
 pub use self::listener::{Access, Listener};
 use self::workers::Workers;
@@ -26,6 +27,8 @@ pub struct Router {
     pub access: Access,
     pub workers: Arc<Workers>,
     pub handshake_timeout: Duration,
+    /// Connections that have not sent their routing prelude yet.
+    pub startups: Arc<Startups>,
     stopping: AtomicBool,
 }
 
@@ -62,7 +65,12 @@ pub fn run(settings: Settings) -> Result<(), String> {
         deny_mechanisms: settings.deny_mechanisms.clone(),
         json_logs: settings.log_format == LogFormat::Json,
     };
-    let workers = Workers::new(template, settings.shared_worker, settings.max_applications)?;
+    let workers = Workers::new(
+        template,
+        settings.shared_worker,
+        settings.max_applications,
+        settings.max_pending_applications,
+    )?;
     workers.start_probe()?;
     tracing::info!(
         module = settings.module,
@@ -94,6 +102,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         access,
         workers,
         handshake_timeout: settings.handshake_timeout,
+        startups: Startups::new(settings.startups, "routing prelude"),
         stopping: AtomicBool::new(false),
     });
     let mut bound: Vec<String> = router

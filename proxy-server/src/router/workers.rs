@@ -35,6 +35,16 @@ enum Key {
     Shared,
 }
 
+/// Why a connection was not routed.
+#[derive(Debug)]
+pub enum Refusal {
+    /// More new applications a second than --max-pending-applications: a flood of routing
+    /// ids, counted, not logged one by one.
+    Flood(String),
+    /// A limit or a state an operator should see in the log.
+    Limit(String),
+}
+
 /// One worker process, as the router sees it.
 pub struct Worker {
     pub pid: u32,
@@ -49,6 +59,8 @@ pub struct Worker {
     start_cv: Condvar,
     /// Asked to stop (a stop, or after it said it is leaving): its exit is no crash.
     asked_to_stop: AtomicBool,
+    /// A hello was accepted: a real application, not only a routing id.
+    authenticated: AtomicBool,
 }
 
 impl Worker {
@@ -106,6 +118,10 @@ pub struct Workers {
     template: WorkerSettings,
     shared_worker: bool,
     max_applications: usize,
+    max_pending: usize,
+    /// Starts of workers no hello reached yet: a token bucket of `max_pending` a second, so
+    /// that a flood of routing ids costs at most that many process starts a second.
+    pending_starts: Mutex<(Instant, f64)>,
     routes: Mutex<HashMap<Key, Arc<Worker>>>,
     probe: Mutex<Option<Arc<Worker>>>,
     /// Workers alive (routed or not), by pid.
@@ -122,6 +138,7 @@ impl Workers {
         template: WorkerSettings,
         shared_worker: bool,
         max_applications: usize,
+        max_pending: usize,
     ) -> Result<Arc<Self>, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find this program to start workers: {e}"))?;
@@ -130,6 +147,8 @@ impl Workers {
             template,
             shared_worker,
             max_applications,
+            max_pending,
+            pending_starts: Mutex::new((Instant::now(), max_pending as f64)),
             routes: Mutex::new(HashMap::new()),
             probe: Mutex::new(None),
             alive: Mutex::new(HashMap::new()),
@@ -159,9 +178,9 @@ impl Workers {
     }
 
     /// The worker for the application named `routing_id`, started if it has none.
-    pub fn route(self: &Arc<Self>, routing_id: RoutingId) -> Result<Arc<Worker>, String> {
+    pub fn route(self: &Arc<Self>, routing_id: RoutingId) -> Result<Arc<Worker>, Refusal> {
         if self.stopping.load(Ordering::Acquire) {
-            return Err("the server is stopping".into());
+            return Err(Refusal::Limit("the server is stopping".into()));
         }
         let key = if self.shared_worker {
             Key::Shared
@@ -174,18 +193,56 @@ impl Workers {
         }
         if key == Key::Shared {
             // It died (a vendor crash): a new one for every application, as at start.
-            let worker = self.spawn(Role::Shared)?;
+            let worker = self.spawn(Role::Shared).map_err(Refusal::Limit)?;
             routes.insert(key, worker.clone());
             *self.probe.lock() = Some(worker.clone());
             return Ok(worker);
         }
-        if routes.len() >= self.max_applications {
-            return Err(format!(
-                "the server serves {} applications already (--max-applications)",
-                routes.len()
-            ));
+        // Workers no hello reached yet (anyone can send a routing id): a budget of their own,
+        // the oldest stopped to make room, so that they never keep a real application out.
+        let mut pending: Vec<&Arc<Worker>> = routes
+            .values()
+            .filter(|w| !w.authenticated.load(Ordering::Acquire) && w.role != Role::Shared)
+            .collect();
+        let serving = routes.len() - pending.len();
+        if serving >= self.max_applications {
+            return Err(Refusal::Limit(format!(
+                "the server serves {serving} applications already (--max-applications)"
+            )));
         }
-        let worker = self.spawn(Role::Application(routing_id))?;
+        {
+            let mut bucket = self.pending_starts.lock();
+            let (at, tokens) = *bucket;
+            let cap = self.max_pending as f64;
+            let tokens = (tokens + at.elapsed().as_secs_f64() * cap).min(cap);
+            if tokens < 1.0 {
+                *bucket = (Instant::now(), tokens);
+                self.counters
+                    .pending_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal::Flood(format!(
+                    "more than {} new applications a second (--max-pending-applications); try again",
+                    self.max_pending
+                )));
+            }
+            *bucket = (Instant::now(), tokens - 1.0);
+        }
+        if pending.len() >= self.max_pending {
+            pending.sort_by_key(|w| w.started);
+            let oldest = pending[0].clone();
+            self.counters
+                .pending_stopped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                pid = oldest.pid,
+                "stopping the oldest worker no hello reached (--max-pending-applications)"
+            );
+            routes.retain(|_, w| !Arc::ptr_eq(w, &oldest));
+            oldest.stop();
+        }
+        let worker = self
+            .spawn(Role::Application(routing_id))
+            .map_err(Refusal::Limit)?;
         routes.insert(key, worker.clone());
         Ok(worker)
     }
@@ -231,6 +288,7 @@ impl Workers {
             start: Mutex::new(None),
             start_cv: Condvar::new(),
             asked_to_stop: AtomicBool::new(false),
+            authenticated: AtomicBool::new(false),
         });
         self.counters.worker_starts.fetch_add(1, Ordering::Relaxed);
         self.alive.lock().insert(worker.pid, worker.clone());
@@ -271,6 +329,9 @@ impl Workers {
                         if let Some(tx) = worker.report.lock().as_ref() {
                             let _ = tx.try_send((snapshot, ready));
                         }
+                    }
+                    ToRouter::Authenticated => {
+                        worker.authenticated.store(true, Ordering::Release);
                     }
                     ToRouter::Leaving => {
                         self.unroute(&worker);

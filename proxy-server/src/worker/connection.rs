@@ -357,6 +357,11 @@ impl Shared {
 /// A connection handed over by the router.
 pub struct Handed {
     pub stream: Stream,
+    /// Its place in the worker's budget of connections before their hello, given back
+    /// once the hello is done.
+    pub ticket: Option<crate::startups::Ticket>,
+    /// Called once the hello is accepted.
+    pub on_hello: Box<dyn FnOnce() + Send>,
     /// The TLS handshake is still to be done.
     pub tls: bool,
     pub peer: String,
@@ -367,6 +372,8 @@ pub struct Handed {
 pub fn serve(shared: &Shared, handed: Handed) {
     let Handed {
         stream,
+        ticket,
+        on_hello,
         tls,
         peer,
         mut identity,
@@ -405,14 +412,16 @@ pub fn serve(shared: &Shared, handed: Handed) {
         refused(shared);
         return;
     };
+    drop(ticket);
+    on_hello();
     let _ = reader
         .get_ref()
         .set_read_timeout(shared.settings.idle_timeout);
     // A client that stops reading its answers cannot hold this thread for ever.
     let _ = reader.get_ref().set_write_timeout(Some(WRITE_TIMEOUT));
     let metrics = &shared.metrics;
+    // connections_open counts it since its hello (`handshake`).
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     tracing::info!(peer, client = app.id, "client connected");
     let ended = request_loop(shared, &app, peer, reader);
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -479,10 +488,37 @@ fn handshake(
             return None;
         }
     };
+    // Authenticated connections of the application: their own limit, which connections
+    // before their hello never count against. The place is taken here (and given back if
+    // the handshake fails), so that hellos at the same moment cannot pass the limit together.
+    let open = shared
+        .metrics
+        .connections_open
+        .fetch_add(1, Ordering::AcqRel);
+    let release = || {
+        shared
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::AcqRel);
+    };
+    if open >= shared.settings.max_connections as i64 {
+        release();
+        tracing::warn!(
+            peer,
+            open,
+            "connection refused: --max-connections reached for this application"
+        );
+        refuse(
+            &mut reader,
+            format!("the application has {open} connections open already (--max-connections)"),
+        );
+        return None;
+    }
     let key = (hello.client_id, identity);
     let app = match shared.attach(&key) {
         Ok(app) => app,
         Err(reason) => {
+            release();
             tracing::warn!(peer, reason, "handshake refused");
             refuse(&mut reader, reason);
             return None;
@@ -497,6 +533,7 @@ fn handshake(
     if let Err(e) = write_frame(reader.get_mut(), &welcome.encode(), &mut Vec::new()) {
         tracing::warn!(peer, error = %e, "handshake failed");
         shared.detach(&key);
+        release();
         return None;
     }
     Some((key, app, reader))

@@ -18,10 +18,10 @@ mod template;
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use self::backend::Backend;
 use self::connection::{Handed, Shared};
 use crate::control::{Channel, Role, ToRouter, ToWorker, Transport, WorkerSettings};
 use crate::rv;
+use crate::startups::{Limits, Startups};
 use crate::tls::TlsListener;
 
 /// Stack of each connection thread: vendor libraries get the room they need.
@@ -55,7 +56,14 @@ struct Worker {
     /// When the last connection ended.
     idle_since: Mutex<Instant>,
     drained: Condvar,
+    /// Connections before their hello (anyone who learnt the routing id can open them).
+    startups: Arc<Startups>,
+    /// The router was told that a hello was accepted.
+    announced: AtomicBool,
 }
+
+/// Most connections of one application before their hello.
+const MAX_PRE_HELLO: usize = 256;
 
 /// Runs a worker process until it is told to stop or its router goes away.
 pub fn run() -> ExitCode {
@@ -96,6 +104,18 @@ pub fn run() -> ExitCode {
     {
         return ExitCode::FAILURE;
     }
+    // Before their hello, an application's connections are bounded by --max-connections
+    // too, apart from its authenticated ones; the oldest goes to make room.
+    let pre_hello = shared.settings.max_connections.min(MAX_PRE_HELLO);
+    let startups = Startups::new(
+        Limits {
+            start: pre_hello,
+            rate: 100,
+            full: pre_hello,
+            per_peer: pre_hello,
+        },
+        "hello",
+    );
     let worker = Arc::new(Worker {
         shared,
         channel,
@@ -104,6 +124,8 @@ pub fn run() -> ExitCode {
         connections: Mutex::new(HashMap::new()),
         idle_since: Mutex::new(Instant::now()),
         drained: Condvar::new(),
+        startups,
+        announced: AtomicBool::new(false),
     });
     worker.control_loop(&span);
     worker.stop();
@@ -227,23 +249,28 @@ impl Worker {
                 return;
             }
         };
-        let mut conns = self.connections.lock();
-        let open = conns.len();
-        if open >= shared.settings.max_connections {
+        let peer_ip = match &stream {
+            Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
+            _ => None,
+        };
+        let Some(ticket) = self.startups.admit(peer_ip, stream.as_fd()) else {
             shared
                 .metrics
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, open, "connection refused: --max-connections reached for this application");
             return;
-        }
+        };
+        let mut conns = self.connections.lock();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         conns.insert(id, clone);
         drop(conns);
         let worker = self.clone();
         let span = span.clone();
+        let announce = self.clone();
         let handed = Handed {
             stream,
+            ticket: Some(ticket),
+            on_hello: Box::new(move || announce.hello_accepted()),
             tls: transport == Transport::Tls,
             peer,
             identity,
@@ -259,6 +286,13 @@ impl Worker {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a connection thread; connection dropped");
             self.ended(id);
+        }
+    }
+
+    /// Tells the router, once, that this worker serves a real application.
+    fn hello_accepted(&self) {
+        if !self.announced.swap(true, Ordering::AcqRel) {
+            let _ = self.channel.send(&ToRouter::Authenticated, None);
         }
     }
 
