@@ -122,8 +122,8 @@ pub struct Args {
     #[arg(long, value_name = "START:RATE:FULL")]
     pub max_startups: Option<String>,
 
-    /// Most of those connections from one peer address; beyond it, that address's oldest is
-    /// dropped [default: 256].
+    /// Most of those connections from one peer address; beyond it, that address's new ones
+    /// are refused at once [default: 256].
     #[arg(long, value_name = "N")]
     pub max_startups_per_peer: Option<usize>,
 

@@ -1,14 +1,16 @@
 //! Counters: each worker keeps its own [`Metrics`] and reports a [`Snapshot`] to the router,
-//! which adds them up with its own [`RouterCounters`] and renders the Prometheus text
-//! exposition (version 0.0.4) on `/metrics` (served by `router::http`).
+//! which adds them up with its own [`RouterCounters`] and renders the OpenMetrics text
+//! exposition on `/metrics` (served by `router::http`) with the Prometheus client library
+//! (`prometheus-client`): names, escaping and number formats are the library's.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cryptoki_sys::*;
 use parking_lot::Mutex;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency histogram buckets, in seconds.
@@ -151,170 +153,150 @@ impl Snapshot {
         self.sessions.extend(other.sessions);
     }
 
-    /// The Prometheus text exposition (version 0.0.4) of the sum over workers and the
-    /// router's counters; `workers` is the number of workers running.
+    /// The OpenMetrics text exposition of the sum over workers and the router's counters
+    /// (`workers`: the number of workers running; `startups`: the data port's budget before
+    /// the prelude), encoded by the Prometheus client library.
     pub fn render(
         &self,
         router: &RouterCounters,
         workers: usize,
         startups: &crate::startups::Startups,
     ) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let scalars = vec![
+            Scalar::gauge("pkcs11_proxy_connections_open", "Client connections open (since their hello).", self.connections_open),
+            Scalar::counter("pkcs11_proxy_connections", "Client connections accepted (their hello done).", self.connections_total),
+            Scalar::counter("pkcs11_proxy_connections_refused", "Connections refused (limit, TLS, uid, handshake).", self.connections_refused + load(&router.connections_refused)),
+            Scalar::counter("pkcs11_proxy_received_bytes", "Bytes of frames received from clients.", self.bytes_received),
+            Scalar::counter("pkcs11_proxy_sent_bytes", "Bytes of frames sent to clients.", self.bytes_sent),
+            Scalar::counter("pkcs11_proxy_backend_errors", "Calls the vendor library answered with a device or general error.", self.backend_errors),
+            Scalar::gauge("pkcs11_proxy_applications", "Applications (shim instances) served.", self.applications as i64),
+            Scalar::gauge("pkcs11_proxy_workers", "Worker processes running (the readiness probe included).", workers as i64),
+            Scalar::counter("pkcs11_proxy_worker_starts", "Worker processes started.", load(&router.worker_starts)),
+            Scalar::counter("pkcs11_proxy_worker_crashes", "Worker processes that died of a signal or failed without being asked to stop.", load(&router.worker_crashes)),
+            Scalar::counter("pkcs11_proxy_pending_workers_stopped", "Workers no hello reached, stopped to make room (--max-pending-applications).", load(&router.pending_stopped)),
+            Scalar::counter("pkcs11_proxy_pending_workers_refused", "New applications refused: more than --max-pending-applications started a second.", load(&router.pending_refused)),
+            Scalar::gauge("pkcs11_proxy_unauthenticated_connections", "Data-port connections that have not sent their routing prelude yet.", startups.open() as i64),
+            Scalar::counter("pkcs11_proxy_unauthenticated_refused", "Data-port connections refused before their prelude (an address over its share, random early drop, or nothing valid sent).", load(&startups.refused_total)),
+            Scalar::counter("pkcs11_proxy_unauthenticated_dropped", "Data-port connections dropped before their prelude to make room (--max-startups full).", load(&startups.dropped_total)),
+            Scalar::counter("pkcs11_proxy_readiness_checks", "Readiness checks that reached the vendor library (/readyz answers from the last one for a second).", load(&router.readiness_checks)),
+        ];
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Exposition {
+            functions: self.functions.clone(),
+            sessions: self.sessions.clone(),
+            scalars,
+        }));
         let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let _ = writeln!(
-            out,
-            "# HELP pkcs11_proxy_calls_total PKCS#11 calls served, by function and return value."
-        );
-        let _ = writeln!(out, "# TYPE pkcs11_proxy_calls_total counter");
-        let mut names: Vec<_> = self.functions.keys().collect();
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            tracing::error!("cannot encode the metrics");
+        }
+        out
+    }
+}
+
+/// One counter or gauge without labels.
+#[derive(Debug)]
+struct Scalar {
+    /// For a counter, without the `_total` the encoder adds.
+    name: &'static str,
+    help: &'static str,
+    value: Value,
+}
+
+#[derive(Debug)]
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+}
+
+impl Scalar {
+    fn counter(name: &'static str, help: &'static str, v: u64) -> Self {
+        Self {
+            name,
+            help,
+            value: Value::Counter(v),
+        }
+    }
+
+    fn gauge(name: &'static str, help: &'static str, v: i64) -> Self {
+        Self {
+            name,
+            help,
+            value: Value::Gauge(v),
+        }
+    }
+}
+
+/// One scrape's values, encoded by the Prometheus client library.
+#[derive(Debug)]
+struct Exposition {
+    functions: HashMap<String, FunctionStats>,
+    sessions: Vec<(String, u64)>,
+    scalars: Vec<Scalar>,
+}
+
+impl prometheus_client::collector::Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut names: Vec<&String> = self.functions.keys().collect();
         names.sort_unstable();
+        let mut calls = encoder.encode_descriptor(
+            "pkcs11_proxy_calls",
+            "PKCS#11 calls served, by function and return value.",
+            None,
+            MetricType::Counter,
+        )?;
         for name in &names {
             let mut rvs: Vec<_> = self.functions[*name].by_rv.iter().collect();
             rvs.sort();
             for (rv, n) in rvs {
-                let _ = writeln!(
-                    out,
-                    "pkcs11_proxy_calls_total{{function=\"{name}\",rv=\"{}\"}} {n}",
-                    crate::rv::label(*rv as CK_RV)
-                );
+                let rv = crate::rv::label(*rv as CK_RV);
+                let labels = [("function", name.as_str()), ("rv", rv.as_str())];
+                calls
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP pkcs11_proxy_call_duration_seconds Time to serve a call, by function."
-        );
-        let _ = writeln!(out, "# TYPE pkcs11_proxy_call_duration_seconds histogram");
+        let mut durations = encoder.encode_descriptor(
+            "pkcs11_proxy_call_duration_seconds",
+            "Time to serve a call, by function.",
+            None,
+            MetricType::Histogram,
+        )?;
         for name in &names {
             let f = &self.functions[*name];
-            let mut cumulative = 0;
-            for (i, b) in BUCKETS.iter().enumerate() {
-                cumulative += f.buckets[i];
-                let _ = writeln!(out, "pkcs11_proxy_call_duration_seconds_bucket{{function=\"{name}\",le=\"{b}\"}} {cumulative}");
+            let mut buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .copied()
+                .zip(f.buckets.iter().copied())
+                .collect();
+            let inside: u64 = f.buckets.iter().sum();
+            buckets.push((f64::MAX, f.count.saturating_sub(inside)));
+            durations
+                .encode_family(&[("function", name.as_str())])?
+                .encode_histogram::<NoLabelSet>(f.sum, f.count, &buckets, None)?;
+        }
+        for s in &self.scalars {
+            match s.value {
+                Value::Counter(v) => encoder
+                    .encode_descriptor(s.name, s.help, None, MetricType::Counter)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                Value::Gauge(v) => encoder
+                    .encode_descriptor(s.name, s.help, None, MetricType::Gauge)?
+                    .encode_gauge(&v)?,
             }
-            let _ = writeln!(
-                out,
-                "pkcs11_proxy_call_duration_seconds_bucket{{function=\"{name}\",le=\"+Inf\"}} {}",
-                f.count
-            );
-            let _ = writeln!(
-                out,
-                "pkcs11_proxy_call_duration_seconds_sum{{function=\"{name}\"}} {}",
-                f.sum
-            );
-            let _ = writeln!(
-                out,
-                "pkcs11_proxy_call_duration_seconds_count{{function=\"{name}\"}} {}",
-                f.count
-            );
         }
-        gauge(
-            &mut out,
-            "pkcs11_proxy_connections",
-            "Client connections open.",
-            self.connections_open,
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_connections_total",
-            "Client connections accepted.",
-            self.connections_total,
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_connections_refused_total",
-            "Connections refused (limit, TLS, uid, handshake).",
-            self.connections_refused + router.connections_refused.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_received_bytes_total",
-            "Bytes of frames received from clients.",
-            self.bytes_received,
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_sent_bytes_total",
-            "Bytes of frames sent to clients.",
-            self.bytes_sent,
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_backend_errors_total",
-            "Calls the vendor library answered with a device or general error.",
-            self.backend_errors,
-        );
-        gauge(
-            &mut out,
-            "pkcs11_proxy_applications",
-            "Applications (shim instances) served.",
-            self.applications as i64,
-        );
-        gauge(
-            &mut out,
-            "pkcs11_proxy_workers",
-            "Worker processes running (the readiness probe included).",
-            workers as i64,
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_worker_starts_total",
-            "Worker processes started.",
-            router.worker_starts.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_worker_crashes_total",
-            "Worker processes that died of a signal or failed without being asked to stop.",
-            router.worker_crashes.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_pending_workers_stopped_total",
-            "Workers no hello reached, stopped to make room (--max-pending-applications).",
-            router.pending_stopped.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_pending_workers_refused_total",
-            "New applications refused: more than --max-pending-applications started a second.",
-            router.pending_refused.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "pkcs11_proxy_unauthenticated_connections",
-            "Data-port connections that have not sent their routing prelude yet.",
-            startups.open() as i64,
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_unauthenticated_refused_total",
-            "Data-port connections refused before their prelude (random early drop, or nothing valid sent).",
-            startups.refused_total.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_unauthenticated_dropped_total",
-            "Data-port connections dropped before their prelude to make room (--max-startups, --max-startups-per-peer).",
-            startups.dropped_total.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "pkcs11_proxy_readiness_checks_total",
-            "Readiness checks that reached the vendor library (/readyz answers from the last one for a second).",
-            router.readiness_checks.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(out, "# HELP pkcs11_proxy_sessions Sessions open, by application.\n# TYPE pkcs11_proxy_sessions gauge");
-        for (app, sessions) in &self.sessions {
-            let _ = writeln!(out, "pkcs11_proxy_sessions{{client=\"{app}\"}} {sessions}");
+        let mut sessions = encoder.encode_descriptor(
+            "pkcs11_proxy_sessions",
+            "Sessions open, by application.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (app, n) in &self.sessions {
+            sessions
+                .encode_family(&[("client", app.as_str())])?
+                .encode_gauge(&(*n as i64))?;
         }
-        out
+        Ok(())
     }
 }

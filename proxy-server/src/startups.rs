@@ -8,13 +8,15 @@
 //!   to 100 % at `full` (random early drop);
 //! - at `full`, the oldest is dropped to make room (an idle connection is the oldest; a real
 //!   client's handshake takes milliseconds);
-//! - one peer address holds at most `per_peer`: beyond it, that peer's own oldest is dropped.
+//! - one peer address holds at most `per_peer`: beyond it, its new ones are refused at once
+//!   (cheaply: closed before any thread or buffer is spent on them), so that one address
+//!   cannot fill the budget, nor make the server drop other addresses' connections.
 //!
 //! A dropped connection's socket is shut down; the thread reading it then sees the end of
 //! the stream. Refusals and drops are logged as one summary line per interval, not one line
 //! each.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::str::FromStr;
@@ -83,7 +85,8 @@ struct Inner {
     next: u64,
     /// Open connections, oldest first.
     open: BTreeMap<u64, Entry>,
-    per_peer: HashMap<IpAddr, usize>,
+    /// Each peer address's open connections, oldest first.
+    per_peer: HashMap<IpAddr, BTreeSet<u64>>,
     /// Since the last summary.
     refused: u64,
     dropped: u64,
@@ -112,7 +115,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut inner = self.startups.inner.lock();
         if let Some(e) = inner.open.remove(&self.id) {
-            Startups::forget_peer(&mut inner, e.peer);
+            Startups::forget_peer(&mut inner, e.peer, self.id);
         }
     }
 }
@@ -146,18 +149,17 @@ impl Startups {
         let socket = fd.try_clone_to_owned().ok()?;
         let mut inner = self.inner.lock();
         let l = self.limits;
-        // One peer's share: its own oldest goes.
-        if let Some(ip) = peer {
-            if inner.per_peer.get(&ip).copied().unwrap_or(0) >= l.per_peer {
-                let oldest = inner
-                    .open
-                    .iter()
-                    .find(|(_, e)| e.peer == Some(ip))
-                    .map(|(id, _)| *id);
-                if let Some(id) = oldest {
-                    self.drop_connection(&mut inner, id);
-                }
-            }
+        // One peer's share.
+        if peer.is_some_and(|ip| {
+            inner
+                .per_peer
+                .get(&ip)
+                .is_some_and(|ids| ids.len() >= l.per_peer)
+        }) {
+            inner.refused += 1;
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
+            self.summarise(&mut inner);
+            return None;
         }
         let n = inner.open.len();
         if n >= l.full {
@@ -174,7 +176,7 @@ impl Startups {
         inner.next += 1;
         inner.open.insert(id, Entry { peer, socket });
         if let Some(ip) = peer {
-            *inner.per_peer.entry(ip).or_default() += 1;
+            inner.per_peer.entry(ip).or_default().insert(id);
         }
         drop(inner);
         Some(Ticket {
@@ -213,18 +215,18 @@ impl Startups {
         if let Some(e) = inner.open.remove(&id) {
             // SAFETY: shutdown(2) of a socket this budget holds a descriptor of.
             unsafe { libc::shutdown(e.socket.as_raw_fd(), libc::SHUT_RDWR) };
-            Self::forget_peer(inner, e.peer);
+            Self::forget_peer(inner, e.peer, id);
             inner.dropped += 1;
             self.dropped_total.fetch_add(1, Ordering::Relaxed);
             self.summarise(inner);
         }
     }
 
-    fn forget_peer(inner: &mut Inner, peer: Option<IpAddr>) {
+    fn forget_peer(inner: &mut Inner, peer: Option<IpAddr>, id: u64) {
         if let Some(ip) = peer {
-            if let Some(n) = inner.per_peer.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(ids) = inner.per_peer.get_mut(&ip) {
+                ids.remove(&id);
+                if ids.is_empty() {
                     inner.per_peer.remove(&ip);
                 }
             }
@@ -244,7 +246,7 @@ impl Startups {
             refused = inner.refused,
             dropped = inner.dropped,
             open = inner.open.len(),
-            "connections that had not completed their {} were refused (random early drop, or nothing valid sent) or dropped (budget {}:{}:{}, {} per peer address){}",
+            "connections that had not completed their {} were refused (an address over its share, random early drop, or nothing valid sent) or dropped (budget {}:{}:{}, {} per peer address){}",
             self.what,
             l.start,
             l.rate,
@@ -290,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_goes_when_full_and_a_peer_only_recycles_its_own() {
+    fn the_oldest_goes_when_full_and_a_peer_is_held_to_its_share() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let b = Startups::new(limits(3, 100, 3, 2), "test");
         let mut conns: Vec<(TcpStream, TcpStream, Option<Ticket>)> = Vec::new();
@@ -300,21 +302,20 @@ mod tests {
             assert!(t.is_some());
             conns.push((c, s, t));
         }
-        // Peer 1 at its cap: its own oldest goes, peer 2's stays.
-        let (c, s) = pair(&l);
-        let t = b.admit(ip(1), s.as_fd_ref());
-        assert!(t.is_some());
-        assert!(was_dropped(&mut conns[0].0));
-        assert!(!was_dropped(&mut conns[2].0));
-        conns.push((c, s, t));
+        // Peer 1 at its share: its new one is refused, nobody is dropped for it.
+        let (_c, s) = pair(&l);
+        assert!(b.admit(ip(1), s.as_fd_ref()).is_none());
+        assert!(!was_dropped(&mut conns[0].0));
+        assert_eq!(b.refused_total.load(Ordering::Relaxed), 1);
         assert_eq!(b.open(), 3);
-        // Full: a new peer gets in, the oldest (peer 1's second) goes.
+        // Full: a new peer gets in, the oldest (peer 1's first) goes.
         let (_c, s) = pair(&l);
         let t = b.admit(ip(3), s.as_fd_ref());
         assert!(t.is_some());
-        assert!(was_dropped(&mut conns[1].0));
+        assert!(was_dropped(&mut conns[0].0));
+        assert!(!was_dropped(&mut conns[2].0));
         assert_eq!(b.open(), 3);
-        assert_eq!(b.dropped_total.load(Ordering::Relaxed), 2);
+        assert_eq!(b.dropped_total.load(Ordering::Relaxed), 1);
         // Done handshakes give their place back.
         conns.clear();
         drop(t);

@@ -27,11 +27,11 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Holds `n` idle TCP connections to `addr` (never a byte sent), opening again each one the
-/// server drops, until `stop`.
+/// Holds `n` idle TCP connections to `addr` (never a byte sent) from the one address
+/// 127.0.0.2 (not the application's), opening again each one the server drops, until `stop`.
 fn hold_idle(addr: String, n: usize, stop: Arc<AtomicBool>, reopened: Arc<AtomicUsize>) {
     let connect = || {
-        let c = TcpStream::connect(&addr).ok()?;
+        let c = connect_from([127, 0, 0, 2], &addr).ok()?;
         c.set_nonblocking(true).ok()?;
         Some(c)
     };
@@ -51,7 +51,9 @@ fn hold_idle(addr: String, n: usize, stop: Arc<AtomicBool>, reopened: Arc<Atomic
                 reopened.fetch_add(1, Ordering::Relaxed);
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Every 100 ms: the attacker shares this machine's two cores with the server, and a
+        // tighter loop would measure the attacker's own CPU, not the server.
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -243,10 +245,11 @@ fn a_real_application_signs_while_thousands_of_connections_never_authenticate() 
         peak_rss / 1024
     );
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
-    // The flood was real: the server dropped idle connections, and they came back.
+    // The flood was real: the server refused the address's connections beyond its share,
+    // and they came back.
     let m = scrape(&metrics);
-    assert!(reopened.load(Ordering::Relaxed) > 0);
-    assert!(value(&m, "pkcs11_proxy_unauthenticated_dropped_total") > 1000);
+    assert!(reopened.load(Ordering::Relaxed) > 1000);
+    assert!(value(&m, "pkcs11_proxy_unauthenticated_refused_total") > 1000);
     // Bounded: the router's threads for 1,024 connections before their prelude and at most
     // 16 workers for routing ids no hello followed, beside the real application's.
     assert!(peak_rss < 800 * 1024, "{} MiB", peak_rss / 1024);

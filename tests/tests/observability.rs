@@ -86,7 +86,7 @@ fn metrics_and_health_endpoints_move_with_calls() {
             "pkcs11_proxy_call_duration_seconds_count{function=\"C_GenerateRandom\"}"
         ) >= 5.0
     );
-    assert!(value(&after, "pkcs11_proxy_connections ") >= 1.0);
+    assert!(value(&after, "pkcs11_proxy_connections_open ") >= 1.0);
     assert!(
         value(&after, "pkcs11_proxy_received_bytes_total")
             > value(&before, "pkcs11_proxy_received_bytes_total")

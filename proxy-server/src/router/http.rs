@@ -1,11 +1,12 @@
-//! `/metrics` (Prometheus text: the sum of every worker's report and the router's own
-//! counters), `/healthz` (the router answers) and `/readyz` (the probe worker checks that the
+//! `/metrics` (OpenMetrics text, encoded by `prometheus-client`: the sum of every worker's
+//! report and the router's own counters), `/healthz` (the router answers) and `/readyz` (the probe worker checks that the
 //! vendor library answers C_GetTokenInfo for a slot), served on `--metrics-listen`.
 //!
 //! Each connection is served on a thread of its own, so a probe never waits behind a scrape or
 //! a slow client, and within a budget of its own (`crate::startups`: at most
 //! [`MAX_CONNECTIONS`], the oldest dropped to make room): a request is read within
-//! [`READ_TIMEOUT`] and [`MAX_REQUEST`] bytes, an answer written within [`WRITE_TIMEOUT`].
+//! [`READ_TIMEOUT`] and [`MAX_REQUEST`] bytes and parsed by `httparse` (anything else is a
+//! 400), an answer written within [`WRITE_TIMEOUT`].
 //! A readiness answer is kept for [`READY_CACHE`], and while one probe asks the vendor the
 //! others answer from the last check: a storm of probes costs the vendor one call a second.
 
@@ -31,6 +32,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REQUEST: usize = 8192;
 /// Stack of a responder thread.
 const STACK: usize = 256 * 1024;
+/// Content types of the answers.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The last readiness answer, and whether a probe is asking the vendor now.
 #[derive(Default)]
@@ -85,7 +89,18 @@ impl Responder {
         let _ = c.set_write_timeout(Some(WRITE_TIMEOUT));
         let mut request = Vec::new();
         let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
+        // The request line and headers, parsed by httparse as they arrive.
+        let path = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Request::new(&mut headers);
+            match parsed.parse(&request) {
+                Ok(httparse::Status::Complete(_)) => break parsed.path.unwrap_or("").to_string(),
+                Ok(httparse::Status::Partial) if request.len() < MAX_REQUEST => {}
+                _ => {
+                    self.answer(&mut c, "400 Bad Request", TEXT, "bad request\n");
+                    return;
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || c.set_read_timeout(Some(left)).is_err() {
                 return;
@@ -94,29 +109,30 @@ impl Responder {
                 Ok(0) | Err(_) => return,
                 Ok(n) => request.extend_from_slice(&buf[..n]),
             }
-        }
-        let line = String::from_utf8_lossy(&request);
-        let path = line.split_whitespace().nth(1).unwrap_or("");
-        let (status, body) = match path {
+        };
+        match path.as_str() {
             "/metrics" => {
                 let router = &self.router;
                 let (total, workers) = router.workers.snapshot();
-                (
-                    "200 OK",
-                    total.render(&router.workers.counters, workers, &router.startups),
-                )
+                let body = total.render(&router.workers.counters, workers, &router.startups);
+                self.answer(&mut c, "200 OK", OPENMETRICS, &body);
             }
-            "/healthz" => ("200 OK", "ok\n".to_string()),
-            "/readyz" if self.ready() => ("200 OK", "ready\n".to_string()),
-            "/readyz" => (
+            "/healthz" => self.answer(&mut c, "200 OK", TEXT, "ok\n"),
+            "/readyz" if self.ready() => self.answer(&mut c, "200 OK", TEXT, "ready\n"),
+            "/readyz" => self.answer(
+                &mut c,
                 "503 Service Unavailable",
-                "vendor library not ready\n".to_string(),
+                TEXT,
+                "vendor library not ready\n",
             ),
-            _ => ("404 Not Found", "not found\n".to_string()),
-        };
+            _ => self.answer(&mut c, "404 Not Found", TEXT, "not found\n"),
+        }
+    }
+
+    fn answer(&self, c: &mut TcpStream, status: &str, content_type: &str, body: &str) {
         let _ = write!(
             c,
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
     }

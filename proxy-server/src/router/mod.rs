@@ -18,6 +18,9 @@ use crate::startups::Startups;
 pub use self::listener::{Access, Listener};
 use self::workers::Workers;
 
+/// Threads accepting on each listener.
+const ACCEPTORS: usize = 2;
+
 /// How long a stop waits for the workers (their own drain is 10 s).
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -114,12 +117,16 @@ pub fn run(settings: Settings) -> Result<(), String> {
         let local = http::serve(router.clone(), addr)?;
         bound.push(format!("http://{local}/metrics"));
     }
+    // Two accepting threads a listener: a flood of connections is taken off the queue (and
+    // dropped or refused) at the pace of two, so that a real client's connection waits less.
     for i in 0..router.listeners.len() {
-        let r = router.clone();
-        std::thread::Builder::new()
-            .name("p11-accept".into())
-            .spawn(move || listener::accept_loop(r, i))
-            .map_err(|e| format!("cannot start accept thread: {e}"))?;
+        for _ in 0..ACCEPTORS {
+            let r = router.clone();
+            std::thread::Builder::new()
+                .name("p11-accept".into())
+                .spawn(move || listener::accept_loop(r, i))
+                .map_err(|e| format!("cannot start accept thread: {e}"))?;
+        }
     }
     eprintln!("pkcs11-proxy-server: listening on {}", bound.join(" "));
     let sig = loop {

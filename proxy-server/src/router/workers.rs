@@ -22,6 +22,10 @@ use crate::metrics::{RouterCounters, Snapshot};
 /// How long a report may take.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a worker waits for its application's hello before a new application may take
+/// its place as a pending one (--max-pending-applications).
+const PENDING_MIN_AGE: Duration = Duration::from_secs(1);
+
 /// How long the start-up check waits for the probe worker to load the vendor library.
 const PROBE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -119,8 +123,9 @@ pub struct Workers {
     shared_worker: bool,
     max_applications: usize,
     max_pending: usize,
-    /// Starts of workers no hello reached yet: a token bucket of `max_pending` a second, so
-    /// that a flood of routing ids costs at most that many process starts a second.
+    /// Starts of workers for applications not yet known: a token bucket (a burst of
+    /// `max_applications`, then `max_pending` a second), so that a flood of made-up routing
+    /// ids costs at most that many process starts a second.
     pending_starts: Mutex<(Instant, f64)>,
     routes: Mutex<HashMap<Key, Arc<Worker>>>,
     probe: Mutex<Option<Arc<Worker>>>,
@@ -148,7 +153,7 @@ impl Workers {
             shared_worker,
             max_applications,
             max_pending,
-            pending_starts: Mutex::new((Instant::now(), max_pending as f64)),
+            pending_starts: Mutex::new((Instant::now(), max_applications as f64)),
             routes: Mutex::new(HashMap::new()),
             probe: Mutex::new(None),
             alive: Mutex::new(HashMap::new()),
@@ -210,26 +215,42 @@ impl Workers {
                 "the server serves {serving} applications already (--max-applications)"
             )));
         }
+        let flood = |why: String| {
+            self.counters
+                .pending_refused
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Refusal::Flood(format!(
+                "{why} (--max-pending-applications); try again"
+            )))
+        };
         {
+            // Starts for applications not yet known: a burst as large as --max-applications
+            // (every application reconnecting after a restart), then --max-pending-applications
+            // a second.
             let mut bucket = self.pending_starts.lock();
             let (at, tokens) = *bucket;
-            let cap = self.max_pending as f64;
-            let tokens = (tokens + at.elapsed().as_secs_f64() * cap).min(cap);
+            let burst = self.max_applications as f64;
+            let tokens = (tokens + at.elapsed().as_secs_f64() * self.max_pending as f64).min(burst);
             if tokens < 1.0 {
                 *bucket = (Instant::now(), tokens);
-                self.counters
-                    .pending_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(Refusal::Flood(format!(
-                    "more than {} new applications a second (--max-pending-applications); try again",
+                return flood(format!(
+                    "more than {} new applications a second",
                     self.max_pending
-                )));
+                ));
             }
             *bucket = (Instant::now(), tokens - 1.0);
         }
         if pending.len() >= self.max_pending {
             pending.sort_by_key(|w| w.started);
             let oldest = pending[0].clone();
+            // A real application's hello follows its worker's start within milliseconds:
+            // only a worker that has waited longer than that is taken for a made-up one.
+            if oldest.started.elapsed() < PENDING_MIN_AGE {
+                return flood(format!(
+                    "{} new applications are starting already",
+                    pending.len()
+                ));
+            }
             self.counters
                 .pending_stopped
                 .fetch_add(1, Ordering::Relaxed);
