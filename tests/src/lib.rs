@@ -180,6 +180,23 @@ impl ProxyServer {
         Self::start_with(hsm, &["--module", SOFTHSM, "--listen", listen], &[])
     }
 
+    /// Starts the server on SoftHSM `hsm` on a free loopback port, with its metrics and
+    /// health endpoints on another (`metrics_address`).
+    pub fn start_with_metrics(hsm: &SoftHsm) -> Self {
+        Self::start_with(
+            hsm,
+            &[
+                "--module",
+                SOFTHSM,
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        )
+    }
+
     /// Starts the server with the given arguments and extra environment.
     pub fn start_with(hsm: &SoftHsm, args: &[&str], env: &[(&str, &str)]) -> Self {
         let conf = hsm.conf.to_string_lossy().into_owned();

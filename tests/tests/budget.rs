@@ -16,7 +16,7 @@ use cryptoki::object::Attribute;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use protocol::handshake::{routing_id, Prelude};
-use tests::{proxy_context, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM};
+use tests::{proxy_context, ProxyServer, SoftHsm, TempDir, PIN};
 
 const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
@@ -158,18 +158,7 @@ fn routing_flood(addr: String, seed: u8, stop: Arc<AtomicBool>, sent: Arc<Atomic
 fn a_real_application_signs_while_thousands_of_connections_never_authenticate() {
     let _one = one_at_a_time();
     let hsm = SoftHsm::new("budget");
-    let server = ProxyServer::start_with(
-        &hsm,
-        &[
-            "--module",
-            SOFTHSM,
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let server = ProxyServer::start_with_metrics(&hsm);
     let metrics = server.metrics_address();
     let addr = server.address.trim_start_matches("tcp://").to_string();
     let stop = Arc::new(AtomicBool::new(false));
@@ -260,18 +249,7 @@ fn a_real_application_signs_while_thousands_of_connections_never_authenticate() 
 fn a_flood_of_made_up_applications_starts_few_workers_and_stops_no_real_one() {
     let _one = one_at_a_time();
     let hsm = SoftHsm::new("flood");
-    let server = ProxyServer::start_with(
-        &hsm,
-        &[
-            "--module",
-            SOFTHSM,
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let server = ProxyServer::start_with_metrics(&hsm);
     let metrics = server.metrics_address();
     let addr = server.address.trim_start_matches("tcp://").to_string();
     // A real application, authenticated before the flood.
@@ -333,6 +311,84 @@ fn a_flood_of_made_up_applications_starts_few_workers_and_stops_no_real_one() {
     assert!(peak_rss < 600 * 1024, "{} MiB", peak_rss / 1024);
 }
 
+/// Whether `c` (after a raw hello) was accepted: its welcome's status is 0.
+fn accepted(c: &mut TcpStream) -> bool {
+    let mut answers = [0u8; tests::ANSWERS_LEN];
+    c.read_exact(&mut answers).is_ok()
+        && answers[protocol::handshake::ROUTE_ANSWER_LEN + 4 + 10] == 0
+}
+
+#[test]
+fn connections_that_know_a_routing_id_but_not_the_hello_never_take_an_applications_places() {
+    let _one = one_at_a_time();
+    let hsm = SoftHsm::new("prehello");
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            tests::SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--max-connections",
+            "8",
+        ],
+        &[],
+    );
+    let addr = server.address.trim_start_matches("tcp://").to_string();
+    let client_id = [9u8; 16];
+    // The application is served.
+    let mut first = tests::raw_hello(&server.address, client_id);
+    assert!(accepted(&mut first));
+    // Someone who saw its routing id on the wire (it travels in clear) opens 300 connections
+    // to its worker and never sends a hello.
+    let prelude = Prelude {
+        routing_id: routing_id(&client_id),
+    }
+    .encode();
+    let squatters: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut c = connect_from([127, 0, 3, 1], &addr).unwrap();
+            c.write_all(&prelude).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The application's own connections, up to its --max-connections of 8, are all accepted:
+    // the squatters count against neither the limit nor its budget before the hello (they
+    // are dropped, oldest first, to make room).
+    let mut mine: Vec<TcpStream> = (0..7)
+        .map(|_| tests::raw_hello(&server.address, client_id))
+        .collect();
+    for c in &mut mine {
+        assert!(accepted(c), "an authenticated connection was refused");
+    }
+    // Its ninth is over its own limit.
+    let mut over = tests::raw_hello(&server.address, client_id);
+    assert!(
+        !accepted(&mut over),
+        "the limit counts authenticated connections"
+    );
+    let dropped = squatters
+        .into_iter()
+        .filter(|c| {
+            // The route answer first, then the end of the stream if it was dropped.
+            let mut c = c.try_clone().unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut buf = [0u8; 64];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .count();
+    eprintln!("{dropped} of 300 connections without a hello were dropped to make room");
+    // The worker's budget before the hello is --max-connections (8) here.
+    assert!(dropped >= 300 - 8, "{dropped}");
+}
+
 /// The whole `/metrics` text.
 fn scrape(metrics: &str) -> String {
     let mut c = TcpStream::connect(metrics).unwrap();
@@ -366,18 +422,7 @@ fn get(addr: &str, path: &str) -> (String, Duration) {
 fn probes_answer_at_once_behind_idle_and_slow_clients_and_a_storm_costs_the_vendor_nothing() {
     let _one = one_at_a_time();
     let hsm = SoftHsm::new("probes");
-    let server = ProxyServer::start_with(
-        &hsm,
-        &[
-            "--module",
-            SOFTHSM,
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let server = ProxyServer::start_with_metrics(&hsm);
     let metrics = server.metrics_address();
     // 200 idle connections and 50 scrapers that never read their answer.
     let mut held = Vec::new();

@@ -33,18 +33,7 @@ fn value(metrics: &str, prefix: &str) -> f64 {
 #[test]
 fn metrics_and_health_endpoints_move_with_calls() {
     let hsm = SoftHsm::new("metrics");
-    let server = ProxyServer::start_with(
-        &hsm,
-        &[
-            "--module",
-            SOFTHSM,
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let server = ProxyServer::start_with_metrics(&hsm);
     let metrics_addr = server.metrics_address();
     assert_eq!(get(&metrics_addr, "/healthz").0, "HTTP/1.1 200 OK");
     assert_eq!(get(&metrics_addr, "/readyz").0, "HTTP/1.1 200 OK");

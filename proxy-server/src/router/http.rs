@@ -146,13 +146,14 @@ pub fn serve(router: Arc<Router>, addr: SocketAddr) -> Result<SocketAddr, String
         router,
         readiness: Mutex::new(Readiness::default()),
         check: Mutex::new(()),
-        // No random early drop here: a probe must get in; the oldest connection goes.
+        // No random early drop and no per-address share here: a probe must get in, from
+        // whatever address; the oldest connection goes.
         budget: Startups::new(
             Limits {
                 start: MAX_CONNECTIONS,
                 rate: 100,
                 full: MAX_CONNECTIONS,
-                per_peer: MAX_CONNECTIONS,
+                per_peer: usize::MAX,
             },
             "HTTP request",
         ),

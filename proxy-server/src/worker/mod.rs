@@ -105,14 +105,15 @@ pub fn run() -> ExitCode {
         return ExitCode::FAILURE;
     }
     // Before their hello, an application's connections are bounded by --max-connections
-    // too, apart from its authenticated ones; the oldest goes to make room.
+    // too, apart from its authenticated ones; the oldest goes to make room, whatever its
+    // address (the application's own may share it, behind a NAT).
     let pre_hello = shared.settings.max_connections.min(MAX_PRE_HELLO);
     let startups = Startups::new(
         Limits {
             start: pre_hello,
             rate: 100,
             full: pre_hello,
-            per_peer: pre_hello,
+            per_peer: usize::MAX,
         },
         "hello",
     );
