@@ -18,6 +18,9 @@ pub enum ProtocolError {
     VersionMismatch { ours: u16, theirs: u16 },
     /// The peer refused the handshake, with its reason.
     Refused(String),
+    /// The server cannot take the connection now and says to try again (a flood of new
+    /// applications), with its reason.
+    Busy(String),
 }
 
 impl fmt::Display for ProtocolError {
@@ -45,6 +48,7 @@ impl fmt::Display for ProtocolError {
                 "protocol version mismatch: we speak {ours}, the peer speaks {theirs}"
             ),
             Self::Refused(reason) => write!(f, "handshake refused by peer: {reason}"),
+            Self::Busy(reason) => write!(f, "server busy: {reason}"),
         }
     }
 }

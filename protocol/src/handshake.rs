@@ -43,6 +43,8 @@ const HELLO_LEN: usize = 40;
 const WELCOME_LEN: usize = 35;
 const STATUS_ACCEPTED: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
+/// A route answer only: the router cannot start the application's worker now; try again.
+const STATUS_BUSY: u8 = 2;
 
 /// A 128-bit random secret naming one application (one shim instance), whatever number of
 /// connections it opens.
@@ -123,11 +125,13 @@ impl Prelude {
 /// `route_magic[8] | version u16 LE | status u8 | interface_major u8 | interface_minor u8`
 /// (status 0: handed to the application's worker, which answers everything after; the
 /// version of the vendor library's "PKCS 11" interface, 0.0 if unknown), or, refused,
-/// `route_magic[8] | version u16 LE | 1 | reason_len u16 LE | reason (UTF-8)`.
+/// `route_magic[8] | version u16 LE | 1 | reason_len u16 LE | reason (UTF-8)`, or, busy (try
+/// again shortly), the same with status 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAnswer {
     Routed { interface: (u8, u8) },
     Refused(String),
+    Busy(String),
 }
 
 /// Length of a route answer's fixed part (a refusal has a different length).
@@ -144,8 +148,12 @@ impl RouteAnswer {
                 out.push(interface.0);
                 out.push(interface.1);
             }
-            Self::Refused(reason) => {
-                out.push(STATUS_REFUSED);
+            Self::Refused(reason) | Self::Busy(reason) => {
+                out.push(if matches!(self, Self::Busy(_)) {
+                    STATUS_BUSY
+                } else {
+                    STATUS_REFUSED
+                });
                 let reason = &reason.as_bytes()[..reason.len().min(1024)];
                 out.extend_from_slice(&(reason.len() as u16).to_le_bytes());
                 out.extend_from_slice(reason);
@@ -170,12 +178,17 @@ impl RouteAnswer {
                     interface: (interface[0], interface[1]),
                 })
             }
-            STATUS_REFUSED => {
+            status @ (STATUS_REFUSED | STATUS_BUSY) => {
                 let mut len = [0u8; 2];
                 r.read_exact(&mut len)?;
                 let mut reason = vec![0u8; usize::from(u16::from_le_bytes(len)).min(1024)];
                 r.read_exact(&mut reason)?;
-                Ok(Self::Refused(String::from_utf8_lossy(&reason).into_owned()))
+                let reason = String::from_utf8_lossy(&reason).into_owned();
+                Ok(if status == STATUS_BUSY {
+                    Self::Busy(reason)
+                } else {
+                    Self::Refused(reason)
+                })
             }
             _ => Err(ProtocolError::Codec("malformed route answer".into())),
         }
@@ -378,6 +391,7 @@ mod tests {
         for a in [
             RouteAnswer::Routed { interface: (3, 0) },
             RouteAnswer::Refused("too many".into()),
+            RouteAnswer::Busy("try again".into()),
         ] {
             let bytes = a.encode();
             assert_eq!(RouteAnswer::read(&mut bytes.as_slice()).unwrap(), a);

@@ -311,6 +311,53 @@ fn a_flood_of_made_up_applications_starts_few_workers_and_stops_no_real_one() {
     assert!(peak_rss < 600 * 1024, "{} MiB", peak_rss / 1024);
 }
 
+#[test]
+fn new_applications_beyond_the_pending_budget_are_told_to_try_again_and_get_in() {
+    let _one = one_at_a_time();
+    let hsm = SoftHsm::new("burst");
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            tests::SOFTHSM,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--max-pending-applications",
+            "2",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let metrics = server.metrics_address();
+    // Eight applications start at once: two may wait for their hello at a time, the others
+    // are told the server is busy, try again, and get in.
+    let dir = Arc::new(TempDir::new("burst"));
+    let modules: Vec<tests::raw::RawModule> = (0..8)
+        .map(|_| tests::raw::RawModule::load(&tests::private_copy(&tests::shim_path(), dir.path())))
+        .collect();
+    // The environment is set once, for all eight C_Initialize calls at the same moment.
+    let rvs = tests::with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || {
+        std::thread::scope(|scope| {
+            let starts: Vec<_> = modules
+                .iter()
+                .map(|m| scope.spawn(move || m.initialize()))
+                .collect();
+            starts
+                .into_iter()
+                .map(|s| s.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    assert!(rvs.iter().all(|rv| *rv == cryptoki_sys::CKR_OK), "{rvs:x?}");
+    let told = value(
+        &scrape(&metrics),
+        "pkcs11_proxy_pending_workers_refused_total",
+    );
+    eprintln!("8 applications at once, 2 pending at a time: {told} told to try again, all in");
+    assert!(told > 0, "the burst never exceeded the pending budget");
+}
+
 /// Whether `c` (after a raw hello) was accepted: its welcome's status is 0.
 fn accepted(c: &mut TcpStream) -> bool {
     let mut answers = [0u8; tests::ANSWERS_LEN];

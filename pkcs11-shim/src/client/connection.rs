@@ -5,6 +5,7 @@ use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use protocol::address::Address;
 use protocol::codec;
@@ -53,6 +54,34 @@ fn routed_or_refused(
     match answer? {
         RouteAnswer::Routed { interface } => Ok(interface),
         RouteAnswer::Refused(reason) => Err(ProtocolError::Refused(reason)),
+        RouteAnswer::Busy(reason) => Err(ProtocolError::Busy(reason)),
+    }
+}
+
+/// Why a connection could not be made: for now (the server said to try again), or not.
+enum OpenError {
+    Busy(String),
+    Failed(String),
+}
+
+impl From<String> for OpenError {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<&str> for OpenError {
+    fn from(e: &str) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+impl From<ProtocolError> for OpenError {
+    fn from(e: ProtocolError) -> Self {
+        match e {
+            ProtocolError::Busy(reason) => Self::Busy(reason),
+            e => Self::Failed(e.to_string()),
+        }
     }
 }
 
@@ -119,12 +148,33 @@ impl Connection {
         let mut errors = Vec::new();
         for index in (0..n).map(|i| (first + i) % n) {
             let addr = &config.addresses[index];
-            match Self::open_one(addr, config, client_id, init) {
-                Ok(mut c) => {
-                    c.address_index = index;
-                    return Ok(c);
+            // A server busy with a flood of new applications says to try again: again, every
+            // 50 to 250 ms, within the connect timeout.
+            let deadline = Instant::now() + config.connect_timeout;
+            let mut wait = Duration::from_millis(50);
+            loop {
+                match Self::open_one(addr, config, client_id, init) {
+                    Ok(mut c) => {
+                        c.address_index = index;
+                        return Ok(c);
+                    }
+                    Err(OpenError::Busy(reason)) if Instant::now() + wait < deadline => {
+                        super::log::log(
+                            super::log::LogLevel::Debug,
+                            &format!("{addr}: server busy ({reason}); trying again"),
+                        );
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_millis(250));
+                    }
+                    Err(OpenError::Busy(reason)) => {
+                        errors.push(format!("{addr}: server busy: {reason}"));
+                        break;
+                    }
+                    Err(OpenError::Failed(e)) => {
+                        errors.push(format!("{addr}: {e}"));
+                        break;
+                    }
                 }
-                Err(e) => errors.push(format!("{addr}: {e}")),
             }
         }
         Err(errors.join("; "))
@@ -140,7 +190,7 @@ impl Connection {
         config: &Config,
         client_id: &ClientId,
         init: Option<InitArgs>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, OpenError> {
         // The routing prelude names the application to the server's router, before TLS; on
         // a plain connection it goes out with the hello, and its answer is read before the
         // welcome.
@@ -157,8 +207,7 @@ impl Connection {
                 tcp.set_write_timeout(Some(config.connect_timeout))
                     .map_err(|e| e.to_string())?;
                 tcp.write_all(&prelude).map_err(|e| e.to_string())?;
-                let interface =
-                    routed_or_refused(RouteAnswer::read(&mut tcp)).map_err(|e| e.to_string())?;
+                let interface = routed_or_refused(RouteAnswer::read(&mut tcp))?;
                 let tls = config.tls.as_ref().ok_or("no TLS configuration")?;
                 (super::tls::connect(tcp, host, tls)?, Some(interface))
             }
@@ -183,9 +232,7 @@ impl Connection {
             frame: Vec::new(),
             scratch: Vec::new(),
         };
-        let (interface, accepted) = conn
-            .handshake(client_id, init, routed_to, &prelude)
-            .map_err(|e| e.to_string())?;
+        let (interface, accepted) = conn.handshake(client_id, init, routed_to, &prelude)?;
         conn.instance = accepted.instance_id;
         conn.init_rv = accepted.init_rv;
         conn.vendor_interface = interface;

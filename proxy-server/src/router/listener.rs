@@ -467,18 +467,19 @@ fn route(router: &Router, accepted: Accepted, _ticket: crate::startups::Ticket) 
         Ok(w) => w,
         Err(refusal) => {
             refused(router);
-            let reason = match refusal {
+            let answer = match refusal {
                 Refusal::Flood(reason) => {
-                    // Counted in the metrics; one line each would be the flood's own.
-                    tracing::debug!(peer, reason, "connection refused");
-                    reason
+                    // Counted in the metrics; one line each would be the flood's own. The
+                    // shim tries again shortly.
+                    tracing::debug!(peer, reason, "connection refused for now");
+                    RouteAnswer::Busy(reason)
                 }
                 Refusal::Limit(reason) => {
                     tracing::warn!(peer, reason, "connection refused");
-                    reason
+                    RouteAnswer::Refused(reason)
                 }
             };
-            let _ = socket.write_all(&RouteAnswer::Refused(reason).encode());
+            let _ = socket.write_all(&answer.encode());
             socket.close_gently();
             return;
         }
