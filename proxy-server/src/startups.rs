@@ -111,12 +111,29 @@ pub struct Ticket {
     id: u64,
 }
 
+impl Ticket {
+    /// Leaves the budget (the handshake is done): whether the connection was still in it.
+    /// After this nothing drops it; `false` means it was dropped already (its socket shut
+    /// down), and must not be answered as accepted.
+    pub fn release(self) -> bool {
+        self.leave()
+    }
+
+    fn leave(&self) -> bool {
+        let mut inner = self.startups.inner.lock();
+        match inner.open.remove(&self.id) {
+            Some(e) => {
+                Startups::forget_peer(&mut inner, e.peer, self.id);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut inner = self.startups.inner.lock();
-        if let Some(e) = inner.open.remove(&self.id) {
-            Startups::forget_peer(&mut inner, e.peer, self.id);
-        }
+        self.leave();
     }
 }
 

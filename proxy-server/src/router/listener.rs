@@ -406,9 +406,9 @@ fn refused(router: &Router) {
 
 /// Reads the connection's prelude (bounded by the handshake timeout, no byte past it: TLS or
 /// the hello follow) and hands the socket to the application's worker, started if need be.
-/// The connection holds `_ticket`, its place in the budget, until it is handed over or
-/// closed.
-fn route(router: &Router, accepted: Accepted, _ticket: crate::startups::Ticket) {
+/// The connection holds `ticket`, its place in the budget, until it is handed over (released
+/// first, so that the budget never drops a connection its worker serves) or closed.
+fn route(router: &Router, accepted: Accepted, ticket: crate::startups::Ticket) {
     let peer = accepted.peer.as_str();
     let socket = &accepted.socket;
     socket.set_timeouts(router.handshake_timeout);
@@ -484,6 +484,10 @@ fn route(router: &Router, accepted: Accepted, _ticket: crate::startups::Ticket) 
             return;
         }
     };
+    if !ticket.release() {
+        // Dropped to make room just now: its socket is shut down.
+        return;
+    }
     // The answer goes before the hand-over: every byte after it is the worker's.
     if let Err(e) = socket.write_all(&RouteAnswer::Routed { interface }.encode()) {
         tracing::warn!(peer, error = %e, "connection lost while routing");

@@ -408,11 +408,10 @@ pub fn serve(shared: &Shared, handed: Handed) {
         }
         (_, s) => s,
     };
-    let Some((key, app, reader)) = handshake(stream, peer, identity, shared) else {
+    let Some((key, app, reader)) = handshake(stream, peer, identity, ticket, shared) else {
         refused(shared);
         return;
     };
-    drop(ticket);
     on_hello();
     let _ = reader
         .get_ref()
@@ -464,10 +463,14 @@ fn refuse(reader: &mut BufReader<Stream>, reason: String) {
     );
 }
 
+/// Reads and checks the hello and answers it. The connection leaves the budget of
+/// connections before their hello (`ticket`) once its hello is valid, before it is counted
+/// or answered: an accepted connection is never dropped by that budget afterwards.
 fn handshake(
     stream: Stream,
     peer: &str,
     identity: Vec<u8>,
+    ticket: Option<crate::startups::Ticket>,
     shared: &Shared,
 ) -> Option<(AppKey, Arc<App>, BufReader<Stream>)> {
     let _ = stream.set_read_timeout(Some(shared.settings.handshake_timeout));
@@ -488,6 +491,10 @@ fn handshake(
             return None;
         }
     };
+    if ticket.is_some_and(|t| !t.release()) {
+        // Dropped to make room just now: its socket is shut down.
+        return None;
+    }
     // Authenticated connections of the application: their own limit, which connections
     // before their hello never count against. The place is taken here (and given back if
     // the handshake fails), so that hellos at the same moment cannot pass the limit together.
