@@ -9,7 +9,7 @@ use std::mem::size_of;
 
 use cryptoki_sys::*;
 use protocol::message::Response;
-use protocol::shape::{Bytes, Out, Outputs};
+use protocol::shape::{Bytes, Out};
 
 /// The result type of the logic behind each C function.
 pub type Rv<T = ()> = Result<T, CK_RV>;
@@ -122,12 +122,6 @@ pub unsafe fn pin(p: *const u8, n: CK_ULONG) -> Rv<protocol::message::Pin> {
 /// `p` must be NULL or valid for writes of a `T`.
 pub unsafe fn out<'a, T>(p: *mut T) -> Rv<&'a mut T> {
     p.as_mut().ok_or(CKR_ARGUMENTS_BAD)
-}
-
-/// Which of the caller's single output pointers are given, in the C signature's order: the
-/// server passes NULL for the others, and the vendor answers as it does for NULL.
-pub fn outputs(given: &[bool]) -> Outputs {
-    Outputs::of(given)
 }
 
 /// Writes `value` through the caller's output pointer when it is not NULL.

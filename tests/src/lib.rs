@@ -180,21 +180,17 @@ impl ProxyServer {
         Self::start_with(hsm, &["--module", SOFTHSM, "--listen", listen], &[])
     }
 
-    /// Starts the server on SoftHSM `hsm` on a free loopback port, with its metrics and
-    /// health endpoints on another (`metrics_address`).
+    /// Starts the server on SoftHSM `hsm` on a free loopback TCP port, with `flags` besides.
+    pub fn start_tcp_with(hsm: &SoftHsm, flags: &[&str]) -> Self {
+        let mut args = vec!["--module", SOFTHSM, "--listen", "tcp://127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        Self::start_with(hsm, &args, &[])
+    }
+
+    /// As [`ProxyServer::start_tcp_with`], with the metrics and health endpoints on another
+    /// free port (`metrics_address`).
     pub fn start_with_metrics(hsm: &SoftHsm) -> Self {
-        Self::start_with(
-            hsm,
-            &[
-                "--module",
-                SOFTHSM,
-                "--listen",
-                "tcp://127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ],
-            &[],
-        )
+        Self::start_tcp_with(hsm, &["--metrics-listen", "127.0.0.1:0"])
     }
 
     /// Starts the server with the given arguments and extra environment.

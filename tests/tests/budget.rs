@@ -315,19 +315,14 @@ fn a_flood_of_made_up_applications_starts_few_workers_and_stops_no_real_one() {
 fn new_applications_beyond_the_pending_budget_are_told_to_try_again_and_get_in() {
     let _one = one_at_a_time();
     let hsm = SoftHsm::new("burst");
-    let server = ProxyServer::start_with(
+    let server = ProxyServer::start_tcp_with(
         &hsm,
         &[
-            "--module",
-            tests::SOFTHSM,
-            "--listen",
-            "tcp://127.0.0.1:0",
             "--max-pending-applications",
             "2",
             "--metrics-listen",
             "127.0.0.1:0",
         ],
-        &[],
     );
     let metrics = server.metrics_address();
     // Eight applications start at once: two may wait for their hello at a time, the others
@@ -369,18 +364,7 @@ fn accepted(c: &mut TcpStream) -> bool {
 fn connections_that_know_a_routing_id_but_not_the_hello_never_take_an_applications_places() {
     let _one = one_at_a_time();
     let hsm = SoftHsm::new("prehello");
-    let server = ProxyServer::start_with(
-        &hsm,
-        &[
-            "--module",
-            tests::SOFTHSM,
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--max-connections",
-            "8",
-        ],
-        &[],
-    );
+    let server = ProxyServer::start_tcp_with(&hsm, &["--max-connections", "8"]);
     let addr = server.address.trim_start_matches("tcp://").to_string();
     let client_id = [9u8; 16];
     // The application is served.

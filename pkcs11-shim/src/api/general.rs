@@ -5,9 +5,10 @@ use std::ffi::c_void;
 use cryptoki_sys::*;
 use protocol::handshake::InitArgs;
 use protocol::message::{Request, Response};
+use protocol::shape::Outputs;
 
 use crate::client;
-use crate::ffi::{entry, narrow, outputs, padded, put, rv_of, unexpected, wire};
+use crate::ffi::{entry, narrow, padded, put, rv_of, unexpected, wire};
 
 /// C_Initialize (v2.40 §5.4.1): the vendor library decides. The shape of the arguments
 /// (NULL or not, the flags, which of the four mutex callbacks are set, whether `pReserved` is
@@ -62,7 +63,7 @@ pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
 pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let outputs = outputs(&[!info.is_null()]);
+        let outputs = Outputs::of(&[!info.is_null()]);
         match client.call(Request::GetInfo { outputs })? {
             Response::Info(i) => {
                 put(

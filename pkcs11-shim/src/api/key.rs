@@ -2,10 +2,11 @@
 
 use cryptoki_sys::*;
 use protocol::message::{Request, Response};
+use protocol::shape::Outputs;
 
 use crate::api::object::write_handle;
 use crate::client;
-use crate::ffi::{entry, input, len, narrow, outputs, put, rv_of, unexpected, wire, OutBuf};
+use crate::ffi::{entry, input, len, narrow, put, rv_of, unexpected, wire, OutBuf};
 use crate::{mechanism, template};
 
 /// C_GenerateKey (v2.40 §5.14.1).
@@ -26,7 +27,7 @@ pub unsafe extern "C" fn C_GenerateKey(
                 session: wire(session),
                 mechanism,
                 template,
-                outputs: outputs(&[!key.is_null()]),
+                outputs: Outputs::of(&[!key.is_null()]),
             })?,
             key,
         )
@@ -55,7 +56,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
             mechanism,
             public_template,
             private_template,
-            outputs: outputs(&[!public_key.is_null(), !private_key.is_null()]),
+            outputs: Outputs::of(&[!public_key.is_null(), !private_key.is_null()]),
         })?;
         match r {
             Response::KeyPair {
@@ -119,7 +120,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
             unwrapping_key: wire(unwrapping_key),
             wrapped_key,
             template,
-            outputs: outputs(&[!key.is_null()]),
+            outputs: Outputs::of(&[!key.is_null()]),
         })?;
         write_handle(r, key)
     })
@@ -144,7 +145,7 @@ pub unsafe extern "C" fn C_DeriveKey(
             mechanism,
             base_key: wire(base_key),
             template,
-            outputs: outputs(&[!key.is_null()]),
+            outputs: Outputs::of(&[!key.is_null()]),
         })?;
         write_handle(r, key)
     })
@@ -180,7 +181,7 @@ pub unsafe extern "C" fn C_GenerateRandom(
         match client.call(Request::GenerateRandom {
             session: wire(session),
             len: n as u64,
-            outputs: outputs(&[!data.is_null()]),
+            outputs: Outputs::of(&[!data.is_null()]),
         })? {
             Response::Output {
                 rv: 0,

@@ -2,9 +2,10 @@
 
 use cryptoki_sys::*;
 use protocol::message::{Request, Response};
+use protocol::shape::Outputs;
 
 use crate::client;
-use crate::ffi::{entry, len, narrow, outputs, put, rv_of, unexpected, wire};
+use crate::ffi::{entry, len, narrow, put, rv_of, unexpected, wire};
 use crate::template;
 
 /// Writes a `Response::Handle` into the caller's handle (when not NULL).
@@ -36,7 +37,7 @@ pub unsafe extern "C" fn C_CreateObject(
             client.call(Request::CreateObject {
                 session: wire(session),
                 template,
-                outputs: outputs(&[!object.is_null()]),
+                outputs: Outputs::of(&[!object.is_null()]),
             })?,
             object,
         )
@@ -59,7 +60,7 @@ pub unsafe extern "C" fn C_CopyObject(
             session: wire(session),
             object: wire(object),
             template,
-            outputs: outputs(&[!new_object.is_null()]),
+            outputs: Outputs::of(&[!new_object.is_null()]),
         })?;
         write_handle(r, new_object)
     })
@@ -91,7 +92,7 @@ pub unsafe extern "C" fn C_GetObjectSize(
         match client.call(Request::GetObjectSize {
             session: wire(session),
             object: wire(object),
-            outputs: outputs(&[!size.is_null()]),
+            outputs: Outputs::of(&[!size.is_null()]),
         })? {
             Response::Size(s) => {
                 put(size, narrow(s)?);
@@ -184,7 +185,7 @@ pub unsafe extern "C" fn C_FindObjects(
         match client.call(Request::FindObjects {
             session: wire(session),
             max_count: wire(max_count),
-            outputs: outputs(&[!objects.is_null(), !count.is_null()]),
+            outputs: Outputs::of(&[!objects.is_null(), !count.is_null()]),
         })? {
             Response::Ulongs { rv, values, .. } => {
                 let rv = narrow(rv)?;

@@ -4,9 +4,10 @@ use std::ffi::c_void;
 
 use cryptoki_sys::*;
 use protocol::message::{Request, Response};
+use protocol::shape::Outputs;
 
 use crate::client;
-use crate::ffi::{entry, input, narrow, outputs, pin, put, rv_of, unexpected, wire, OutBuf};
+use crate::ffi::{entry, input, narrow, pin, put, rv_of, unexpected, wire, OutBuf};
 
 /// C_OpenSession (v2.40 §5.6.1). Notification callbacks stay in this process: they are not
 /// forwarded (vendor libraries, SoftHSM2 and Luna among them, do not call them either).
@@ -23,7 +24,7 @@ pub unsafe extern "C" fn C_OpenSession(
         match client.call(Request::OpenSession {
             slot: wire(slot),
             flags: wire(flags),
-            outputs: outputs(&[!session.is_null()]),
+            outputs: Outputs::of(&[!session.is_null()]),
         })? {
             Response::Handle(h) => {
                 put(session, narrow(h)?);
@@ -64,7 +65,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(
         let client = client::current()?;
         match client.call(Request::GetSessionInfo {
             session: wire(session),
-            outputs: outputs(&[!info.is_null()]),
+            outputs: Outputs::of(&[!info.is_null()]),
         })? {
             Response::SessionInfo(i) => {
                 put(

@@ -4,11 +4,10 @@ use std::ffi::c_void;
 
 use cryptoki_sys::*;
 use protocol::message::{Request, Response};
+use protocol::shape::Outputs;
 
 use crate::client;
-use crate::ffi::{
-    entry, input, narrow, outputs, padded, pin, put, rv_of, unexpected, wire, OutBuf,
-};
+use crate::ffi::{entry, input, narrow, padded, pin, put, rv_of, unexpected, wire, OutBuf};
 
 fn version(v: (u8, u8)) -> CK_VERSION {
     CK_VERSION {
@@ -40,7 +39,7 @@ pub unsafe extern "C" fn C_GetSlotList(
 pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let outputs = outputs(&[!info.is_null()]);
+        let outputs = Outputs::of(&[!info.is_null()]);
         match client.call(Request::GetSlotInfo {
             slot: wire(slot),
             outputs,
@@ -68,7 +67,7 @@ pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO
 pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let outputs = outputs(&[!info.is_null()]);
+        let outputs = Outputs::of(&[!info.is_null()]);
         match client.call(Request::GetTokenInfo {
             slot: wire(slot),
             outputs,
@@ -118,7 +117,7 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
         let request = Request::WaitForSlotEvent {
             flags: wire(flags),
             reserved: !reserved.is_null(),
-            outputs: outputs(&[!slot.is_null()]),
+            outputs: Outputs::of(&[!slot.is_null()]),
         };
         let answer = if flags & CKF_DONT_BLOCK != 0 {
             client.call(request)
@@ -168,7 +167,7 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
         match client.call(Request::GetMechanismInfo {
             slot: wire(slot),
             mechanism: wire(ty),
-            outputs: outputs(&[!info.is_null()]),
+            outputs: Outputs::of(&[!info.is_null()]),
         })? {
             Response::MechanismInfo(i) => {
                 put(
