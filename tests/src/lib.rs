@@ -285,6 +285,24 @@ impl ProxyServer {
         unsafe { libc::killpg(self.child.id() as i32, sig) };
     }
 
+    /// Freezes the server (SIGSTOP to its process group) and returns once every thread of the
+    /// router and of its workers is stopped. A group stop is not atomic: the kernel wakes one
+    /// thread to take the signal, and that thread stops the others; on a loaded machine the
+    /// other threads can still answer a request in between, so a test that needs a server
+    /// that answers nothing waits for this. Panics after 10 s.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pids: Vec<u32> = std::iter::once(self.pid()).chain(self.workers()).collect();
+        while !pids.iter().all(|pid| all_threads_stopped(*pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "the server's threads did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// The process ids of the server's worker processes (its children).
     pub fn workers(&self) -> Vec<u32> {
         children_of(self.child.id())
@@ -373,6 +391,23 @@ pub fn rss_kib_of(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`);
+/// true for a process that is gone.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat[stat.rfind(')')? + 2..].chars().next()?;
+                Some(state == 'T' || state == 'Z' || state == 'X')
+            })
+            .unwrap_or(true)
+    })
 }
 
 /// The live children of `parent`, read from /proc (field 4 of /proc/PID/stat is the parent).

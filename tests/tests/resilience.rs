@@ -598,7 +598,7 @@ fn a_frozen_server_never_hangs_the_application() {
     );
     make_token_key(&m);
     let s = m.open_rw(m.first_slot());
-    server.signal(libc::SIGSTOP);
+    server.freeze();
     let started = Instant::now();
     // SAFETY: valid arguments.
     let rv = unsafe { fabric_sign(&m, s) };
@@ -781,7 +781,7 @@ fn answer_lost_to_a_restart(
     mut server: ProxyServer,
     call: impl FnOnce() -> CK_RV + Send,
 ) -> (CK_RV, ProxyServer) {
-    server.signal(libc::SIGSTOP);
+    server.freeze();
     std::thread::scope(|scope| {
         let call = scope.spawn(call);
         // Time for the call to be sent to the stopped server, even on a machine loaded with
@@ -936,7 +936,7 @@ fn a_server_killed_during_c_sign_and_not_restarted_gives_a_clean_error_in_bounde
     let key = find_key(&m, s, CKO_PRIVATE_KEY);
     // SAFETY: valid arguments.
     unsafe { assert_eq!(f.C_SignInit.unwrap()(s, &mut ecdsa(), key), CKR_OK) };
-    server.signal(libc::SIGSTOP);
+    server.freeze();
     let (rv, took) = std::thread::scope(|scope| {
         let sign = scope.spawn(|| {
             let started = Instant::now();
