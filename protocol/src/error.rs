@@ -21,6 +21,9 @@ pub enum ProtocolError {
     /// The server cannot take the connection now and says to try again (a flood of new
     /// applications), with its reason.
     Busy(String),
+    /// The server does not hold the application's instance (it is on another replica behind
+    /// the same address, or gone), or it is stopping, with its reason.
+    Elsewhere(String),
 }
 
 impl fmt::Display for ProtocolError {
@@ -49,6 +52,7 @@ impl fmt::Display for ProtocolError {
             ),
             Self::Refused(reason) => write!(f, "handshake refused by peer: {reason}"),
             Self::Busy(reason) => write!(f, "server busy: {reason}"),
+            Self::Elsewhere(reason) => write!(f, "not here: {reason}"),
         }
     }
 }

@@ -3,12 +3,16 @@
 //! Both messages have a fixed binary layout that no future version may change, so that a peer of
 //! another version is always recognised and refused with a clear message:
 //!
-//! Every connection starts with a plaintext [`Prelude`] (26 bytes, not a frame):
-//! `route_magic[8] | version u16 LE | routing_id[16]`. It is read by the server's router before
-//! any TLS handshake, to hand the connection to the application's worker process (DESIGN.md,
-//! "Server semantics"). The routing id is a one-way function of the secret client id, so
-//! knowing it gives nothing: the worker checks that the client id of the hello, sent later
-//! (inside TLS on `tls://`), matches it.
+//! Every connection starts with a plaintext [`Prelude`] (42 bytes, not a frame):
+//! `route_magic[8] | version u16 LE | routing_id[16] | instance_id[16]`. It is read by the
+//! server's router before any TLS handshake, to hand the connection to the application's
+//! worker process (DESIGN.md, "Server semantics"). The routing id is a one-way function of
+//! the secret client id, so knowing it gives nothing: the worker checks that the client id of
+//! the hello, sent later (inside TLS on `tls://`), matches it. The instance id names the
+//! worker the application is on (all zeros: none yet, or moving): a router that does not
+//! hold that worker answers "elsewhere" at once, before TLS, without starting one, so that
+//! an application behind a load balancer stays with its instance (DESIGN.md, "Shim
+//! semantics").
 //!
 //! `Hello` (client to server), 40 bytes:
 //! `magic[8] | version u16 LE | ulong_size u8 | reserved u8 | client_id[16] |`
@@ -34,17 +38,22 @@ pub const MAGIC: [u8; 8] = *b"P11PROXY";
 pub const ROUTE_MAGIC: [u8; 8] = *b"P11ROUTE";
 /// The protocol version this build speaks. Bumped on any incompatible message change.
 /// Version 2: routing prelude, C_Initialize arguments in the hello, the vendor's C_Initialize
-/// answer in the welcome. Version 3: pointer arguments keep their shape (`crate::shape`).
+/// answer in the welcome. Version 3: pointer arguments keep their shape (`crate::shape`), the
+/// prelude names the instance the application is on.
 pub const VERSION: u16 = 3;
 
 /// Length of the routing prelude.
-pub const PRELUDE_LEN: usize = 26;
+pub const PRELUDE_LEN: usize = 42;
+/// Length of the part every version of the prelude shares: the magic and the version.
+pub const PRELUDE_HEAD_LEN: usize = 10;
 const HELLO_LEN: usize = 40;
 const WELCOME_LEN: usize = 35;
 const STATUS_ACCEPTED: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
 /// A route answer only: the router cannot start the application's worker now; try again.
 const STATUS_BUSY: u8 = 2;
+/// A route answer only: this server does not hold the instance the prelude named.
+const STATUS_ELSEWHERE: u8 = 3;
 
 /// A 128-bit random secret naming one application (one shim instance), whatever number of
 /// connections it opens.
@@ -80,10 +89,17 @@ pub fn routing_id(client_id: &ClientId) -> RoutingId {
     id
 }
 
+/// A server instance id: new for every worker (every server start, every worker started
+/// after a crash); all zeros names none.
+pub type InstanceId = [u8; 16];
+
 /// The routing prelude: the first bytes on every connection, before TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Prelude {
     pub routing_id: RoutingId,
+    /// The instance the application is on: only its worker may take the connection. All
+    /// zeros: any (the application's first connection, or it is moving).
+    pub instance: InstanceId,
 }
 
 impl Prelude {
@@ -91,9 +107,7 @@ impl Prelude {
     /// in the route answer, then closed): what C_GetInterfaceList needs before C_Initialize,
     /// without starting a worker. Its routing id (all zeros) names no application.
     pub fn interface_query() -> Self {
-        Self {
-            routing_id: [0; 16],
-        }
+        Self::default()
     }
 
     /// Whether this is [`Prelude::interface_query`].
@@ -105,19 +119,28 @@ impl Prelude {
         let mut out = [0u8; PRELUDE_LEN];
         out[..8].copy_from_slice(&ROUTE_MAGIC);
         out[8..10].copy_from_slice(&VERSION.to_le_bytes());
-        out[10..].copy_from_slice(&self.routing_id);
+        out[10..26].copy_from_slice(&self.routing_id);
+        out[26..].copy_from_slice(&self.instance);
         out
+    }
+
+    /// Checks the part of a prelude every version shares (its first [`PRELUDE_HEAD_LEN`]
+    /// bytes), so that a peer of another version, whose prelude may be shorter, is refused
+    /// at once rather than waited for.
+    pub fn check_head(bytes: &[u8]) -> Result<(), ProtocolError> {
+        if bytes.len() < PRELUDE_HEAD_LEN || bytes[..8] != ROUTE_MAGIC {
+            return Err(ProtocolError::BadMagic);
+        }
+        same_version(bytes).map(|_| ())
     }
 
     /// Parses a prelude; a peer of another version is told apart from garbage.
     pub fn decode(bytes: &[u8; PRELUDE_LEN]) -> Result<Self, ProtocolError> {
-        if bytes[..8] != ROUTE_MAGIC {
-            return Err(ProtocolError::BadMagic);
-        }
-        same_version(bytes)?;
-        let mut routing_id = [0u8; 16];
-        routing_id.copy_from_slice(&bytes[10..]);
-        Ok(Self { routing_id })
+        Self::check_head(bytes)?;
+        let mut p = Self::default();
+        p.routing_id.copy_from_slice(&bytes[10..26]);
+        p.instance.copy_from_slice(&bytes[26..]);
+        Ok(p)
     }
 }
 
@@ -126,12 +149,14 @@ impl Prelude {
 /// (status 0: handed to the application's worker, which answers everything after; the
 /// version of the vendor library's "PKCS 11" interface, 0.0 if unknown), or, refused,
 /// `route_magic[8] | version u16 LE | 1 | reason_len u16 LE | reason (UTF-8)`, or, busy (try
-/// again shortly), the same with status 2.
+/// again shortly), the same with status 2, or, elsewhere (this server does not hold the
+/// instance the prelude named), the same with status 3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAnswer {
     Routed { interface: (u8, u8) },
     Refused(String),
     Busy(String),
+    Elsewhere(String),
 }
 
 /// Length of a route answer's fixed part (a refusal has a different length).
@@ -148,11 +173,11 @@ impl RouteAnswer {
                 out.push(interface.0);
                 out.push(interface.1);
             }
-            Self::Refused(reason) | Self::Busy(reason) => {
-                out.push(if matches!(self, Self::Busy(_)) {
-                    STATUS_BUSY
-                } else {
-                    STATUS_REFUSED
+            Self::Refused(reason) | Self::Busy(reason) | Self::Elsewhere(reason) => {
+                out.push(match self {
+                    Self::Busy(_) => STATUS_BUSY,
+                    Self::Elsewhere(_) => STATUS_ELSEWHERE,
+                    _ => STATUS_REFUSED,
                 });
                 let reason = &reason.as_bytes()[..reason.len().min(1024)];
                 out.extend_from_slice(&(reason.len() as u16).to_le_bytes());
@@ -178,16 +203,16 @@ impl RouteAnswer {
                     interface: (interface[0], interface[1]),
                 })
             }
-            status @ (STATUS_REFUSED | STATUS_BUSY) => {
+            status @ (STATUS_REFUSED | STATUS_BUSY | STATUS_ELSEWHERE) => {
                 let mut len = [0u8; 2];
                 r.read_exact(&mut len)?;
                 let mut reason = vec![0u8; usize::from(u16::from_le_bytes(len)).min(1024)];
                 r.read_exact(&mut reason)?;
                 let reason = String::from_utf8_lossy(&reason).into_owned();
-                Ok(if status == STATUS_BUSY {
-                    Self::Busy(reason)
-                } else {
-                    Self::Refused(reason)
+                Ok(match status {
+                    STATUS_BUSY => Self::Busy(reason),
+                    STATUS_ELSEWHERE => Self::Elsewhere(reason),
+                    _ => Self::Refused(reason),
                 })
             }
             _ => Err(ProtocolError::Codec("malformed route answer".into())),
@@ -392,6 +417,7 @@ mod tests {
             RouteAnswer::Routed { interface: (3, 0) },
             RouteAnswer::Refused("too many".into()),
             RouteAnswer::Busy("try again".into()),
+            RouteAnswer::Elsewhere("not here".into()),
         ] {
             let bytes = a.encode();
             assert_eq!(RouteAnswer::read(&mut bytes.as_slice()).unwrap(), a);
@@ -402,8 +428,10 @@ mod tests {
     fn prelude_round_trip_and_routing_id_is_one_way_and_stable() {
         let p = Prelude {
             routing_id: routing_id(&[1; 16]),
+            instance: [5; 16],
         };
         assert_eq!(Prelude::decode(&p.encode()).unwrap(), p);
+        assert!(Prelude::check_head(&p.encode()[..PRELUDE_HEAD_LEN]).is_ok());
         assert_eq!(routing_id(&[1; 16]), routing_id(&[1; 16]));
         assert_ne!(routing_id(&[1; 16]), routing_id(&[2; 16]));
         assert_ne!(routing_id(&[1; 16]), [1; 16]);
@@ -411,6 +439,10 @@ mod tests {
         old[8] = 1;
         assert!(matches!(
             Prelude::decode(&old),
+            Err(ProtocolError::VersionMismatch { theirs: 1, .. })
+        ));
+        assert!(matches!(
+            Prelude::check_head(&old[..PRELUDE_HEAD_LEN]),
             Err(ProtocolError::VersionMismatch { theirs: 1, .. })
         ));
     }

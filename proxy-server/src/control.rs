@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use protocol::codec;
-use protocol::handshake::RoutingId;
+use protocol::handshake::{InstanceId, RoutingId};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Snapshot;
@@ -52,6 +52,9 @@ impl Role {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerSettings {
     pub role: Role,
+    /// The worker's instance id, chosen by the router, which routes by it (the prelude names
+    /// the instance an application is on) and tells it in every welcome.
+    pub instance_id: InstanceId,
     pub module: String,
     pub init_args: Option<String>,
     pub tls: Option<TlsFiles>,
@@ -248,4 +251,20 @@ impl Channel {
         let message = codec::decode(&bytes).map_err(io::Error::other)?;
         Ok(Some((message, attached)))
     }
+}
+
+/// 16 random bytes from the kernel (getrandom(2)): a new instance id for every worker.
+pub fn new_instance_id() -> InstanceId {
+    let mut id = [0u8; 16];
+    // SAFETY: id is writable for its length.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if n != id.len() as isize || id == [0; 16] {
+        // Uniqueness, not secrecy, is what an instance id needs (and all zeros names none).
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        id.copy_from_slice(&(t.as_nanos() | 1).to_le_bytes());
+        id[..4].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    id
 }

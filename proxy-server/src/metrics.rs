@@ -67,6 +67,9 @@ pub struct RouterCounters {
     pub pending_stopped: AtomicU64,
     /// New applications refused: more than --max-pending-applications a second.
     pub pending_refused: AtomicU64,
+    /// Connections whose prelude named an instance this server does not hold (another
+    /// replica's application), or that came while it was stopping: sent elsewhere.
+    pub connections_elsewhere: AtomicU64,
     /// Readiness checks that reached the vendor library (the others were answered from the
     /// last one).
     pub readiness_checks: AtomicU64,
@@ -175,6 +178,7 @@ impl Snapshot {
             Scalar::counter("pkcs11_proxy_worker_starts", "Worker processes started.", load(&router.worker_starts)),
             Scalar::counter("pkcs11_proxy_worker_crashes", "Worker processes that died of a signal or failed without being asked to stop.", load(&router.worker_crashes)),
             Scalar::counter("pkcs11_proxy_pending_workers_stopped", "Workers no hello reached, stopped to make room (--max-pending-applications).", load(&router.pending_stopped)),
+            Scalar::counter("pkcs11_proxy_connections_elsewhere", "Connections whose application is on another server instance (another replica behind the same address) or that came while stopping: answered elsewhere, no worker started.", load(&router.connections_elsewhere)),
             Scalar::counter("pkcs11_proxy_pending_workers_refused", "New applications refused: more than --max-pending-applications started a second.", load(&router.pending_refused)),
             Scalar::gauge("pkcs11_proxy_unauthenticated_connections", "Data-port connections that have not sent their routing prelude yet.", startups.open() as i64),
             Scalar::counter("pkcs11_proxy_unauthenticated_refused", "Data-port connections refused before their prelude (an address over its share, random early drop, or nothing valid sent).", load(&startups.refused_total)),

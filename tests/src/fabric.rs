@@ -3,6 +3,9 @@
 //! CKA_CLASS and CKA_ID, C_SignInit, a two-call C_Sign).
 
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 
@@ -117,4 +120,107 @@ pub unsafe fn fabric_sign_data(
     }
     let mut sig = [0u8; 128];
     f.C_Sign.unwrap()(s, data.as_ptr() as *mut u8, n, sig.as_mut_ptr(), &mut len)
+}
+
+/// What a Fabric-like loop saw.
+#[derive(Default)]
+pub struct Tally {
+    pub ok: AtomicU64,
+    pub errors: AtomicU64,
+    pub evictions: AtomicU64,
+    /// The return values of the errors, for the report.
+    pub codes: Mutex<Vec<(&'static str, CK_RV)>>,
+    /// Milliseconds since the start of the first success after `mark`.
+    pub first_ok_after_mark: AtomicU64,
+    /// The longest time, in milliseconds, a thread went without a signature (from its start
+    /// to its first, between two, from its last to the deadline).
+    pub longest_stall_ms: AtomicU64,
+}
+
+impl Tally {
+    pub fn error(&self, what: &'static str, rv: CK_RV) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.codes.lock().unwrap().push((what, rv));
+    }
+}
+
+/// Threads that sign in a loop with Fabric's session rules until `deadline`: a pooled session
+/// is evicted only on a 0xB* return value; a session is opened and logged in (accepting
+/// CKR_USER_ALREADY_LOGGED_IN) when the pool is empty.
+pub fn fabric_loop(
+    m: &RawModule,
+    threads: usize,
+    deadline: Instant,
+    start: Instant,
+    mark: &AtomicU64,
+    tally: &Tally,
+) {
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let f = m.f();
+                let mut pooled: Option<CK_SESSION_HANDLE> = None;
+                let mut last_ok = Instant::now();
+                let stall = |since: Instant| {
+                    let ms = since.elapsed().as_millis() as u64;
+                    tally.longest_stall_ms.fetch_max(ms, Ordering::Relaxed);
+                };
+                while Instant::now() < deadline {
+                    let s = match pooled.take() {
+                        Some(s) => s,
+                        None => {
+                            let mut s = 0;
+                            // SAFETY: valid out pointer.
+                            let rv = unsafe {
+                                f.C_OpenSession.unwrap()(
+                                    m.first_slot(),
+                                    CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                                    ptr::null_mut(),
+                                    None,
+                                    &mut s,
+                                )
+                            };
+                            if rv != CKR_OK {
+                                tally.error("C_OpenSession", rv);
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                            let rv = m.login(s, PIN);
+                            if rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN {
+                                tally.error("C_Login", rv);
+                            }
+                            s
+                        }
+                    };
+                    // SAFETY: the session handle may be stale; that is the point.
+                    let rv = unsafe { fabric_sign(m, s) };
+                    if rv == CKR_OK {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                        stall(last_ok);
+                        last_ok = Instant::now();
+                        let now = start.elapsed().as_millis() as u64;
+                        let marked = mark.load(Ordering::Relaxed);
+                        if marked > 0 && now >= marked {
+                            let _ = tally.first_ok_after_mark.compare_exchange(
+                                0,
+                                now,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            );
+                        }
+                        pooled = Some(s);
+                    } else if (0xB0..=0xBF).contains(&rv) {
+                        tally.evictions.fetch_add(1, Ordering::Relaxed);
+                        // SAFETY: closing a stale handle is harmless.
+                        unsafe { f.C_CloseSession.unwrap()(s) };
+                    } else {
+                        tally.error("signing", rv);
+                        pooled = Some(s);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                stall(last_ok);
+            });
+        }
+    });
 }

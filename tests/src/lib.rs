@@ -6,6 +6,7 @@ pub mod matrix;
 pub mod parity;
 pub mod pki;
 pub mod raw;
+pub mod relay;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -438,6 +439,7 @@ pub fn raw_hello(address: &str, client_id: [u8; 16]) -> std::net::TcpStream {
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut bytes = Prelude {
         routing_id: routing_id(&client_id),
+        ..Default::default()
     }
     .encode()
     .to_vec();

@@ -100,6 +100,7 @@ fn trickle(addr: String, seed: u8, stop: Arc<AtomicBool>) {
         };
         let prelude = Prelude {
             routing_id: routing_id(&[seed; 16]),
+            ..Default::default()
         }
         .encode();
         for b in &prelude[..20] {
@@ -145,6 +146,7 @@ fn routing_flood(addr: String, seed: u8, stop: Arc<AtomicBool>, sent: Arc<Atomic
         let _ = c.write_all(
             &Prelude {
                 routing_id: routing_id(&id),
+                ..Default::default()
             }
             .encode(),
         );
@@ -374,6 +376,7 @@ fn connections_that_know_a_routing_id_but_not_the_hello_never_take_an_applicatio
     // to its worker and never sends a hello.
     let prelude = Prelude {
         routing_id: routing_id(&client_id),
+        ..Default::default()
     }
     .encode();
     let squatters: Vec<TcpStream> = (0..300)

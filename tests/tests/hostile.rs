@@ -95,6 +95,7 @@ fn random_and_mutated_frames_do_not_hurt_the_server() {
             id[0] = rng.below(4) as u8;
             let prelude = Prelude {
                 routing_id: routing_id(&id),
+                ..Default::default()
             };
             let _ = c.write_all(&prelude.encode());
             let _ = c.write_all(&framed(&Hello::new(8, id, None).encode()));

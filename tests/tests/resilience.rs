@@ -3,66 +3,20 @@
 //! failover to a second server, 200 clients killed mid-operation, a frozen server.
 
 use std::io::{BufRead, BufReader};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use tests::fabric::{attr, fabric_sign, make_token_key, KEY_ID};
+use tests::fabric::{attr, fabric_loop, fabric_sign, make_token_key, Tally, KEY_ID};
 use tests::raw::RawModule;
+use tests::relay::{Relay, Spread};
 use tests::{
     build_go_fabric, private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM,
 };
-
-/// A TCP relay between clients and the server, whose connections can be cut (a network blip).
-struct Relay {
-    address: String,
-    live: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Relay {
-    fn start(target: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = format!("tcp://{}", listener.local_addr().unwrap());
-        let live = Arc::new(Mutex::new(Vec::new()));
-        let (target, conns) = (
-            target.trim_start_matches("tcp://").to_string(),
-            live.clone(),
-        );
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                conns
-                    .lock()
-                    .unwrap()
-                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Self { address, live }
-    }
-
-    /// Cuts every connection through the relay.
-    fn cut(&self) {
-        for s in self.live.lock().unwrap().drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
 
 fn client(address: &str, dir: &TempDir, extra: &[(&str, &str)]) -> RawModule {
     let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
@@ -72,103 +26,11 @@ fn client(address: &str, dir: &TempDir, extra: &[(&str, &str)]) -> RawModule {
     m
 }
 
-/// What a Fabric-like loop saw.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    errors: AtomicU64,
-    evictions: AtomicU64,
-    /// The return values of the errors, for the report.
-    codes: Mutex<Vec<(&'static str, CK_RV)>>,
-    /// Milliseconds since the start of the first success after `mark`.
-    first_ok_after_mark: AtomicU64,
-}
-
-impl Tally {
-    fn error(&self, what: &'static str, rv: CK_RV) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.codes.lock().unwrap().push((what, rv));
-    }
-}
-
-/// Threads that sign in a loop with Fabric's session rules until `deadline`: a pooled session
-/// is evicted only on a 0xB* return value; a session is opened and logged in (accepting
-/// CKR_USER_ALREADY_LOGGED_IN) when the pool is empty.
-fn fabric_loop(
-    m: &RawModule,
-    threads: usize,
-    deadline: Instant,
-    start: Instant,
-    mark: &AtomicU64,
-    tally: &Tally,
-) {
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                let f = m.f();
-                let mut pooled: Option<CK_SESSION_HANDLE> = None;
-                while Instant::now() < deadline {
-                    let s = match pooled.take() {
-                        Some(s) => s,
-                        None => {
-                            let mut s = 0;
-                            // SAFETY: valid out pointer.
-                            let rv = unsafe {
-                                f.C_OpenSession.unwrap()(
-                                    m.first_slot(),
-                                    CKF_SERIAL_SESSION | CKF_RW_SESSION,
-                                    ptr::null_mut(),
-                                    None,
-                                    &mut s,
-                                )
-                            };
-                            if rv != CKR_OK {
-                                tally.error("C_OpenSession", rv);
-                                std::thread::sleep(Duration::from_millis(20));
-                                continue;
-                            }
-                            let rv = m.login(s, PIN);
-                            if rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN {
-                                tally.error("C_Login", rv);
-                            }
-                            s
-                        }
-                    };
-                    // SAFETY: the session handle may be stale; that is the point.
-                    let rv = unsafe { fabric_sign(m, s) };
-                    if rv == CKR_OK {
-                        tally.ok.fetch_add(1, Ordering::Relaxed);
-                        let now = start.elapsed().as_millis() as u64;
-                        let marked = mark.load(Ordering::Relaxed);
-                        if marked > 0 && now >= marked {
-                            let _ = tally.first_ok_after_mark.compare_exchange(
-                                0,
-                                now,
-                                Ordering::Relaxed,
-                                Ordering::Relaxed,
-                            );
-                        }
-                        pooled = Some(s);
-                    } else if (0xB0..=0xBF).contains(&rv) {
-                        tally.evictions.fetch_add(1, Ordering::Relaxed);
-                        // SAFETY: closing a stale handle is harmless.
-                        unsafe { f.C_CloseSession.unwrap()(s) };
-                    } else {
-                        tally.error("signing", rv);
-                        pooled = Some(s);
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            });
-        }
-    });
-}
-
 #[test]
 fn a_network_blip_loses_nothing_not_even_an_operation_in_progress() {
     let hsm = SoftHsm::new("blip");
     let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
-    let relay = Relay::start(&server.address);
+    let relay = Relay::start(&[&server.address], Spread::RoundRobin);
     let dir = TempDir::new("blip");
     let m = client(&relay.address, &dir, &[]);
     make_token_key(&m);
@@ -265,7 +127,7 @@ fn a_session_the_server_dropped_is_opened_again_with_its_login_and_operation() {
         ],
         &[],
     );
-    let relay = Relay::start(&server.address);
+    let relay = Relay::start(&[&server.address], Spread::RoundRobin);
     let dir = TempDir::new("dropped");
     let m = client(&relay.address, &dir, &[]);
     make_token_key(&m);

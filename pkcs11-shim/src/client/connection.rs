@@ -11,7 +11,7 @@ use protocol::address::Address;
 use protocol::codec;
 use protocol::frame::{read_frame, wipe, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{
-    routing_id, ClientId, Hello, InitArgs, Prelude, RouteAnswer, Welcome, PRELUDE_LEN,
+    routing_id, ClientId, Hello, InitArgs, InstanceId, Prelude, RouteAnswer, Welcome, PRELUDE_LEN,
 };
 use protocol::message::{Request, Response};
 use protocol::stream::Stream;
@@ -55,13 +55,40 @@ fn routed_or_refused(
         RouteAnswer::Routed { interface } => Ok(interface),
         RouteAnswer::Refused(reason) => Err(ProtocolError::Refused(reason)),
         RouteAnswer::Busy(reason) => Err(ProtocolError::Busy(reason)),
+        RouteAnswer::Elsewhere(reason) => Err(ProtocolError::Elsewhere(reason)),
     }
 }
 
-/// Why a connection could not be made: for now (the server said to try again), or not.
+/// Why a connection could not be made: for now (the server said to try again), not here
+/// (the server does not hold the application's instance), or not at all.
 enum OpenError {
     Busy(String),
+    Elsewhere(String),
     Failed(String),
+}
+
+/// Why [`Connection::open`] made no connection.
+#[derive(Debug)]
+pub struct Unopened {
+    /// A server answered, but does not hold the instance the application is on (or is
+    /// stopping): the instance may be on another replica behind the same address.
+    pub elsewhere: bool,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unopened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl From<String> for Unopened {
+    fn from(reason: String) -> Self {
+        Self {
+            elsewhere: false,
+            reason,
+        }
+    }
 }
 
 impl From<String> for OpenError {
@@ -80,6 +107,7 @@ impl From<ProtocolError> for OpenError {
     fn from(e: ProtocolError) -> Self {
         match e {
             ProtocolError::Busy(reason) => Self::Busy(reason),
+            ProtocolError::Elsewhere(reason) => Self::Elsewhere(reason),
             e => Self::Failed(e.to_string()),
         }
     }
@@ -128,6 +156,9 @@ pub struct Connection {
     vendor_interface: (u8, u8),
     /// The journal's epoch when this connection was opened (see `Journal::epoch`).
     pub journal_epoch: u64,
+    /// Held while the connection is open: counts the application's connections to its
+    /// instance (see `Client::live_on`).
+    pub live: Option<std::sync::Arc<()>>,
     address_index: usize,
     out: Vec<u8>,
     frame: Vec<u8>,
@@ -137,15 +168,18 @@ pub struct Connection {
 impl Connection {
     /// Connects to the first address that answers, trying them all in order from the one at
     /// index `first` (wrapping around), and performs the handshake, which carries the shape
-    /// of the application's C_Initialize arguments (`init`).
+    /// of the application's C_Initialize arguments (`init`). With `instance` (not all
+    /// zeros), only a server holding that instance of the application takes the connection.
     pub fn open(
         config: &Config,
         client_id: &ClientId,
         init: Option<InitArgs>,
         first: usize,
-    ) -> Result<Self, String> {
+        instance: InstanceId,
+    ) -> Result<Self, Unopened> {
         let n = config.addresses.len();
         let mut errors = Vec::new();
+        let mut elsewhere = false;
         for index in (0..n).map(|i| (first + i) % n) {
             let addr = &config.addresses[index];
             // A server busy with a flood of new applications says to try again: again, every
@@ -153,7 +187,7 @@ impl Connection {
             let deadline = Instant::now() + config.connect_timeout;
             let mut wait = Duration::from_millis(50);
             loop {
-                match Self::open_one(addr, config, client_id, init) {
+                match Self::open_one(addr, config, client_id, init, instance) {
                     Ok(mut c) => {
                         c.address_index = index;
                         return Ok(c);
@@ -170,6 +204,11 @@ impl Connection {
                         errors.push(format!("{addr}: server busy: {reason}"));
                         break;
                     }
+                    Err(OpenError::Elsewhere(reason)) => {
+                        elsewhere = true;
+                        errors.push(format!("{addr}: not here: {reason}"));
+                        break;
+                    }
                     Err(OpenError::Failed(e)) => {
                         errors.push(format!("{addr}: {e}"));
                         break;
@@ -177,7 +216,10 @@ impl Connection {
                 }
             }
         }
-        Err(errors.join("; "))
+        Err(Unopened {
+            elsewhere,
+            reason: errors.join("; "),
+        })
     }
 
     /// The index, in the configured list, of the address this connection reached.
@@ -190,12 +232,14 @@ impl Connection {
         config: &Config,
         client_id: &ClientId,
         init: Option<InitArgs>,
+        instance: InstanceId,
     ) -> Result<Self, OpenError> {
-        // The routing prelude names the application to the server's router, before TLS; on
-        // a plain connection it goes out with the hello, and its answer is read before the
-        // welcome.
+        // The routing prelude names the application (and the instance it is on) to the
+        // server's router, before TLS; on a plain connection it goes out with the hello, and
+        // its answer is read before the welcome.
         let prelude = Prelude {
             routing_id: routing_id(client_id),
+            instance,
         }
         .encode();
         let (stream, routed_to) = match addr {
@@ -227,12 +271,16 @@ impl Connection {
             init_rv: 0,
             vendor_interface: (0, 0),
             journal_epoch: 0,
+            live: None,
             address_index: 0,
             out: Vec::new(),
             frame: Vec::new(),
             scratch: Vec::new(),
         };
         let (interface, accepted) = conn.handshake(client_id, init, routed_to, &prelude)?;
+        if instance != [0; 16] && accepted.instance_id != instance {
+            return Err(OpenError::Elsewhere("another instance answered".into()));
+        }
         conn.instance = accepted.instance_id;
         conn.init_rv = accepted.init_rv;
         conn.vendor_interface = interface;

@@ -20,8 +20,10 @@ use protocol::shape::Bytes;
 
 use crate::ffi::{narrow, wire, Rv};
 
-/// A server instance id (handshake): new at every server start.
-pub type InstanceId = [u8; 16];
+pub use protocol::handshake::InstanceId;
+
+/// How many instances the application left are remembered (each was its instance once).
+const LEFT_KEPT: usize = 16;
 
 /// First number of the shim's own handles, used when the server's number is taken.
 const OWN_HANDLES: u64 = 0x4000_0000;
@@ -264,6 +266,9 @@ pub struct Journal {
     /// Counts instance switches: a connection opened before the latest one, to another
     /// instance, belongs to a server the application has left.
     pub epoch: u64,
+    /// The instances the application left, latest last: it never goes back to one, so
+    /// that it cannot move back and forth between replicas (DESIGN.md, "Shim semantics").
+    left: std::collections::VecDeque<InstanceId>,
     next_own: u64,
 }
 
@@ -276,8 +281,14 @@ impl Journal {
             by_real: HashMap::new(),
             logins: HashMap::new(),
             epoch: 0,
+            left: std::collections::VecDeque::new(),
             next_own: OWN_HANDLES,
         }
+    }
+
+    /// Whether the application was on `instance` once and left it.
+    pub fn has_left(&self, instance: &InstanceId) -> bool {
+        self.left.contains(instance)
     }
 
     /// A session handle for the server's `real`: its number if free.
@@ -738,6 +749,12 @@ impl Journal {
     /// A new server instance: every server handle is void. Object handles keep their records
     /// (token objects are found again); sessions are reopened by the caller.
     pub fn switch_instance(&mut self, instance: InstanceId) {
+        if self.instance != [0; 16] && self.instance != instance {
+            if self.left.len() == LEFT_KEPT {
+                self.left.pop_front();
+            }
+            self.left.push_back(self.instance);
+        }
         self.instance = instance;
         self.epoch += 1;
         self.by_real.clear();
@@ -869,6 +886,21 @@ mod tests {
             },
             key,
         }
+    }
+
+    #[test]
+    fn the_instances_left_are_remembered_and_none_is_not_one() {
+        let mut j = Journal::new(A);
+        j.switch_instance(B);
+        assert!(j.has_left(&A) && !j.has_left(&B));
+        // A failed replay leaves the application on no instance; none is never "left".
+        j.switch_instance([0; 16]);
+        j.switch_instance(A);
+        assert!(j.has_left(&B) && !j.has_left(&[0; 16]));
+        for i in 0..2 * LEFT_KEPT as u8 {
+            j.switch_instance([i + 100; 16]);
+        }
+        assert_eq!(j.left.len(), LEFT_KEPT);
     }
 
     #[test]

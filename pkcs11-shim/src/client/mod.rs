@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use protocol::handshake::{ClientId, InitArgs};
 use protocol::message::{Request, Response};
 use protocol::stream::Stream;
@@ -41,6 +41,23 @@ const RECONNECT_MAX_WAIT: Duration = Duration::from_millis(250);
 
 /// Idle connections kept for reuse; more may be open while busy.
 const MAX_IDLE: usize = 64;
+
+/// New connections in a row that reached other instances before the application may move
+/// to another (DESIGN.md, "Shim semantics"). Behind a random spread over two live replicas,
+/// eight in a row happen once in 256 openings, and only matter when the application holds
+/// no connection to its instance at that moment.
+const ELSEWHERE_BEFORE_MOVE: usize = 8;
+
+/// Failed connection attempts in a row before the shim waits (backs off): behind a load
+/// balancer, a failed one may have reached a dead replica the balancer still sends to.
+const FAILED_IN_A_ROW: usize = 3;
+
+/// Most attempts for one new connection (each a connect and a prelude, answered before TLS).
+const MAX_OPEN_ATTEMPTS: usize = 32;
+
+/// How long a call waits for one of the application's busy connections to its instance while
+/// new connections keep reaching others, before it moves.
+const AFFINITY_WAIT: Duration = Duration::from_secs(2);
 
 /// The four message-based operation families of PKCS#11 v3.0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,6 +80,10 @@ pub struct Client {
     /// The process that called C_Initialize: a forked child must initialise again.
     pid: u32,
     idle: Mutex<Vec<Connection>>,
+    /// Signalled when a connection comes back to `idle`.
+    parked: Condvar,
+    /// A token per instance, held by each open connection to it: counts them.
+    live: Mutex<Vec<(InstanceId, Arc<()>)>>,
     /// The application's sessions, objects, logins and operations, with the shim's handles.
     journal: RwLock<Journal>,
     /// The index of the address new connections try first.
@@ -114,14 +135,31 @@ impl Client {
             .unwrap_or(CK_UNAVAILABLE_INFORMATION)
     }
 
-    fn take_connection(&self) -> Rv<Connection> {
-        loop {
-            let Some(c) = self.idle.lock().pop() else {
-                break;
-            };
+    /// An idle connection that is still open, if any (the others are dropped).
+    fn idle_connection(&self) -> Option<Connection> {
+        let mut idle = self.idle.lock();
+        while let Some(c) = idle.pop() {
             if !c.is_stale() {
-                return Ok(c);
+                return Some(c);
             }
+        }
+        None
+    }
+
+    /// A connection to the instance the application is on: an idle one, or a new one.
+    ///
+    /// Instance affinity (DESIGN.md, "Shim semantics"): behind one address (a Kubernetes
+    /// Service, a rolling update with surge, any TCP load balancer) a new connection may
+    /// reach another replica. Its prelude names the application's instance, so a server
+    /// that does not hold it answers "elsewhere" at once (no worker started) and another
+    /// connection is made. The application moves to another instance (one replay) only when
+    /// its own is gone: [`ELSEWHERE_BEFORE_MOVE`] new connections in a row reached others,
+    /// and it holds no connection to its instance any more (or none came free within
+    /// [`AFFINITY_WAIT`]). It never moves to an instance it left: it cannot move back and
+    /// forth.
+    fn take_connection(&self) -> Rv<Connection> {
+        if let Some(c) = self.idle_connection() {
+            return Ok(c);
         }
         // While the servers are unreachable, calls fail at once instead of each trying every
         // address again: the wait between attempts doubles from 50 ms up to 250 ms.
@@ -132,39 +170,116 @@ impl Client {
         {
             return Err(CKR_DEVICE_ERROR);
         }
-        let epoch = self.journal.read().epoch;
+        let (epoch, current) = {
+            let j = self.journal.read();
+            (j.epoch, j.instance)
+        };
         // The address that served last is tried first: after a failover the application
-        // stays on the server it moved to (no replay back when the first one returns).
+        // stays on the server it moved to.
         let first = self.address.load(Ordering::Relaxed);
-        let opened =
-            Connection::open(&self.config, &self.client_id, self.init, first).and_then(|c| match c
-                .init_rv()
-            {
-                0 => Ok(c),
-                rv => Err(format!(
-                    "the vendor library refused C_Initialize on a new worker ({rv:#x})"
-                )),
-            });
-        match opened {
-            Ok(mut c) => {
-                *self.backoff.lock() = None;
-                c.journal_epoch = epoch;
-                self.address.store(c.address_index(), Ordering::Relaxed);
-                Ok(c)
-            }
-            Err(e) => {
-                let mut backoff = self.backoff.lock();
-                let wait = backoff.map_or(RECONNECT_FIRST_WAIT, |(_, w)| {
-                    (w * 2).min(RECONNECT_MAX_WAIT)
+        let mut elsewhere = 0;
+        let mut failed = 0;
+        let mut waited = false;
+        let mut last = String::new();
+        for _ in 0..MAX_OPEN_ATTEMPTS {
+            let moving = current == [0; 16]
+                || (elsewhere >= ELSEWHERE_BEFORE_MOVE && (waited || self.live_on(current) == 0));
+            let target = if moving { [0; 16] } else { current };
+            let opened = Connection::open(&self.config, &self.client_id, self.init, first, target)
+                .and_then(|c| match c.init_rv() {
+                    0 => Ok(c),
+                    rv => Err(format!(
+                        "the vendor library refused C_Initialize on a new worker ({rv:#x})"
+                    )
+                    .into()),
                 });
-                *backoff = Some((Instant::now() + wait, wait));
-                warn(&format!(
-                    "cannot reach the proxy server (next attempt in {} ms): {e}",
-                    wait.as_millis()
-                ));
-                Err(CKR_DEVICE_ERROR)
+            match opened {
+                Ok(c) if moving && self.journal.read().has_left(&c.instance()) => {
+                    // An instance the application left, still alive on another replica.
+                    last = "reached an instance this application left".into();
+                    elsewhere += 1;
+                }
+                Ok(mut c) => {
+                    *self.backoff.lock() = None;
+                    c.journal_epoch = epoch;
+                    c.live = Some(self.token(c.instance()));
+                    self.address.store(c.address_index(), Ordering::Relaxed);
+                    return Ok(c);
+                }
+                Err(e) if e.elsewhere && !moving => {
+                    last = e.reason;
+                    elsewhere += 1;
+                    failed = 0;
+                    if elsewhere >= ELSEWHERE_BEFORE_MOVE && !waited {
+                        if let Some(c) = self.wait_for_idle(current) {
+                            return Ok(c);
+                        }
+                        waited = true;
+                    }
+                }
+                Err(e) => {
+                    // Behind a load balancer the next connection may reach a live replica
+                    // (this one may be a dead one the balancer still sends to).
+                    last = e.reason;
+                    failed += 1;
+                    if failed >= FAILED_IN_A_ROW || self.config.addresses.len() > 1 {
+                        break;
+                    }
+                }
             }
         }
+        let mut backoff = self.backoff.lock();
+        let wait = backoff.map_or(RECONNECT_FIRST_WAIT, |(_, w)| {
+            (w * 2).min(RECONNECT_MAX_WAIT)
+        });
+        *backoff = Some((Instant::now() + wait, wait));
+        warn(&format!(
+            "cannot reach the proxy server (next attempt in {} ms): {last}",
+            wait.as_millis()
+        ));
+        Err(CKR_DEVICE_ERROR)
+    }
+
+    /// While new connections reach other instances: one of the application's connections to
+    /// its own, once another thread is done with it, if any is still open; `None` when none
+    /// is left (the instance is gone) or none came free within [`AFFINITY_WAIT`].
+    fn wait_for_idle(&self, instance: InstanceId) -> Option<Connection> {
+        let deadline = Instant::now() + AFFINITY_WAIT;
+        let mut idle = self.idle.lock();
+        loop {
+            while let Some(c) = idle.pop() {
+                if !c.is_stale() {
+                    return Some(c);
+                }
+            }
+            if self.live_on(instance) == 0 || Instant::now() >= deadline {
+                return None;
+            }
+            // Woken by a connection coming back; the count is read again now and then, as
+            // busy connections that fail are dropped without a word.
+            self.parked.wait_for(&mut idle, Duration::from_millis(10));
+        }
+    }
+
+    /// The token every open connection to `instance` holds.
+    fn token(&self, instance: InstanceId) -> Arc<()> {
+        let mut tokens = self.live.lock();
+        tokens.retain(|(i, t)| Arc::strong_count(t) > 1 || *i == instance);
+        if let Some((_, t)) = tokens.iter().find(|(i, _)| *i == instance) {
+            return t.clone();
+        }
+        let t = Arc::new(());
+        tokens.push((instance, t.clone()));
+        t
+    }
+
+    /// How many connections to `instance` are open (idle or in a call).
+    fn live_on(&self, instance: InstanceId) -> usize {
+        self.live
+            .lock()
+            .iter()
+            .find(|(i, _)| *i == instance)
+            .map_or(0, |(_, t)| Arc::strong_count(t) - 1)
     }
 
     /// A connection; with `wait`, keeps trying for the reconnect window while no server
@@ -449,6 +564,7 @@ impl Client {
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
             idle.push(conn);
+            self.parked.notify_one();
         }
     }
 
@@ -604,7 +720,15 @@ pub fn initialize(init: Option<InitArgs>) -> Rv {
         );
         CKR_GENERAL_ERROR
     })?;
-    let conn = Connection::open(&config, &client_id, init, 0).map_err(|e| {
+    // Behind a load balancer a first attempt may reach a dead replica: a few in a row.
+    let mut opened = Connection::open(&config, &client_id, init, 0, [0; 16]);
+    for _ in 1..FAILED_IN_A_ROW {
+        if opened.is_ok() {
+            break;
+        }
+        opened = Connection::open(&config, &client_id, init, 0, [0; 16]);
+    }
+    let mut conn = opened.map_err(|e| {
         log::log(
             log::LogLevel::Error,
             &format!("C_Initialize: cannot reach the proxy server: {e}"),
@@ -616,6 +740,8 @@ pub fn initialize(init: Option<InitArgs>) -> Rv {
         // Not initialised: the worker ends when this connection closes.
         return Err(crate::ffi::narrow(init_rv).unwrap_or(CKR_GENERAL_ERROR));
     }
+    let token = Arc::new(());
+    conn.live = Some(token.clone());
     let client = Client {
         vendor_interface: conn.vendor_interface(),
         config,
@@ -624,7 +750,9 @@ pub fn initialize(init: Option<InitArgs>) -> Rv {
         pid: std::process::id(),
         journal: RwLock::new(Journal::new(conn.instance())),
         address: AtomicUsize::new(conn.address_index()),
+        live: Mutex::new(vec![(conn.instance(), token)]),
         idle: Mutex::new(vec![conn]),
+        parked: Condvar::new(),
         message_mechanisms: Mutex::new(HashMap::new()),
         backoff: Mutex::new(None),
         waits: Mutex::new(HashMap::new()),

@@ -25,6 +25,9 @@ use crate::control::Transport;
 /// Stack of a routing thread: it reads 26 bytes and hands the socket over.
 const ROUTING_STACK: usize = 64 * 1024;
 
+/// How much of a version-1 hello the router reads to answer it in its own terms.
+const V1_PRELUDE_READ: usize = 26;
+
 /// TCP keepalive of client connections: first probe after 30 s idle, then every 10 s, 3 tries.
 const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_time(std::time::Duration::from_secs(30))
@@ -413,11 +416,14 @@ fn route(router: &Router, accepted: Accepted, ticket: crate::startups::Ticket) {
     let socket = &accepted.socket;
     socket.set_timeouts(router.handshake_timeout);
     let mut first = [0u8; PRELUDE_LEN];
-    // The magic first (or, from a shim of version 1, a frame length and the magic), so that
-    // anything else is refused at once rather than after the handshake timeout.
+    // The magic and version first (or, from a shim of version 1, a frame length and the
+    // magic), so that anything else, or a prelude of another length from another version, is
+    // refused at once rather than after the handshake timeout.
     let magic_read = socket.read_exact(&mut first[..12]).and_then(|()| {
-        if first[..8] == ROUTE_MAGIC || is_v1_hello(&first[..12]) {
+        if first[..8] == ROUTE_MAGIC && Prelude::check_head(&first).is_ok() {
             socket.read_exact(&mut first[12..])
+        } else if is_v1_hello(&first[..12]) {
+            socket.read_exact(&mut first[12..V1_PRELUDE_READ])
         } else {
             Ok(())
         }
@@ -463,7 +469,7 @@ fn route(router: &Router, accepted: Accepted, ticket: crate::startups::Ticket) {
         socket.close_gently();
         return;
     }
-    let worker = match router.workers.route(prelude.routing_id) {
+    let worker = match router.workers.route(prelude.routing_id, prelude.instance) {
         Ok(w) => w,
         Err(refusal) => {
             refused(router);
@@ -477,6 +483,16 @@ fn route(router: &Router, accepted: Accepted, ticket: crate::startups::Ticket) {
                 Refusal::Limit(reason) => {
                     tracing::warn!(peer, reason, "connection refused");
                     RouteAnswer::Refused(reason)
+                }
+                Refusal::Elsewhere(reason) => {
+                    // The normal case behind a load balancer: counted, not logged each time.
+                    tracing::debug!(peer, reason, "connection sent elsewhere");
+                    router
+                        .workers
+                        .counters
+                        .connections_elsewhere
+                        .fetch_add(1, Ordering::Relaxed);
+                    RouteAnswer::Elsewhere(reason)
                 }
             };
             let _ = socket.write_all(&answer.encode());

@@ -57,6 +57,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
     };
     let template = WorkerSettings {
         role: Role::Probe,
+        instance_id: [0; 16],
         module: settings.module.clone(),
         init_args: settings.init_args.clone(),
         tls: settings.tls.clone(),

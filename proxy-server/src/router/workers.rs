@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use protocol::handshake::RoutingId;
+use protocol::handshake::{InstanceId, RoutingId};
 
 use crate::control::{Channel, Role, ToRouter, ToWorker, Transport, WorkerSettings, WORKER_FD};
 use crate::metrics::{RouterCounters, Snapshot};
@@ -47,12 +47,18 @@ pub enum Refusal {
     Flood(String),
     /// A limit or a state an operator should see in the log.
     Limit(String),
+    /// The prelude named an instance this router does not hold (the application is on
+    /// another replica, or its worker is gone), or the server is stopping: the shim tries
+    /// another connection, and moves only when its instance is gone.
+    Elsewhere(String),
 }
 
 /// One worker process, as the router sees it.
 pub struct Worker {
     pub pid: u32,
     role: Role,
+    /// The instance id it tells in every welcome.
+    instance: InstanceId,
     channel: Channel,
     started: Instant,
     /// Where the next report goes; one request at a time.
@@ -182,10 +188,18 @@ impl Workers {
         Ok(())
     }
 
-    /// The worker for the application named `routing_id`, started if it has none.
-    pub fn route(self: &Arc<Self>, routing_id: RoutingId) -> Result<Arc<Worker>, Refusal> {
+    /// The worker for the application named `routing_id`, started if it has none. When the
+    /// prelude named the instance the application is on (`on`, not all zeros), only that
+    /// worker takes the connection: none is started for an application that is on another
+    /// replica behind the same address (DESIGN.md, "Shim semantics").
+    pub fn route(
+        self: &Arc<Self>,
+        routing_id: RoutingId,
+        on: InstanceId,
+    ) -> Result<Arc<Worker>, Refusal> {
         if self.stopping.load(Ordering::Acquire) {
-            return Err(Refusal::Limit("the server is stopping".into()));
+            // Its connections drain; new ones go to another replica, if there is one.
+            return Err(Refusal::Elsewhere("the server is stopping".into()));
         }
         let key = if self.shared_worker {
             Key::Shared
@@ -193,6 +207,14 @@ impl Workers {
             Key::Application(routing_id)
         };
         let mut routes = self.routes.lock();
+        if on != [0; 16] {
+            return match routes.get(&key) {
+                Some(w) if w.instance == on => Ok(w.clone()),
+                _ => Err(Refusal::Elsewhere(
+                    "the application's instance is not on this server".into(),
+                )),
+            };
+        }
         if let Some(w) = routes.get(&key) {
             return Ok(w.clone());
         }
@@ -297,11 +319,14 @@ impl Workers {
         drop(theirs);
         let mut settings = self.template.clone();
         settings.role = role;
+        settings.instance_id = crate::control::new_instance_id();
+        let instance = settings.instance_id;
         ours.send(&ToWorker::Start(Box::new(settings)), None)
             .map_err(|e| format!("cannot start a worker: {e}"))?;
         let worker = Arc::new(Worker {
             pid: child.id(),
             role,
+            instance,
             channel: ours,
             started,
             report: Mutex::new(None),

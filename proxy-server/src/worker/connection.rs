@@ -152,15 +152,14 @@ impl Shared {
         backend: Backend,
         tls: Option<TlsListener>,
         initialised: bool,
-        instance_id: [u8; 16],
     ) -> Self {
         Self {
+            instance_id: settings.instance_id,
             settings,
             policy,
             metrics: Default::default(),
             backend,
             tls,
-            instance_id,
             init: Mutex::new(if initialised {
                 Init::Done(CKR_OK)
             } else {

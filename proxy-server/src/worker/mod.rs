@@ -155,14 +155,7 @@ fn start(settings: WorkerSettings) -> Result<Shared, String> {
             ));
         }
     }
-    Ok(Shared::new(
-        settings,
-        policy,
-        backend,
-        tls,
-        initialised,
-        random_id(),
-    ))
+    Ok(Shared::new(settings, policy, backend, tls, initialised))
 }
 
 impl Worker {
@@ -383,20 +376,4 @@ impl Worker {
             tracing::debug!("worker stopped");
         }
     }
-}
-
-/// 16 random bytes from the kernel (getrandom(2)): a new instance id for every worker.
-fn random_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    // SAFETY: id is writable for its length.
-    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
-    if n != id.len() as isize {
-        // Uniqueness, not secrecy, is what an instance id needs.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        id.copy_from_slice(&t.as_nanos().to_le_bytes());
-        id[..4].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    id
 }
