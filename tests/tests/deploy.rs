@@ -97,14 +97,7 @@ fn kubernetes_manifests_validate_offline() {
         .iter()
         .map(|m| base.join(format!("{m}.yaml")))
         .collect();
-    let out = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
-        .args(&manifests)
-        .output()
-        .expect("kubernetes-validate (PyPI package kubernetes-validate)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let text = validate_k8s(&manifests);
     assert_eq!(text.matches("passed").count(), manifests.len(), "{text}");
     // Every resource the overlay names exists in the base.
     let overlay =
@@ -257,4 +250,188 @@ fn entrypoint_serves_tls_from_the_environment() {
     ];
     assert_eq!(with_env(&env, || m.initialize()), CKR_OK);
     assert_eq!(m.login(m.open_rw(m.first_slot()), PIN), CKR_OK);
+}
+
+/// Validates the Kubernetes objects in `files` offline (kubernetes-validate, strict, 1.29):
+/// each must pass.
+fn validate_k8s(files: &[PathBuf]) -> String {
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
+        .args(files)
+        .output()
+        .expect("kubernetes-validate (PyPI package kubernetes-validate)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("failed"), "{text}");
+    text
+}
+
+#[test]
+fn the_ha_overlay_renders_to_two_spread_replicas_with_a_disruption_budget() {
+    // The overlay's JSON patches applied to the base Deployment as kustomize does (add and
+    // replace), without kubectl: the result and the overlay's budget validate offline.
+    let dir = TempDir::new("ha");
+    let overlay = deploy().join("kubernetes/overlays/ha");
+    let rendered = dir.path().join("deployment.yaml");
+    let script = r#"
+import sys, yaml
+base, kustomization, out = sys.argv[1:4]
+doc = yaml.safe_load(open(base))
+k = yaml.safe_load(open(kustomization))
+assert "../../base" in k["resources"] and "pdb.yaml" in k["resources"], k["resources"]
+for p in k["patches"]:
+    assert p["target"] == {"kind": "Deployment", "name": doc["metadata"]["name"]}, p["target"]
+    for op in yaml.safe_load(p["patch"]):
+        assert op["op"] in ("add", "replace"), op
+        *parents, last = op["path"].strip("/").split("/")
+        node = doc
+        for key in parents:
+            node = node[key]
+        assert op["op"] == "add" or last in node, op["path"]
+        node[last] = op["value"]
+yaml.safe_dump(doc, open(out, "w"))
+print(doc["spec"]["replicas"], doc["spec"]["strategy"]["rollingUpdate"]["maxSurge"])
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(deploy().join("kubernetes/base/deployment.yaml"))
+        .arg(overlay.join("kustomization.yaml"))
+        .arg(&rendered)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2 1");
+    validate_k8s(&[rendered.clone(), overlay.join("pdb.yaml")]);
+    let text = std::fs::read_to_string(&rendered).unwrap();
+    assert!(text.contains("podAntiAffinity"), "{text}");
+    let service = std::fs::read_to_string(deploy().join("kubernetes/base/service.yaml")).unwrap();
+    assert!(service.contains("sessionAffinity: ClientIP"), "{service}");
+}
+
+/// The helm binary: the one `tests/install-deps.sh` installs, or one on PATH.
+fn helm() -> PathBuf {
+    let ours = root().join("target/tools/helm/bin/helm");
+    if ours.exists() {
+        return ours;
+    }
+    PathBuf::from("helm")
+}
+
+/// `helm template` of the chart with `sets`, written to a file in `dir`; the error text if
+/// helm refused the values.
+fn helm_template(dir: &TempDir, name: &str, sets: &[&str]) -> Result<PathBuf, String> {
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "p11", "--namespace", "hsm-proxy"])
+        .arg(deploy().join("helm/pkcs11-proxy"));
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd
+        .output()
+        .expect("helm (tests/install-deps.sh installs it)");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let file = dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, &out.stdout).unwrap();
+    Ok(file)
+}
+
+#[test]
+fn the_helm_chart_lints_renders_and_validates_offline() {
+    let dir = TempDir::new("helm");
+    let lint = Command::new(helm())
+        .args(["lint", "--strict"])
+        .arg(deploy().join("helm/pkcs11-proxy"))
+        .output()
+        .expect("helm (tests/install-deps.sh installs it)");
+    assert!(
+        lint.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let defaults = helm_template(&dir, "defaults", &[]).unwrap();
+    let ha = helm_template(&dir, "ha", &["replicas=2", "antiAffinity=hard"]).unwrap();
+    let plain = helm_template(
+        &dir,
+        "plain",
+        &[
+            "tls.enabled=false",
+            "metrics.enabled=false",
+            "service.sessionAffinity=None",
+        ],
+    )
+    .unwrap();
+    for (file, objects) in [(&defaults, 3), (&ha, 4), (&plain, 3)] {
+        let text = validate_k8s(std::slice::from_ref(file));
+        assert_eq!(text.matches("passed").count(), objects, "{text}");
+    }
+    let ha = std::fs::read_to_string(&ha).unwrap();
+    for needle in [
+        "kind: PodDisruptionBudget",
+        "replicas: 2",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "sessionAffinity: ClientIP",
+        "maxSurge: 1",
+    ] {
+        assert!(ha.contains(needle), "{needle} in {ha}");
+    }
+    let plain = std::fs::read_to_string(&plain).unwrap();
+    assert!(
+        plain.contains(r#"listen = ["tcp://0.0.0.0:2345"]"#),
+        "{plain}"
+    );
+    assert!(!plain.contains("metrics_listen") && !plain.contains("PodDisruptionBudget"));
+    // The schema refuses what would render a broken Deployment.
+    for bad in [
+        "replicas=0",
+        "bogus=1",
+        "module=relative.so",
+        "antiAffinity=maybe",
+    ] {
+        let e = helm_template(&dir, "bad", &[bad]).expect_err(bad);
+        assert!(
+            e.contains("values don't meet the specifications"),
+            "{bad}: {e}"
+        );
+    }
+    // The server configuration the chart renders is one the server accepts.
+    let pki = tests::pki::Pki::new(dir.path(), "helm");
+    let id = pki.server("helm-server");
+    let defaults = std::fs::read_to_string(&defaults).unwrap();
+    let toml: String = defaults
+        .split("server.toml: |")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("/opt/hsm/lib/libCryptoki2_64.so", SOFTHSM)
+        .replace("/etc/pkcs11-proxy/tls/tls.crt", id.cert.to_str().unwrap())
+        .replace("/etc/pkcs11-proxy/tls/tls.key", id.key.to_str().unwrap())
+        .replace(
+            "/etc/pkcs11-proxy/tls/clients-ca.crt",
+            pki.ca.to_str().unwrap(),
+        );
+    assert!(toml.contains("deny_function = [\"C_InitToken\"]"), "{toml}");
+    let file = dir.path().join("server.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = Command::new(server_path())
+        .args(["--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
