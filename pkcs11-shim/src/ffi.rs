@@ -158,6 +158,7 @@ impl<T: Copy> OutBuf<'_, T> {
         Out {
             buffer: !self.buf.is_null(),
             len: self.len.as_deref().map(|n| wire(*n)),
+            complete: false,
         }
     }
 

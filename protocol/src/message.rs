@@ -873,6 +873,15 @@ pub enum Response {
         len: u64,
         data: Vec<u8>,
     },
+    /// A size query sent with [`crate::shape::Out::complete`]: the vendor answered it CKR_OK
+    /// with `len`, and then answered the real call that followed (a buffer of `len` bytes)
+    /// with `rv`, the length `out_len` and `data`.
+    Completed {
+        len: u64,
+        rv: u64,
+        out_len: u64,
+        data: Vec<u8>,
+    },
     /// C_GetAttributeValue: the return value and one result per queried attribute.
     Attributes {
         rv: u64,

@@ -72,10 +72,17 @@ impl<T: Clone> From<&[T]> for Array<T> {
 /// A caller's two-call output (PKCS#11 v2.40 §5.2): whether the buffer pointer is NULL (a
 /// size query), and the value the length pointer holds (`None`: the length pointer is NULL).
 /// The vendor starts from the caller's value and may leave it as it is (on most errors).
+///
+/// `complete`, on a size query of a single-part function (C_Sign, C_Encrypt...): once the
+/// vendor has answered the query with CKR_OK, the server makes the real call at once, with a
+/// buffer of the length the vendor gave, and returns both answers
+/// ([`crate::message::Response::Completed`]), so that the application's follow-up call costs
+/// no round trip (DESIGN.md, "Two-call functions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Out {
     pub buffer: bool,
     pub len: Option<u64>,
+    pub complete: bool,
 }
 
 impl Out {
@@ -84,6 +91,7 @@ impl Out {
         Out {
             buffer: true,
             len: Some(len),
+            complete: false,
         }
     }
 
@@ -92,7 +100,13 @@ impl Out {
         Out {
             buffer: false,
             len: Some(len),
+            complete: false,
         }
+    }
+
+    /// Whether the server is to make the real call after a successful size query.
+    pub fn completes(&self) -> bool {
+        self.complete && !self.buffer && self.len.is_some()
     }
 
     /// Whether this is a size query (a NULL buffer).

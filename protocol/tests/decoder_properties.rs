@@ -137,9 +137,10 @@ proptest! {
         buffer in any::<bool>(),
         len in proptest::option::of(any::<u64>()),
         null in any::<bool>(),
+        complete in any::<bool>(),
     ) {
         let data = if null { Bytes::Null(data.len() as u64) } else { data.into() };
-        let r = Request::Sign { session, data, capacity: Out { buffer, len } };
+        let r = Request::Sign { session, data, capacity: Out { buffer, len, complete } };
         let mut buf = Vec::new();
         codec::encode(&r, &mut buf).unwrap();
         prop_assert_eq!(codec::decode::<Request>(&buf).unwrap(), r);

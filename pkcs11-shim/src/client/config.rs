@@ -32,6 +32,11 @@ pub const ENV_RECOVERY: &str = "PKCS11_PROXY_RECOVERY";
 /// Whether the PIN given to C_Login is kept in memory (zeroized at C_Finalize) to log in again
 /// on a new server: `on` (default) or `off` (sessions of a logged-in slot are then lost).
 pub const ENV_KEEP_PIN: &str = "PKCS11_PROXY_KEEP_PIN";
+/// Whether the size query of a single-part function (C_Sign, C_Encrypt, C_Decrypt, C_Digest,
+/// C_SignRecover, C_VerifyRecover) is completed on the server in the same round trip, the
+/// follow-up call then answered by the shim: `on` (default) or `off` (two round trips, as
+/// the application makes them).
+pub const ENV_COMPLETE_SIZE_QUERIES: &str = "PKCS11_PROXY_COMPLETE_SIZE_QUERIES";
 /// The CA that signed the server's certificate (PEM), for `tls://` addresses.
 pub const ENV_TLS_CA: &str = "PKCS11_PROXY_TLS_CA";
 /// This client's certificate (PEM), presented to the server.
@@ -53,6 +58,7 @@ struct FileConfig {
     reconnect_ms: Option<u64>,
     recovery: Option<String>,
     keep_pin: Option<String>,
+    complete_size_queries: Option<String>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -72,6 +78,8 @@ pub struct Config {
     pub recovery: bool,
     /// Keep the login PIN for recovery.
     pub keep_pin: bool,
+    /// Complete single-part size queries on the server (DESIGN.md, "Two-call functions").
+    pub complete_size_queries: bool,
     /// The TLS configuration, when an address is `tls://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub log_level: LogLevel,
@@ -165,6 +173,7 @@ impl Config {
             },
             recovery: switch(ENV_RECOVERY, file.recovery)?,
             keep_pin: switch(ENV_KEEP_PIN, file.keep_pin)?,
+            complete_size_queries: switch(ENV_COMPLETE_SIZE_QUERIES, file.complete_size_queries)?,
             tls,
             log_level,
             log_target,

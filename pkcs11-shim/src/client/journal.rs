@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use cryptoki_sys::*;
 use protocol::attribute::{AttrValue, Attribute};
 use protocol::message::{Pin, Request, Response};
-use protocol::shape::Bytes;
+use protocol::shape::{Bytes, Out};
 
 use crate::ffi::{narrow, wire, Rv};
 
@@ -174,6 +174,79 @@ pub struct OpRecord {
     pub kind: OpKind,
     pub init: Request,
     pub fresh: bool,
+    /// The result of a completed size query: the vendor's operation has ended, the
+    /// application's has not.
+    pub completed: Option<Completed>,
+}
+
+/// The real call the server made after a size query it was asked to complete (DESIGN.md,
+/// "Two-call functions"): the vendor has ended the operation; the application, which saw
+/// only the size query, has not. Its follow-up (the same function and input, a buffer of at
+/// least `len`) is answered from here; any other call on the session first gets the
+/// operation back on the vendor by replaying its Init (it had taken no data: a single-part
+/// size query leaves nothing behind), so that the vendor answers it.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    function: std::mem::Discriminant<Request>,
+    input: Bytes,
+    /// The size query's answer.
+    len: u64,
+    /// The real call's answer.
+    rv: u64,
+    out_len: u64,
+    data: Vec<u8>,
+}
+
+/// The single-part functions whose size query may be completed on the server (v2.40 §5.2):
+/// their operation, their input and their output. The `*Final` and `*Update` functions are
+/// not among them: after their size query the application may still feed data, which no
+/// replay of the Init can rebuild.
+pub fn single_part(request: &Request) -> Option<(OpKind, &Bytes, &Out)> {
+    use OpKind::*;
+    use Request as R;
+    match request {
+        R::Encrypt { data, capacity, .. } => Some((Encrypt, data, capacity)),
+        R::Decrypt { data, capacity, .. } => Some((Decrypt, data, capacity)),
+        R::Digest { data, capacity, .. } => Some((Digest, data, capacity)),
+        R::Sign { data, capacity, .. } => Some((Sign, data, capacity)),
+        R::SignRecover { data, capacity, .. } => Some((SignRecover, data, capacity)),
+        R::VerifyRecover {
+            signature,
+            capacity,
+            ..
+        } => Some((VerifyRecover, signature, capacity)),
+        _ => None,
+    }
+}
+
+/// Asks the server to complete `request`'s size query, when it is one of a single-part
+/// function whose operation the journal holds (its result is kept there).
+pub fn ask_completion(request: &mut Request, journal: &Journal) {
+    let Some(session) = request.session_mut().copied() else {
+        return;
+    };
+    let Some((kind, _, out)) = single_part(request) else {
+        return;
+    };
+    if out.buffer || out.len.is_none() {
+        return;
+    }
+    let held = journal.sessions.get(&session).is_some_and(|s| {
+        s.ops
+            .iter()
+            .any(|o| o.kind == kind && o.completed.is_none())
+    });
+    if held {
+        if let Request::Encrypt { capacity, .. }
+        | Request::Decrypt { capacity, .. }
+        | Request::Digest { capacity, .. }
+        | Request::Sign { capacity, .. }
+        | Request::SignRecover { capacity, .. }
+        | Request::VerifyRecover { capacity, .. } = request
+        {
+            capacity.complete = true;
+        }
+    }
 }
 
 /// One application session.
@@ -284,6 +357,50 @@ impl Journal {
             left: std::collections::VecDeque::new(),
             next_own: OWN_HANDLES,
         }
+    }
+
+    /// The answer to `request` (with the shim's handles) from a completed size query, when it
+    /// is that query's follow-up: the same function and input, and a NULL buffer (the size
+    /// again) or one of at least the size the vendor gave. The vendor's operation ended with
+    /// the real call; the application's ends now too (v2.40 §5.2). `None` for anything
+    /// else, which the vendor answers.
+    pub fn serve_completed(&mut self, request: &mut Request) -> Option<Response> {
+        let session = request.session_mut().copied()?;
+        let (kind, input, out) = single_part(request)?;
+        let s = self.sessions.get_mut(&session)?;
+        let i = s
+            .ops
+            .iter()
+            .position(|o| o.kind == kind && o.completed.is_some())?;
+        let c = s.ops[i].completed.as_ref()?;
+        if c.function != std::mem::discriminant(request) || c.input != *input {
+            return None;
+        }
+        match (out.buffer, out.len) {
+            (false, Some(_)) => Some(Response::Output {
+                rv: wire(CKR_OK),
+                len: c.len,
+                data: Vec::new(),
+            }),
+            (true, Some(n)) if n >= c.len => {
+                let c = s.ops.remove(i).completed?;
+                Some(Response::Output {
+                    rv: c.rv,
+                    len: c.out_len,
+                    data: c.data,
+                })
+            }
+            // A NULL length pointer, a smaller buffer: the vendor decides.
+            _ => None,
+        }
+    }
+
+    /// Whether session `session` (the shim's handle) has an operation whose size query was
+    /// completed, which the vendor must get back before it answers another call on it.
+    pub fn has_completed(&self, session: u64) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| s.ops.iter().any(|o| o.completed.is_some()))
     }
 
     /// Whether the application was on `instance` once and left it.
@@ -502,6 +619,31 @@ impl Journal {
         keep_pin: bool,
         identities: Vec<(u64, Option<Vec<Attribute>>)>,
     ) -> Response {
+        // A completed size query: the application sees the size query's answer; the real
+        // call's is kept with the operation.
+        let (response, completed) = match response {
+            Response::Completed {
+                len,
+                rv,
+                out_len,
+                data,
+            } => (
+                Response::Output {
+                    rv: wire(CKR_OK),
+                    len,
+                    data: Vec::new(),
+                },
+                single_part(request).map(|(_, input, _)| Completed {
+                    function: std::mem::discriminant(request),
+                    input: input.clone(),
+                    len,
+                    rv,
+                    out_len,
+                    data,
+                }),
+            ),
+            r => (r, None),
+        };
         let rv = response.rv();
         let session = shimmed.session;
         match request {
@@ -599,6 +741,7 @@ impl Journal {
                             kind,
                             init,
                             fresh: true,
+                            completed: None,
                         });
                     }
                 }
@@ -606,6 +749,10 @@ impl Journal {
                     let goes_on = (rv == CKR_OK && size_query) || rv == CKR_BUFFER_TOO_SMALL;
                     if !goes_on {
                         s.ops.retain(|o| o.kind != kind);
+                    } else if let Some(c) = completed {
+                        if let Some(op) = s.ops.iter_mut().find(|o| o.kind == kind) {
+                            op.completed = Some(c);
+                        }
                     }
                 }
                 // Once the server has answered a call that took data, the operation holds

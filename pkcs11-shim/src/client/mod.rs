@@ -329,6 +329,21 @@ impl Client {
     }
 
     fn call_with(&self, mut request: Request, wait: bool) -> Rv<Response> {
+        // The follow-up of a size query the server completed costs no round trip.
+        let session = request.session_mut().copied();
+        let serve = {
+            let j = self.journal.read();
+            let serve = session.is_some_and(|s| j.has_completed(s));
+            if !serve && self.config.complete_size_queries {
+                journal::ask_completion(&mut request, &j);
+            }
+            serve
+        };
+        if serve {
+            if let Some(answer) = self.journal.write().serve_completed(&mut request) {
+                return Ok(answer);
+            }
+        }
         let init = journal::is_init(&request).then(|| request.clone());
         let mut lost_on: Option<InstanceId> = None;
         let mut healed = false;
@@ -430,9 +445,18 @@ impl Client {
         let moved = |j: &Journal, request: &mut Request| {
             uses_handles(request) && j.instance != conn.instance()
         };
+        // Another call on a session whose size query was completed: the vendor gets the
+        // operation back first (closing the session needs nothing back).
+        let restore = |j: &Journal, request: &mut Request| match request {
+            Request::CloseSession { .. } => None,
+            r => r.session_mut().copied().filter(|s| j.has_completed(*s)),
+        };
         {
             let j = self.journal.read();
-            if !moved(&j, request) && j.pending_in(request).is_empty() {
+            if !moved(&j, request)
+                && j.pending_in(request).is_empty()
+                && restore(&j, request).is_none()
+            {
                 match j.to_server(request) {
                     Ok(s) => return Prepared::Ready(s),
                     // Closing a lost session releases its handle, below.
@@ -452,6 +476,11 @@ impl Client {
             }
             let instance = conn.instance();
             self.idle.lock().retain(|c| c.instance() == instance);
+        }
+        if let Some(session) = restore(&j, request) {
+            if recovery::restore_completed(conn, &mut j, session).is_err() {
+                return Prepared::Failed;
+            }
         }
         let pending = j.pending_in(request);
         let session = request.session_mut().and_then(|s| j.session_real(*s));

@@ -25,7 +25,7 @@ use protocol::shape::Outputs;
 use protocol::ProtocolError;
 
 use super::connection::Connection;
-use super::journal::{Journal, IDENTITY};
+use super::journal::{Journal, OpKind, IDENTITY};
 use super::log::{log, LogLevel};
 use crate::ffi::wire;
 
@@ -269,6 +269,12 @@ fn init_again(
     let session = journal.sessions[&h].real.expect("checked");
     let mut kept = Vec::new();
     for op in ops.into_iter().filter(|o| o.fresh) {
+        if op.completed.is_some() {
+            // Its result is the shim's: the new server gets the operation back only if the
+            // application does something else with the session (`restore_completed`).
+            kept.push(op);
+            continue;
+        }
         let mut init = op.init.clone();
         let pending = journal.pending_in(&mut init);
         find_pending(conn, journal, session, pending)?;
@@ -297,6 +303,49 @@ fn init_again(
     let rebuilt = kept.len();
     journal.sessions.get_mut(&h).expect("listed").ops = kept;
     Ok(rebuilt)
+}
+
+/// Gives the vendor back the operations of session `h` (the shim's handle) whose size query
+/// the server completed: their Init is replayed (they had taken no data: a single-part size
+/// query leaves nothing behind), so that the vendor answers the application's next call on
+/// the session as it would have (DESIGN.md, "Two-call functions"). One the vendor refuses
+/// now is gone, as it would be on a new server.
+pub fn restore_completed(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    h: u64,
+) -> Result<(), ProtocolError> {
+    let Some(s) = journal.sessions.get(&h) else {
+        return Ok(());
+    };
+    let inits: Vec<(OpKind, Request)> = s
+        .ops
+        .iter()
+        .filter(|o| o.completed.is_some())
+        .map(|o| (o.kind, o.init.clone()))
+        .collect();
+    for (kind, mut init) in inits {
+        let rv = match journal.to_server(&mut init) {
+            Ok(_) => conn.call(&init)?.rv(),
+            Err(rv) => rv,
+        };
+        let s = journal.sessions.get_mut(&h).expect("listed");
+        if rv == CKR_OK {
+            for op in s.ops.iter_mut().filter(|o| o.kind == kind) {
+                op.completed = None;
+            }
+        } else {
+            s.ops.retain(|o| o.kind != kind);
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "{} on session {h} could not be replayed: CKR 0x{rv:X}",
+                    init.function_name()
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Finds again, on server session `session`, the objects a request names that were left

@@ -18,7 +18,7 @@ use protocol::handshake::InitArgs;
 use protocol::shape::{Array, Bytes, Out};
 
 use super::mechanism::{CMechanism, CMsgParam};
-use super::template::{to_ulong, CTemplate};
+use super::template::{to_ulong, wire, CTemplate};
 
 /// What `pReserved` points to when the application's was not NULL: its contents cannot
 /// cross the wire, so the vendor sees an empty string, and answers as it does.
@@ -92,6 +92,9 @@ pub struct Output {
     pub rv: CK_RV,
     pub len: CK_ULONG,
     pub data: Vec<u8>,
+    /// A completed size query ([`Out::complete`]): the real call's return value, length and
+    /// bytes.
+    pub completed: Option<(CK_RV, CK_ULONG, Vec<u8>)>,
 }
 
 /// The vendor library, loaded and initialised.
@@ -926,6 +929,7 @@ impl Output {
             rv,
             len: 0,
             data: Vec::new(),
+            completed: None,
         }
     }
 }
@@ -995,10 +999,27 @@ fn with_out_array<T: Copy + Default>(
     (rv, len, buf)
 }
 
-/// [`with_out_array`] for bytes, as an [`Output`].
-fn with_out_buffer(out: Out, call: impl FnOnce(*mut u8, *mut CK_ULONG) -> CK_RV) -> Output {
-    let (rv, len, data) = with_out_array(out, MAX_DATA_LEN, call);
-    Output { rv, len, data }
+/// [`with_out_array`] for bytes, as an [`Output`]. A size query the shim asked to complete
+/// ([`Out::completes`]) is followed, once the vendor answered it CKR_OK, by the real call with
+/// a buffer of the length the vendor gave, as the application's next call would be (v2.40
+/// §5.2): the vendor sees the size query and then the call, in that order. A real call that
+/// still finds the buffer too small leaves the operation active, as after the query alone: it
+/// is not reported.
+fn with_out_buffer(out: Out, mut call: impl FnMut(*mut u8, *mut CK_ULONG) -> CK_RV) -> Output {
+    let (rv, len, data) = with_out_array(out, MAX_DATA_LEN, &mut call);
+    let mut output = Output {
+        rv,
+        len,
+        data,
+        completed: None,
+    };
+    if out.completes() && rv == CKR_OK && wire(len) <= MAX_DATA_LEN {
+        let real = with_out_array(Out::buffer(wire(len)), MAX_DATA_LEN, &mut call);
+        if real.0 != CKR_BUFFER_TOO_SMALL {
+            output.completed = Some(real);
+        }
+    }
+    output
 }
 
 /// Most entries of a slot or mechanism list buffer.

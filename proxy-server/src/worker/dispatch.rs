@@ -36,10 +36,18 @@ fn out_ptr<T>(outputs: Outputs, i: u8, value: &mut T) -> *mut T {
 }
 
 fn output(o: Output) -> Response {
-    Response::Output {
-        rv: wire(o.rv),
-        len: wire(o.len),
-        data: o.data,
+    match o.completed {
+        Some((rv, out_len, data)) => Response::Completed {
+            len: wire(o.len),
+            rv: wire(rv),
+            out_len: wire(out_len),
+            data,
+        },
+        None => Response::Output {
+            rv: wire(o.rv),
+            len: wire(o.len),
+            data: o.data,
+        },
     }
 }
 

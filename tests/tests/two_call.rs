@@ -1,0 +1,482 @@
+//! Size queries completed on the server (DESIGN.md, "Two-call functions"): the follow-up of a
+//! single-part size query costs no round trip, and every sequence a client may make after the
+//! query answers what the vendor library answers directly (SoftHSM2 here, call by call): the
+//! usual follow-up, the size asked again, a short buffer, other input, a new Init over the
+//! pending result, another operation on the session, a logout, the session closed.
+
+use std::io::{Read, Write};
+use std::ptr;
+
+use cryptoki_sys::*;
+use tests::raw::RawModule;
+use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN};
+
+/// One call's name, return value, and what it gave back (length and deterministic bytes).
+type Step = (String, CK_RV, Vec<u8>);
+
+fn attr(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
+    CK_ATTRIBUTE {
+        type_: ty,
+        pValue: v.as_ptr() as *mut _,
+        ulValueLen: v.len() as CK_ULONG,
+    }
+}
+
+fn mech(mechanism: CK_MECHANISM_TYPE, param: &mut [u8]) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism,
+        pParameter: if param.is_empty() {
+            ptr::null_mut()
+        } else {
+            param.as_mut_ptr().cast()
+        },
+        ulParameterLen: param.len() as CK_ULONG,
+    }
+}
+
+/// A single-part call `(session, in, in_len, out, out_len)`.
+type SinglePart = unsafe extern "C" fn(
+    CK_SESSION_HANDLE,
+    *mut CK_BYTE,
+    CK_ULONG,
+    *mut CK_BYTE,
+    *mut CK_ULONG,
+) -> CK_RV;
+
+/// Calls `f` on `input` with an output buffer of `cap` bytes (`None`: NULL, a size query);
+/// records the return value, the length and, with `keep_bytes`, the bytes.
+fn call(
+    steps: &mut Vec<Step>,
+    name: &str,
+    f: SinglePart,
+    s: CK_SESSION_HANDLE,
+    input: &[u8],
+    cap: Option<usize>,
+    keep_bytes: bool,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; cap.unwrap_or(0)];
+    let mut len = cap.unwrap_or(0) as CK_ULONG;
+    let out = if cap.is_some() {
+        buf.as_mut_ptr()
+    } else {
+        ptr::null_mut()
+    };
+    // SAFETY: input and buf are live for their lengths; NULL output is a size query.
+    let rv = unsafe {
+        f(
+            s,
+            input.as_ptr() as *mut u8,
+            input.len() as CK_ULONG,
+            out,
+            &mut len,
+        )
+    };
+    if rv == CKR_OK && cap.is_some() {
+        buf.truncate(len as usize);
+    } else {
+        buf.clear();
+    }
+    let mut out = (len as u64).to_le_bytes().to_vec();
+    if keep_bytes {
+        out.extend_from_slice(&buf);
+    }
+    steps.push((name.to_string(), rv, out));
+    buf
+}
+
+/// The sequences, on module `m` (initialised, its token with the user PIN set).
+fn scenario(m: &RawModule) -> Vec<Step> {
+    let f = m.f();
+    let mut steps = Vec::new();
+    let slot = m.first_slot();
+    let s = m.open_rw(slot);
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    let rec = |steps: &mut Vec<Step>, name: &str, rv: CK_RV| steps.push((name.into(), rv, vec![]));
+    let digest_init = |s| {
+        // SAFETY: a valid mechanism.
+        unsafe { f.C_DigestInit.unwrap()(s, &mut mech(CKM_SHA256, &mut [])) }
+    };
+    let digest = f.C_Digest.unwrap();
+
+    // 1. The usual pair: size query, then a buffer of that size.
+    rec(&mut steps, "DigestInit", digest_init(s));
+    call(&mut steps, "Digest(NULL)", digest, s, b"abc", None, true);
+    call(&mut steps, "Digest(32)", digest, s, b"abc", Some(32), true);
+    // The operation ended: another call answers CKR_OPERATION_NOT_INITIALIZED.
+    call(
+        &mut steps,
+        "Digest after the end",
+        digest,
+        s,
+        b"abc",
+        Some(32),
+        true,
+    );
+    // 2. The size asked twice, a larger buffer.
+    rec(&mut steps, "DigestInit", digest_init(s));
+    call(&mut steps, "Digest(NULL)", digest, s, b"abc", None, true);
+    call(
+        &mut steps,
+        "Digest(NULL) again",
+        digest,
+        s,
+        b"abc",
+        None,
+        true,
+    );
+    call(
+        &mut steps,
+        "Digest(100)",
+        digest,
+        s,
+        b"abc",
+        Some(100),
+        true,
+    );
+    // 3. A short buffer, then the right one.
+    rec(&mut steps, "DigestInit", digest_init(s));
+    call(&mut steps, "Digest(NULL)", digest, s, b"abc", None, true);
+    call(&mut steps, "Digest(16)", digest, s, b"abc", Some(16), true);
+    call(&mut steps, "Digest(32)", digest, s, b"abc", Some(32), true);
+    // 4. Other input after the query: the vendor digests that input.
+    rec(&mut steps, "DigestInit", digest_init(s));
+    call(
+        &mut steps,
+        "Digest(NULL, abc)",
+        digest,
+        s,
+        b"abc",
+        None,
+        true,
+    );
+    call(
+        &mut steps,
+        "Digest(32, xyz)",
+        digest,
+        s,
+        b"xyz",
+        Some(32),
+        true,
+    );
+    // 5. A new Init over the pending result, then the follow-up.
+    rec(&mut steps, "DigestInit", digest_init(s));
+    call(&mut steps, "Digest(NULL)", digest, s, b"abc", None, true);
+    rec(&mut steps, "DigestInit over it", digest_init(s));
+    call(&mut steps, "Digest(32)", digest, s, b"abc", Some(32), true);
+    // 6. Another call of the operation's family: a multi-part update after the query.
+    rec(&mut steps, "DigestInit", digest_init(s));
+    call(&mut steps, "Digest(NULL)", digest, s, b"abc", None, true);
+    // SAFETY: valid buffer.
+    let rv = unsafe { f.C_DigestUpdate.unwrap()(s, b"abc".as_ptr() as *mut u8, 3) };
+    rec(&mut steps, "DigestUpdate after the query", rv);
+    let mut out = [0u8; 32];
+    let mut len: CK_ULONG = 32;
+    // SAFETY: valid buffer.
+    let rv = unsafe { f.C_DigestFinal.unwrap()(s, out.as_mut_ptr(), &mut len) };
+    steps.push(("DigestFinal".into(), rv, out[..len as usize].to_vec()));
+    // 7. Another operation on the session: the one-operation-at-a-time rule of the vendor.
+    rec(&mut steps, "DigestInit", digest_init(s));
+    call(&mut steps, "Digest(NULL)", digest, s, b"abc", None, true);
+    let mut key_value = [0x42u8; 16];
+    let (class, kt, tru) = (
+        CKO_SECRET_KEY.to_ne_bytes(),
+        CKK_AES.to_ne_bytes(),
+        [CK_TRUE],
+    );
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_KEY_TYPE, &kt),
+        attr(CKA_VALUE, &key_value),
+        attr(CKA_ENCRYPT, &tru),
+        attr(CKA_DECRYPT, &tru),
+    ];
+    let mut aes = 0;
+    // SAFETY: valid template and out pointer.
+    let rv = unsafe { f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), t.len() as CK_ULONG, &mut aes) };
+    rec(&mut steps, "CreateObject(AES)", rv);
+    key_value.fill(0);
+    let mut iv = [7u8; 16];
+    // SAFETY: a valid mechanism.
+    let rv = unsafe { f.C_EncryptInit.unwrap()(s, &mut mech(CKM_AES_CBC_PAD, &mut iv), aes) };
+    rec(&mut steps, "EncryptInit while a digest is pending", rv);
+    call(&mut steps, "Digest(32)", digest, s, b"abc", Some(32), true);
+    // 8. Encryption and decryption (deterministic: AES-CBC-PAD, fixed IV), the usual pair.
+    let encrypt = f.C_Encrypt.unwrap();
+    let decrypt = f.C_Decrypt.unwrap();
+    let encrypt_init = |s| {
+        let mut iv = [7u8; 16];
+        // SAFETY: a valid mechanism.
+        unsafe { f.C_EncryptInit.unwrap()(s, &mut mech(CKM_AES_CBC_PAD, &mut iv), aes) }
+    };
+    let decrypt_init = |s| {
+        let mut iv = [7u8; 16];
+        // SAFETY: a valid mechanism.
+        unsafe { f.C_DecryptInit.unwrap()(s, &mut mech(CKM_AES_CBC_PAD, &mut iv), aes) }
+    };
+    rec(&mut steps, "EncryptInit", encrypt_init(s));
+    call(
+        &mut steps,
+        "Encrypt(NULL)",
+        encrypt,
+        s,
+        b"twenty bytes of text",
+        None,
+        true,
+    );
+    let cipher = call(
+        &mut steps,
+        "Encrypt(32)",
+        encrypt,
+        s,
+        b"twenty bytes of text",
+        Some(32),
+        true,
+    );
+    rec(&mut steps, "DecryptInit", decrypt_init(s));
+    call(&mut steps, "Decrypt(NULL)", decrypt, s, &cipher, None, true);
+    call(
+        &mut steps,
+        "Decrypt(32)",
+        decrypt,
+        s,
+        &cipher,
+        Some(32),
+        true,
+    );
+    // 9. A real call that fails after a successful size query (bad padding).
+    rec(&mut steps, "DecryptInit", decrypt_init(s));
+    call(
+        &mut steps,
+        "Decrypt(NULL, garbage)",
+        decrypt,
+        s,
+        &[0x55u8; 32],
+        None,
+        true,
+    );
+    call(
+        &mut steps,
+        "Decrypt(32, garbage)",
+        decrypt,
+        s,
+        &[0x55u8; 32],
+        Some(32),
+        true,
+    );
+    call(
+        &mut steps,
+        "Decrypt after the failure",
+        decrypt,
+        s,
+        &[0x55u8; 32],
+        Some(32),
+        true,
+    );
+    // 10. Signing (ECDSA: random signatures; lengths, return values and verification).
+    let (ec, tru) = (
+        [0x06u8, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+        [CK_TRUE],
+    );
+    let mut public = [attr(CKA_EC_PARAMS, &ec), attr(CKA_VERIFY, &tru)];
+    let mut private = [attr(CKA_SIGN, &tru)];
+    let (mut pubkey, mut key) = (0, 0);
+    // SAFETY: valid templates and out pointers.
+    let rv = unsafe {
+        f.C_GenerateKeyPair.unwrap()(
+            s,
+            &mut mech(CKM_EC_KEY_PAIR_GEN, &mut []),
+            public.as_mut_ptr(),
+            2,
+            private.as_mut_ptr(),
+            1,
+            &mut pubkey,
+            &mut key,
+        )
+    };
+    rec(&mut steps, "GenerateKeyPair(EC)", rv);
+    let sign = f.C_Sign.unwrap();
+    let sign_init = |s| {
+        // SAFETY: a valid mechanism.
+        unsafe { f.C_SignInit.unwrap()(s, &mut mech(CKM_ECDSA, &mut []), key) }
+    };
+    let digest32 = [9u8; 32];
+    rec(&mut steps, "SignInit", sign_init(s));
+    call(&mut steps, "Sign(NULL)", sign, s, &digest32, None, false);
+    let signature = call(&mut steps, "Sign(64)", sign, s, &digest32, Some(64), false);
+    // SAFETY: a valid mechanism and buffers.
+    let rv = unsafe {
+        f.C_VerifyInit.unwrap()(s, &mut mech(CKM_ECDSA, &mut []), pubkey);
+        f.C_Verify.unwrap()(
+            s,
+            digest32.as_ptr() as *mut u8,
+            32,
+            signature.as_ptr() as *mut u8,
+            signature.len() as CK_ULONG,
+        )
+    };
+    rec(&mut steps, "Verify the signature", rv);
+    // 11. A new C_SignInit over a pending result; then a logout over one.
+    rec(&mut steps, "SignInit", sign_init(s));
+    call(&mut steps, "Sign(NULL)", sign, s, &digest32, None, false);
+    rec(&mut steps, "SignInit over it", sign_init(s));
+    call(&mut steps, "Sign(64)", sign, s, &digest32, Some(64), false);
+    rec(&mut steps, "SignInit", sign_init(s));
+    call(&mut steps, "Sign(NULL)", sign, s, &digest32, None, false);
+    // SAFETY: a session of ours.
+    rec(&mut steps, "Logout", unsafe { f.C_Logout.unwrap()(s) });
+    call(
+        &mut steps,
+        "Sign(64) after logout",
+        sign,
+        s,
+        &digest32,
+        Some(64),
+        false,
+    );
+    // 12. A NULL length pointer after the query: the vendor's argument check.
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    rec(&mut steps, "DigestInit", digest_init(s));
+    call(&mut steps, "Digest(NULL)", digest, s, b"abc", None, true);
+    let mut out = [0u8; 32];
+    // SAFETY: a NULL length pointer is what is tested.
+    let rv = unsafe {
+        digest(
+            s,
+            b"abc".as_ptr() as *mut u8,
+            3,
+            out.as_mut_ptr(),
+            ptr::null_mut(),
+        )
+    };
+    rec(&mut steps, "Digest(buffer, NULL length)", rv);
+    // 13. The session closed over a pending result; the next session starts clean.
+    let s2 = m.open_rw(slot);
+    rec(&mut steps, "DigestInit(s2)", digest_init(s2));
+    call(
+        &mut steps,
+        "Digest(NULL) on s2",
+        digest,
+        s2,
+        b"abc",
+        None,
+        true,
+    );
+    // SAFETY: a session of ours.
+    rec(&mut steps, "CloseSession(s2)", unsafe {
+        f.C_CloseSession.unwrap()(s2)
+    });
+    call(
+        &mut steps,
+        "Digest on the closed s2",
+        digest,
+        s2,
+        b"abc",
+        Some(32),
+        true,
+    );
+    let s3 = m.open_rw(slot);
+    rec(&mut steps, "DigestInit(s3)", digest_init(s3));
+    call(
+        &mut steps,
+        "Digest(32) on s3",
+        digest,
+        s3,
+        b"abc",
+        Some(32),
+        true,
+    );
+    // SAFETY: sessions of ours.
+    unsafe {
+        f.C_CloseSession.unwrap()(s3);
+        f.C_CloseSession.unwrap()(s);
+    }
+    steps
+}
+
+/// `pkcs11_proxy_calls_total` of `function` (every return value), from the metrics port.
+fn calls(metrics: &str, function: &str) -> u64 {
+    let mut c = std::net::TcpStream::connect(metrics).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let prefix = format!("pkcs11_proxy_calls_total{{function=\"{function}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn proxy(server: &ProxyServer, dir: &TempDir, env: &[(&str, &str)]) -> RawModule {
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let mut all = vec![("PKCS11_PROXY_SOCKET", server.address.as_str())];
+    all.extend_from_slice(env);
+    assert_eq!(with_env(&all, || m.initialize()), CKR_OK);
+    m
+}
+
+#[test]
+fn every_sequence_after_a_completed_size_query_answers_what_the_vendor_answers() {
+    let hsm = SoftHsm::new("twocall");
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    let direct = RawModule::load(&hsm.module_copy());
+    let expected = with_env(&[("SOFTHSM2_CONF", &conf)], || {
+        assert_eq!(direct.initialize(), CKR_OK);
+        scenario(&direct)
+    });
+    let server = ProxyServer::start_with_metrics(&hsm);
+    for setting in ["on", "off"] {
+        let dir = TempDir::new("twocall");
+        let m = proxy(
+            &server,
+            &dir,
+            &[("PKCS11_PROXY_COMPLETE_SIZE_QUERIES", setting)],
+        );
+        let got = scenario(&m);
+        assert_eq!(got.len(), expected.len());
+        for (e, g) in expected.iter().zip(&got) {
+            assert_eq!(e, g, "completion {setting}: {} differs", e.0);
+        }
+        // SAFETY: no call in progress.
+        unsafe { m.f().C_Finalize.unwrap()(ptr::null_mut()) };
+    }
+    // The pairs made no mistake about what the vendor did: it signed and verified.
+    assert!(expected.contains(&("Verify the signature".into(), CKR_OK, vec![])));
+}
+
+#[test]
+fn the_follow_up_of_a_completed_size_query_costs_no_round_trip() {
+    let hsm = SoftHsm::new("twocallrt");
+    let server = ProxyServer::start_with_metrics(&hsm);
+    let metrics = server.metrics_address();
+    let dir = TempDir::new("twocallrt");
+    for (setting, per_signature) in [("on", 1), ("off", 2)] {
+        let m = proxy(
+            &server,
+            &dir,
+            &[("PKCS11_PROXY_COMPLETE_SIZE_QUERIES", setting)],
+        );
+        tests::fabric::make_token_key_with_id(
+            &m,
+            {
+                let s = m.open_rw(m.first_slot());
+                let rv = m.login(s, PIN);
+                assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+                s
+            },
+            setting.as_bytes(),
+        );
+        let s = m.open_rw(m.first_slot());
+        let before = calls(&metrics, "C_Sign");
+        for _ in 0..10 {
+            // SAFETY: a logged-in session of this module.
+            let rv =
+                unsafe { tests::fabric::fabric_sign_data(&m, s, setting.as_bytes(), &[3; 32]) };
+            assert_eq!(rv, CKR_OK);
+        }
+        let after = calls(&metrics, "C_Sign");
+        assert_eq!(after - before, 10 * per_signature, "completion {setting}");
+        // SAFETY: no call in progress.
+        unsafe { m.f().C_Finalize.unwrap()(ptr::null_mut()) };
+    }
+}
