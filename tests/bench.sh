@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Benchmark: the vendor library directly vs through the proxy over TCP and a Unix socket, for
 # 1, 8 and 64 threads and every p11bench operation, on a throwaway SoftHSM2 token. Prints a
-# Markdown table (ops/s, p50/p99 latency, proxy/direct ratio) and the raw loopback round trip
-# of this machine for reference.
+# Markdown table (ops/s, p50/p99 latency, proxy/direct ratio, round trips per operation as
+# the server counted its requests, CPU of the client process per operation) and the raw
+# loopback round trip of this machine for reference.
 #   usage: tests/bench.sh [SECONDS_PER_RUN] [OPS...]     (default 3 s, all ops)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-3}
 shift || true
 ops=("$@")
-[ ${#ops[@]} -gt 0 ] || ops=(random digest-sha256 find-object sign-ecdsa-p256 fabric)
+[ ${#ops[@]} -gt 0 ] || ops=(random digest-sha256 find-object sign-ecdsa-p256 fabric fabric-endorse)
 threads=(1 8 64)
 
 cargo build --release --workspace --bins --lib -q
@@ -21,10 +22,18 @@ export SOFTHSM2_CONF="$work/softhsm2.conf"
 softhsm2-util --init-token --free --label bench --pin 1234 --so-pin 5678 >/dev/null
 
 target/release/pkcs11-proxy-server --module /usr/lib/softhsm/libsofthsm2.so \
-  --listen tcp://127.0.0.1:0 --listen "unix://$work/proxy.sock" 2> "$work/server.log" &
+  --listen tcp://127.0.0.1:0 --listen "unix://$work/proxy.sock" --metrics-listen 127.0.0.1:0 \
+  2> "$work/server.log" &
 server=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
 tcp=$(grep -o 'tcp://[^ ]*' "$work/server.log" | head -1)
+metrics=$(grep -o 'http://[^ ]*/metrics' "$work/server.log" | head -1)
+
+requests() { # the server's requests so far, every function
+  python3 -c 'import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1]).read().decode()
+print(int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("pkcs11_proxy_calls_total{"))))' "$metrics"
+}
 unix="unix://$work/proxy.sock"
 
 run() { # mode op threads
@@ -41,7 +50,10 @@ results="$work/results.jsonl"
 for op in "${ops[@]}"; do
   for t in "${threads[@]}"; do
     for mode in direct tcp unix; do
-      printf '{"mode":"%s",%s\n' "$mode" "$(run $mode "$op" "$t" | sed 's/^{//')" >> "$results"
+      before=$(requests)
+      line=$(run $mode "$op" "$t")
+      after=$(requests)
+      printf '{"mode":"%s","requests":%s,%s\n' "$mode" "$((after - before))" "${line#\{}" >> "$results"
     done
   done
 done
@@ -53,8 +65,8 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 r = json.loads(os.popen("target/release/rtt").read())
 print(f"Raw loopback round trip (64-byte ping-pong, `target/release/rtt`): TCP {r['tcp_us']} us, Unix {r['unix_us']} us")
 print()
-print("| op | threads | direct ops/s | direct p50/p99 us | TCP ops/s | TCP p50/p99 us | Unix ops/s | Unix p50/p99 us | TCP/direct | Unix/direct |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| op | threads | direct ops/s | direct p50/p99 us | TCP ops/s | TCP p50/p99 us | Unix ops/s | Unix p50/p99 us | TCP/direct | Unix/direct | round trips/op | client CPU us/op direct/TCP |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 key = lambda r: (r["op"], r["threads"])
 by = {}
 for r in rows: by.setdefault(key(r), {})[r["mode"]] = r
@@ -64,5 +76,8 @@ for (op, t), m in by.items():
     lat = lambda r: f'{r["p50_us"]:.0f}/{r["p99_us"]:.0f}'
     errs = sum(r["errors"] for r in (d, tc, ux))
     note = f" ({errs} errors)" if errs else ""
-    print(f'| {op} | {t} | {cell(d)} | {lat(d)} | {cell(tc)} | {lat(tc)} | {cell(ux)} | {lat(ux)} | {tc["ops_per_sec"]/d["ops_per_sec"]:.2f} | {ux["ops_per_sec"]/d["ops_per_sec"]:.2f}{note} |')
+    # Requests the server served during the run (set-up included), per timed operation.
+    rt = tc["requests"] / max(tc["ops"], 1)
+    cpu = f'{d["cpu_us_per_op"]:.0f}/{tc["cpu_us_per_op"]:.0f}'
+    print(f'| {op} | {t} | {cell(d)} | {lat(d)} | {cell(tc)} | {lat(tc)} | {cell(ux)} | {lat(ux)} | {tc["ops_per_sec"]/d["ops_per_sec"]:.2f} | {ux["ops_per_sec"]/d["ops_per_sec"]:.2f}{note} | {rt:.2f} | {cpu} |')
 PY

@@ -360,6 +360,10 @@ pub enum Request {
     FindObjectsInit {
         session: u64,
         template: Array<Attribute>,
+        /// Not 0: once the search started, the server runs C_FindObjects for up to this many
+        /// handles at once, and C_FindObjectsFinal if that exhausted the search
+        /// ([`Response::Found`]), so that a search costs one round trip.
+        prefetch: u64,
     },
     FindObjects {
         session: u64,
@@ -881,6 +885,14 @@ pub enum Response {
         rv: u64,
         out_len: u64,
         data: Vec<u8>,
+    },
+    /// C_FindObjectsInit with a prefetch: the vendor started the search (CKR_OK), answered
+    /// C_FindObjects for `prefetch` handles with `find_rv` and `objects`, and, when that was
+    /// fewer than asked (the search is exhausted), C_FindObjectsFinal with `final_rv`.
+    Found {
+        objects: Vec<u64>,
+        find_rv: u64,
+        final_rv: Option<u64>,
     },
     /// C_GetAttributeValue: the return value and one result per queried attribute.
     Attributes {

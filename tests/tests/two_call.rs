@@ -1,8 +1,11 @@
-//! Size queries completed on the server (DESIGN.md, "Two-call functions"): the follow-up of a
-//! single-part size query costs no round trip, and every sequence a client may make after the
-//! query answers what the vendor library answers directly (SoftHSM2 here, call by call): the
-//! usual follow-up, the size asked again, a short buffer, other input, a new Init over the
-//! pending result, another operation on the session, a logout, the session closed.
+//! Calls answered ahead (DESIGN.md, "Two-call functions"): the follow-up of a single-part size
+//! query, and C_FindObjects / C_FindObjectsFinal of a search the server ran ahead, cost no
+//! round trip, and every sequence a client may make answers what the vendor library answers
+//! directly (SoftHSM2 here, call by call): for size queries the usual follow-up, the size
+//! asked again, a short buffer, other input, a new Init over the pending result, another
+//! operation on the session, a logout, the session closed; for searches one handle at a time,
+//! more than the server fetched ahead, a second Init, calls after the end, another operation
+//! during the search, NULL pointers, a closed session.
 
 use std::io::{Read, Write};
 use std::ptr;
@@ -393,6 +396,184 @@ fn scenario(m: &RawModule) -> Vec<Step> {
     steps
 }
 
+/// Searches, on module `m` (initialised, logged in on a session of its own).
+fn search_scenario(m: &RawModule) -> Vec<Step> {
+    let f = m.f();
+    let mut steps: Vec<Step> = Vec::new();
+    let s = m.open_rw(m.first_slot());
+    let rec = |steps: &mut Vec<Step>, name: &str, rv: CK_RV| steps.push((name.into(), rv, vec![]));
+    // 40 data objects labelled "many-NN" and 3 labelled "few": more than one prefetch.
+    let class = CKO_DATA.to_ne_bytes();
+    for i in 0..43 {
+        let label = if i < 40 {
+            format!("many-{i:02}")
+        } else {
+            "few".to_string()
+        };
+        let group: &[u8] = if i < 40 { b"many" } else { b"few" };
+        let mut t = [
+            attr(CKA_CLASS, &class),
+            attr(CKA_LABEL, label.as_bytes()),
+            attr(CKA_APPLICATION, group),
+        ];
+        let mut h = 0;
+        // SAFETY: valid template and out pointer.
+        let rv = unsafe { f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 3, &mut h) };
+        assert_eq!(rv, CKR_OK);
+    }
+    let init = |steps: &mut Vec<Step>, name: &str, group: &[u8]| {
+        let mut t = [attr(CKA_CLASS, &class), attr(CKA_APPLICATION, group)];
+        // SAFETY: valid template.
+        let rv = unsafe { f.C_FindObjectsInit.unwrap()(s, t.as_mut_ptr(), 2) };
+        steps.push((name.into(), rv, vec![]));
+    };
+    // Each handle found, by its label (handles may be numbered differently).
+    let find = |steps: &mut Vec<Step>, name: &str, max: usize| {
+        let mut found = vec![0 as CK_OBJECT_HANDLE; max];
+        let mut n: CK_ULONG = 0;
+        // SAFETY: a buffer of max handles.
+        let rv =
+            unsafe { f.C_FindObjects.unwrap()(s, found.as_mut_ptr(), max as CK_ULONG, &mut n) };
+        let mut out = (n as u64).to_le_bytes().to_vec();
+        for h in &found[..(n as usize).min(max)] {
+            let mut label = [0u8; 16];
+            let mut t = [attr(CKA_LABEL, &label)];
+            t[0].pValue = label.as_mut_ptr().cast();
+            // SAFETY: a buffer of 16 bytes.
+            let r = unsafe { f.C_GetAttributeValue.unwrap()(s, *h, t.as_mut_ptr(), 1) };
+            out.extend_from_slice(&r.to_le_bytes());
+            out.extend_from_slice(&label[..(t[0].ulValueLen as usize).min(16)]);
+            out.push(b'|');
+        }
+        steps.push((name.into(), rv, out));
+    };
+    let final_ = |steps: &mut Vec<Step>, name: &str| {
+        // SAFETY: a session of ours.
+        let rv = unsafe { f.C_FindObjectsFinal.unwrap()(s) };
+        steps.push((name.into(), rv, vec![]));
+    };
+    // 1. One handle at a time, past the end, then the end.
+    init(&mut steps, "Init(few)", b"few");
+    for i in 0..5 {
+        find(&mut steps, &format!("Find(1) #{i}"), 1);
+    }
+    final_(&mut steps, "Final");
+    // 2. After the end: C_FindObjects and C_FindObjectsFinal again.
+    find(&mut steps, "Find after Final", 1);
+    final_(&mut steps, "Final again");
+    // 3. All at once; a second Init during the search.
+    init(&mut steps, "Init(few)", b"few");
+    init(&mut steps, "Init(many) during the search", b"many");
+    find(&mut steps, "Find(10)", 10);
+    find(&mut steps, "Find(10) past the end", 10);
+    final_(&mut steps, "Final");
+    // 4. More than the server fetches ahead, ten at a time.
+    init(&mut steps, "Init(many)", b"many");
+    for i in 0..5 {
+        find(&mut steps, &format!("Find(10) #{i}"), 10);
+    }
+    final_(&mut steps, "Final");
+    // 5. Another operation during a search, then the search goes on.
+    init(&mut steps, "Init(few)", b"few");
+    find(&mut steps, "Find(1)", 1);
+    // SAFETY: a valid mechanism.
+    let rv = unsafe { f.C_DigestInit.unwrap()(s, &mut mech(CKM_SHA256, &mut [])) };
+    rec(&mut steps, "DigestInit during the search", rv);
+    find(&mut steps, "Find(10)", 10);
+    final_(&mut steps, "Final");
+    // SAFETY: valid buffers; ends a digest the vendor may have started.
+    unsafe {
+        let mut out = [0u8; 32];
+        let mut len: CK_ULONG = 32;
+        let rv = f.C_Digest.unwrap()(s, b"x".as_ptr() as *mut u8, 1, out.as_mut_ptr(), &mut len);
+        rec(&mut steps, "Digest", rv);
+    }
+    // 6. NULL pointers and a count of 0 during a search.
+    init(&mut steps, "Init(few)", b"few");
+    let mut n: CK_ULONG = 0;
+    let mut one = 0;
+    // SAFETY: the NULL pointers are what is tested.
+    unsafe {
+        let rv = f.C_FindObjects.unwrap()(s, ptr::null_mut(), 1, &mut n);
+        rec(&mut steps, "Find(NULL handles)", rv);
+        let rv = f.C_FindObjects.unwrap()(s, &mut one, 1, ptr::null_mut());
+        rec(&mut steps, "Find(NULL count)", rv);
+        let rv = f.C_FindObjects.unwrap()(s, &mut one, 0, &mut n);
+        steps.push(("Find(0)".into(), rv, (n as u64).to_le_bytes().to_vec()));
+    }
+    find(&mut steps, "Find(10)", 10);
+    final_(&mut steps, "Final");
+    // 7. Nothing found.
+    init(&mut steps, "Init(none)", b"none");
+    find(&mut steps, "Find(10)", 10);
+    final_(&mut steps, "Final");
+    // 8. The session closed during a search; a new one searches from scratch.
+    init(&mut steps, "Init(few)", b"few");
+    // SAFETY: a session of ours.
+    rec(&mut steps, "CloseSession", unsafe {
+        f.C_CloseSession.unwrap()(s)
+    });
+    let s2 = m.open_rw(m.first_slot());
+    let mut t = [attr(CKA_CLASS, &class)];
+    let mut found = [0 as CK_OBJECT_HANDLE; 64];
+    // SAFETY: valid template and buffers.
+    unsafe {
+        rec(
+            &mut steps,
+            "Init(s2)",
+            f.C_FindObjectsInit.unwrap()(s2, t.as_mut_ptr(), 1),
+        );
+        let rv = f.C_FindObjects.unwrap()(s2, found.as_mut_ptr(), 64, &mut n);
+        // The session objects went with their session.
+        steps.push(("Find(s2)".into(), rv, (n as u64).to_le_bytes().to_vec()));
+        rec(&mut steps, "Final(s2)", f.C_FindObjectsFinal.unwrap()(s2));
+        f.C_CloseSession.unwrap()(s2);
+    }
+    steps
+}
+
+/// Runs `scenario` directly on SoftHSM2 and through the proxy with each setting of
+/// `variable`, and compares the calls one by one.
+fn compare(tag: &str, variable: &str, scenario: fn(&RawModule) -> Vec<Step>) {
+    let hsm = SoftHsm::new(tag);
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    let direct = RawModule::load(&hsm.module_copy());
+    let expected = with_env(&[("SOFTHSM2_CONF", &conf)], || {
+        assert_eq!(direct.initialize(), CKR_OK);
+        scenario(&direct)
+    });
+    if std::env::var_os("SHOW_STEPS").is_some() {
+        for (name, rv, out) in &expected {
+            println!("{name}: {rv:#x} {}", String::from_utf8_lossy(out));
+        }
+    }
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    for setting in ["on", "off"] {
+        let dir = TempDir::new(tag);
+        let m = proxy(&server, &dir, &[(variable, setting)]);
+        let got = scenario(&m);
+        assert_eq!(got.len(), expected.len());
+        for (e, g) in expected.iter().zip(&got) {
+            assert_eq!(e, g, "{variable}={setting}: {} differs", e.0);
+        }
+        // SAFETY: no call in progress.
+        unsafe { m.f().C_Finalize.unwrap()(ptr::null_mut()) };
+    }
+}
+
+#[test]
+fn every_search_sequence_through_a_search_run_ahead_answers_what_the_vendor_answers() {
+    compare(
+        "searchahead",
+        "PKCS11_PROXY_PREFETCH_SEARCHES",
+        |m: &RawModule| {
+            let s = m.open_rw(m.first_slot());
+            assert_eq!(m.login(s, PIN), CKR_OK);
+            search_scenario(m)
+        },
+    );
+}
+
 /// `pkcs11_proxy_calls_total` of `function` (every return value), from the metrics port.
 fn calls(metrics: &str, function: &str) -> u64 {
     let mut c = std::net::TcpStream::connect(metrics).unwrap();
@@ -400,7 +581,7 @@ fn calls(metrics: &str, function: &str) -> u64 {
         .unwrap();
     let mut text = String::new();
     c.read_to_string(&mut text).unwrap();
-    let prefix = format!("pkcs11_proxy_calls_total{{function=\"{function}\"");
+    let prefix = format!("pkcs11_proxy_calls_total{{function=\"{function}");
     text.lines()
         .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -417,65 +598,54 @@ fn proxy(server: &ProxyServer, dir: &TempDir, env: &[(&str, &str)]) -> RawModule
 
 #[test]
 fn every_sequence_after_a_completed_size_query_answers_what_the_vendor_answers() {
-    let hsm = SoftHsm::new("twocall");
-    let conf = hsm.conf.to_string_lossy().into_owned();
-    let direct = RawModule::load(&hsm.module_copy());
-    let expected = with_env(&[("SOFTHSM2_CONF", &conf)], || {
-        assert_eq!(direct.initialize(), CKR_OK);
-        scenario(&direct)
-    });
-    let server = ProxyServer::start_with_metrics(&hsm);
-    for setting in ["on", "off"] {
-        let dir = TempDir::new("twocall");
-        let m = proxy(
-            &server,
-            &dir,
-            &[("PKCS11_PROXY_COMPLETE_SIZE_QUERIES", setting)],
-        );
-        let got = scenario(&m);
-        assert_eq!(got.len(), expected.len());
-        for (e, g) in expected.iter().zip(&got) {
-            assert_eq!(e, g, "completion {setting}: {} differs", e.0);
-        }
-        // SAFETY: no call in progress.
-        unsafe { m.f().C_Finalize.unwrap()(ptr::null_mut()) };
-    }
-    // The pairs made no mistake about what the vendor did: it signed and verified.
-    assert!(expected.contains(&("Verify the signature".into(), CKR_OK, vec![])));
+    compare("twocall", "PKCS11_PROXY_COMPLETE_SIZE_QUERIES", scenario);
 }
 
 #[test]
-fn the_follow_up_of_a_completed_size_query_costs_no_round_trip() {
+fn a_fabric_endorsement_costs_three_round_trips() {
+    // Fabric's six calls per signature (C_FindObjectsInit by CKA_ID, C_FindObjects,
+    // C_FindObjectsFinal, C_SignInit, C_Sign size query, C_Sign), counted as requests the
+    // server served (its calls_total over every function).
     let hsm = SoftHsm::new("twocallrt");
     let server = ProxyServer::start_with_metrics(&hsm);
     let metrics = server.metrics_address();
     let dir = TempDir::new("twocallrt");
-    for (setting, per_signature) in [("on", 1), ("off", 2)] {
+    for (complete, prefetch, per_signature) in [
+        ("on", "on", 3),
+        ("off", "on", 4),
+        ("on", "off", 5),
+        ("off", "off", 6),
+    ] {
         let m = proxy(
             &server,
             &dir,
-            &[("PKCS11_PROXY_COMPLETE_SIZE_QUERIES", setting)],
+            &[
+                ("PKCS11_PROXY_COMPLETE_SIZE_QUERIES", complete),
+                ("PKCS11_PROXY_PREFETCH_SEARCHES", prefetch),
+            ],
         );
-        tests::fabric::make_token_key_with_id(
-            &m,
-            {
-                let s = m.open_rw(m.first_slot());
-                let rv = m.login(s, PIN);
-                assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
-                s
-            },
-            setting.as_bytes(),
-        );
+        let id = format!("{complete}-{prefetch}");
         let s = m.open_rw(m.first_slot());
-        let before = calls(&metrics, "C_Sign");
+        let rv = m.login(s, PIN);
+        assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+        assert_eq!(
+            tests::fabric::make_token_key_with_id(&m, s, id.as_bytes()),
+            CKR_OK
+        );
+        // SAFETY: a logged-in session of this module (the first signature also reads the
+        // key's identity for recovery: not counted).
+        let sign = || unsafe { tests::fabric::fabric_sign_data(&m, s, id.as_bytes(), &[3; 32]) };
+        assert_eq!(sign(), CKR_OK);
+        let before = calls(&metrics, "C_");
         for _ in 0..10 {
-            // SAFETY: a logged-in session of this module.
-            let rv =
-                unsafe { tests::fabric::fabric_sign_data(&m, s, setting.as_bytes(), &[3; 32]) };
-            assert_eq!(rv, CKR_OK);
+            assert_eq!(sign(), CKR_OK);
         }
-        let after = calls(&metrics, "C_Sign");
-        assert_eq!(after - before, 10 * per_signature, "completion {setting}");
+        let after = calls(&metrics, "C_");
+        assert_eq!(
+            after - before,
+            10 * per_signature,
+            "completion {complete}, prefetch {prefetch}"
+        );
         // SAFETY: no call in progress.
         unsafe { m.f().C_Finalize.unwrap()(ptr::null_mut()) };
     }

@@ -163,6 +163,7 @@ pub unsafe extern "C" fn C_FindObjectsInit(
         rv_of(client.call(Request::FindObjectsInit {
             session: wire(session),
             template,
+            prefetch: 0,
         })?)
     })
 }

@@ -37,6 +37,10 @@ pub const ENV_KEEP_PIN: &str = "PKCS11_PROXY_KEEP_PIN";
 /// follow-up call then answered by the shim: `on` (default) or `off` (two round trips, as
 /// the application makes them).
 pub const ENV_COMPLETE_SIZE_QUERIES: &str = "PKCS11_PROXY_COMPLETE_SIZE_QUERIES";
+/// Whether C_FindObjectsInit runs the search ahead on the server (the first handles, and the
+/// end of the search when that is all), C_FindObjects and C_FindObjectsFinal then answered
+/// by the shim: `on` (default) or `off`.
+pub const ENV_PREFETCH_SEARCHES: &str = "PKCS11_PROXY_PREFETCH_SEARCHES";
 /// The CA that signed the server's certificate (PEM), for `tls://` addresses.
 pub const ENV_TLS_CA: &str = "PKCS11_PROXY_TLS_CA";
 /// This client's certificate (PEM), presented to the server.
@@ -59,6 +63,7 @@ struct FileConfig {
     recovery: Option<String>,
     keep_pin: Option<String>,
     complete_size_queries: Option<String>,
+    prefetch_searches: Option<String>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -80,6 +85,8 @@ pub struct Config {
     pub keep_pin: bool,
     /// Complete single-part size queries on the server (DESIGN.md, "Two-call functions").
     pub complete_size_queries: bool,
+    /// Run searches ahead on the server.
+    pub prefetch_searches: bool,
     /// The TLS configuration, when an address is `tls://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub log_level: LogLevel,
@@ -174,6 +181,7 @@ impl Config {
             recovery: switch(ENV_RECOVERY, file.recovery)?,
             keep_pin: switch(ENV_KEEP_PIN, file.keep_pin)?,
             complete_size_queries: switch(ENV_COMPLETE_SIZE_QUERIES, file.complete_size_queries)?,
+            prefetch_searches: switch(ENV_PREFETCH_SEARCHES, file.prefetch_searches)?,
             tls,
             log_level,
             log_target,

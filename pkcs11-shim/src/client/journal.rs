@@ -177,6 +177,35 @@ pub struct OpRecord {
     /// The result of a completed size query: the vendor's operation has ended, the
     /// application's has not.
     pub completed: Option<Completed>,
+    /// A search the server ran ahead (C_FindObjectsInit with a prefetch).
+    pub search: Option<Search>,
+}
+
+/// A search the server ran ahead of the application (DESIGN.md, "Two-call functions", its
+/// rule applied to C_FindObjects): the first handles were fetched with C_FindObjectsInit,
+/// and, when they were all there is, the vendor's search was ended with C_FindObjectsFinal.
+/// C_FindObjects is answered from `found`, then by the vendor when its search goes on;
+/// C_FindObjectsFinal with the vendor's own answer. Any other call on the session first gets
+/// the vendor's search back where it was (Init and the same C_FindObjects replayed), so
+/// that the vendor answers it.
+#[derive(Debug, Clone)]
+pub struct Search {
+    /// The shim's handles found and not yet handed to the application.
+    pub found: std::collections::VecDeque<u64>,
+    /// How many handles the prefetch asked for.
+    pub asked: u64,
+    /// The vendor's C_FindObjectsFinal answer, when the prefetch ended its search; `None`:
+    /// the vendor's search goes on.
+    pub ended: Option<u64>,
+}
+
+/// What the journal answers of a C_FindObjects on a search run ahead.
+pub enum Served {
+    /// The whole answer.
+    All(Response),
+    /// These handles first; the vendor's search gives the rest (the request asks for fewer
+    /// now).
+    Part(Vec<u64>),
 }
 
 /// The real call the server made after a size query it was asked to complete (DESIGN.md,
@@ -216,6 +245,35 @@ pub fn single_part(request: &Request) -> Option<(OpKind, &Bytes, &Out)> {
             ..
         } => Some((VerifyRecover, signature, capacity)),
         _ => None,
+    }
+}
+
+/// Asks the server to run `request`'s search ahead (`ahead` handles), when it is a
+/// C_FindObjectsInit on a session the journal holds.
+pub fn ask_prefetch(request: &mut Request, journal: &Journal, ahead: u64) {
+    if let Request::FindObjectsInit {
+        session, prefetch, ..
+    } = request
+    {
+        if journal.sessions.contains_key(session) {
+            *prefetch = ahead;
+        }
+    }
+}
+
+/// The answer to a C_FindObjects of which the journal gave `prefix` (the first handles) and
+/// the vendor the rest.
+pub fn after_prefix(prefix: Vec<u64>, response: Response) -> Response {
+    match response {
+        Response::Ulongs { rv, values, .. } if !prefix.is_empty() && rv == wire(CKR_OK) => {
+            let values: Vec<u64> = prefix.into_iter().chain(values).collect();
+            Response::Ulongs {
+                rv,
+                count: values.len() as u64,
+                values,
+            }
+        }
+        r => r,
     }
 }
 
@@ -395,12 +453,57 @@ impl Journal {
         }
     }
 
-    /// Whether session `session` (the shim's handle) has an operation whose size query was
-    /// completed, which the vendor must get back before it answers another call on it.
-    pub fn has_completed(&self, session: u64) -> bool {
+    /// Whether session `session` (the shim's handle) has an operation the vendor ended ahead
+    /// of the application (a completed size query, a search run to its end), which the
+    /// vendor must get back before it answers another call on the session.
+    pub fn vendor_ended_early(&self, session: u64) -> bool {
+        self.sessions.get(&session).is_some_and(|s| {
+            s.ops.iter().any(|o| {
+                o.completed.is_some() || o.search.as_ref().is_some_and(|f| f.ended.is_some())
+            })
+        })
+    }
+
+    /// Whether session `session` has a search run ahead.
+    pub fn has_search(&self, session: u64) -> bool {
         self.sessions
             .get(&session)
-            .is_some_and(|s| s.ops.iter().any(|o| o.completed.is_some()))
+            .is_some_and(|s| s.ops.iter().any(|o| o.search.is_some()))
+    }
+
+    /// C_FindObjects and C_FindObjectsFinal on a search run ahead (v2.40 §5.7.8, §5.7.9):
+    /// handles from those fetched, as many as asked, or all that are left and the vendor's
+    /// search gives the rest; the vendor's C_FindObjectsFinal answer, when it was made.
+    /// `None` for any other call, or shape (NULL pointers), which the vendor answers.
+    pub fn serve_search(&mut self, request: &mut Request) -> Option<Served> {
+        let session = request.session_mut().copied()?;
+        let s = self.sessions.get_mut(&session)?;
+        let i = s.ops.iter().position(|o| o.search.is_some())?;
+        match request {
+            Request::FindObjects {
+                max_count, outputs, ..
+            } if outputs.has(0) && outputs.has(1) => {
+                let search = s.ops[i].search.as_mut()?;
+                let n = (*max_count).min(search.found.len() as u64) as usize;
+                let handles: Vec<u64> = search.found.drain(..n).collect();
+                if n as u64 == *max_count || search.ended.is_some() {
+                    Some(Served::All(Response::Ulongs {
+                        rv: wire(CKR_OK),
+                        count: n as u64,
+                        values: handles,
+                    }))
+                } else {
+                    *max_count -= n as u64;
+                    Some(Served::Part(handles))
+                }
+            }
+            Request::FindObjectsFinal { .. } => {
+                let ended = s.ops[i].search.as_ref()?.ended?;
+                s.ops.remove(i);
+                Some(Served::All(Response::Rv(ended)))
+            }
+            _ => None,
+        }
     }
 
     /// Whether the application was on `instance` once and left it.
@@ -742,6 +845,7 @@ impl Journal {
                             init,
                             fresh: true,
                             completed: None,
+                            search: None,
                         });
                     }
                 }
@@ -768,7 +872,34 @@ impl Journal {
                 _ => {}
             }
         }
-        self.objects_to_shim(request, response, session, identities)
+        let response = self.objects_to_shim(request, response, session, identities);
+        match response {
+            // A search run ahead: the application sees C_FindObjectsInit's answer.
+            Response::Found {
+                objects,
+                find_rv,
+                final_rv,
+            } => {
+                let op = session
+                    .and_then(|v| self.sessions.get_mut(&v))
+                    .and_then(|s| s.ops.iter_mut().find(|o| o.kind == OpKind::Find));
+                if let (Some(op), true) = (op, find_rv == wire(CKR_OK)) {
+                    // The vendor has given handles: replaying the Init no longer rebuilds it.
+                    op.fresh = false;
+                    let asked = match &op.init {
+                        Request::FindObjectsInit { prefetch, .. } => *prefetch,
+                        _ => 0,
+                    };
+                    op.search = Some(Search {
+                        found: objects.into(),
+                        asked,
+                        ended: final_rv,
+                    });
+                }
+                Response::Rv(wire(CKR_OK))
+            }
+            r => r,
+        }
     }
 
     /// The session objects `session` made are gone (the server lost the session): their
@@ -986,9 +1117,13 @@ pub fn response_objects_mut<'r>(request: &Request, response: &'r mut Response) -
                 private_key,
             },
         ) => vec![public_key, private_key],
-        (Request::FindObjects { .. }, Response::Ulongs { values, .. }) => {
-            values.iter_mut().collect()
-        }
+        (Request::FindObjects { .. }, Response::Ulongs { values, .. })
+        | (
+            Request::FindObjectsInit { .. },
+            Response::Found {
+                objects: values, ..
+            },
+        ) => values.iter_mut().collect(),
         _ => Vec::new(),
     }
 }

@@ -29,7 +29,7 @@ use protocol::stream::Stream;
 
 use self::config::Config;
 use self::connection::Connection;
-use self::journal::{InstanceId, Journal, Shimmed};
+use self::journal::{InstanceId, Journal, Served, Shimmed};
 use crate::ffi::Rv;
 
 /// Sends of one request at most: the first, and resends after lost answers.
@@ -47,6 +47,10 @@ const MAX_IDLE: usize = 64;
 /// eight in a row happen once in 256 openings, and only matter when the application holds
 /// no connection to its instance at that moment.
 const ELSEWHERE_BEFORE_MOVE: usize = 8;
+
+/// How many handles C_FindObjectsInit fetches ahead: Fabric asks for one, listing tools for
+/// a few at a time.
+const SEARCH_AHEAD: u64 = 32;
 
 /// Failed connection attempts in a row before the shim waits (backs off): behind a load
 /// balancer, a failed one may have reached a dead replica the balancer still sends to.
@@ -329,19 +333,33 @@ impl Client {
     }
 
     fn call_with(&self, mut request: Request, wait: bool) -> Rv<Response> {
-        // The follow-up of a size query the server completed costs no round trip.
-        let session = request.session_mut().copied();
-        let serve = {
+        // The follow-up of a size query the server completed, and the calls of a search it ran
+        // ahead, cost no round trip (DESIGN.md, "Two-call functions").
+        let mut prefix = Vec::new();
+        if let Some(session) = request.session_mut().copied() {
+            let ahead = {
+                let j = self.journal.read();
+                j.vendor_ended_early(session) || j.has_search(session)
+            };
+            if ahead {
+                let mut j = self.journal.write();
+                if let Some(answer) = j.serve_completed(&mut request) {
+                    return Ok(answer);
+                }
+                match j.serve_search(&mut request) {
+                    Some(Served::All(answer)) => return Ok(answer),
+                    Some(Served::Part(handles)) => prefix = handles,
+                    None => {}
+                }
+            }
+        }
+        {
             let j = self.journal.read();
-            let serve = session.is_some_and(|s| j.has_completed(s));
-            if !serve && self.config.complete_size_queries {
+            if self.config.complete_size_queries {
                 journal::ask_completion(&mut request, &j);
             }
-            serve
-        };
-        if serve {
-            if let Some(answer) = self.journal.write().serve_completed(&mut request) {
-                return Ok(answer);
+            if self.config.prefetch_searches {
+                journal::ask_prefetch(&mut request, &j, SEARCH_AHEAD);
             }
         }
         let init = journal::is_init(&request).then(|| request.clone());
@@ -403,7 +421,10 @@ impl Client {
                     match self.record(&mut conn, &mut request, &shimmed, init.clone(), response) {
                         Some(response) => {
                             self.park(conn);
-                            return Ok(response);
+                            return Ok(journal::after_prefix(
+                                std::mem::take(&mut prefix),
+                                response,
+                            ));
                         }
                         // Answered by a server the application has left meanwhile (another
                         // thread moved it to a new instance): its handles mean nothing there.
@@ -449,7 +470,10 @@ impl Client {
         // operation back first (closing the session needs nothing back).
         let restore = |j: &Journal, request: &mut Request| match request {
             Request::CloseSession { .. } => None,
-            r => r.session_mut().copied().filter(|s| j.has_completed(*s)),
+            r => r
+                .session_mut()
+                .copied()
+                .filter(|s| j.vendor_ended_early(*s)),
         };
         {
             let j = self.journal.read();
@@ -478,7 +502,7 @@ impl Client {
             self.idle.lock().retain(|c| c.instance() == instance);
         }
         if let Some(session) = restore(&j, request) {
-            if recovery::restore_completed(conn, &mut j, session).is_err() {
+            if recovery::restore_ended(conn, &mut j, session).is_err() {
                 return Prepared::Failed;
             }
         }

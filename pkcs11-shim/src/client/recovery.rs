@@ -268,14 +268,17 @@ fn init_again(
     }
     let session = journal.sessions[&h].real.expect("checked");
     let mut kept = Vec::new();
-    for op in ops.into_iter().filter(|o| o.fresh) {
-        if op.completed.is_some() {
-            // Its result is the shim's: the new server gets the operation back only if the
-            // application does something else with the session (`restore_completed`).
+    for op in ops {
+        if op.completed.is_some() || op.search.as_ref().is_some_and(|f| f.ended.is_some()) {
+            // Its results are the shim's: the new server gets the operation back only if
+            // the application does something else with the session (`restore_ended`).
             kept.push(op);
             continue;
         }
-        let mut init = op.init.clone();
+        if !op.fresh {
+            continue;
+        }
+        let mut init = replayable(&op.init);
         let pending = journal.pending_in(&mut init);
         find_pending(conn, journal, session, pending)?;
         let Ok(shimmed) = journal.to_server(&mut init) else {
@@ -305,12 +308,14 @@ fn init_again(
     Ok(rebuilt)
 }
 
-/// Gives the vendor back the operations of session `h` (the shim's handle) whose size query
-/// the server completed: their Init is replayed (they had taken no data: a single-part size
-/// query leaves nothing behind), so that the vendor answers the application's next call on
-/// the session as it would have (DESIGN.md, "Two-call functions"). One the vendor refuses
-/// now is gone, as it would be on a new server.
-pub fn restore_completed(
+/// Gives the vendor back the operations of session `h` (the shim's handle) it ended ahead of
+/// the application: a completed size query gets its Init replayed (it had taken no data: a
+/// single-part size query leaves nothing behind); a search run to its end gets its Init and
+/// the same C_FindObjects replayed, which leaves the vendor's search where the application's
+/// is (its handles are still served by the shim). The vendor then answers the application's
+/// next call on the session as it would have (DESIGN.md, "Two-call functions"). One the vendor
+/// refuses now is gone, as it would be on a new server.
+pub fn restore_ended(
     conn: &mut Connection,
     journal: &mut Journal,
     h: u64,
@@ -318,21 +323,38 @@ pub fn restore_completed(
     let Some(s) = journal.sessions.get(&h) else {
         return Ok(());
     };
-    let inits: Vec<(OpKind, Request)> = s
+    let ended: Vec<(OpKind, Request, Option<u64>)> = s
         .ops
         .iter()
-        .filter(|o| o.completed.is_some())
-        .map(|o| (o.kind, o.init.clone()))
+        .filter_map(|o| {
+            let search = o.search.as_ref().filter(|f| f.ended.is_some());
+            (o.completed.is_some() || search.is_some())
+                .then(|| (o.kind, replayable(&o.init), search.map(|f| f.asked)))
+        })
         .collect();
-    for (kind, mut init) in inits {
+    for (kind, mut init, asked) in ended {
         let rv = match journal.to_server(&mut init) {
-            Ok(_) => conn.call(&init)?.rv(),
+            Ok(_) => {
+                let rv = conn.call(&init)?.rv();
+                let session = init.session_mut().copied();
+                if let (CKR_OK, Some(asked), Some(session)) = (rv, asked, session) {
+                    conn.call(&Request::FindObjects {
+                        session,
+                        max_count: asked,
+                        outputs: Outputs::ALL,
+                    })?;
+                }
+                rv
+            }
             Err(rv) => rv,
         };
         let s = journal.sessions.get_mut(&h).expect("listed");
         if rv == CKR_OK {
             for op in s.ops.iter_mut().filter(|o| o.kind == kind) {
                 op.completed = None;
+                if let Some(search) = op.search.as_mut() {
+                    search.ended = None;
+                }
             }
         } else {
             s.ops.retain(|o| o.kind != kind);
@@ -346,6 +368,16 @@ pub fn restore_completed(
         }
     }
     Ok(())
+}
+
+/// An Init as it is replayed: a search without a prefetch (the replay wants the vendor's
+/// search started, nothing more).
+fn replayable(init: &Request) -> Request {
+    let mut init = init.clone();
+    if let Request::FindObjectsInit { prefetch, .. } = &mut init {
+        *prefetch = 0;
+    }
+    init
 }
 
 /// Finds again, on server session `session`, the objects a request names that were left
@@ -434,6 +466,7 @@ fn find_one(
         .call(&Request::FindObjectsInit {
             session,
             template: template.into(),
+            prefetch: 0,
         })?
         .rv();
     if rv != CKR_OK {

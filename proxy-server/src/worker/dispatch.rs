@@ -357,10 +357,28 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let mut t = CTemplate::from_wire(&template)?;
             rv(b.set_attribute_value(s, object_handle(object)?, &mut t))
         }
-        Request::FindObjectsInit { session, template } => {
+        Request::FindObjectsInit {
+            session,
+            template,
+            prefetch,
+        } => {
             let s = app.check(session)?;
             let mut t = CTemplate::from_wire(&template)?;
-            rv(b.find_objects_init(s, &mut t))
+            let r = b.find_objects_init(s, &mut t);
+            if r != CKR_OK || prefetch == 0 {
+                return rv(r);
+            }
+            // The application's next calls, made now (v2.40 §5.7.8, §5.7.9): the first
+            // handles, and the end of the search when they were all there is.
+            let asked = prefetch.min(MAX_FIND_COUNT) as usize;
+            let (find_rv, found) = b.find_objects(s, Ok(asked), true);
+            let final_rv = (find_rv == CKR_OK && found.len() < asked)
+                .then(|| wire(b.session(f.C_FindObjectsFinal, s)));
+            Ok(Response::Found {
+                objects: found.into_iter().map(wire).collect(),
+                find_rv: wire(find_rv),
+                final_rv,
+            })
         }
         Request::FindObjects {
             session,

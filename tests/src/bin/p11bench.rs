@@ -3,12 +3,16 @@
 //!
 //! ```text
 //! p11bench --module PATH --pin 1234 --token-label LABEL \
-//!     --op random|sign-ecdsa-p256|digest-sha256|find-object|fabric --threads N --seconds S [--json]
+//!     --op random|sign-ecdsa-p256|digest-sha256|find-object|fabric|fabric-endorse \
+//!     --threads N --seconds S [--json]
 //! ```
 //! Each thread has its own session; what an operation needs (an EC P-256 key pair, a data
 //! object) is created as session objects before timing. `sign-ecdsa-p256` is C_SignInit and
 //! one C_Sign into a buffer of the right size; `fabric` is what a Fabric peer does per
-//! endorsement: C_SignInit, then C_Sign twice (size query, then the signature).
+//! endorsement: C_SignInit, then C_Sign twice (size query, then the signature);
+//! `fabric-endorse` is Fabric 2.2's BCCSP sequence for one endorsement: the private key found
+//! by CKA_ID (C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal), then `fabric`. The JSON
+//! line carries the CPU time of this process per operation (`cpu_us_per_op`, user + system).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
@@ -31,6 +35,7 @@ enum Op {
     DigestSha256,
     FindObject,
     Fabric,
+    FabricEndorse,
 }
 
 #[derive(Parser, Debug)]
@@ -55,6 +60,7 @@ struct Args {
 
 const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const DIGEST: [u8; 32] = [0x42; 32];
+const KEY_ID: &[u8] = b"p11bench-key";
 
 fn login(s: &Session, pin: &str) {
     match s.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
@@ -75,7 +81,7 @@ fn setup(s: &Session, op: Op) -> Fixture {
         label: b"p11bench-object".to_vec(),
     };
     match op {
-        Op::SignEcdsaP256 | Op::Fabric => {
+        Op::SignEcdsaP256 | Op::Fabric | Op::FabricEndorse => {
             let (_, private) = s
                 .generate_key_pair(
                     &Mechanism::EccKeyPairGen,
@@ -88,6 +94,7 @@ fn setup(s: &Session, op: Op) -> Fixture {
                         Attribute::Token(false),
                         Attribute::Sign(true),
                         Attribute::Sensitive(true),
+                        Attribute::Id(KEY_ID.to_vec()),
                     ],
                 )
                 .expect("EC P-256 key generation");
@@ -136,12 +143,49 @@ fn one(s: &Session, raw: &RawModule, op: Op, f: &Fixture, buf: &mut [u8]) -> Res
         Op::Fabric => s
             .sign(&Mechanism::Ecdsa, f.key.unwrap(), &DIGEST)
             .map(|_| ()),
+        Op::FabricEndorse => {
+            // One handle asked for, as Fabric's findKeyPairFromSKI does.
+            let class = cryptoki_sys::CKO_PRIVATE_KEY.to_ne_bytes();
+            let mut template = [
+                tests::fabric::attr(cryptoki_sys::CKA_CLASS, &class),
+                tests::fabric::attr(cryptoki_sys::CKA_ID, KEY_ID),
+            ];
+            let mut found = [0 as cryptoki_sys::CK_OBJECT_HANDLE; 1];
+            let mut n: CK_ULONG = 0;
+            let list = raw.f();
+            // SAFETY: the session is open; a template of two attributes, a buffer of one
+            // handle.
+            let rv = unsafe {
+                let rv = list.C_FindObjectsInit.unwrap()(s.handle(), template.as_mut_ptr(), 2);
+                let rv2 = list.C_FindObjects.unwrap()(s.handle(), found.as_mut_ptr(), 1, &mut n);
+                let rv3 = list.C_FindObjectsFinal.unwrap()(s.handle());
+                rv | rv2 | rv3
+            };
+            if rv != CKR_OK || n != 1 {
+                return Err(Error::Pkcs11(
+                    RvError::KeyHandleInvalid,
+                    cryptoki::context::Function::FindObjects,
+                ));
+            }
+            s.sign(&Mechanism::Ecdsa, f.key.unwrap(), &DIGEST)
+                .map(|_| ())
+        }
         Op::FindObject => {
             let found = s.find_objects(&[Attribute::Label(f.label.clone())])?;
             assert!(!found.is_empty(), "object not found");
             Ok(())
         }
     }
+}
+
+/// User and system CPU time of this process so far, in seconds (getrusage(2)).
+fn cpu_seconds() -> f64 {
+    // SAFETY: a zeroed rusage for the kernel to fill.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -207,6 +251,7 @@ fn main() {
         .collect();
     start.wait();
     let t0 = Instant::now();
+    let cpu0 = cpu_seconds();
     std::thread::sleep(Duration::from_secs_f64(args.seconds));
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -217,6 +262,7 @@ fn main() {
         errors += e;
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     all.sort_unstable();
     let ops = all.len() as u64;
     let ops_per_sec = ops as f64 / elapsed;
@@ -246,8 +292,18 @@ fn main() {
     );
     if args.json {
         println!(
-            "{{\"op\":{},\"threads\":{},\"seconds\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"errors\":{},\"module\":{:?}}}",
-            op_name, args.threads, elapsed, ops, ops_per_sec, p50, p99, p999, errors, args.module
+            "{{\"op\":{},\"threads\":{},\"seconds\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"errors\":{},\"cpu_us_per_op\":{:.2},\"module\":{:?}}}",
+            op_name,
+            args.threads,
+            elapsed,
+            ops,
+            ops_per_sec,
+            p50,
+            p99,
+            p999,
+            errors,
+            cpu * 1e6 / ops.max(1) as f64,
+            args.module
         );
     }
     drop(setup_session);
