@@ -342,6 +342,12 @@ impl ProxyServer {
         None
     }
 
+    /// The lines of the log so far that contain `needle`.
+    pub fn log_lines_containing(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
     /// Whether the log holds a line containing `needle`, waiting up to 5 s for it (the log is
     /// read by another thread).
     pub fn log_contains(&self, needle: &str) -> bool {

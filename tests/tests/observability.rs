@@ -157,3 +157,41 @@ fn configuration_file_check_config_and_json_logs() {
         "{log:?}"
     );
 }
+
+#[test]
+fn fabric_signing_leaves_no_failure_in_the_server_log() {
+    // The shim reads a key's identity for recovery with attributes only some classes have
+    // (CKA_CERTIFICATE_TYPE): the vendor's per-attribute CKR_ATTRIBUTE_TYPE_INVALID is normal
+    // PKCS#11 use (v2.40 §5.7.5), not a failure to report at INFO.
+    let hsm = SoftHsm::new("quietlog");
+    let server = ProxyServer::start_with_metrics(&hsm);
+    let dir = TempDir::new("quietlog");
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    assert_eq!(
+        with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || m
+            .initialize()),
+        CKR_OK
+    );
+    tests::fabric::make_token_key(&m);
+    let s = m.open_rw(m.first_slot());
+    for _ in 0..3 {
+        // SAFETY: a logged-in session of this module.
+        assert_eq!(unsafe { tests::fabric::fabric_sign(&m, s) }, CKR_OK);
+    }
+    let metrics = get(&server.metrics_address(), "/metrics").1;
+    assert!(
+        value(
+            &metrics,
+            "pkcs11_proxy_calls_total{function=\"C_GetAttributeValue\",rv=\"CKR_ATTRIBUTE_TYPE_INVALID\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    // A failure after it is logged: the log is read up to there.
+    assert_eq!(m.login(s, "0000"), CKR_USER_ALREADY_LOGGED_IN);
+    // SAFETY: an invalid handle, answered by the vendor.
+    assert_ne!(unsafe { m.f().C_DestroyObject.unwrap()(s, 0xdead) }, CKR_OK);
+    assert!(server.log_contains("call failed"));
+    let failures = server.log_lines_containing("call failed");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("C_DestroyObject"), "{failures:?}");
+}

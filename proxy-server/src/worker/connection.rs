@@ -571,8 +571,7 @@ fn request_loop(
         metrics.call(name, r, started.elapsed());
         match r {
             CKR_OK => {}
-            // The two-call convention and Fabric's login on every session: not failures.
-            CKR_BUFFER_TOO_SMALL | CKR_USER_ALREADY_LOGGED_IN => {
+            _ if is_routine(name, r) => {
                 tracing::debug!(function = name, rv = %rv::name(r), client = app.id, peer, "call answered")
             }
             _ => {
@@ -584,5 +583,17 @@ fn request_loop(
         metrics
             .bytes_sent
             .fetch_add(out.len() as u64 + 4, Ordering::Relaxed);
+    }
+}
+
+/// Answers that are part of normal PKCS#11 use, logged at debug rather than as failures: the
+/// two-call convention (v2.40 §5.2), Fabric's login on every session, and the per-attribute
+/// results of C_GetAttributeValue (v2.40 §5.7.5: an attribute the object does not have, or
+/// may not reveal), which clients (and the shim's recovery) meet asking for several at once.
+fn is_routine(function: &str, rv: CK_RV) -> bool {
+    match rv {
+        CKR_BUFFER_TOO_SMALL | CKR_USER_ALREADY_LOGGED_IN => true,
+        CKR_ATTRIBUTE_TYPE_INVALID | CKR_ATTRIBUTE_SENSITIVE => function == "C_GetAttributeValue",
+        _ => false,
     }
 }
