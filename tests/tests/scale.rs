@@ -120,3 +120,50 @@ fn a_hundred_applications_of_ten_connections_in_bounded_memory() {
         "{gone} KiB left, {before} KiB at start"
     );
 }
+
+#[test]
+fn bursts_of_64_threads_of_one_application_leave_no_peak_behind() {
+    let hsm = SoftHsm::new("bursts");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("bursts");
+    let m = tests::proxy_client(&server.address, &dir);
+    tests::fabric::make_token_key(&m);
+    let s = m.open_rw(m.first_slot());
+    // SAFETY: a logged-in session of this module.
+    assert_eq!(unsafe { tests::fabric::fabric_sign(&m, s) }, CKR_OK);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = server.tree_rss_kib();
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        std::thread::scope(|scope| {
+            for _ in 0..64 {
+                scope.spawn(|| {
+                    let s = m.open_rw(m.first_slot());
+                    for _ in 0..30 {
+                        // SAFETY: a session of this module, logged in (the token's login).
+                        assert_eq!(unsafe { tests::fabric::fabric_sign(&m, s) }, CKR_OK);
+                    }
+                    // SAFETY: a session of this module.
+                    unsafe { m.f().C_CloseSession.unwrap()(s) };
+                });
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        after.push(server.tree_rss_kib());
+    }
+    // SAFETY: no call in progress.
+    unsafe { m.f().C_Finalize.unwrap()(std::ptr::null_mut()) };
+    std::thread::sleep(Duration::from_millis(1500));
+    let gone = server.tree_rss_kib();
+    println!("server RSS (router + workers): idle {idle} KiB, after each burst {after:?} KiB, the application gone {gone} KiB");
+    for a in &after {
+        assert!(
+            *a <= idle + 16 * 1024,
+            "{a} KiB after a burst, idle {idle} KiB"
+        );
+    }
+    assert!(
+        gone <= idle * 3 / 2 + 8 * 1024,
+        "{gone} KiB, idle {idle} KiB"
+    );
+}

@@ -336,31 +336,29 @@ impl Client {
         // The follow-up of a size query the server completed, and the calls of a search it ran
         // ahead, cost no round trip (DESIGN.md, "Two-call functions").
         let mut prefix = Vec::new();
-        if let Some(session) = request.session_mut().copied() {
-            let ahead = {
-                let j = self.journal.read();
-                j.vendor_ended_early(session) || j.has_search(session)
-            };
-            if ahead {
-                let mut j = self.journal.write();
-                if let Some(answer) = j.serve_completed(&mut request) {
-                    return Ok(answer);
-                }
-                match j.serve_search(&mut request) {
-                    Some(Served::All(answer)) => return Ok(answer),
-                    Some(Served::Part(handles)) => prefix = handles,
-                    None => {}
-                }
-            }
-        }
-        {
+        let session = request.session_mut().copied();
+        let ahead = {
             let j = self.journal.read();
-            if self.config.complete_size_queries {
+            let ahead = session.is_some_and(|s| j.vendor_ended_early(s) || j.has_search(s));
+            if !ahead && self.config.complete_size_queries {
                 journal::ask_completion(&mut request, &j);
             }
-            if self.config.prefetch_searches {
+            if !ahead && self.config.prefetch_searches {
                 journal::ask_prefetch(&mut request, &j, SEARCH_AHEAD);
             }
+            ahead
+        };
+        if ahead {
+            let mut j = self.journal.write();
+            if let Some(answer) = j.serve_completed(&mut request) {
+                return Ok(answer);
+            }
+            match j.serve_search(&mut request) {
+                Some(Served::All(answer)) => return Ok(answer),
+                Some(Served::Part(handles)) => prefix = handles,
+                None => {}
+            }
+            // Not served: the vendor gets its operation back first (`prepare`).
         }
         let init = journal::is_init(&request).then(|| request.clone());
         let mut lost_on: Option<InstanceId> = None;
