@@ -11,10 +11,48 @@
 #   PKCS11_PROXY_TLS_CERT, PKCS11_PROXY_TLS_KEY, PKCS11_PROXY_TLS_CLIENT_CA
 #                          TLS material for a tls:// PKCS11_DAEMON_SOCKET      [none]
 #   PKCS11_PROXY_SERVER    the server binary                [/usr/local/bin/pkcs11-proxy-server]
+#   PKCS11_PROXY_HOOKS_DIR start-up hooks                   [/docker-entrypoint.d]
 # `healthcheck` as the only argument asks /healthz on METRICS_LISTEN (the image's HEALTHCHECK).
+# The old daemon's command line, `pkcs11-daemon LIB -`, is the environment form with
+# LIBRARY_LOCATION=LIB.
+#
+# Start-up hooks (the convention of the official nginx and postgres images): before the
+# server starts, every file of the hooks directory runs in name order: `*.envsh` files are
+# sourced (they may export variables for the server and later hooks), other executable files
+# are run; anything else is skipped with a line saying so. A hook that fails stops the
+# container, with its name and exit status in the log.
 set -euo pipefail
 
 server=${PKCS11_PROXY_SERVER:-/usr/local/bin/pkcs11-proxy-server}
+
+run_hooks() {
+  local dir=${PKCS11_PROXY_HOOKS_DIR:-/docker-entrypoint.d} hook status
+  [ -d "$dir" ] || return 0
+  local LC_ALL=C
+  for hook in "$dir"/*; do
+    [ -e "$hook" ] || continue
+    case $hook in
+      *.envsh)
+        echo "pkcs11-proxy-entrypoint: sourcing $hook" >&2
+        # shellcheck disable=SC1090
+        . "$hook"
+        ;;
+      *)
+        if [ -f "$hook" ] && [ -x "$hook" ]; then
+          echo "pkcs11-proxy-entrypoint: running $hook" >&2
+          status=0
+          "$hook" || status=$?
+          if [ "$status" -ne 0 ]; then
+            echo "pkcs11-proxy-entrypoint: start-up hook $hook failed (exit status $status): not starting" >&2
+            exit 1
+          fi
+        else
+          echo "pkcs11-proxy-entrypoint: ignoring $hook (not an executable file)" >&2
+        fi
+        ;;
+    esac
+  done
+}
 
 if [ "${1:-}" = healthcheck ]; then
   port=${METRICS_LISTEN##*:}
@@ -23,6 +61,15 @@ if [ "${1:-}" = healthcheck ]; then
   grep -q '200 OK' <&3
   exit 0
 fi
+
+if [ "${1:-}" = pkcs11-daemon ]; then
+  # The old image's command: pkcs11-daemon LIB [-] (the `-`: stay in the foreground, as this
+  # server always does).
+  LIBRARY_LOCATION=${2:?usage: pkcs11-daemon LIB [-]}
+  set --
+fi
+
+run_hooks
 
 if [ "$#" -gt 0 ]; then
   exec "$server" "$@"

@@ -78,8 +78,11 @@ fn shell_scripts_are_shellcheck_clean() {
         root().join(".ci/run"),
         root().join(".ci/dist"),
         root().join(".ci/check-baseline"),
+        deploy().join("luna/10-luna-register.sh"),
+        deploy().join("luna/00-luna-env.envsh"),
     ];
     let out = Command::new("shellcheck")
+        .args(["--shell", "bash"])
         .args(&scripts)
         .output()
         .expect("shellcheck (Debian package shellcheck)");
@@ -434,4 +437,167 @@ fn the_helm_chart_lints_renders_and_validates_offline() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The entrypoint's environment for a server on SoftHSM `hsm` on a free loopback port.
+fn entrypoint_env(hsm: &SoftHsm) -> Vec<(String, String)> {
+    vec![
+        ("LIBRARY_LOCATION".into(), SOFTHSM.into()),
+        ("PKCS11_DAEMON_SOCKET".into(), "tcp://127.0.0.1:0".into()),
+        (
+            "PKCS11_PROXY_SERVER".into(),
+            server_path().to_string_lossy().into_owned(),
+        ),
+        (
+            "SOFTHSM2_CONF".into(),
+            hsm.conf.to_string_lossy().into_owned(),
+        ),
+    ]
+}
+
+fn write_hook(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn entrypoint_hooks_run_in_order_before_the_server_and_a_failing_one_stops_it() {
+    let hsm = SoftHsm::new("hooks");
+    let dir = TempDir::new("hooks");
+    let hooks = dir.path().join("docker-entrypoint.d");
+    std::fs::create_dir(&hooks).unwrap();
+    let trace = dir.path().join("trace");
+    let t = trace.display();
+    write_hook(&hooks, "20-second", &format!("echo second >> {t}"));
+    write_hook(
+        &hooks,
+        "10-first",
+        &format!("echo \"first $FROM_ENVSH\" >> {t}"),
+    );
+    std::fs::write(hooks.join("05-env.envsh"), "export FROM_ENVSH=exported\n").unwrap();
+    std::fs::write(hooks.join("README"), "not a hook\n").unwrap();
+    let mut env = entrypoint_env(&hsm);
+    env.push((
+        "PKCS11_PROXY_HOOKS_DIR".into(),
+        hooks.to_string_lossy().into_owned(),
+    ));
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let proxy = ProxyServer::start_program(&deploy().join("entrypoint.sh"), &[], &env_ref);
+    assert_eq!(
+        std::fs::read_to_string(&trace).unwrap(),
+        "first exported\nsecond\n"
+    );
+    assert!(proxy.log_contains("ignoring") && proxy.log_contains("README"));
+    serves(&proxy.address, &dir);
+    drop(proxy);
+
+    // A failing hook: the container stops with its name, the later hooks and the server never
+    // start.
+    std::fs::remove_file(&trace).unwrap();
+    write_hook(&hooks, "15-fails", "exit 7");
+    let out = Command::new(deploy().join("entrypoint.sh"))
+        .envs(env_ref.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("15-fails failed (exit status 7)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&trace).unwrap(), "first exported\n");
+}
+
+#[test]
+fn the_old_daemon_command_line_starts_the_server() {
+    let hsm = SoftHsm::new("daemonline");
+    let dir = TempDir::new("daemonline");
+    let mut env = entrypoint_env(&hsm);
+    env.retain(|(k, _)| k != "LIBRARY_LOCATION");
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let proxy = ProxyServer::start_program(
+        &deploy().join("entrypoint.sh"),
+        &["pkcs11-daemon", SOFTHSM, "-"],
+        &env_ref,
+    );
+    serves(&proxy.address, &dir);
+}
+
+#[test]
+fn the_luna_hook_runs_the_guides_vtl_steps_with_its_variables_and_files() {
+    // The real vtl is Thales's and cannot be installed here: a stand-in on its path records
+    // each command line and the configuration path it was given, so that the hook's commands,
+    // their order and the files it copies can be compared with the guide's entrypoint.
+    let hsm = SoftHsm::new("luna");
+    let dir = TempDir::new("luna");
+    let luna = dir.path().join("lunaclient");
+    let configs = dir.path().join("configs");
+    let conf = dir.path().join("luna-conf");
+    std::fs::create_dir_all(&luna).unwrap();
+    std::fs::create_dir_all(&configs).unwrap();
+    std::fs::write(luna.join("Chrystoki.conf"), "Chrystoki2 = {}\n").unwrap();
+    for (f, text) in [
+        ("server.pem", "HSM SERVER CERT"),
+        ("cert.pem", "CLIENT CERT"),
+        ("key.pem", "CLIENT KEY"),
+    ] {
+        std::fs::write(configs.join(f), text).unwrap();
+    }
+    let calls = dir.path().join("vtl.calls");
+    write_hook(
+        dir.path(),
+        "vtl",
+        &format!(
+            "echo \"$* [conf $ChrystokiConfigurationPath]\" >> {}",
+            calls.display()
+        ),
+    );
+    let mut env = entrypoint_env(&hsm);
+    for (k, v) in [
+        ("PKCS11_PROXY_HOOKS_DIR", deploy().join("luna")),
+        ("LUNA_CLIENT_DIR", luna.clone()),
+        ("LUNA_CONFIGS", configs.clone()),
+        ("LUNA_VTL", dir.path().join("vtl")),
+        ("ChrystokiConfigurationPath", conf.clone()),
+    ] {
+        env.push((k.into(), v.to_string_lossy().into_owned()));
+    }
+    env.push(("HSM_ADDRESS".into(), "10.0.0.5".into()));
+    env.push(("CLIENT_ADDRESS".into(), "peer0".into()));
+    let mut without_licence: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Without LICENSE=accept (the guide's), nothing is registered and the server never starts.
+    let out = Command::new(deploy().join("entrypoint.sh"))
+        .envs(without_licence.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("LICENSE=accept"), "{stderr}");
+    assert!(!calls.exists());
+    without_licence.push(("LICENSE", "accept"));
+    let proxy = ProxyServer::start_program(&deploy().join("entrypoint.sh"), &[], &without_licence);
+    let c = conf.display();
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        format!(
+            "addServer -n 10.0.0.5 -c {}/server.pem [conf {c}]\ncreatecert -n peer0 [conf {c}]\nverify [conf {c}]\n",
+            configs.display()
+        )
+    );
+    let client = luna.join("cert/client");
+    assert_eq!(
+        std::fs::read_to_string(client.join("peer0.pem")).unwrap(),
+        "CLIENT CERT"
+    );
+    assert_eq!(
+        std::fs::read_to_string(client.join("peer0Key.pem")).unwrap(),
+        "CLIENT KEY"
+    );
+    assert!(conf.join("Chrystoki.conf").exists());
+    assert!(proxy.log_contains("ignoring") && proxy.log_contains("Dockerfile"));
+    serves(&proxy.address, &dir);
 }
