@@ -270,37 +270,50 @@ fn validate_k8s(files: &[PathBuf]) -> String {
     text
 }
 
-#[test]
-fn the_ha_overlay_renders_to_two_spread_replicas_with_a_disruption_budget() {
-    // The overlay's JSON patches applied to the base Deployment as kustomize does (add and
-    // replace), without kubectl: the result and the overlay's budget validate offline.
-    let dir = TempDir::new("ha");
-    let overlay = deploy().join("kubernetes/overlays/ha");
-    let rendered = dir.path().join("deployment.yaml");
+/// Renders overlay `name` as kustomize would for what it uses (the base's resources with the
+/// overlay's JSON patches, add and replace, applied; the overlay's own resources), without
+/// kubectl, into files in `dir`; validates them offline and returns the rendered text.
+fn render_overlay(dir: &TempDir, name: &str) -> String {
+    let overlay = deploy().join("kubernetes/overlays").join(name);
+    let out_file = dir.path().join(format!("{name}.yaml"));
     let script = r#"
-import sys, yaml
-base, kustomization, out = sys.argv[1:4]
-doc = yaml.safe_load(open(base))
-k = yaml.safe_load(open(kustomization))
-assert "../../base" in k["resources"] and "pdb.yaml" in k["resources"], k["resources"]
-for p in k["patches"]:
-    assert p["target"] == {"kind": "Deployment", "name": doc["metadata"]["name"]}, p["target"]
+import os, sys, yaml
+base_dir, overlay_dir, out = sys.argv[1:4]
+k = yaml.safe_load(open(os.path.join(overlay_dir, "kustomization.yaml")))
+docs = []
+for r in k["resources"]:
+    path = os.path.normpath(os.path.join(overlay_dir, r))
+    if os.path.isdir(path):
+        assert path == os.path.normpath(base_dir), path
+        base = yaml.safe_load(open(os.path.join(path, "kustomization.yaml")))
+        docs += [yaml.safe_load(open(os.path.join(path, f))) for f in base["resources"]]
+    else:
+        docs.append(yaml.safe_load(open(path)))
+for p in k.get("patches", []):
+    targets = [d for d in docs if d["kind"] == p["target"]["kind"] and d["metadata"]["name"] == p["target"]["name"]]
+    assert len(targets) == 1, p["target"]
     for op in yaml.safe_load(p["patch"]):
         assert op["op"] in ("add", "replace"), op
         *parents, last = op["path"].strip("/").split("/")
-        node = doc
+        node = targets[0]
         for key in parents:
-            node = node[key]
-        assert op["op"] == "add" or last in node, op["path"]
-        node[last] = op["value"]
-yaml.safe_dump(doc, open(out, "w"))
-print(doc["spec"]["replicas"], doc["spec"]["strategy"]["rollingUpdate"]["maxSurge"])
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            if last == "-":
+                node.append(op["value"])
+            else:
+                assert op["op"] == "replace" and int(last) < len(node), op["path"]
+                node[int(last)] = op["value"]
+        else:
+            assert op["op"] == "add" or last in node, op["path"]
+            node[last] = op["value"]
+yaml.safe_dump_all(docs, open(out, "w"))
 "#;
     let out = Command::new("python3")
         .args(["-c", script])
-        .arg(deploy().join("kubernetes/base/deployment.yaml"))
-        .arg(overlay.join("kustomization.yaml"))
-        .arg(&rendered)
+        .arg(deploy().join("kubernetes/base"))
+        .arg(&overlay)
+        .arg(&out_file)
         .output()
         .unwrap();
     assert!(
@@ -308,12 +321,47 @@ print(doc["spec"]["replicas"], doc["spec"]["strategy"]["rollingUpdate"]["maxSurg
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2 1");
-    validate_k8s(&[rendered.clone(), overlay.join("pdb.yaml")]);
-    let text = std::fs::read_to_string(&rendered).unwrap();
-    assert!(text.contains("podAntiAffinity"), "{text}");
-    let service = std::fs::read_to_string(deploy().join("kubernetes/base/service.yaml")).unwrap();
-    assert!(service.contains("sessionAffinity: ClientIP"), "{service}");
+    validate_k8s(std::slice::from_ref(&out_file));
+    std::fs::read_to_string(&out_file).unwrap()
+}
+
+#[test]
+fn the_ha_overlay_renders_to_two_spread_replicas_with_a_disruption_budget() {
+    let dir = TempDir::new("ha");
+    let text = render_overlay(&dir, "ha");
+    for needle in [
+        "replicas: 2",
+        "podAntiAffinity",
+        "kind: PodDisruptionBudget",
+        "sessionAffinity: ClientIP",
+        "maxSurge: 1",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+}
+
+#[test]
+fn the_luna_overlay_renders_the_guides_environment_and_writable_volumes() {
+    let dir = TempDir::new("lunaoverlay");
+    let text = render_overlay(&dir, "luna");
+    for needle in [
+        "image: pkcs11-proxy-luna:latest",
+        "name: LICENSE",
+        "name: HSM_ADDRESS",
+        "name: CLIENT_ADDRESS",
+        "name: gemalto-config",
+        "mountPath: /configs",
+        "mountPath: /var/lib/luna",
+        "mountPath: /usr/safenet/lunaclient/cert",
+        "readOnlyRootFilesystem: true",
+        "runAsNonRoot: true",
+        "memory: 400Mi",
+        "/usr/safenet/lunaclient/libs/64/libCryptoki2.so",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    // The host's vendor client volume is replaced by the image's client.
+    assert!(!text.contains("hostPath"), "{text}");
 }
 
 /// The helm binary: the one `tests/install-deps.sh` installs, or one on PATH.
@@ -332,7 +380,12 @@ fn helm_template(dir: &TempDir, name: &str, sets: &[&str]) -> Result<PathBuf, St
     cmd.args(["template", "p11", "--namespace", "hsm-proxy"])
         .arg(deploy().join("helm/pkcs11-proxy"));
     for s in sets {
-        cmd.args(["--set", s]);
+        match s.strip_prefix("-f ") {
+            Some(file) => cmd
+                .arg("-f")
+                .arg(deploy().join("helm/pkcs11-proxy").join(file)),
+            None => cmd.args(["--set", s]),
+        };
     }
     let out = cmd
         .output()
@@ -371,7 +424,8 @@ fn the_helm_chart_lints_renders_and_validates_offline() {
         ],
     )
     .unwrap();
-    for (file, objects) in [(&defaults, 3), (&ha, 4), (&plain, 3)] {
+    let luna = helm_template(&dir, "luna", &["-f values-luna.yaml"]).unwrap();
+    for (file, objects) in [(&defaults, 3), (&ha, 4), (&plain, 3), (&luna, 3)] {
         let text = validate_k8s(std::slice::from_ref(file));
         assert_eq!(text.matches("passed").count(), objects, "{text}");
     }
@@ -385,6 +439,17 @@ fn the_helm_chart_lints_renders_and_validates_offline() {
     ] {
         assert!(ha.contains(needle), "{needle} in {ha}");
     }
+    let luna = std::fs::read_to_string(&luna).unwrap();
+    for needle in [
+        "pkcs11-proxy-luna:latest",
+        "name: gemalto-config",
+        "mountPath: /usr/safenet/lunaclient/cert",
+        "name: LICENSE",
+        "memory: 400Mi",
+    ] {
+        assert!(luna.contains(needle), "{needle} in {luna}");
+    }
+    assert!(!luna.contains("hostPath"), "{luna}");
     let plain = std::fs::read_to_string(&plain).unwrap();
     assert!(
         plain.contains(r#"listen = ["tcp://0.0.0.0:2345"]"#),
