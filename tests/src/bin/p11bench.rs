@@ -14,18 +14,14 @@
 //! by CKA_ID (C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal), then `fabric`. The JSON
 //! line carries the CPU time of this process per operation (`cpu_us_per_op`, user + system).
 
+use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error, RvError};
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
-use cryptoki_sys::{CKR_OK, CK_ULONG};
+use cryptoki_sys::*;
+use tests::fabric::attr;
 use tests::raw::RawModule;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -61,118 +57,214 @@ struct Args {
 const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const DIGEST: [u8; 32] = [0x42; 32];
 const KEY_ID: &[u8] = b"p11bench-key";
+const LABEL: &[u8] = b"p11bench-object";
 
-fn login(s: &Session, pin: &str) {
-    match s.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
-        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(e) => panic!("C_Login: {e}"),
+fn mechanism(mechanism: CK_MECHANISM_TYPE) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
     }
 }
 
-/// What the timed loop needs, made before timing.
-struct Fixture {
-    key: Option<ObjectHandle>,
-    label: Vec<u8>,
+/// `rv` as a result, naming the call that failed.
+fn check(what: &str, rv: CK_RV) -> Result<(), String> {
+    match rv {
+        CKR_OK => Ok(()),
+        rv => Err(format!("{what}: {rv:#x}")),
+    }
 }
 
-fn setup(s: &Session, op: Op) -> Fixture {
-    let mut f = Fixture {
-        key: None,
-        label: b"p11bench-object".to_vec(),
-    };
+/// The slot holding the token labelled `label` (padded with blanks to 32 bytes).
+fn slot_of(m: &RawModule, label: &str) -> CK_SLOT_ID {
+    let f = m.f();
+    let mut slots = [0 as CK_SLOT_ID; 64];
+    let mut n = slots.len() as CK_ULONG;
+    // SAFETY: a buffer of n slots.
+    let rv = unsafe { f.C_GetSlotList.unwrap()(CK_TRUE, slots.as_mut_ptr(), &mut n) };
+    check("C_GetSlotList", rv).unwrap();
+    let mut padded = [b' '; 32];
+    padded[..label.len().min(32)].copy_from_slice(&label.as_bytes()[..label.len().min(32)]);
+    slots[..n as usize]
+        .iter()
+        .copied()
+        .find(|s| {
+            let mut info = CK_TOKEN_INFO::default();
+            // SAFETY: a valid out pointer.
+            let rv = unsafe { f.C_GetTokenInfo.unwrap()(*s, &mut info) };
+            rv == CKR_OK && info.label == padded
+        })
+        .unwrap_or_else(|| panic!("no token labelled {label}"))
+}
+
+/// What the timed loop needs, made before timing, as session objects of the set-up session.
+fn setup(m: &RawModule, s: CK_SESSION_HANDLE, op: Op) -> CK_OBJECT_HANDLE {
+    let f = m.f();
+    let (tru, fals) = ([CK_TRUE], [CK_FALSE]);
     match op {
         Op::SignEcdsaP256 | Op::Fabric | Op::FabricEndorse => {
-            let (_, private) = s
-                .generate_key_pair(
-                    &Mechanism::EccKeyPairGen,
-                    &[
-                        Attribute::EcParams(P256.to_vec()),
-                        Attribute::Token(false),
-                        Attribute::Verify(true),
-                    ],
-                    &[
-                        Attribute::Token(false),
-                        Attribute::Sign(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Id(KEY_ID.to_vec()),
-                    ],
+            let mut public = [
+                attr(CKA_EC_PARAMS, P256),
+                attr(CKA_TOKEN, &fals),
+                attr(CKA_VERIFY, &tru),
+            ];
+            let mut private = [
+                attr(CKA_TOKEN, &fals),
+                attr(CKA_SIGN, &tru),
+                attr(CKA_SENSITIVE, &tru),
+                attr(CKA_ID, KEY_ID),
+            ];
+            let (mut public_key, mut private_key) = (0, 0);
+            // SAFETY: valid templates and out pointers.
+            let rv = unsafe {
+                f.C_GenerateKeyPair.unwrap()(
+                    s,
+                    &mut mechanism(CKM_EC_KEY_PAIR_GEN),
+                    public.as_mut_ptr(),
+                    public.len() as CK_ULONG,
+                    private.as_mut_ptr(),
+                    private.len() as CK_ULONG,
+                    &mut public_key,
+                    &mut private_key,
                 )
-                .expect("EC P-256 key generation");
-            f.key = Some(private);
+            };
+            check("EC P-256 key generation", rv).unwrap();
+            private_key
         }
         Op::FindObject => {
-            s.create_object(&[
-                Attribute::Class(ObjectClass::DATA),
-                Attribute::Token(false),
-                Attribute::Label(f.label.clone()),
-                Attribute::Value(vec![1; 16]),
-            ])
-            .expect("data object");
+            let class = CKO_DATA.to_ne_bytes();
+            let mut t = [
+                attr(CKA_CLASS, &class),
+                attr(CKA_TOKEN, &fals),
+                attr(CKA_LABEL, LABEL),
+                attr(CKA_VALUE, &[1; 16]),
+            ];
+            let mut h = 0;
+            // SAFETY: a valid template and out pointer.
+            let rv = unsafe { f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 4, &mut h) };
+            check("data object", rv).unwrap();
+            h
         }
-        Op::Random | Op::DigestSha256 => {}
+        Op::Random | Op::DigestSha256 => CK_INVALID_HANDLE,
     }
-    f
 }
 
-fn one(s: &Session, raw: &RawModule, op: Op, f: &Fixture, buf: &mut [u8]) -> Result<(), Error> {
+/// A two-call function `(session, in, in_len, out, out_len)` as applications call it: the
+/// size with a NULL buffer, then the output.
+fn two_call(
+    what: &str,
+    f: unsafe extern "C" fn(
+        CK_SESSION_HANDLE,
+        *mut CK_BYTE,
+        CK_ULONG,
+        *mut CK_BYTE,
+        *mut CK_ULONG,
+    ) -> CK_RV,
+    s: CK_SESSION_HANDLE,
+    input: &[u8],
+) -> Result<(), String> {
+    let mut len: CK_ULONG = 0;
+    let n = input.len() as CK_ULONG;
+    let p = input.as_ptr() as *mut u8;
+    // SAFETY: a NULL buffer asks the size.
+    check(what, unsafe { f(s, p, n, ptr::null_mut(), &mut len) })?;
+    let mut out = vec![0u8; len as usize];
+    // SAFETY: a buffer of len bytes.
+    check(what, unsafe { f(s, p, n, out.as_mut_ptr(), &mut len) })
+}
+
+/// The key of CKA_ID `KEY_ID`, found as Fabric's findKeyPairFromSKI does (one handle asked).
+fn find_key(m: &RawModule, s: CK_SESSION_HANDLE) -> Result<CK_OBJECT_HANDLE, String> {
+    let f = m.f();
+    let class = CKO_PRIVATE_KEY.to_ne_bytes();
+    let mut t = [attr(CKA_CLASS, &class), attr(CKA_ID, KEY_ID)];
+    let (mut key, mut n) = (0, 0);
+    // SAFETY: a template of two attributes, a buffer of one handle.
+    unsafe {
+        check(
+            "C_FindObjectsInit",
+            f.C_FindObjectsInit.unwrap()(s, t.as_mut_ptr(), 2),
+        )?;
+        let rv = f.C_FindObjects.unwrap()(s, &mut key, 1, &mut n);
+        check("C_FindObjectsFinal", f.C_FindObjectsFinal.unwrap()(s))?;
+        check("C_FindObjects", rv)?;
+    }
+    if n != 1 {
+        return Err("the key was not found by CKA_ID".into());
+    }
+    Ok(key)
+}
+
+fn one(m: &RawModule, s: CK_SESSION_HANDLE, op: Op, key: CK_OBJECT_HANDLE) -> Result<(), String> {
+    let f = m.f();
     match op {
-        Op::Random => s.generate_random_slice(buf),
-        Op::DigestSha256 => s.digest(&Mechanism::Sha256, &buf[..32]).map(|_| ()),
+        Op::Random => {
+            let mut buf = [0u8; 32];
+            // SAFETY: a buffer of 32 bytes.
+            check("C_GenerateRandom", unsafe {
+                f.C_GenerateRandom.unwrap()(s, buf.as_mut_ptr(), 32)
+            })
+        }
+        Op::DigestSha256 => {
+            // SAFETY: a valid mechanism.
+            check("C_DigestInit", unsafe {
+                f.C_DigestInit.unwrap()(s, &mut mechanism(CKM_SHA256))
+            })?;
+            two_call("C_Digest", f.C_Digest.unwrap(), s, &DIGEST)
+        }
         Op::SignEcdsaP256 => {
-            s.sign_init(&Mechanism::Ecdsa, f.key.unwrap())?;
+            // SAFETY: a valid mechanism and key.
+            check("C_SignInit", unsafe {
+                f.C_SignInit.unwrap()(s, &mut mechanism(CKM_ECDSA), key)
+            })?;
             let mut sig = [0u8; 64];
             let mut len: CK_ULONG = 64;
-            // SAFETY: the session is open; buffers of the stated sizes.
-            let rv = unsafe {
-                raw.f().C_Sign.unwrap()(
-                    s.handle(),
+            // SAFETY: buffers of the stated sizes.
+            check("C_Sign", unsafe {
+                f.C_Sign.unwrap()(
+                    s,
                     DIGEST.as_ptr() as *mut u8,
                     32,
                     sig.as_mut_ptr(),
                     &mut len,
                 )
-            };
-            match rv {
-                CKR_OK => Ok(()),
-                _ => Err(Error::Pkcs11(
-                    RvError::GeneralError,
-                    cryptoki::context::Function::Sign,
-                )),
-            }
+            })
         }
-        Op::Fabric => s
-            .sign(&Mechanism::Ecdsa, f.key.unwrap(), &DIGEST)
-            .map(|_| ()),
-        Op::FabricEndorse => {
-            // One handle asked for, as Fabric's findKeyPairFromSKI does.
-            let class = cryptoki_sys::CKO_PRIVATE_KEY.to_ne_bytes();
-            let mut template = [
-                tests::fabric::attr(cryptoki_sys::CKA_CLASS, &class),
-                tests::fabric::attr(cryptoki_sys::CKA_ID, KEY_ID),
-            ];
-            let mut found = [0 as cryptoki_sys::CK_OBJECT_HANDLE; 1];
-            let mut n: CK_ULONG = 0;
-            let list = raw.f();
-            // SAFETY: the session is open; a template of two attributes, a buffer of one
-            // handle.
-            let rv = unsafe {
-                let rv = list.C_FindObjectsInit.unwrap()(s.handle(), template.as_mut_ptr(), 2);
-                let rv2 = list.C_FindObjects.unwrap()(s.handle(), found.as_mut_ptr(), 1, &mut n);
-                let rv3 = list.C_FindObjectsFinal.unwrap()(s.handle());
-                rv | rv2 | rv3
+        Op::Fabric | Op::FabricEndorse => {
+            let key = match op {
+                Op::FabricEndorse => find_key(m, s)?,
+                _ => key,
             };
-            if rv != CKR_OK || n != 1 {
-                return Err(Error::Pkcs11(
-                    RvError::KeyHandleInvalid,
-                    cryptoki::context::Function::FindObjects,
-                ));
-            }
-            s.sign(&Mechanism::Ecdsa, f.key.unwrap(), &DIGEST)
-                .map(|_| ())
+            // SAFETY: a valid mechanism and key.
+            check("C_SignInit", unsafe {
+                f.C_SignInit.unwrap()(s, &mut mechanism(CKM_ECDSA), key)
+            })?;
+            two_call("C_Sign", f.C_Sign.unwrap(), s, &DIGEST)
         }
         Op::FindObject => {
-            let found = s.find_objects(&[Attribute::Label(f.label.clone())])?;
-            assert!(!found.is_empty(), "object not found");
+            let mut t = [attr(CKA_LABEL, LABEL)];
+            let mut found = [0 as CK_OBJECT_HANDLE; 10];
+            let mut total = 0;
+            // SAFETY: a template of one attribute, a buffer of ten handles.
+            unsafe {
+                check(
+                    "C_FindObjectsInit",
+                    f.C_FindObjectsInit.unwrap()(s, t.as_mut_ptr(), 1),
+                )?;
+                loop {
+                    let mut n = 0;
+                    let rv = f.C_FindObjects.unwrap()(s, found.as_mut_ptr(), 10, &mut n);
+                    if rv != CKR_OK || n == 0 {
+                        f.C_FindObjectsFinal.unwrap()(s);
+                        check("C_FindObjects", rv)?;
+                        break;
+                    }
+                    total += n;
+                }
+            }
+            if total == 0 {
+                return Err("object not found".into());
+            }
             Ok(())
         }
     }
@@ -198,54 +290,43 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn main() {
     let args = Args::parse();
-    let ctx = Pkcs11::new(&args.module).expect("load module");
-    // The same module again (dlopen gives the same instance) for calls cryptoki has no
-    // single-call form of.
-    let raw = Arc::new(RawModule::load(std::path::Path::new(&args.module)));
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .expect("C_Initialize");
-    let slot = ctx
-        .get_slots_with_token()
-        .expect("C_GetSlotList")
-        .into_iter()
-        .find(|s| {
-            ctx.get_token_info(*s)
-                .map(|t| t.label() == args.token_label)
-                .unwrap_or(false)
-        })
-        .unwrap_or_else(|| panic!("no token labelled {}", args.token_label));
-
+    // One function table, taken once and initialised once: a module may hand out a fresh,
+    // uninitialised table at each C_GetFunctionList (p11-kit's client module does).
+    let m = Arc::new(RawModule::load(std::path::Path::new(&args.module)));
+    check("C_Initialize", m.initialize()).unwrap();
+    let slot = slot_of(&m, &args.token_label);
     // Session objects live as long as the session that made them: keep it open.
-    let setup_session = ctx.open_rw_session(slot).expect("C_OpenSession");
-    login(&setup_session, &args.pin);
-    let fixture = Arc::new(setup(&setup_session, args.op));
+    let setup_session = m.open_rw(slot);
+    let rv = m.login(setup_session, &args.pin);
+    assert!(
+        rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN,
+        "C_Login: {rv:#x}"
+    );
+    let key = setup(&m, setup_session, args.op);
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(args.threads + 1));
     let workers: Vec<_> = (0..args.threads)
         .map(|_| {
-            let (ctx, stop, start, fixture, raw) = (
-                ctx.clone(),
-                stop.clone(),
-                start.clone(),
-                fixture.clone(),
-                raw.clone(),
-            );
+            let (m, stop, start) = (m.clone(), stop.clone(), start.clone());
             let op = args.op;
             std::thread::spawn(move || {
-                let s = ctx.open_rw_session(slot).expect("C_OpenSession");
+                let s = m.open_rw(slot);
                 let mut lat = Vec::with_capacity(1 << 16);
                 let mut errors = 0u64;
-                let mut buf = [0u8; 32];
+                let mut first_error = None;
                 start.wait();
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    if one(&s, &raw, op, &fixture, &mut buf).is_err() {
+                    if let Err(e) = one(&m, s, op, key) {
                         errors += 1;
+                        first_error.get_or_insert(e);
                     }
                     lat.push(t.elapsed().as_nanos() as u64);
                 }
-                (lat, errors)
+                // SAFETY: this thread's session.
+                unsafe { m.f().C_CloseSession.unwrap()(s) };
+                (lat, errors, first_error)
             })
         })
         .collect();
@@ -257,9 +338,12 @@ fn main() {
     let mut all = Vec::new();
     let mut errors = 0;
     for w in workers {
-        let (lat, e) = w.join().expect("worker");
+        let (lat, e, first) = w.join().expect("worker");
         all.extend(lat);
         errors += e;
+        if let Some(first) = first {
+            eprintln!("p11bench: {e} errors in a thread, the first: {first}");
+        }
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
@@ -306,5 +390,9 @@ fn main() {
             args.module
         );
     }
-    drop(setup_session);
+    // SAFETY: the set-up session; nothing else is in progress.
+    unsafe {
+        m.f().C_CloseSession.unwrap()(setup_session);
+        m.f().C_Finalize.unwrap()(ptr::null_mut());
+    }
 }
