@@ -115,21 +115,12 @@ fn kubernetes_manifests_validate_offline() {
     }
 }
 
-#[test]
-fn the_configmap_server_configuration_is_valid() {
-    // The TOML in the ConfigMap, with this machine's module and throwaway TLS files.
-    let dir = TempDir::new("cm");
-    let pki = tests::pki::Pki::new(dir.path(), "cm");
-    let id = pki.server("cm-server");
-    let yaml = std::fs::read_to_string(deploy().join("kubernetes/base/configmap.yaml")).unwrap();
-    let toml: String = yaml
-        .split("server.toml: |")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .map(|l| l.strip_prefix("    ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The server configuration `toml` (from a manifest: its vendor library and TLS paths replaced
+/// by this machine's SoftHSM2 and throwaway TLS files) passes `--check-config`.
+fn server_accepts(dir: &TempDir, tag: &str, toml: &str) {
+    let pki = tests::pki::Pki::new(dir.path(), tag);
+    let id = pki.server(&format!("{tag}-server"));
+    let toml = toml
         .replace("/opt/hsm/lib/libCryptoki2_64.so", SOFTHSM)
         .replace("/etc/pkcs11-proxy/tls/tls.crt", id.cert.to_str().unwrap())
         .replace("/etc/pkcs11-proxy/tls/tls.key", id.key.to_str().unwrap())
@@ -149,6 +140,21 @@ fn the_configmap_server_configuration_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_configmap_server_configuration_is_valid() {
+    let dir = TempDir::new("cm");
+    let yaml = std::fs::read_to_string(deploy().join("kubernetes/base/configmap.yaml")).unwrap();
+    let toml: String = yaml
+        .split("server.toml: |")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    server_accepts(&dir, "cm", &toml);
 }
 
 #[test]
@@ -470,8 +476,6 @@ fn the_helm_chart_lints_renders_and_validates_offline() {
         );
     }
     // The server configuration the chart renders is one the server accepts.
-    let pki = tests::pki::Pki::new(dir.path(), "helm");
-    let id = pki.server("helm-server");
     let defaults = std::fs::read_to_string(&defaults).unwrap();
     let toml: String = defaults
         .split("server.toml: |")
@@ -481,27 +485,9 @@ fn the_helm_chart_lints_renders_and_validates_offline() {
         .take_while(|l| l.starts_with("    ") || l.is_empty())
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .collect::<Vec<_>>()
-        .join("\n")
-        .replace("/opt/hsm/lib/libCryptoki2_64.so", SOFTHSM)
-        .replace("/etc/pkcs11-proxy/tls/tls.crt", id.cert.to_str().unwrap())
-        .replace("/etc/pkcs11-proxy/tls/tls.key", id.key.to_str().unwrap())
-        .replace(
-            "/etc/pkcs11-proxy/tls/clients-ca.crt",
-            pki.ca.to_str().unwrap(),
-        );
+        .join("\n");
     assert!(toml.contains("deny_function = [\"C_InitToken\"]"), "{toml}");
-    let file = dir.path().join("server.toml");
-    std::fs::write(&file, toml).unwrap();
-    let out = Command::new(server_path())
-        .args(["--check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server_accepts(&dir, "helm", &toml);
 }
 
 /// The entrypoint's environment for a server on SoftHSM `hsm` on a free loopback port.

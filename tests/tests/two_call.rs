@@ -11,19 +11,12 @@ use std::io::{Read, Write};
 use std::ptr;
 
 use cryptoki_sys::*;
+use tests::fabric::attr;
 use tests::raw::RawModule;
 use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN};
 
 /// One call's name, return value, and what it gave back (length and deterministic bytes).
 type Step = (String, CK_RV, Vec<u8>);
-
-fn attr(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
-    CK_ATTRIBUTE {
-        type_: ty,
-        pValue: v.as_ptr() as *mut _,
-        ulValueLen: v.len() as CK_ULONG,
-    }
-}
 
 fn mech(mechanism: CK_MECHANISM_TYPE, param: &mut [u8]) -> CK_MECHANISM {
     CK_MECHANISM {
