@@ -464,11 +464,14 @@ impl Journal {
         })
     }
 
-    /// Whether session `session` has a search run ahead.
-    pub fn has_search(&self, session: u64) -> bool {
-        self.sessions
-            .get(&session)
-            .is_some_and(|s| s.ops.iter().any(|o| o.search.is_some()))
+    /// Whether session `session` has calls the shim may answer: a completed size query, a
+    /// search run ahead.
+    pub fn answers_ahead(&self, session: u64) -> bool {
+        self.sessions.get(&session).is_some_and(|s| {
+            s.ops
+                .iter()
+                .any(|o| o.completed.is_some() || o.search.is_some())
+        })
     }
 
     /// C_FindObjects and C_FindObjectsFinal on a search run ahead (v2.40 §5.7.8, §5.7.9):

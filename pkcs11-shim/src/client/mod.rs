@@ -339,7 +339,7 @@ impl Client {
         let session = request.session_mut().copied();
         let ahead = {
             let j = self.journal.read();
-            let ahead = session.is_some_and(|s| j.vendor_ended_early(s) || j.has_search(s));
+            let ahead = session.is_some_and(|s| j.answers_ahead(s));
             if !ahead && self.config.complete_size_queries {
                 journal::ask_completion(&mut request, &j);
             }
