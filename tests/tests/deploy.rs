@@ -335,37 +335,39 @@ yaml.safe_dump_all(docs, open(out, "w"))
 fn the_ha_overlay_renders_to_two_spread_replicas_with_a_disruption_budget() {
     let dir = TempDir::new("ha");
     let text = render_overlay(&dir, "ha");
-    for needle in [
-        "replicas: 2",
-        "podAntiAffinity",
-        "kind: PodDisruptionBudget",
-        "sessionAffinity: ClientIP",
-        "maxSurge: 1",
-    ] {
-        assert!(text.contains(needle), "{needle} in {text}");
-    }
+    assert_contains_all(
+        &text,
+        &[
+            "replicas: 2",
+            "podAntiAffinity",
+            "kind: PodDisruptionBudget",
+            "sessionAffinity: ClientIP",
+            "maxSurge: 1",
+        ],
+    );
 }
 
 #[test]
 fn the_luna_overlay_renders_the_guides_environment_and_writable_volumes() {
     let dir = TempDir::new("lunaoverlay");
     let text = render_overlay(&dir, "luna");
-    for needle in [
-        "image: pkcs11-proxy-luna:latest",
-        "name: LICENSE",
-        "name: HSM_ADDRESS",
-        "name: CLIENT_ADDRESS",
-        "name: gemalto-config",
-        "mountPath: /configs",
-        "mountPath: /var/lib/luna",
-        "mountPath: /usr/safenet/lunaclient/cert",
-        "readOnlyRootFilesystem: true",
-        "runAsNonRoot: true",
-        "memory: 400Mi",
-        "/usr/safenet/lunaclient/libs/64/libCryptoki2.so",
-    ] {
-        assert!(text.contains(needle), "{needle} in {text}");
-    }
+    assert_contains_all(
+        &text,
+        &[
+            "image: pkcs11-proxy-luna:latest",
+            "name: LICENSE",
+            "name: HSM_ADDRESS",
+            "name: CLIENT_ADDRESS",
+            "name: gemalto-config",
+            "mountPath: /configs",
+            "mountPath: /var/lib/luna",
+            "mountPath: /usr/safenet/lunaclient/cert",
+            "readOnlyRootFilesystem: true",
+            "runAsNonRoot: true",
+            "memory: 400Mi",
+            "/usr/safenet/lunaclient/libs/64/libCryptoki2.so",
+        ],
+    );
     // The host's vendor client volume is replaced by the image's client.
     assert!(!text.contains("hostPath"), "{text}");
 }
@@ -436,25 +438,27 @@ fn the_helm_chart_lints_renders_and_validates_offline() {
         assert_eq!(text.matches("passed").count(), objects, "{text}");
     }
     let ha = std::fs::read_to_string(&ha).unwrap();
-    for needle in [
-        "kind: PodDisruptionBudget",
-        "replicas: 2",
-        "requiredDuringSchedulingIgnoredDuringExecution",
-        "sessionAffinity: ClientIP",
-        "maxSurge: 1",
-    ] {
-        assert!(ha.contains(needle), "{needle} in {ha}");
-    }
+    assert_contains_all(
+        &ha,
+        &[
+            "kind: PodDisruptionBudget",
+            "replicas: 2",
+            "requiredDuringSchedulingIgnoredDuringExecution",
+            "sessionAffinity: ClientIP",
+            "maxSurge: 1",
+        ],
+    );
     let luna = std::fs::read_to_string(&luna).unwrap();
-    for needle in [
-        "pkcs11-proxy-luna:latest",
-        "name: gemalto-config",
-        "mountPath: /usr/safenet/lunaclient/cert",
-        "name: LICENSE",
-        "memory: 400Mi",
-    ] {
-        assert!(luna.contains(needle), "{needle} in {luna}");
-    }
+    assert_contains_all(
+        &luna,
+        &[
+            "pkcs11-proxy-luna:latest",
+            "name: gemalto-config",
+            "mountPath: /usr/safenet/lunaclient/cert",
+            "name: LICENSE",
+            "memory: 400Mi",
+        ],
+    );
     assert!(!luna.contains("hostPath"), "{luna}");
     let plain = std::fs::read_to_string(&plain).unwrap();
     assert!(
@@ -488,6 +492,13 @@ fn the_helm_chart_lints_renders_and_validates_offline() {
         .join("\n");
     assert!(toml.contains("deny_function = [\"C_InitToken\"]"), "{toml}");
     server_accepts(&dir, "helm", &toml);
+}
+
+/// Asserts that `text` holds every one of `needles`.
+fn assert_contains_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
 }
 
 /// The entrypoint's environment for a server on SoftHSM `hsm` on a free loopback port.

@@ -1,25 +1,14 @@
 //! What operators see: Prometheus metrics and health endpoints, the configuration file and
 //! `--check-config`, JSON logs.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 
 use cryptoki_sys::*;
 use tests::raw::RawModule;
 use tests::{
-    private_copy, server_path, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM,
+    http_get as get, private_copy, server_path, shim_path, with_env, ProxyServer, SoftHsm, TempDir,
+    PIN, SOFTHSM,
 };
-
-/// GET `path` from the metrics address; (status line, body).
-fn get(addr: &str, path: &str) -> (String, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut text = String::new();
-    c.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
 
 /// The value of a metric line starting with `prefix`, 0 if absent.
 fn value(metrics: &str, prefix: &str) -> f64 {

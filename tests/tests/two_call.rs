@@ -7,7 +7,6 @@
 //! more than the server fetched ahead, a second Init, calls after the end, another operation
 //! during the search, NULL pointers, a closed session.
 
-use std::io::{Read, Write};
 use std::ptr;
 
 use cryptoki_sys::*;
@@ -569,11 +568,7 @@ fn every_search_sequence_through_a_search_run_ahead_answers_what_the_vendor_answ
 
 /// `pkcs11_proxy_calls_total` of `function` (every return value), from the metrics port.
 fn calls(metrics: &str, function: &str) -> u64 {
-    let mut c = std::net::TcpStream::connect(metrics).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    c.read_to_string(&mut text).unwrap();
+    let text = tests::http_get(metrics, "/metrics").1;
     let prefix = format!("pkcs11_proxy_calls_total{{function=\"{function}");
     text.lines()
         .filter(|l| l.starts_with(&prefix))
