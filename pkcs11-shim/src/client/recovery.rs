@@ -278,29 +278,8 @@ fn init_again(
         if !op.fresh {
             continue;
         }
-        let mut init = replayable(&op.init);
-        let pending = journal.pending_in(&mut init);
-        find_pending(conn, journal, session, pending)?;
-        let Ok(shimmed) = journal.to_server(&mut init) else {
-            continue;
-        };
-        let mut rv = conn.call(&init)?.rv();
-        if is_invalid_handle(rv) && find_again(conn, journal, session, &shimmed.objects)? {
-            let mut init = op.init.clone();
-            if journal.to_server(&mut init).is_ok() {
-                rv = conn.call(&init)?.rv();
-            }
-        }
-        if rv == CKR_OK {
+        if replay_init(conn, journal, h, session, &op.init)? {
             kept.push(op);
-        } else {
-            log(
-                LogLevel::Warn,
-                &format!(
-                    "{} on session {h} could not be replayed: CKR 0x{rv:X}",
-                    init.function_name()
-                ),
-            );
         }
     }
     let rebuilt = kept.len();
@@ -323,33 +302,29 @@ pub fn restore_ended(
     let Some(s) = journal.sessions.get(&h) else {
         return Ok(());
     };
+    let Some(session) = s.real else {
+        return Ok(());
+    };
     let ended: Vec<(OpKind, Request, Option<u64>)> = s
         .ops
         .iter()
         .filter_map(|o| {
             let search = o.search.as_ref().filter(|f| f.ended.is_some());
             (o.completed.is_some() || search.is_some())
-                .then(|| (o.kind, replayable(&o.init), search.map(|f| f.asked)))
+                .then(|| (o.kind, o.init.clone(), search.map(|f| f.asked)))
         })
         .collect();
-    for (kind, mut init, asked) in ended {
-        let rv = match journal.to_server(&mut init) {
-            Ok(_) => {
-                let rv = conn.call(&init)?.rv();
-                let session = init.session_mut().copied();
-                if let (CKR_OK, Some(asked), Some(session)) = (rv, asked, session) {
-                    conn.call(&Request::FindObjects {
-                        session,
-                        max_count: asked,
-                        outputs: Outputs::ALL,
-                    })?;
-                }
-                rv
-            }
-            Err(rv) => rv,
-        };
+    for (kind, init, asked) in ended {
+        let replayed = replay_init(conn, journal, h, session, &init)?;
+        if let (true, Some(asked)) = (replayed, asked) {
+            conn.call(&Request::FindObjects {
+                session,
+                max_count: asked,
+                outputs: Outputs::ALL,
+            })?;
+        }
         let s = journal.sessions.get_mut(&h).expect("listed");
-        if rv == CKR_OK {
+        if replayed {
             for op in s.ops.iter_mut().filter(|o| o.kind == kind) {
                 op.completed = None;
                 if let Some(search) = op.search.as_mut() {
@@ -358,16 +333,51 @@ pub fn restore_ended(
             }
         } else {
             s.ops.retain(|o| o.kind != kind);
-            log(
-                LogLevel::Warn,
-                &format!(
-                    "{} on session {h} could not be replayed: CKR 0x{rv:X}",
-                    init.function_name()
-                ),
-            );
         }
     }
     Ok(())
+}
+
+/// Replays `init` (an Init the journal recorded, with the shim's handles) on server session
+/// `session` of the shim's session `h`: the objects it names found first when the server had
+/// them waiting, and again when the vendor no longer knows them. Whether the vendor accepted
+/// it (a warning is logged when not).
+fn replay_init(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    h: u64,
+    session: u64,
+    init: &Request,
+) -> Result<bool, ProtocolError> {
+    let mut request = replayable(init);
+    let pending = journal.pending_in(&mut request);
+    find_pending(conn, journal, session, pending)?;
+    let rv = match journal.to_server(&mut request) {
+        Ok(shimmed) => {
+            let rv = conn.call(&request)?.rv();
+            if is_invalid_handle(rv) && find_again(conn, journal, session, &shimmed.objects)? {
+                request = replayable(init);
+                match journal.to_server(&mut request) {
+                    Ok(_) => conn.call(&request)?.rv(),
+                    Err(rv) => rv,
+                }
+            } else {
+                rv
+            }
+        }
+        Err(rv) => rv,
+    };
+    if rv == CKR_OK {
+        return Ok(true);
+    }
+    log(
+        LogLevel::Warn,
+        &format!(
+            "{} on session {h} could not be replayed: CKR 0x{rv:X}",
+            init.function_name()
+        ),
+    );
+    Ok(false)
 }
 
 /// An Init as it is replayed: a search without a prefetch (the replay wants the vendor's
