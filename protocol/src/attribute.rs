@@ -13,6 +13,7 @@
 use std::cell::Cell;
 use std::ops::Deref;
 
+use crate::shape::Array;
 use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
 
 /// `CKF_ARRAY_ATTRIBUTE`.
@@ -239,6 +240,39 @@ pub fn units_to_bytes(
     attribute_size: usize,
 ) -> Option<u64> {
     units.checked_mul(kind.unit(ulong_size, attribute_size) as u64)
+}
+
+/// Whether a C_GetAttributeValue query is a size query the server may complete (DESIGN.md,
+/// "Two-call functions"): every attribute asked for its length only, none a nested template
+/// (whose follow-up asks the lengths of its entries: a third call).
+pub fn completable(query: &Array<AttrQuery>) -> bool {
+    match query {
+        Array::Given(q) => {
+            !q.is_empty()
+                && q.iter()
+                    .all(|a| a.want == Want::Len && kind_of(a.ty) != Kind::Template)
+        }
+        Array::Null(_) => false,
+    }
+}
+
+/// The real call after a completable size query the vendor answered CKR_OK with `lengths`:
+/// each attribute with a buffer of its length. `None` when an answer is not a length.
+pub fn follow_up(query: &[AttrQuery], lengths: &[AttrOut]) -> Option<Vec<AttrQuery>> {
+    if query.len() != lengths.len() {
+        return None;
+    }
+    query
+        .iter()
+        .zip(lengths)
+        .map(|(a, l)| match l {
+            AttrOut::Len(units) => Some(AttrQuery {
+                ty: a.ty,
+                want: Want::Buffer(*units),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -247,6 +247,9 @@ pub struct Hello {
     pub client_id: ClientId,
     /// The application's C_Initialize arguments (`None`: a NULL pointer).
     pub init: Option<InitArgs>,
+    /// The shim records token objects for recovery: the worker sends the identity of each
+    /// object it hands out ([`crate::message::Response::Identified`]).
+    pub identify_objects: bool,
 }
 
 /// What the server answers.
@@ -278,6 +281,7 @@ impl Hello {
             ulong_size,
             client_id,
             init,
+            identify_objects: false,
         }
     }
 
@@ -286,7 +290,7 @@ impl Hello {
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.push(self.ulong_size);
-        out.push(0);
+        out.push(u8::from(self.identify_objects) * HELLO_IDENTIFY_OBJECTS);
         out.extend_from_slice(&self.client_id);
         let init = self.init.unwrap_or(InitArgs {
             flags: 0,
@@ -314,6 +318,12 @@ impl Hello {
                 bytes.len()
             )));
         }
+        if bytes[11] & !HELLO_IDENTIFY_OBJECTS != 0 {
+            return Err(ProtocolError::Codec(format!(
+                "unknown hello flags {:#04x}",
+                bytes[11]
+            )));
+        }
         let mut client_id = [0u8; 16];
         client_id.copy_from_slice(&bytes[12..28]);
         let mut flags = [0u8; 8];
@@ -336,9 +346,13 @@ impl Hello {
             ulong_size: bytes[10],
             client_id,
             init,
+            identify_objects: bytes[11] & HELLO_IDENTIFY_OBJECTS != 0,
         })
     }
 }
+
+/// Hello flag: [`Hello::identify_objects`].
+const HELLO_IDENTIFY_OBJECTS: u8 = 1;
 
 impl Welcome {
     pub fn encode(&self) -> Vec<u8> {

@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod mechanism;
 pub mod message;
+pub mod objects;
 pub mod shape;
 pub mod stream;
 

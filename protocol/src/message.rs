@@ -177,7 +177,8 @@ impl Request {
             | VerifyMessage { session, .. }
             | VerifyMessageBegin { session, .. }
             | VerifyMessageNext { session, .. }
-            | MessageVerifyFinal { session } => Some(session),
+            | MessageVerifyFinal { session }
+            | IdentifyObjects { session, .. } => Some(session),
         }
     }
 
@@ -351,6 +352,11 @@ pub enum Request {
         session: u64,
         object: u64,
         query: Array<AttrQuery>,
+        /// A size query (every attribute's length, none a nested template) the server may
+        /// complete: when the vendor answers it CKR_OK, the server makes the real call with a
+        /// buffer of each length ([`Response::AttributesCompleted`]), so that the
+        /// application's follow-up costs no round trip (DESIGN.md, "Two-call functions").
+        complete: bool,
     },
     SetAttributeValue {
         session: u64,
@@ -675,6 +681,13 @@ pub enum Request {
     MessageVerifyFinal {
         session: u64,
     },
+    /// Not a PKCS#11 function: the identity of objects handed out earlier, for the shim's
+    /// recovery, when it did not come with the answer that handed them out (another thread
+    /// got it). Answered with [`Response::Identified`] around `CKR_OK`.
+    IdentifyObjects {
+        session: u64,
+        objects: Vec<u64>,
+    },
 }
 
 impl Request {
@@ -686,6 +699,9 @@ impl Request {
                     // The specification spells these two with "PIN".
                     Request::InitPin { .. } => "C_InitPIN",
                     Request::SetPin { .. } => "C_SetPIN",
+                    // What the server calls on the vendor for it (C_GetAttributeValue's policy
+                    // and metrics cover it).
+                    Request::IdentifyObjects { .. } => "C_GetAttributeValue",
                     $(Request::$v { .. } => concat!("C_", stringify!($v)),)*
                 }
             };
@@ -894,8 +910,23 @@ pub enum Response {
         find_rv: u64,
         final_rv: Option<u64>,
     },
+    /// An answer that hands out object handles (or the answer to
+    /// [`Request::IdentifyObjects`]), with the identity of each object the application's
+    /// worker had not identified for it yet (hello flag `identify_objects`).
+    Identified {
+        identities: Vec<crate::objects::Identity>,
+        answer: Box<Response>,
+    },
     /// C_GetAttributeValue: the return value and one result per queried attribute.
     Attributes {
+        rv: u64,
+        values: Vec<AttrOut>,
+    },
+    /// A C_GetAttributeValue size query sent with `complete`: the vendor answered it CKR_OK
+    /// with `lengths` (one [`AttrOut::Len`] per attribute), and then answered the real call
+    /// that followed (a buffer of each length) with `rv` and `values`.
+    AttributesCompleted {
+        lengths: Vec<AttrOut>,
         rv: u64,
         values: Vec<AttrOut>,
     },
@@ -919,6 +950,7 @@ impl Response {
             | Response::Output { rv, .. }
             | Response::Attributes { rv, .. }
             | Response::Message { rv, .. } => *rv,
+            Response::Identified { answer, .. } => answer.rv(),
             _ => 0,
         }
     }
@@ -975,6 +1007,7 @@ mod tests {
                     want: Want::Buffer(64),
                 }]
                 .into(),
+                complete: false,
             },
         ];
         let mut buf = Vec::new();

@@ -82,6 +82,7 @@ fn seeds() -> Vec<Vec<u8>> {
                 ),
             }]
             .into(),
+            complete: true,
         },
     ];
     requests

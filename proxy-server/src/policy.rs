@@ -51,6 +51,11 @@ impl Policy {
         self.functions.is_empty() && self.mechanisms.is_empty()
     }
 
+    /// Whether the policy lets applications call the function `name` (`C_...`).
+    pub fn allows(&self, name: &str) -> bool {
+        !self.functions.contains(name)
+    }
+
     /// The refusal for `request`, if the policy denies it.
     pub fn check(&self, request: &Request) -> Option<CK_RV> {
         if self.is_empty() {

@@ -52,6 +52,7 @@ fn payloads() -> Vec<Vec<u8>> {
             session: 1,
             object: 1,
             query: vec![].into(),
+            complete: false,
         },
         Request::FindObjects {
             session: 1,

@@ -149,9 +149,9 @@ fn configuration_file_check_config_and_json_logs() {
 
 #[test]
 fn fabric_signing_leaves_no_failure_in_the_server_log() {
-    // The shim reads a key's identity for recovery with attributes only some classes have
-    // (CKA_CERTIFICATE_TYPE): the vendor's per-attribute CKR_ATTRIBUTE_TYPE_INVALID is normal
-    // PKCS#11 use (v2.40 §5.7.5), not a failure to report at INFO.
+    // The identity of each key handed out (recorded for recovery) comes with the answer that
+    // hands it out, read with only the attributes its class has: no C_GetAttributeValue of
+    // the shim's own, no CKR_ATTRIBUTE_TYPE_INVALID, nothing logged.
     let hsm = SoftHsm::new("quietlog");
     let server = ProxyServer::start_with_metrics(&hsm);
     let dir = TempDir::new("quietlog");
@@ -169,10 +169,7 @@ fn fabric_signing_leaves_no_failure_in_the_server_log() {
     }
     let metrics = get(&server.metrics_address(), "/metrics").1;
     assert!(
-        value(
-            &metrics,
-            "pkcs11_proxy_calls_total{function=\"C_GetAttributeValue\",rv=\"CKR_ATTRIBUTE_TYPE_INVALID\"}"
-        ) >= 1.0,
+        !metrics.contains("function=\"C_GetAttributeValue\""),
         "{metrics}"
     );
     // A failure after it is logged: the log is read up to there.

@@ -524,6 +524,227 @@ fn search_scenario(m: &RawModule) -> Vec<Step> {
     steps
 }
 
+/// C_GetAttributeValue with a buffer of `cap` bytes per attribute (`None`: NULL, the length
+/// asked); records the return value and each attribute's length and bytes.
+fn get_attributes(
+    m: &RawModule,
+    steps: &mut Vec<Step>,
+    name: &str,
+    s: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    asked: &[(CK_ATTRIBUTE_TYPE, Option<usize>)],
+) {
+    let mut buffers: Vec<Vec<u8>> = asked.iter().map(|(_, c)| vec![0; c.unwrap_or(0)]).collect();
+    let mut t: Vec<CK_ATTRIBUTE> = asked
+        .iter()
+        .zip(buffers.iter_mut())
+        .map(|((ty, cap), b)| CK_ATTRIBUTE {
+            type_: *ty,
+            pValue: if cap.is_some() {
+                b.as_mut_ptr().cast()
+            } else {
+                ptr::null_mut()
+            },
+            ulValueLen: cap.unwrap_or(0) as CK_ULONG,
+        })
+        .collect();
+    // SAFETY: each buffer is live for its length; NULL ones ask the length.
+    let rv = unsafe {
+        m.f().C_GetAttributeValue.unwrap()(s, object, t.as_mut_ptr(), t.len() as CK_ULONG)
+    };
+    let mut out = Vec::new();
+    for (a, b) in t.iter().zip(&buffers) {
+        out.extend_from_slice(&a.ulValueLen.to_le_bytes());
+        if !a.pValue.is_null() && a.ulValueLen != CK_UNAVAILABLE_INFORMATION {
+            out.extend_from_slice(&b[..(a.ulValueLen as usize).min(b.len())]);
+        }
+        out.push(b'|');
+    }
+    steps.push((name.into(), rv, out));
+}
+
+/// C_GetAttributeValue's two calls and their departures: the size query, then the values in
+/// buffers of those lengths, larger ones, a short one, another order, NULL for one; the
+/// object changed in between (on the same session and another), a logout in between, other
+/// calls on the session in between, an attribute the object does not have or may not
+/// reveal, a nested template.
+fn attributes_scenario(m: &RawModule) -> Vec<Step> {
+    let f = m.f();
+    let mut steps: Vec<Step> = Vec::new();
+    let s = m.open_rw(m.first_slot());
+    let s2 = m.open_rw(m.first_slot());
+    let rv = m.login(s, PIN);
+    assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+    let rec = |steps: &mut Vec<Step>, name: &str, rv: CK_RV| steps.push((name.into(), rv, vec![]));
+    let class = CKO_DATA.to_ne_bytes();
+    let value = [7u8; 100];
+    let mut t = [
+        attr(CKA_CLASS, &class),
+        attr(CKA_LABEL, b"label-one"),
+        attr(CKA_APPLICATION, b"app"),
+        attr(CKA_VALUE, &value),
+    ];
+    let mut data = 0;
+    // SAFETY: valid template and out pointer.
+    assert_eq!(
+        unsafe { f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 4, &mut data) },
+        CKR_OK
+    );
+    let ec = [0x06u8, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let tru = [CK_TRUE];
+    let mut public = [attr(CKA_EC_PARAMS, &ec), attr(CKA_VERIFY, &tru)];
+    let mut private = [
+        attr(CKA_PRIVATE, &tru),
+        attr(CKA_SENSITIVE, &tru),
+        attr(CKA_SIGN, &tru),
+        attr(CKA_ID, b"attr-key"),
+    ];
+    let (mut public_key, mut key) = (0, 0);
+    // SAFETY: valid templates, mechanism and out pointers.
+    let rv = unsafe {
+        f.C_GenerateKeyPair.unwrap()(
+            s,
+            &mut mech(CKM_EC_KEY_PAIR_GEN, &mut []),
+            public.as_mut_ptr(),
+            2,
+            private.as_mut_ptr(),
+            4,
+            &mut public_key,
+            &mut key,
+        )
+    };
+    assert_eq!(rv, CKR_OK);
+    let lengths = [
+        (CKA_LABEL, None),
+        (CKA_APPLICATION, None),
+        (CKA_VALUE, None),
+    ];
+    let exact = [
+        (CKA_LABEL, Some(9)),
+        (CKA_APPLICATION, Some(3)),
+        (CKA_VALUE, Some(100)),
+    ];
+    let large = [
+        (CKA_LABEL, Some(256)),
+        (CKA_APPLICATION, Some(256)),
+        (CKA_VALUE, Some(256)),
+    ];
+    let get = |steps: &mut Vec<Step>, name: &str, s, o, asked: &[_]| {
+        get_attributes(m, steps, name, s, o, asked)
+    };
+    let set_label = |steps: &mut Vec<Step>, name: &str, s, label: &[u8]| {
+        let mut t = [attr(CKA_LABEL, label)];
+        // SAFETY: a valid template.
+        let rv = unsafe { f.C_SetAttributeValue.unwrap()(s, data, t.as_mut_ptr(), 1) };
+        rec(steps, name, rv);
+    };
+    // 1. The usual pair, then the values asked again.
+    get(&mut steps, "lengths", s, data, &lengths);
+    get(&mut steps, "values (exact)", s, data, &exact);
+    get(&mut steps, "values again", s, data, &exact);
+    // 2. The lengths asked twice, larger buffers.
+    get(&mut steps, "lengths", s, data, &lengths);
+    get(&mut steps, "lengths again", s, data, &lengths);
+    get(&mut steps, "values (large)", s, data, &large);
+    // 3. A short buffer.
+    get(&mut steps, "lengths", s, data, &lengths);
+    let short = [exact[0], (CKA_APPLICATION, Some(2)), exact[2]];
+    get(&mut steps, "values (one short)", s, data, &short);
+    // 4. Another order; NULL for one of them.
+    get(&mut steps, "lengths", s, data, &lengths);
+    get(
+        &mut steps,
+        "values (other order)",
+        s,
+        data,
+        &[exact[2], exact[0], exact[1]],
+    );
+    get(&mut steps, "lengths", s, data, &lengths);
+    get(
+        &mut steps,
+        "values (one NULL)",
+        s,
+        data,
+        &[exact[0], (CKA_APPLICATION, None), exact[2]],
+    );
+    // 5. The object changed in between, on the same session, then on another.
+    get(&mut steps, "lengths", s, data, &lengths);
+    set_label(&mut steps, "SetAttributeValue", s, b"label-two-longer");
+    get(&mut steps, "values after a change", s, data, &large);
+    get(&mut steps, "lengths", s, data, &lengths);
+    set_label(&mut steps, "SetAttributeValue(s2)", s2, b"label-3");
+    get(&mut steps, "values after a change on s2", s, data, &large);
+    // 6. Another call on the session in between; a call on another session in between.
+    get(&mut steps, "lengths", s, data, &lengths);
+    // SAFETY: a valid mechanism.
+    let rv = unsafe { f.C_DigestInit.unwrap()(s, &mut mech(CKM_SHA256, &mut [])) };
+    rec(&mut steps, "DigestInit", rv);
+    get(&mut steps, "values after DigestInit", s, data, &large);
+    get(&mut steps, "lengths", s, data, &lengths);
+    get(&mut steps, "lengths on s2", s2, data, &lengths);
+    get(&mut steps, "values after a call on s2", s, data, &large);
+    // 7. What the object does not have, or may not reveal; a nested template.
+    get(
+        &mut steps,
+        "lengths (CKA_MODULUS on data)",
+        s,
+        data,
+        &[(CKA_LABEL, None), (CKA_MODULUS, None)],
+    );
+    get(
+        &mut steps,
+        "values (CKA_MODULUS on data)",
+        s,
+        data,
+        &[(CKA_LABEL, Some(64)), (CKA_MODULUS, Some(64))],
+    );
+    let key_lengths = [(CKA_EC_PARAMS, None), (CKA_ID, None)];
+    let key_values = [(CKA_EC_PARAMS, Some(10)), (CKA_ID, Some(8))];
+    get(
+        &mut steps,
+        "lengths (CKA_VALUE of a sensitive key)",
+        s,
+        key,
+        &[(CKA_EC_PARAMS, None), (CKA_VALUE, None)],
+    );
+    get(
+        &mut steps,
+        "lengths (CKA_UNWRAP_TEMPLATE)",
+        s,
+        key,
+        &[(CKA_UNWRAP_TEMPLATE, None)],
+    );
+    get(&mut steps, "key lengths", s, key, &key_lengths);
+    get(&mut steps, "key values", s, key, &key_values);
+    // 8. A logout in between (a private object is out of reach), then the values again.
+    get(&mut steps, "key lengths", s, key, &key_lengths);
+    // SAFETY: a session of ours.
+    rec(&mut steps, "Logout", unsafe { f.C_Logout.unwrap()(s) });
+    get(&mut steps, "key values after logout", s, key, &key_values);
+    rec(&mut steps, "Login", m.login(s, PIN));
+    get(&mut steps, "key values after login", s, key, &key_values);
+    // 9. The session closed in between: its objects went with it.
+    get(&mut steps, "lengths", s, data, &lengths);
+    // SAFETY: a session of ours.
+    rec(&mut steps, "CloseSession", unsafe {
+        f.C_CloseSession.unwrap()(s)
+    });
+    get(&mut steps, "values on s2 after the close", s2, data, &large);
+    // SAFETY: a session of ours.
+    unsafe { f.C_CloseSession.unwrap()(s2) };
+    steps
+}
+
+#[test]
+fn every_get_attribute_value_sequence_after_a_completed_size_query_answers_what_the_vendor_answers()
+{
+    compare(
+        "attrahead",
+        "PKCS11_PROXY_COMPLETE_SIZE_QUERIES",
+        attributes_scenario,
+    );
+}
+
 /// Runs `scenario` directly on SoftHSM2 and through the proxy with each setting of
 /// `variable`, and compares the calls one by one.
 fn compare(tag: &str, variable: &str, scenario: fn(&RawModule) -> Vec<Step>) {
@@ -616,23 +837,75 @@ fn a_fabric_endorsement_costs_three_round_trips() {
         let s = m.open_rw(m.first_slot());
         let rv = m.login(s, PIN);
         assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+        // From the key's creation on: the identity of each object handed out (recorded for
+        // recovery) comes with the answer that hands it out, so the first signature costs
+        // what the others cost, and no C_GetAttributeValue is made for it.
+        let before = calls(&metrics, "C_");
+        let reads = calls(&metrics, "C_GetAttributeValue");
         assert_eq!(
             tests::fabric::make_token_key_with_id(&m, s, id.as_bytes()),
             CKR_OK
         );
-        // SAFETY: a logged-in session of this module (the first signature also reads the
-        // key's identity for recovery: not counted).
+        let made = calls(&metrics, "C_") - before;
+        assert_eq!(made, 1, "C_GenerateKeyPair, with both keys' identities");
+        // SAFETY: a logged-in session of this module.
         let sign = || unsafe { tests::fabric::fabric_sign_data(&m, s, id.as_bytes(), &[3; 32]) };
-        assert_eq!(sign(), CKR_OK);
-        let before = calls(&metrics, "C_");
         for _ in 0..10 {
             assert_eq!(sign(), CKR_OK);
         }
         let after = calls(&metrics, "C_");
         assert_eq!(
-            after - before,
+            after - before - made,
             10 * per_signature,
             "completion {complete}, prefetch {prefetch}"
+        );
+        assert_eq!(
+            calls(&metrics, "C_GetAttributeValue"),
+            reads,
+            "identity read apart from the answers"
+        );
+        // SAFETY: no call in progress.
+        unsafe { m.f().C_Finalize.unwrap()(ptr::null_mut()) };
+    }
+}
+
+#[test]
+fn a_get_attribute_value_pair_costs_one_round_trip() {
+    // C_GetAttributeValue's size query and the call with the values (how Fabric's binding
+    // reads CKA_EC_POINT), counted as requests the server served.
+    let hsm = SoftHsm::new("attrrt");
+    let server = ProxyServer::start_with_metrics(&hsm);
+    let metrics = server.metrics_address();
+    let dir = TempDir::new("attrrt");
+    for (complete, per_pair) in [("on", 1), ("off", 2)] {
+        let m = proxy(
+            &server,
+            &dir,
+            &[("PKCS11_PROXY_COMPLETE_SIZE_QUERIES", complete)],
+        );
+        let s = m.open_rw(m.first_slot());
+        let rv = m.login(s, PIN);
+        assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+        let class = CKO_DATA.to_ne_bytes();
+        let mut t = [attr(CKA_CLASS, &class), attr(CKA_VALUE, &[9; 65])];
+        let mut data = 0;
+        // SAFETY: valid template and out pointer.
+        assert_eq!(
+            unsafe { m.f().C_CreateObject.unwrap()(s, t.as_mut_ptr(), 2, &mut data) },
+            CKR_OK
+        );
+        let before = calls(&metrics, "C_");
+        for _ in 0..10 {
+            let mut steps = Vec::new();
+            get_attributes(&m, &mut steps, "lengths", s, data, &[(CKA_VALUE, None)]);
+            get_attributes(&m, &mut steps, "values", s, data, &[(CKA_VALUE, Some(65))]);
+            assert_eq!(steps[1].1, CKR_OK);
+            assert_eq!(&steps[1].2[8..73], &[9; 65][..]);
+        }
+        assert_eq!(
+            calls(&metrics, "C_") - before,
+            10 * per_pair,
+            "completion {complete}"
         );
         // SAFETY: no call in progress.
         unsafe { m.f().C_Finalize.unwrap()(ptr::null_mut()) };

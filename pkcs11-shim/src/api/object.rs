@@ -119,6 +119,7 @@ pub unsafe extern "C" fn C_GetAttributeValue(
             session: wire(session),
             object: wire(object),
             query,
+            complete: false,
         })? {
             Response::Attributes { rv, values } => {
                 match template::write_results(t, count, &values, narrow(rv)?)? {

@@ -33,9 +33,9 @@ pub const ENV_RECOVERY: &str = "PKCS11_PROXY_RECOVERY";
 /// on a new server: `on` (default) or `off` (sessions of a logged-in slot are then lost).
 pub const ENV_KEEP_PIN: &str = "PKCS11_PROXY_KEEP_PIN";
 /// Whether the size query of a single-part function (C_Sign, C_Encrypt, C_Decrypt, C_Digest,
-/// C_SignRecover, C_VerifyRecover) is completed on the server in the same round trip, the
-/// follow-up call then answered by the shim: `on` (default) or `off` (two round trips, as
-/// the application makes them).
+/// C_SignRecover, C_VerifyRecover) or of C_GetAttributeValue is completed on the server in
+/// the same round trip, the follow-up call then answered by the shim: `on` (default) or
+/// `off` (two round trips, as the application makes them).
 pub const ENV_COMPLETE_SIZE_QUERIES: &str = "PKCS11_PROXY_COMPLETE_SIZE_QUERIES";
 /// Whether C_FindObjectsInit runs the search ahead on the server (the first handles, and the
 /// end of the search when that is all), C_FindObjects and C_FindObjectsFinal then answered

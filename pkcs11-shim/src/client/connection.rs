@@ -14,6 +14,7 @@ use protocol::handshake::{
     routing_id, ClientId, Hello, InitArgs, InstanceId, Prelude, RouteAnswer, Welcome, PRELUDE_LEN,
 };
 use protocol::message::{Request, Response};
+use protocol::objects::Identity;
 use protocol::stream::Stream;
 use protocol::ProtocolError;
 
@@ -163,6 +164,8 @@ pub struct Connection {
     out: Vec<u8>,
     frame: Vec<u8>,
     scratch: Vec<u8>,
+    /// What [`Connection::take_identities`] gives.
+    identities: Vec<Identity>,
 }
 
 impl Connection {
@@ -276,8 +279,15 @@ impl Connection {
             out: Vec::new(),
             frame: Vec::new(),
             scratch: Vec::new(),
+            identities: Vec::new(),
         };
-        let (interface, accepted) = conn.handshake(client_id, init, routed_to, &prelude)?;
+        let hello = Hello {
+            // Recovery finds token objects again by their identity: the server sends it with
+            // the answer that hands each out.
+            identify_objects: config.recovery,
+            ..Hello::new(ULONG as u8, *client_id, init)
+        };
+        let (interface, accepted) = conn.handshake(&hello, routed_to, &prelude)?;
         if instance != [0; 16] && accepted.instance_id != instance {
             return Err(OpenError::Elsewhere("another instance answered".into()));
         }
@@ -295,12 +305,11 @@ impl Connection {
     /// the vendor's interface version it learnt) and reads the answers.
     fn handshake(
         &mut self,
-        client_id: &ClientId,
-        init: Option<InitArgs>,
+        hello: &Hello,
         routed: Option<(u8, u8)>,
         prelude: &[u8; PRELUDE_LEN],
     ) -> Result<((u8, u8), protocol::handshake::Accepted), ProtocolError> {
-        let hello = Hello::new(ULONG as u8, *client_id, init).encode();
+        let hello = hello.encode();
         let mut out = match routed {
             Some(_) => Vec::new(),
             None => prelude.to_vec(),
@@ -375,6 +384,19 @@ impl Connection {
         }
         sent?;
         read_frame(&mut self.reader, &mut self.frame, MAX_FRAME_LEN)?;
-        codec::decode(&self.frame)
+        self.identities.clear();
+        match codec::decode(&self.frame)? {
+            Response::Identified { identities, answer } => {
+                self.identities = identities;
+                Ok(*answer)
+            }
+            answer => Ok(answer),
+        }
+    }
+
+    /// The identities the server sent with the last answer, for the objects it hands out
+    /// (hello flag `identify_objects`).
+    pub fn take_identities(&mut self) -> Vec<Identity> {
+        std::mem::take(&mut self.identities)
     }
 }

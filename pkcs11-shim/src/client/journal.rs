@@ -14,9 +14,10 @@
 use std::collections::HashMap;
 
 use cryptoki_sys::*;
-use protocol::attribute::{AttrValue, Attribute};
+use protocol::attribute::{completable, AttrOut, Attribute, Want};
 use protocol::message::{Pin, Request, Response};
-use protocol::shape::{Bytes, Out};
+use protocol::objects;
+use protocol::shape::{Array, Bytes, Out};
 
 use crate::ffi::{narrow, wire, Rv};
 
@@ -27,20 +28,6 @@ const LEFT_KEPT: usize = 16;
 
 /// First number of the shim's own handles, used when the server's number is taken.
 const OWN_HANDLES: u64 = 0x4000_0000;
-
-/// The attributes that find a token object again, with the buffer asked for each (in wire
-/// units): its class and type, CKA_ID (Fabric's SKI), CKA_LABEL, CKA_APPLICATION (data
-/// objects), and where it lives.
-pub const IDENTITY: [(CK_ATTRIBUTE_TYPE, u64); 8] = [
-    (CKA_CLASS, 1),
-    (CKA_TOKEN, 1),
-    (CKA_PRIVATE, 1),
-    (CKA_KEY_TYPE, 1),
-    (CKA_CERTIFICATE_TYPE, 1),
-    (CKA_ID, 256),
-    (CKA_LABEL, 256),
-    (CKA_APPLICATION, 256),
-];
 
 /// The operation families a session can have initialised (PKCS#11 v2.40 §5.8 to §5.12,
 /// v3.0 §5.9 to §5.16 for the message-based ones); one of each may be active at once.
@@ -100,6 +87,7 @@ pub fn records(request: &Request) -> bool {
                 | Request::GenerateKeyPair { .. }
                 | Request::UnwrapKey { .. }
                 | Request::DeriveKey { .. }
+                | Request::GetAttributeValue { complete: true, .. }
         )
 }
 
@@ -283,6 +271,13 @@ pub fn ask_completion(request: &mut Request, journal: &Journal) {
     let Some(session) = request.session_mut().copied() else {
         return;
     };
+    if let Request::GetAttributeValue {
+        query, complete, ..
+    } = request
+    {
+        *complete = completable(query) && journal.sessions.contains_key(&session);
+        return;
+    }
     let Some((kind, _, out)) = single_part(request) else {
         return;
     };
@@ -401,6 +396,27 @@ pub struct Journal {
     /// that it cannot move back and forth between replicas (DESIGN.md, "Shim semantics").
     left: std::collections::VecDeque<InstanceId>,
     next_own: u64,
+    /// C_GetAttributeValue size queries the server completed, by session (shim handle).
+    attributes_ahead: HashMap<u64, AttributesAhead>,
+}
+
+/// The real C_GetAttributeValue the server made after a size query it was asked to complete
+/// (DESIGN.md, "Two-call functions"). The follow-up (same object, same attributes in the
+/// same order, each with a buffer of at least its length, or the lengths asked again) is
+/// answered from here. Nothing is left on the vendor (attributes are no operation), so any
+/// other call on the session simply drops it, and so does any call that may change what the
+/// vendor answers for the object (C_SetAttributeValue, C_DestroyObject, a login or logout,
+/// a session closed, any call that changes the token).
+#[derive(Debug, Clone)]
+struct AttributesAhead {
+    /// The shim's handle of the object.
+    object: u64,
+    types: Vec<u64>,
+    /// The size query's answer (its return value was CKR_OK).
+    lengths: Vec<AttrOut>,
+    /// The real call's answer.
+    rv: u64,
+    values: Vec<AttrOut>,
 }
 
 impl Journal {
@@ -414,6 +430,7 @@ impl Journal {
             epoch: 0,
             left: std::collections::VecDeque::new(),
             next_own: OWN_HANDLES,
+            attributes_ahead: HashMap::new(),
         }
     }
 
@@ -464,13 +481,56 @@ impl Journal {
         })
     }
 
-    /// Whether session `session` has calls the shim may answer: a completed size query, a
-    /// search run ahead.
-    pub fn answers_ahead(&self, session: u64) -> bool {
-        self.sessions.get(&session).is_some_and(|s| {
-            s.ops
-                .iter()
-                .any(|o| o.completed.is_some() || o.search.is_some())
+    /// Whether `request`, on its session `session`, is one the shim may answer (the session
+    /// has a completed size query, a search run ahead), or one that makes the values kept of
+    /// completed C_GetAttributeValue size queries void.
+    pub fn answers_ahead(&self, session: Option<u64>, request: &Request) -> bool {
+        let on_session = session.is_some_and(|session| {
+            self.attributes_ahead.contains_key(&session)
+                || self.sessions.get(&session).is_some_and(|s| {
+                    s.ops
+                        .iter()
+                        .any(|o| o.completed.is_some() || o.search.is_some())
+                })
+        });
+        on_session || (!self.attributes_ahead.is_empty() && changes_attributes(request))
+    }
+
+    /// The answer to a C_GetAttributeValue from a completed size query ([`AttributesAhead`]),
+    /// when it is that query's follow-up; drops what was kept when `request` makes it void.
+    pub fn serve_attributes(&mut self, request: &mut Request) -> Option<Response> {
+        if changes_attributes(request) {
+            self.attributes_ahead.clear();
+            return None;
+        }
+        let session = request.session_mut().copied()?;
+        let kept = self.attributes_ahead.get(&session)?;
+        let Request::GetAttributeValue {
+            object,
+            query: Array::Given(query),
+            ..
+        } = &*request
+        else {
+            self.attributes_ahead.remove(&session);
+            return None;
+        };
+        let same = kept.object == *object
+            && query.len() == kept.types.len()
+            && query.iter().zip(&kept.types).all(|(q, ty)| q.ty == *ty);
+        if same && query.iter().all(|q| q.want == Want::Len) {
+            return Some(Response::Attributes {
+                rv: wire(CKR_OK),
+                values: kept.lengths.clone(),
+            });
+        }
+        let fits = query
+            .iter()
+            .zip(&kept.lengths)
+            .all(|(q, l)| matches!((&q.want, l), (Want::Buffer(n), AttrOut::Len(len)) if n >= len));
+        let kept = self.attributes_ahead.remove(&session)?;
+        (same && fits).then_some(Response::Attributes {
+            rv: kept.rv,
+            values: kept.values,
         })
     }
 
@@ -650,8 +710,8 @@ impl Journal {
     /// for yet and that may be token objects (whose identity is worth reading): a session
     /// object made by this call cannot outlive its server.
     pub fn new_objects(&self, request: &Request, response: &mut Response) -> Vec<u64> {
-        let made = made_session_objects(request);
-        response_objects_mut(request, response)
+        let made = objects::made_session_objects(request);
+        objects::handed_out(request, response)
             .into_iter()
             .enumerate()
             .filter(|(i, h)| {
@@ -748,6 +808,37 @@ impl Journal {
                     data,
                 }),
             ),
+            Response::AttributesCompleted {
+                lengths,
+                rv,
+                values,
+            } => {
+                if let (Some(session), Some(object), Request::GetAttributeValue { query, .. }) =
+                    (shimmed.session, shimmed.objects[0], request)
+                {
+                    let types = match query {
+                        Array::Given(q) => q.iter().map(|q| q.ty).collect(),
+                        Array::Null(_) => Vec::new(),
+                    };
+                    self.attributes_ahead.insert(
+                        session,
+                        AttributesAhead {
+                            object,
+                            types,
+                            lengths: lengths.clone(),
+                            rv,
+                            values,
+                        },
+                    );
+                }
+                (
+                    Response::Attributes {
+                        rv: wire(CKR_OK),
+                        values: lengths,
+                    },
+                    None,
+                )
+            }
             r => (r, None),
         };
         let rv = response.rv();
@@ -821,10 +912,7 @@ impl Journal {
             Request::SetAttributeValue { template, .. } if rv == CKR_OK => {
                 let record = shimmed.objects[0].and_then(|v| self.objects.get_mut(&v));
                 if let Some(identity) = record.and_then(|o| o.identity.as_mut()) {
-                    for new in template
-                        .iter()
-                        .filter(|a| IDENTITY.iter().any(|(ty, _)| wire(*ty) == a.ty))
-                    {
+                    for new in template.iter().filter(|a| objects::is_identifying(a.ty)) {
                         identity.retain(|old| old.ty != new.ty);
                         identity.push(new.clone());
                     }
@@ -997,9 +1085,9 @@ impl Journal {
         identities: Vec<(u64, Option<Vec<Attribute>>)>,
     ) -> Response {
         let slot = session.and_then(|s| self.session_slot(s)).unwrap_or(0);
-        let made = made_session_objects(request);
+        let made = objects::made_session_objects(request);
         let mut identities: HashMap<u64, Option<Vec<Attribute>>> = identities.into_iter().collect();
-        for (i, h) in response_objects_mut(request, &mut response)
+        for (i, h) in objects::handed_out(request, &mut response)
             .into_iter()
             .enumerate()
         {
@@ -1070,70 +1158,27 @@ fn free_handle<T>(taken: &HashMap<u64, T>, real: u64, next_own: &mut u64) -> u64
     }
 }
 
-/// CKA_TOKEN in a template: `Some` when given (a `CK_BBOOL`, or one byte), `None` when absent.
-fn token_flag(template: &[Attribute]) -> Option<bool> {
-    template
-        .iter()
-        .find(|a| a.ty == wire(CKA_TOKEN))
-        .and_then(|a| match &a.value {
-            AttrValue::Bool(b) => Some(*b),
-            AttrValue::Bytes(b) if b.len() == 1 => Some(b[0] != 0),
-            _ => None,
-        })
-}
-
-/// Whether each object a creating request makes is a session object (CKA_TOKEN defaults to
-/// false, v2.40 §4.4; a copy keeps the original's unless the template says).
-fn made_session_objects(request: &Request) -> [bool; 2] {
-    let session = |t: &[Attribute]| token_flag(t) != Some(true);
-    match request {
-        Request::CreateObject { template, .. }
-        | Request::GenerateKey { template, .. }
-        | Request::UnwrapKey { template, .. }
-        | Request::DeriveKey { template, .. } => [session(template), false],
-        Request::CopyObject { template, .. } => [token_flag(template) == Some(false), false],
-        Request::GenerateKeyPair {
-            public_template,
-            private_template,
-            ..
-        } => [session(public_template), session(private_template)],
-        _ => [false, false],
-    }
-}
-
-/// The object handles a response to `request` carries, in order (C_GenerateKeyPair: the
-/// public key, then the private key): the one place that knows which answers hold handles.
-pub fn response_objects_mut<'r>(request: &Request, response: &'r mut Response) -> Vec<&'r mut u64> {
-    match (request, response) {
-        (
-            Request::CreateObject { .. }
-            | Request::CopyObject { .. }
-            | Request::GenerateKey { .. }
-            | Request::UnwrapKey { .. }
-            | Request::DeriveKey { .. },
-            Response::Handle(h),
-        ) => vec![h],
-        (
-            Request::GenerateKeyPair { .. },
-            Response::KeyPair {
-                public_key,
-                private_key,
-            },
-        ) => vec![public_key, private_key],
-        (Request::FindObjects { .. }, Response::Ulongs { values, .. })
-        | (
-            Request::FindObjectsInit { .. },
-            Response::Found {
-                objects: values, ..
-            },
-        ) => values.iter_mut().collect(),
-        _ => Vec::new(),
-    }
+/// Whether `request` may change what C_GetAttributeValue answers for an object the
+/// application holds: the object changed or destroyed, the token changed, a login or logout
+/// (private objects are visible only while logged in, v2.40 §6.7), a session closed (its
+/// session objects with it).
+fn changes_attributes(request: &Request) -> bool {
+    request.changes_token()
+        || matches!(
+            request,
+            Request::Login { .. }
+                | Request::LoginUser { .. }
+                | Request::Logout { .. }
+                | Request::CloseSession { .. }
+                | Request::CloseAllSessions { .. }
+                | Request::Finalize
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::attribute::AttrValue;
     use protocol::mechanism::{MechParam, Mechanism};
     use protocol::shape::{Out, Outputs};
 

@@ -339,12 +339,9 @@ impl Client {
         let session = request.session_mut().copied();
         let ahead = {
             let j = self.journal.read();
-            let ahead = session.is_some_and(|s| j.answers_ahead(s));
-            if !ahead && self.config.complete_size_queries {
-                journal::ask_completion(&mut request, &j);
-            }
-            if !ahead && self.config.prefetch_searches {
-                journal::ask_prefetch(&mut request, &j, SEARCH_AHEAD);
+            let ahead = j.answers_ahead(session, &request);
+            if !ahead {
+                self.ask_ahead(&mut request, &j);
             }
             ahead
         };
@@ -353,10 +350,13 @@ impl Client {
             if let Some(answer) = j.serve_completed(&mut request) {
                 return Ok(answer);
             }
+            if let Some(answer) = j.serve_attributes(&mut request) {
+                return Ok(answer);
+            }
             match j.serve_search(&mut request) {
                 Some(Served::All(answer)) => return Ok(answer),
                 Some(Served::Part(handles)) => prefix = handles,
-                None => {}
+                None => self.ask_ahead(&mut request, &j),
             }
             // Not served: the vendor gets its operation back first (`prepare`).
         }
@@ -454,6 +454,17 @@ impl Client {
             }
         }
         Err(self.lost_answer())
+    }
+
+    /// Asks the server to answer `request`'s follow-ups ahead, where the settings allow: a
+    /// size query completed, a search run ahead.
+    fn ask_ahead(&self, request: &mut Request, j: &Journal) {
+        if self.config.complete_size_queries {
+            journal::ask_completion(request, j);
+        }
+        if self.config.prefetch_searches {
+            journal::ask_prefetch(request, j, SEARCH_AHEAD);
+        }
     }
 
     /// Puts the server's handles into `request` for the server `conn` reached: at once on the
@@ -575,8 +586,9 @@ impl Client {
     }
 
     /// Records the answer in the journal and gives it the shim's handles. With recovery on,
-    /// each token object handed out for the first time has its identifying attributes read
-    /// now, while its server is there to answer. `None` when the journal has moved to another
+    /// each token object handed out for the first time is recorded with its identity, which
+    /// the server sent with the answer (or, when another thread got it, is asked for now,
+    /// while its server is there to answer). `None` when the journal has moved to another
     /// server instance since the request was sent, unless the answer is one of a call that
     /// changed the token and carries no handle (its record holds nothing of the old server).
     fn record(
@@ -590,20 +602,25 @@ impl Client {
         if !journal::records(request) {
             return Some(response);
         }
-        let mut identities = Vec::new();
+        let mut identities = conn.take_identities();
         if self.config.recovery {
             let new = self.journal.read().new_objects(request, &mut response);
-            if let Some(session) = request.session_mut().copied() {
-                for real in new {
-                    let identity = recovery::identity(conn, session, real).unwrap_or(None);
-                    identities.push((real, identity));
-                }
+            let missing: Vec<u64> = new
+                .into_iter()
+                .filter(|h| !identities.iter().any(|i| i.object == *h))
+                .collect();
+            if let (false, Some(session)) = (missing.is_empty(), request.session_mut().copied()) {
+                identities.extend(recovery::identify(conn, session, missing).unwrap_or_default());
             }
         }
+        let identities = identities
+            .into_iter()
+            .map(|i| (i.object, i.attributes))
+            .collect();
         let keep_pin = self.config.recovery && self.config.keep_pin;
         let mut j = self.journal.write();
         let handle_free = request.changes_token()
-            && journal::response_objects_mut(request, &mut response).is_empty();
+            && protocol::objects::handed_out(request, &mut response).is_empty();
         if j.instance != conn.instance() && !handle_free {
             return None;
         }

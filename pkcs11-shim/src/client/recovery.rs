@@ -19,60 +19,27 @@
 use std::time::Instant;
 
 use cryptoki_sys::*;
-use protocol::attribute::{AttrOut, AttrQuery, AttrValue, Attribute, Want};
+use protocol::attribute::Attribute;
 use protocol::message::{Request, Response};
+use protocol::objects::Identity;
 use protocol::shape::Outputs;
 use protocol::ProtocolError;
 
 use super::connection::Connection;
-use super::journal::{Journal, OpKind, IDENTITY};
+use super::journal::{Journal, OpKind};
 use super::log::{log, LogLevel};
-use crate::ffi::wire;
 
-/// The identifying attributes of a token object, or `None` for a session object (or one
-/// whose attributes cannot be read): such a handle cannot survive a restart.
-pub fn identity(
+/// The identity of each of `objects` (server handles) handed out earlier without one (the
+/// server sends it with the answer that hands an object out, once per application: another
+/// thread may have got it). `None` for a session object: such a handle cannot survive a
+/// restart.
+pub fn identify(
     conn: &mut Connection,
     session: u64,
-    object: u64,
-) -> Result<Option<Vec<Attribute>>, ProtocolError> {
-    let query = IDENTITY
-        .iter()
-        .map(|&(ty, units)| AttrQuery {
-            ty: wire(ty),
-            want: Want::Buffer(units),
-        })
-        .collect();
-    let response = conn.call(&Request::GetAttributeValue {
-        session,
-        object,
-        query,
-    })?;
-    let Response::Attributes { rv, values } = response else {
-        return Ok(None);
-    };
-    // Per-attribute answers are meaningful with these return values (v2.40 §5.7.5).
-    if !matches!(
-        rv,
-        CKR_OK | CKR_ATTRIBUTE_TYPE_INVALID | CKR_ATTRIBUTE_SENSITIVE | CKR_BUFFER_TOO_SMALL
-    ) {
-        return Ok(None);
-    }
-    let attributes: Vec<Attribute> = IDENTITY
-        .iter()
-        .zip(values)
-        .filter_map(|(&(ty, _), out)| match out {
-            AttrOut::Value(value) => Some(Attribute {
-                ty: wire(ty),
-                value,
-            }),
-            _ => None,
-        })
-        .collect();
-    let token = attributes
-        .iter()
-        .any(|a| a.ty == wire(CKA_TOKEN) && a.value == AttrValue::Bool(true));
-    Ok(token.then_some(attributes))
+    objects: Vec<u64>,
+) -> Result<Vec<Identity>, ProtocolError> {
+    conn.call(&Request::IdentifyObjects { session, objects })?;
+    Ok(conn.take_identities())
 }
 
 /// Re-creates the journal's state on the server `conn` reached. Holds the journal for its

@@ -10,7 +10,7 @@
 //! application from one vendor instance; each application then owns the sessions it opened,
 //! and a session handle of another answers `CKR_SESSION_HANDLE_INVALID`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::BufReader;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,15 +45,40 @@ pub struct App {
     shared_vendor: bool,
     /// Session handle to the slot it was opened on.
     sessions: Mutex<HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>>,
+    /// The shim asked for the identity of the objects handed out (hello flag).
+    pub identify_objects: bool,
+    /// The objects whose identity it was sent (`identify`).
+    identified: Mutex<HashSet<u64>>,
 }
 
+/// Most objects remembered as identified for one application; past it the memory starts
+/// again (an object is then identified once more: a vendor call, never a wrong answer).
+const MAX_IDENTIFIED: usize = 65_536;
+
 impl App {
-    fn new(id: u64, shared_vendor: bool) -> Self {
+    fn new(id: u64, shared_vendor: bool, identify_objects: bool) -> Self {
         Self {
             id,
             shared_vendor,
             sessions: Mutex::new(HashMap::new()),
+            identify_objects,
+            identified: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether `object` is handed out to the application for the first time (its identity
+    /// is to be sent); it is remembered as sent from now on.
+    pub fn first_handout(&self, object: u64) -> bool {
+        let mut identified = self.identified.lock();
+        if identified.len() >= MAX_IDENTIFIED {
+            identified.clear();
+        }
+        identified.insert(object)
+    }
+
+    /// `object` was destroyed: its handle may name another object later.
+    pub fn forget_object(&self, object: u64) {
+        self.identified.lock().remove(&object);
     }
 
     /// Whether other applications share this application's vendor instance.
@@ -233,7 +258,7 @@ impl Shared {
 
     /// Attaches a connection of the application named by `key`; `Err` with a reason when the
     /// hello is not for this worker.
-    fn attach(&self, key: &AppKey) -> Result<Arc<App>, String> {
+    fn attach(&self, key: &AppKey, identify_objects: bool) -> Result<Arc<App>, String> {
         let mut apps = self.apps.lock();
         if let Role::Application(route) = self.settings.role {
             if routing_id(&key.0) != route {
@@ -248,6 +273,7 @@ impl Shared {
             app: Arc::new(App::new(
                 self.next_app.fetch_add(1, Ordering::Relaxed),
                 shared_vendor,
+                identify_objects,
             )),
             connections: 0,
             left_at: None,
@@ -521,7 +547,7 @@ fn handshake(
         return None;
     }
     let key = (hello.client_id, identity);
-    let app = match shared.attach(&key) {
+    let app = match shared.attach(&key, hello.identify_objects) {
         Ok(app) => app,
         Err(reason) => {
             release();

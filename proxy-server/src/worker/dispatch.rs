@@ -2,12 +2,16 @@
 //! builds the response. Each arm is the server side of one PKCS#11 function.
 
 use cryptoki_sys::*;
+use protocol::attribute::{completable, follow_up};
 use protocol::frame::MAX_DATA_LEN;
 use protocol::message::{Info, MechanismInfo, Request, Response, SessionInfo, SlotInfo, TokenInfo};
+use protocol::objects::Handout;
+use protocol::shape::Array;
 use protocol::shape::Outputs;
 
 use super::backend::{InitFn, Output};
 use super::connection::{App, Shared};
+use super::identify;
 use super::mechanism::{CMechanism, CMsgParam};
 use super::template::{to_ulong, wire, CTemplate};
 
@@ -19,9 +23,18 @@ pub fn dispatch(shared: &Shared, app: &App, request: Request) -> Response {
     if let Some(rv) = shared.policy.check(&request) {
         return Response::Rv(wire(rv));
     }
-    match call(shared, app, request) {
+    // The identity of the objects an answer hands out travels with it (one round trip), read
+    // as the application itself could read it (not where C_GetAttributeValue is denied).
+    let handout = (app.identify_objects && shared.policy.allows("C_GetAttributeValue"))
+        .then(|| Handout::of(&request))
+        .flatten();
+    let answer = match call(shared, app, request) {
         Ok(r) => r,
         Err(rv) => Response::Rv(rv),
+    };
+    match handout {
+        Some(handout) => identify::with_identities(shared, app, handout, answer),
+        None => answer,
     }
 }
 
@@ -323,6 +336,9 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             let s = app.check(session)?;
             let h = object_handle(object)?;
             let r = b.destroy_object(s, h);
+            if r == CKR_OK {
+                app.forget_object(object);
+            }
             rv(r)
         }
         Request::GetObjectSize {
@@ -339,13 +355,34 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             session,
             object,
             query,
+            complete,
         } => {
             let s = app.check(session)?;
+            let h = object_handle(object)?;
             let mut t = CTemplate::for_query(&query)?;
-            let r = b.get_attribute_value(s, object_handle(object)?, &mut t);
-            Ok(Response::Attributes {
-                rv: wire(r),
-                values: t.results(),
+            let r = b.get_attribute_value(s, h, &mut t);
+            let lengths = t.results();
+            // The application's next call, made now (v2.40 §5.2, §5.7.5): the values, in
+            // buffers of the lengths the vendor gave (none too large for one frame).
+            let real = match (&query, complete && r == CKR_OK) {
+                (Array::Given(q), true) if completable(&query) => {
+                    follow_up(q, &lengths).and_then(|real| CTemplate::for_query(&real.into()).ok())
+                }
+                _ => None,
+            };
+            Ok(match real {
+                Some(mut real) => {
+                    let rv = b.get_attribute_value(s, h, &mut real);
+                    Response::AttributesCompleted {
+                        lengths,
+                        rv: wire(rv),
+                        values: real.results(),
+                    }
+                }
+                None => Response::Attributes {
+                    rv: wire(r),
+                    values: lengths,
+                },
             })
         }
         Request::SetAttributeValue {
@@ -402,6 +439,12 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::FindObjectsFinal { session } => {
             rv(b.session(f.C_FindObjectsFinal, app.check(session)?))
         }
+        Request::IdentifyObjects { session, objects } => Ok(identify::identify(
+            shared,
+            app,
+            app.check(session)?,
+            objects,
+        )),
 
         // Encryption, decryption, digest, sign, verify (v2.40 §5.8 to §5.13).
         Request::EncryptInit {

@@ -13,6 +13,7 @@
 mod backend;
 mod connection;
 mod dispatch;
+mod identify;
 mod mechanism;
 mod template;
 
