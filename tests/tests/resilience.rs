@@ -897,3 +897,200 @@ fn over_mutual_tls_a_restart_is_invisible_too() {
     assert_eq!(sign_digest(&m, s), CKR_OK);
     assert_eq!(unsafe { fabric_sign(&m, s) }, CKR_OK);
 }
+
+/// The label of `object` (64 bytes at most), or the call's error.
+fn label_of(
+    m: &RawModule,
+    s: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+) -> Result<Vec<u8>, CK_RV> {
+    let mut label = [0u8; 64];
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: label.as_mut_ptr().cast(),
+        ulValueLen: 64,
+    }];
+    // SAFETY: a 64-byte buffer.
+    match unsafe { m.f().C_GetAttributeValue.unwrap()(s, object, t.as_mut_ptr(), 1) } {
+        CKR_OK => Ok(label[..t[0].ulValueLen as usize].to_vec()),
+        rv => Err(rv),
+    }
+}
+
+#[test]
+fn every_answer_that_hands_out_a_token_object_carries_its_identity_across_a_restart() {
+    // Token objects handed out by each kind of answer (created, generated, copied, unwrapped,
+    // found by a search that names their class and by one that does not, in another
+    // application): their identity comes with the answer (no C_GetAttributeValue is made
+    // for it), and each handle still names its object after the server is killed and
+    // started again.
+    let hsm = SoftHsm::new("identities");
+    let dir = TempDir::new("identities");
+    let address = unix_address(&dir);
+    let args = [
+        "--module",
+        SOFTHSM,
+        "--listen",
+        &address,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut server = ProxyServer::start_with(&hsm, &args, &[]);
+    let reads = || {
+        let text = tests::http_get(&server.metrics_address(), "/metrics").1;
+        text.lines()
+            .filter(|l| l.starts_with("pkcs11_proxy_calls_total{function=\"C_GetAttributeValue\""))
+            .count()
+    };
+    let m = client(&address, &dir, &[]);
+    let f = m.f();
+    let s = m.open_rw(m.first_slot());
+    assert_eq!(m.login(s, PIN), CKR_OK);
+    let tru = [CK_TRUE];
+    let data_class = CKO_DATA.to_ne_bytes();
+    let secret = CKO_SECRET_KEY.to_ne_bytes();
+    let aes = CKK_AES.to_ne_bytes();
+    let len32 = (32 as CK_ULONG).to_ne_bytes();
+    let mut objects: Vec<(&str, CK_OBJECT_HANDLE)> = Vec::new();
+    // SAFETY: valid templates, mechanisms and out pointers throughout.
+    unsafe {
+        let mut t = [
+            attr(CKA_CLASS, &data_class),
+            attr(CKA_TOKEN, &tru),
+            attr(CKA_LABEL, b"made"),
+            attr(CKA_APPLICATION, b"identities"),
+            attr(CKA_VALUE, b"value"),
+        ];
+        let mut made = 0;
+        assert_eq!(
+            f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 5, &mut made),
+            CKR_OK
+        );
+        objects.push(("made", made));
+        let mut t = [attr(CKA_LABEL, b"copy")];
+        let mut copy = 0;
+        assert_eq!(
+            f.C_CopyObject.unwrap()(s, made, t.as_mut_ptr(), 1, &mut copy),
+            CKR_OK
+        );
+        objects.push(("copy", copy));
+        let mut gen = CK_MECHANISM {
+            mechanism: CKM_AES_KEY_GEN,
+            pParameter: ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        let mut t = [
+            attr(CKA_TOKEN, &tru),
+            attr(CKA_LABEL, b"wrapping"),
+            attr(CKA_ID, b"wrapping-id"),
+            attr(CKA_VALUE_LEN, &len32),
+            attr(CKA_WRAP, &tru),
+            attr(CKA_UNWRAP, &tru),
+        ];
+        let mut wrapping = 0;
+        assert_eq!(
+            f.C_GenerateKey.unwrap()(s, &mut gen, t.as_mut_ptr(), 6, &mut wrapping),
+            CKR_OK
+        );
+        objects.push(("wrapping", wrapping));
+        let mut t = [attr(CKA_VALUE_LEN, &len32), attr(CKA_EXTRACTABLE, &tru)];
+        let mut plain = 0;
+        assert_eq!(
+            f.C_GenerateKey.unwrap()(s, &mut gen, t.as_mut_ptr(), 2, &mut plain),
+            CKR_OK
+        );
+        let mut wrap = CK_MECHANISM {
+            mechanism: CKM_AES_KEY_WRAP,
+            pParameter: ptr::null_mut(),
+            ulParameterLen: 0,
+        };
+        let mut wrapped = [0u8; 64];
+        let mut wrapped_len: CK_ULONG = 64;
+        assert_eq!(
+            f.C_WrapKey.unwrap()(
+                s,
+                &mut wrap,
+                wrapping,
+                plain,
+                wrapped.as_mut_ptr(),
+                &mut wrapped_len
+            ),
+            CKR_OK
+        );
+        let mut t = [
+            attr(CKA_CLASS, &secret),
+            attr(CKA_KEY_TYPE, &aes),
+            attr(CKA_TOKEN, &tru),
+            attr(CKA_LABEL, b"unwrapped"),
+        ];
+        let mut unwrapped = 0;
+        assert_eq!(
+            f.C_UnwrapKey.unwrap()(
+                s,
+                &mut wrap,
+                wrapping,
+                wrapped.as_mut_ptr(),
+                wrapped_len,
+                t.as_mut_ptr(),
+                4,
+                &mut unwrapped
+            ),
+            CKR_OK
+        );
+        objects.push(("unwrapped", unwrapped));
+    }
+    // Another application finds them: by class, and with no class in the template.
+    let dir2 = TempDir::new("identities2");
+    let other = client(&address, &dir2, &[]);
+    let s2 = other.open_rw(other.first_slot());
+    // Its own login (logins are per application: its vendor instance is its own).
+    assert_eq!(other.login(s2, PIN), CKR_OK);
+    let search = |template: &mut [CK_ATTRIBUTE]| {
+        let mut found = [0 as CK_OBJECT_HANDLE; 8];
+        let mut n = 0;
+        // SAFETY: valid template and buffers.
+        unsafe {
+            let f = other.f();
+            assert_eq!(
+                f.C_FindObjectsInit.unwrap()(s2, template.as_mut_ptr(), template.len() as CK_ULONG),
+                CKR_OK
+            );
+            assert_eq!(
+                f.C_FindObjects.unwrap()(s2, found.as_mut_ptr(), 8, &mut n),
+                CKR_OK
+            );
+            assert_eq!(f.C_FindObjectsFinal.unwrap()(s2), CKR_OK);
+        }
+        found[..n as usize].to_vec()
+    };
+    let by_class = search(&mut [
+        attr(CKA_CLASS, &data_class),
+        attr(CKA_APPLICATION, b"identities"),
+    ]);
+    assert_eq!(by_class.len(), 2);
+    let any_class = search(&mut [attr(CKA_LABEL, b"wrapping")]);
+    assert_eq!(any_class.len(), 1);
+    assert_eq!(
+        reads(),
+        0,
+        "an identity was read apart from the answer that handed it out"
+    );
+
+    server.kill();
+    let _server = ProxyServer::start(&hsm, &address);
+    for (label, object) in &objects {
+        assert_eq!(
+            label_of(&m, s, *object).as_deref(),
+            Ok(label.as_bytes()),
+            "{label}"
+        );
+    }
+    for object in &by_class {
+        let label = label_of(&other, s2, *object).unwrap();
+        assert!(label == b"made" || label == b"copy", "{label:?}");
+    }
+    assert_eq!(
+        label_of(&other, s2, any_class[0]).as_deref(),
+        Ok(&b"wrapping"[..])
+    );
+}
