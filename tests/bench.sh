@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-3}
 shift || true
 ops=("$@")
-[ ${#ops[@]} -gt 0 ] || ops=(random digest-sha256 find-object sign-ecdsa-p256 fabric fabric-endorse)
+[ ${#ops[@]} -gt 0 ] || ops=(random digest-sha256 find-object sign-ecdsa-p256 fabric fabric-endorse get-attributes)
 threads=(1 8 64)
 
 cargo build --release --workspace --bins --lib -q

@@ -56,6 +56,8 @@ fn p11bench_reports_direct_and_proxy_figures() {
         "digest-sha256",
         "find-object",
         "fabric",
+        "fabric-endorse",
+        "get-attributes",
     ] {
         for module in [SOFTHSM, shim.to_str().unwrap()] {
             let json = bench(module, &hsm, &server, op, "2");

@@ -32,6 +32,9 @@ enum Op {
     FindObject,
     Fabric,
     FabricEndorse,
+    /// C_GetAttributeValue's two calls (lengths, then values) of CKA_EC_PARAMS and
+    /// CKA_EC_POINT on a public key, as Fabric's BCCSP reads one.
+    GetAttributes,
 }
 
 #[derive(Parser, Debug)]
@@ -102,7 +105,7 @@ fn setup(m: &RawModule, s: CK_SESSION_HANDLE, op: Op) -> CK_OBJECT_HANDLE {
     let f = m.f();
     let (tru, fals) = ([CK_TRUE], [CK_FALSE]);
     match op {
-        Op::SignEcdsaP256 | Op::Fabric | Op::FabricEndorse => {
+        Op::SignEcdsaP256 | Op::Fabric | Op::FabricEndorse | Op::GetAttributes => {
             let mut public = [
                 attr(CKA_EC_PARAMS, P256),
                 attr(CKA_TOKEN, &fals),
@@ -129,7 +132,10 @@ fn setup(m: &RawModule, s: CK_SESSION_HANDLE, op: Op) -> CK_OBJECT_HANDLE {
                 )
             };
             check("EC P-256 key generation", rv).unwrap();
-            private_key
+            match op {
+                Op::GetAttributes => public_key,
+                _ => private_key,
+            }
         }
         Op::FindObject => {
             let class = CKO_DATA.to_ne_bytes();
@@ -240,6 +246,28 @@ fn one(m: &RawModule, s: CK_SESSION_HANDLE, op: Op, key: CK_OBJECT_HANDLE) -> Re
                 f.C_SignInit.unwrap()(s, &mut mechanism(CKM_ECDSA), key)
             })?;
             two_call("C_Sign", f.C_Sign.unwrap(), s, &DIGEST)
+        }
+        Op::GetAttributes => {
+            let mut t = [attr(CKA_EC_PARAMS, &[]), attr(CKA_EC_POINT, &[])];
+            for a in &mut t {
+                a.pValue = ptr::null_mut();
+            }
+            // SAFETY: a template of NULL values asks the lengths.
+            check("C_GetAttributeValue (lengths)", unsafe {
+                f.C_GetAttributeValue.unwrap()(s, key, t.as_mut_ptr(), 2)
+            })?;
+            let mut params = vec![0u8; t[0].ulValueLen as usize];
+            let mut point = vec![0u8; t[1].ulValueLen as usize];
+            t[0].pValue = params.as_mut_ptr().cast();
+            t[1].pValue = point.as_mut_ptr().cast();
+            // SAFETY: buffers of the lengths the module gave.
+            check("C_GetAttributeValue", unsafe {
+                f.C_GetAttributeValue.unwrap()(s, key, t.as_mut_ptr(), 2)
+            })?;
+            if params != P256 {
+                return Err("CKA_EC_PARAMS differs".into());
+            }
+            Ok(())
         }
         Op::FindObject => {
             let mut t = [attr(CKA_LABEL, LABEL)];
