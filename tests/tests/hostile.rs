@@ -48,6 +48,10 @@ fn payloads() -> Vec<Vec<u8>> {
             },
             key: 1,
         },
+        Request::IdentifyObjects {
+            session: 1,
+            objects: vec![1, 2, 3],
+        },
         Request::GetAttributeValue {
             session: 1,
             object: 1,

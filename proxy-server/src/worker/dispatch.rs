@@ -439,12 +439,18 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         Request::FindObjectsFinal { session } => {
             rv(b.session(f.C_FindObjectsFinal, app.check(session)?))
         }
-        Request::IdentifyObjects { session, objects } => Ok(identify::identify(
-            shared,
-            app,
-            app.check(session)?,
-            objects,
-        )),
+        Request::IdentifyObjects { session, objects } => {
+            let s = app.check(session)?;
+            // No more than one C_FindObjects hands out.
+            if objects.len() as u64 > MAX_FIND_COUNT {
+                tracing::warn!(
+                    objects = objects.len(),
+                    "identities of more objects than one search hands out"
+                );
+                return Err(CKR_ARGUMENTS_BAD);
+            }
+            Ok(identify::identify(shared, app, s, objects))
+        }
 
         // Encryption, decryption, digest, sign, verify (v2.40 §5.8 to §5.13).
         Request::EncryptInit {
