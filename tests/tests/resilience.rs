@@ -919,7 +919,8 @@ fn label_of(
 
 #[test]
 fn every_answer_that_hands_out_a_token_object_carries_its_identity_across_a_restart() {
-    // Token objects handed out by each kind of answer (created, generated, copied, unwrapped,
+    // Token objects handed out by each kind of answer (created: a data object and a
+    // certificate, generated, copied, unwrapped,
     // found by a search that names their class and by one that does not, in another
     // application): their identity comes with the answer (no C_GetAttributeValue is made
     // for it), and each handle still names its object after the server is killed and
@@ -967,6 +968,23 @@ fn every_answer_that_hands_out_a_token_object_carries_its_identity_across_a_rest
             CKR_OK
         );
         objects.push(("made", made));
+        let cert_class = CKO_CERTIFICATE.to_ne_bytes();
+        let x509 = CKC_X_509.to_ne_bytes();
+        let mut t = [
+            attr(CKA_CLASS, &cert_class),
+            attr(CKA_CERTIFICATE_TYPE, &x509),
+            attr(CKA_TOKEN, &tru),
+            attr(CKA_LABEL, b"certificate"),
+            attr(CKA_ID, b"certificate-id"),
+            attr(CKA_SUBJECT, b"subject"),
+            attr(CKA_VALUE, b"certificate value"),
+        ];
+        let mut certificate = 0;
+        assert_eq!(
+            f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 7, &mut certificate),
+            CKR_OK
+        );
+        objects.push(("certificate", certificate));
         let mut t = [attr(CKA_LABEL, b"copy")];
         let mut copy = 0;
         assert_eq!(
