@@ -919,12 +919,11 @@ fn label_of(
 
 #[test]
 fn every_answer_that_hands_out_a_token_object_carries_its_identity_across_a_restart() {
-    // Token objects handed out by each kind of answer (created: a data object and a
-    // certificate, generated, copied, unwrapped,
-    // found by a search that names their class and by one that does not, in another
-    // application): their identity comes with the answer (no C_GetAttributeValue is made
-    // for it), and each handle still names its object after the server is killed and
-    // started again.
+    // Token objects handed out by each kind of answer (a data object and a certificate
+    // created, a copy, a key generated, one unwrapped; found, in another application, by a
+    // search that names their class and by one that does not): their identity comes with the
+    // answer (no C_GetAttributeValue is made for it), and each handle still names its object
+    // after the server is killed and started again.
     let hsm = SoftHsm::new("identities");
     let dir = TempDir::new("identities");
     let address = unix_address(&dir);
