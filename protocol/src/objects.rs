@@ -204,6 +204,16 @@ pub fn handed_out<'r>(request: &Request, response: &'r mut Response) -> Vec<&'r 
 }
 
 impl Handout {
+    /// Whether object `i` of the answer is a session object the request made.
+    pub fn makes_session_object(&self, i: usize) -> bool {
+        self.made_session_objects.get(i).copied().unwrap_or(false)
+    }
+
+    /// Object `i`'s class, where the request fixes it.
+    pub fn class(&self, i: usize) -> Option<u64> {
+        self.classes.get(i).copied().flatten()
+    }
+
     /// The object handles the answer to this handout's request carries, in order: the one
     /// place that knows which answers hold handles.
     pub fn objects<'r>(&self, response: &'r mut Response) -> Vec<&'r mut u64> {

@@ -39,20 +39,10 @@ pub fn with_identities(
         .into_iter()
         .map(|(i, object)| Identity {
             object,
-            attributes: if handout
-                .made_session_objects
-                .get(i)
-                .copied()
-                .unwrap_or(false)
-            {
+            attributes: if handout.makes_session_object(i) {
                 None
             } else {
-                read(
-                    shared,
-                    session,
-                    object,
-                    handout.classes.get(i).copied().flatten(),
-                )
+                read(shared, session, object, handout.class(i))
             },
         })
         .collect();
