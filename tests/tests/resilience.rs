@@ -952,38 +952,36 @@ fn every_answer_that_hands_out_a_token_object_carries_its_identity_across_a_rest
     let aes = CKK_AES.to_ne_bytes();
     let len32 = (32 as CK_ULONG).to_ne_bytes();
     let mut objects: Vec<(&str, CK_OBJECT_HANDLE)> = Vec::new();
+    let create = |t: &mut [CK_ATTRIBUTE]| {
+        let mut h = 0;
+        // SAFETY: a valid template and out pointer.
+        let rv =
+            unsafe { f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), t.len() as CK_ULONG, &mut h) };
+        assert_eq!(rv, CKR_OK);
+        h
+    };
+    let made = create(&mut [
+        attr(CKA_CLASS, &data_class),
+        attr(CKA_TOKEN, &tru),
+        attr(CKA_LABEL, b"made"),
+        attr(CKA_APPLICATION, b"identities"),
+        attr(CKA_VALUE, b"value"),
+    ]);
+    objects.push(("made", made));
+    let cert_class = CKO_CERTIFICATE.to_ne_bytes();
+    let x509 = CKC_X_509.to_ne_bytes();
+    let certificate = create(&mut [
+        attr(CKA_CLASS, &cert_class),
+        attr(CKA_CERTIFICATE_TYPE, &x509),
+        attr(CKA_TOKEN, &tru),
+        attr(CKA_LABEL, b"certificate"),
+        attr(CKA_ID, b"certificate-id"),
+        attr(CKA_SUBJECT, b"subject"),
+        attr(CKA_VALUE, b"certificate value"),
+    ]);
+    objects.push(("certificate", certificate));
     // SAFETY: valid templates, mechanisms and out pointers throughout.
     unsafe {
-        let mut t = [
-            attr(CKA_CLASS, &data_class),
-            attr(CKA_TOKEN, &tru),
-            attr(CKA_LABEL, b"made"),
-            attr(CKA_APPLICATION, b"identities"),
-            attr(CKA_VALUE, b"value"),
-        ];
-        let mut made = 0;
-        assert_eq!(
-            f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 5, &mut made),
-            CKR_OK
-        );
-        objects.push(("made", made));
-        let cert_class = CKO_CERTIFICATE.to_ne_bytes();
-        let x509 = CKC_X_509.to_ne_bytes();
-        let mut t = [
-            attr(CKA_CLASS, &cert_class),
-            attr(CKA_CERTIFICATE_TYPE, &x509),
-            attr(CKA_TOKEN, &tru),
-            attr(CKA_LABEL, b"certificate"),
-            attr(CKA_ID, b"certificate-id"),
-            attr(CKA_SUBJECT, b"subject"),
-            attr(CKA_VALUE, b"certificate value"),
-        ];
-        let mut certificate = 0;
-        assert_eq!(
-            f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 7, &mut certificate),
-            CKR_OK
-        );
-        objects.push(("certificate", certificate));
         let mut t = [attr(CKA_LABEL, b"copy")];
         let mut copy = 0;
         assert_eq!(
