@@ -177,7 +177,7 @@ fn token_flag(template: &[Attribute]) -> Option<bool> {
 
 /// Whether each object a creating request makes is a session object (CKA_TOKEN defaults to
 /// false, v2.40 §4.4; a copy keeps the original's unless the template says).
-pub fn made_session_objects(request: &Request) -> [bool; 2] {
+fn made_session_objects(request: &Request) -> [bool; 2] {
     let session = |t: &[Attribute]| token_flag(t) != Some(true);
     match request {
         Request::CreateObject { template, .. }

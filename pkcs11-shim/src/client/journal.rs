@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use cryptoki_sys::*;
 use protocol::attribute::{completable, AttrOut, Attribute, Want};
 use protocol::message::{Pin, Request, Response};
-use protocol::objects;
+use protocol::objects::{self, Handout, Identity};
 use protocol::shape::{Array, Bytes, Out};
 
 use crate::ffi::{narrow, wire, Rv};
@@ -710,12 +710,15 @@ impl Journal {
     /// for yet and that may be token objects (whose identity is worth reading): a session
     /// object made by this call cannot outlive its server.
     pub fn new_objects(&self, request: &Request, response: &mut Response) -> Vec<u64> {
-        let made = objects::made_session_objects(request);
-        objects::handed_out(request, response)
+        let Some(handout) = Handout::of(request) else {
+            return Vec::new();
+        };
+        handout
+            .objects(response)
             .into_iter()
             .enumerate()
             .filter(|(i, h)| {
-                !made.get(*i).copied().unwrap_or(false)
+                !handout.makes_session_object(*i)
                     && **h != wire(CK_INVALID_HANDLE)
                     && !self.by_real.contains_key(*h)
             })
@@ -783,7 +786,7 @@ impl Journal {
         init: Option<Request>,
         response: Response,
         keep_pin: bool,
-        identities: Vec<(u64, Option<Vec<Attribute>>)>,
+        identities: Vec<Identity>,
     ) -> Response {
         // A completed size query: the application sees the size query's answer; the real
         // call's is kept with the operation.
@@ -1082,15 +1085,17 @@ impl Journal {
         request: &Request,
         mut response: Response,
         session: Option<u64>,
-        identities: Vec<(u64, Option<Vec<Attribute>>)>,
+        identities: Vec<Identity>,
     ) -> Response {
+        let Some(handout) = Handout::of(request) else {
+            return response;
+        };
         let slot = session.and_then(|s| self.session_slot(s)).unwrap_or(0);
-        let made = objects::made_session_objects(request);
-        let mut identities: HashMap<u64, Option<Vec<Attribute>>> = identities.into_iter().collect();
-        for (i, h) in objects::handed_out(request, &mut response)
+        let mut identities: HashMap<u64, Option<Vec<Attribute>>> = identities
             .into_iter()
-            .enumerate()
-        {
+            .map(|i| (i.object, i.attributes))
+            .collect();
+        for (i, h) in handout.objects(&mut response).into_iter().enumerate() {
             if *h == wire(CK_INVALID_HANDLE) {
                 continue;
             }
@@ -1105,7 +1110,7 @@ impl Journal {
                             v
                         }
                         None => {
-                            let owner = session.filter(|_| made.get(i).copied().unwrap_or(false));
+                            let owner = session.filter(|_| handout.makes_session_object(i));
                             self.add_object(*h, slot, identity, owner)
                         }
                     }
@@ -1346,7 +1351,10 @@ mod tests {
                     values: vec![real],
                 },
                 true,
-                vec![(real, Some(identity))],
+                vec![Identity {
+                    object: real,
+                    attributes: Some(identity),
+                }],
             )
         };
         let found = find(&mut j, 20, reversed);

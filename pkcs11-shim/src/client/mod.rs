@@ -613,10 +613,6 @@ impl Client {
                 identities.extend(recovery::identify(conn, session, missing).unwrap_or_default());
             }
         }
-        let identities = identities
-            .into_iter()
-            .map(|i| (i.object, i.attributes))
-            .collect();
         let keep_pin = self.config.recovery && self.config.keep_pin;
         let mut j = self.journal.write();
         let handle_free = request.changes_token()

@@ -615,7 +615,7 @@ fn request_loop(
 /// Answers that are part of normal PKCS#11 use, logged at debug rather than as failures: the
 /// two-call convention (v2.40 §5.2), Fabric's login on every session, and the per-attribute
 /// results of C_GetAttributeValue (v2.40 §5.7.5: an attribute the object does not have, or
-/// may not reveal), which clients (and the shim's recovery) meet asking for several at once.
+/// may not reveal), which clients meet asking for several at once.
 fn is_routine(function: &str, rv: CK_RV) -> bool {
     match rv {
         CKR_BUFFER_TOO_SMALL | CKR_USER_ALREADY_LOGGED_IN => true,
