@@ -79,6 +79,33 @@ fn call(
     buf
 }
 
+/// An EC P-256 key pair (session objects) with the private key's template `private`: the
+/// return value, the public key and the private key.
+fn ec_key_pair(
+    m: &RawModule,
+    s: CK_SESSION_HANDLE,
+    private: &mut [CK_ATTRIBUTE],
+) -> (CK_RV, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
+    let ec = [0x06u8, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let tru = [CK_TRUE];
+    let mut public = [attr(CKA_EC_PARAMS, &ec), attr(CKA_VERIFY, &tru)];
+    let (mut public_key, mut private_key) = (0, 0);
+    // SAFETY: valid templates, mechanism and out pointers.
+    let rv = unsafe {
+        m.f().C_GenerateKeyPair.unwrap()(
+            s,
+            &mut mech(CKM_EC_KEY_PAIR_GEN, &mut []),
+            public.as_mut_ptr(),
+            2,
+            private.as_mut_ptr(),
+            private.len() as CK_ULONG,
+            &mut public_key,
+            &mut private_key,
+        )
+    };
+    (rv, public_key, private_key)
+}
+
 /// The sequences, on module `m` (initialised, its token with the user PIN set).
 fn scenario(m: &RawModule) -> Vec<Step> {
     let f = m.f();
@@ -268,26 +295,7 @@ fn scenario(m: &RawModule) -> Vec<Step> {
         true,
     );
     // 10. Signing (ECDSA: random signatures; lengths, return values and verification).
-    let (ec, tru) = (
-        [0x06u8, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-        [CK_TRUE],
-    );
-    let mut public = [attr(CKA_EC_PARAMS, &ec), attr(CKA_VERIFY, &tru)];
-    let mut private = [attr(CKA_SIGN, &tru)];
-    let (mut pubkey, mut key) = (0, 0);
-    // SAFETY: valid templates and out pointers.
-    let rv = unsafe {
-        f.C_GenerateKeyPair.unwrap()(
-            s,
-            &mut mech(CKM_EC_KEY_PAIR_GEN, &mut []),
-            public.as_mut_ptr(),
-            2,
-            private.as_mut_ptr(),
-            1,
-            &mut pubkey,
-            &mut key,
-        )
-    };
+    let (rv, pubkey, key) = ec_key_pair(m, s, &mut [attr(CKA_SIGN, &tru)]);
     rec(&mut steps, "GenerateKeyPair(EC)", rv);
     let sign = f.C_Sign.unwrap();
     let sign_init = |s| {
@@ -590,29 +598,17 @@ fn attributes_scenario(m: &RawModule) -> Vec<Step> {
         unsafe { f.C_CreateObject.unwrap()(s, t.as_mut_ptr(), 4, &mut data) },
         CKR_OK
     );
-    let ec = [0x06u8, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
     let tru = [CK_TRUE];
-    let mut public = [attr(CKA_EC_PARAMS, &ec), attr(CKA_VERIFY, &tru)];
-    let mut private = [
-        attr(CKA_PRIVATE, &tru),
-        attr(CKA_SENSITIVE, &tru),
-        attr(CKA_SIGN, &tru),
-        attr(CKA_ID, b"attr-key"),
-    ];
-    let (mut public_key, mut key) = (0, 0);
-    // SAFETY: valid templates, mechanism and out pointers.
-    let rv = unsafe {
-        f.C_GenerateKeyPair.unwrap()(
-            s,
-            &mut mech(CKM_EC_KEY_PAIR_GEN, &mut []),
-            public.as_mut_ptr(),
-            2,
-            private.as_mut_ptr(),
-            4,
-            &mut public_key,
-            &mut key,
-        )
-    };
+    let (rv, _, key) = ec_key_pair(
+        m,
+        s,
+        &mut [
+            attr(CKA_PRIVATE, &tru),
+            attr(CKA_SENSITIVE, &tru),
+            attr(CKA_SIGN, &tru),
+            attr(CKA_ID, b"attr-key"),
+        ],
+    );
     assert_eq!(rv, CKR_OK);
     let lengths = [
         (CKA_LABEL, None),
