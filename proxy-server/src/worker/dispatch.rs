@@ -25,9 +25,11 @@ pub fn dispatch(shared: &Shared, app: &App, request: Request) -> Response {
     }
     // The identity of the objects an answer hands out travels with it (one round trip), read
     // as the application itself could read it (not where C_GetAttributeValue is denied).
-    let handout = (app.identify_objects && shared.policy.allows("C_GetAttributeValue"))
+    let handout = app
+        .identify_objects
         .then(|| Handout::of(&request))
-        .flatten();
+        .flatten()
+        .filter(|_| shared.policy.allows("C_GetAttributeValue"));
     let answer = match call(shared, app, request) {
         Ok(r) => r,
         Err(rv) => Response::Rv(rv),
