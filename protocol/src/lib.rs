@@ -17,6 +17,7 @@ pub mod attribute;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod function;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;

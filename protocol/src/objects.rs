@@ -6,8 +6,6 @@
 //! attributes that class has (v2.40 §4.4 to §4.11), so that no extra round trip and no
 //! spurious failed call is made for it.
 
-use serde::{Deserialize, Serialize};
-
 use crate::attribute::{AttrValue, Attribute};
 use crate::message::{Request, Response};
 
@@ -99,13 +97,6 @@ pub fn token_identity(class: u64, read: Vec<Attribute>) -> Option<Vec<Attribute>
         identity.extend(read);
         identity
     })
-}
-
-/// One handed-out object and its identity (`None`: not a token object, or unreadable).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    pub object: u64,
-    pub attributes: Option<Vec<Attribute>>,
 }
 
 /// What a request that hands out object handles says about them before the vendor answers.

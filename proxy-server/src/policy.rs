@@ -61,12 +61,12 @@ impl Policy {
         if self.is_empty() {
             return None;
         }
-        let name = request.function_name();
+        let name = request.descriptor().name;
         if self.functions.contains(name) {
             tracing::warn!(function = name, "call refused by policy (--deny-function)");
             return Some(CKR_FUNCTION_NOT_SUPPORTED);
         }
-        let mech = mechanism_of(request)?;
+        let mech = request.mechanism()?.ty;
         if self.mechanisms.contains(&mech) {
             tracing::warn!(
                 function = name,
@@ -77,28 +77,4 @@ impl Policy {
         }
         None
     }
-}
-
-/// The mechanism a request uses, if any.
-fn mechanism_of(r: &Request) -> Option<u64> {
-    let m = match r {
-        Request::EncryptInit { mechanism, .. }
-        | Request::DecryptInit { mechanism, .. }
-        | Request::DigestInit { mechanism, .. }
-        | Request::SignInit { mechanism, .. }
-        | Request::SignRecoverInit { mechanism, .. }
-        | Request::VerifyInit { mechanism, .. }
-        | Request::VerifyRecoverInit { mechanism, .. }
-        | Request::GenerateKey { mechanism, .. }
-        | Request::GenerateKeyPair { mechanism, .. }
-        | Request::WrapKey { mechanism, .. }
-        | Request::UnwrapKey { mechanism, .. }
-        | Request::DeriveKey { mechanism, .. }
-        | Request::MessageEncryptInit { mechanism, .. }
-        | Request::MessageDecryptInit { mechanism, .. }
-        | Request::MessageSignInit { mechanism, .. }
-        | Request::MessageVerifyInit { mechanism, .. } => mechanism,
-        _ => return None,
-    };
-    Some(m.ty)
 }

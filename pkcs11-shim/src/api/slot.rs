@@ -166,7 +166,7 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
         let client = client::current()?;
         match client.call(Request::GetMechanismInfo {
             slot: wire(slot),
-            mechanism: wire(ty),
+            mechanism_type: wire(ty),
             outputs: Outputs::of(&[!info.is_null()]),
         })? {
             Response::MechanismInfo(i) => {

@@ -6,9 +6,10 @@
 use std::ffi::c_void;
 
 use cryptoki_sys::*;
+use protocol::function::OpKind;
 use protocol::message::{Request, Response};
 
-use crate::client::{self, Client, MessageOp};
+use crate::client::{self, Client};
 use crate::ffi::{entry, input, narrow, pin, rv_of, unexpected, wire, OutBuf, Rv};
 use crate::{mechanism, message};
 
@@ -78,7 +79,7 @@ unsafe fn finish(
 unsafe fn read_param(
     client: &Client,
     session: CK_SESSION_HANDLE,
-    op: MessageOp,
+    op: OpKind,
     p: *mut c_void,
     n: CK_ULONG,
 ) -> Rv<protocol::mechanism::MsgParam> {
@@ -215,40 +216,40 @@ macro_rules! sign_begin {
 }
 
 message_init!(/// C_MessageEncryptInit (v3.0 §5.9.1).
-    C_MessageEncryptInit => MessageEncryptInit, MessageOp::Encrypt);
+    C_MessageEncryptInit => MessageEncryptInit, OpKind::MessageEncrypt);
 crypt_message!(/// C_EncryptMessage (v3.0 §5.9.2).
-    C_EncryptMessage => EncryptMessage, MessageOp::Encrypt);
+    C_EncryptMessage => EncryptMessage, OpKind::MessageEncrypt);
 crypt_begin!(/// C_EncryptMessageBegin (v3.0 §5.9.3).
-    C_EncryptMessageBegin => EncryptMessageBegin, MessageOp::Encrypt);
+    C_EncryptMessageBegin => EncryptMessageBegin, OpKind::MessageEncrypt);
 crypt_next!(/// C_EncryptMessageNext (v3.0 §5.9.4).
-    C_EncryptMessageNext => EncryptMessageNext, MessageOp::Encrypt);
+    C_EncryptMessageNext => EncryptMessageNext, OpKind::MessageEncrypt);
 message_final!(/// C_MessageEncryptFinal (v3.0 §5.9.5).
-    C_MessageEncryptFinal => MessageEncryptFinal, MessageOp::Encrypt);
+    C_MessageEncryptFinal => MessageEncryptFinal, OpKind::MessageEncrypt);
 
 message_init!(/// C_MessageDecryptInit (v3.0 §5.11.1).
-    C_MessageDecryptInit => MessageDecryptInit, MessageOp::Decrypt);
+    C_MessageDecryptInit => MessageDecryptInit, OpKind::MessageDecrypt);
 crypt_message!(/// C_DecryptMessage (v3.0 §5.11.2).
-    C_DecryptMessage => DecryptMessage, MessageOp::Decrypt);
+    C_DecryptMessage => DecryptMessage, OpKind::MessageDecrypt);
 crypt_begin!(/// C_DecryptMessageBegin (v3.0 §5.11.3).
-    C_DecryptMessageBegin => DecryptMessageBegin, MessageOp::Decrypt);
+    C_DecryptMessageBegin => DecryptMessageBegin, OpKind::MessageDecrypt);
 crypt_next!(/// C_DecryptMessageNext (v3.0 §5.11.4).
-    C_DecryptMessageNext => DecryptMessageNext, MessageOp::Decrypt);
+    C_DecryptMessageNext => DecryptMessageNext, OpKind::MessageDecrypt);
 message_final!(/// C_MessageDecryptFinal (v3.0 §5.11.5).
-    C_MessageDecryptFinal => MessageDecryptFinal, MessageOp::Decrypt);
+    C_MessageDecryptFinal => MessageDecryptFinal, OpKind::MessageDecrypt);
 
 message_init!(/// C_MessageSignInit (v3.0 §5.14.1).
-    C_MessageSignInit => MessageSignInit, MessageOp::Sign);
+    C_MessageSignInit => MessageSignInit, OpKind::MessageSign);
 sign_begin!(/// C_SignMessageBegin (v3.0 §5.14.3).
-    C_SignMessageBegin => SignMessageBegin, MessageOp::Sign);
+    C_SignMessageBegin => SignMessageBegin, OpKind::MessageSign);
 message_final!(/// C_MessageSignFinal (v3.0 §5.14.5).
-    C_MessageSignFinal => MessageSignFinal, MessageOp::Sign);
+    C_MessageSignFinal => MessageSignFinal, OpKind::MessageSign);
 
 message_init!(/// C_MessageVerifyInit (v3.0 §5.16.1).
-    C_MessageVerifyInit => MessageVerifyInit, MessageOp::Verify);
+    C_MessageVerifyInit => MessageVerifyInit, OpKind::MessageVerify);
 sign_begin!(/// C_VerifyMessageBegin (v3.0 §5.16.3).
-    C_VerifyMessageBegin => VerifyMessageBegin, MessageOp::Verify);
+    C_VerifyMessageBegin => VerifyMessageBegin, OpKind::MessageVerify);
 message_final!(/// C_MessageVerifyFinal (v3.0 §5.16.5).
-    C_MessageVerifyFinal => MessageVerifyFinal, MessageOp::Verify);
+    C_MessageVerifyFinal => MessageVerifyFinal, OpKind::MessageVerify);
 
 /// C_SignMessage (v3.0 §5.14.2).
 #[no_mangle]
@@ -263,7 +264,7 @@ pub unsafe extern "C" fn C_SignMessage(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let param = read_param(&client, session, MessageOp::Sign, p, pl)?;
+        let param = read_param(&client, session, OpKind::MessageSign, p, pl)?;
         let data = input(data, data_len)?;
         let out = OutBuf::new(signature, signature_len)?;
         let r = client.call(Request::SignMessage {
@@ -289,7 +290,7 @@ pub unsafe extern "C" fn C_SignMessageNext(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let param = read_param(&client, session, MessageOp::Sign, p, pl)?;
+        let param = read_param(&client, session, OpKind::MessageSign, p, pl)?;
         let data = input(data, data_len)?;
         let out = OutBuf::new(signature, signature_len)?;
         let capacity = out.capacity();
@@ -316,7 +317,7 @@ pub unsafe extern "C" fn C_VerifyMessage(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let param = read_param(&client, session, MessageOp::Verify, p, pl)?;
+        let param = read_param(&client, session, OpKind::MessageVerify, p, pl)?;
         let data = input(data, data_len)?;
         let signature = input(signature, signature_len)?;
         finish(
@@ -346,7 +347,7 @@ pub unsafe extern "C" fn C_VerifyMessageNext(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        let param = read_param(&client, session, MessageOp::Verify, p, pl)?;
+        let param = read_param(&client, session, OpKind::MessageVerify, p, pl)?;
         let data = input(data, data_len)?;
         let signature = input(signature, signature_len)?;
         finish(

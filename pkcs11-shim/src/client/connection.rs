@@ -13,8 +13,8 @@ use protocol::frame::{read_frame, wipe, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{
     routing_id, ClientId, Hello, InitArgs, InstanceId, Prelude, RouteAnswer, Welcome, PRELUDE_LEN,
 };
+use protocol::message::Identity;
 use protocol::message::{Request, Response};
-use protocol::objects::Identity;
 use protocol::stream::Stream;
 use protocol::ProtocolError;
 
@@ -378,7 +378,7 @@ impl Connection {
     pub fn call(&mut self, request: &Request) -> Result<Response, ProtocolError> {
         codec::encode(request, &mut self.out)?;
         let sent = write_frame(self.reader.get_mut(), &self.out, &mut self.scratch);
-        if request.carries_secret() {
+        if request.descriptor().carries_pin {
             wipe(&mut self.out);
             wipe(&mut self.scratch);
         }

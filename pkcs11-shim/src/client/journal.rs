@@ -15,8 +15,9 @@ use std::collections::HashMap;
 
 use cryptoki_sys::*;
 use protocol::attribute::{completable, AttrOut, Attribute, Want};
-use protocol::message::{Pin, Request, Response};
-use protocol::objects::{self, Handout, Identity};
+use protocol::function::{OpKind, Step};
+use protocol::message::{Identity, Pin, Request, Response};
+use protocol::objects::{self, Handout};
 use protocol::shape::{Array, Bytes, Out};
 
 use crate::ffi::{narrow, wire, Rv};
@@ -29,130 +30,19 @@ const LEFT_KEPT: usize = 16;
 /// First number of the shim's own handles, used when the server's number is taken.
 const OWN_HANDLES: u64 = 0x4000_0000;
 
-/// The operation families a session can have initialised (PKCS#11 v2.40 §5.8 to §5.12,
-/// v3.0 §5.9 to §5.16 for the message-based ones); one of each may be active at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpKind {
-    Encrypt,
-    Decrypt,
-    Digest,
-    Sign,
-    SignRecover,
-    Verify,
-    VerifyRecover,
-    Find,
-    MessageEncrypt,
-    MessageDecrypt,
-    MessageSign,
-    MessageVerify,
-}
-
-/// What a request does to the operations of its session.
-enum Step {
-    /// C_*Init: on success, a new operation that has taken no data.
-    Init(OpKind),
-    /// Feeds data (C_*Update, C_DigestKey, C_FindObjects, message parts): once answered, the
-    /// operation can no longer be rebuilt by replaying its Init.
-    Data(&'static [OpKind]),
-    /// A single-part call or C_*Final with an output: ends the operation unless it was a
-    /// successful size query or answered CKR_BUFFER_TOO_SMALL (v2.40 §5.2). The flag is "size
-    /// query" (a NULL output buffer).
-    Last(OpKind, bool),
-    /// Always ends the operation (C_Verify, C_VerifyFinal, C_FindObjectsFinal, C_Message*Final).
-    Ends(OpKind),
-    /// Leaves the session's operations in a state the shim cannot rebuild
-    /// (C_SetOperationState, C_SessionCancel).
-    Forget,
-    None,
-}
-
 /// Whether the answer to `request` changes what the journal holds or carries object handles;
 /// the answers to other calls (queries, random, single-shot message calls) pass untouched.
 pub fn records(request: &Request) -> bool {
-    !matches!(step(request), Step::None)
-        || matches!(
-            request,
-            Request::OpenSession { .. }
-                | Request::CloseSession { .. }
-                | Request::CloseAllSessions { .. }
-                | Request::Login { .. }
-                | Request::LoginUser { .. }
-                | Request::Logout { .. }
-                | Request::SetPin { .. }
-                | Request::SetAttributeValue { .. }
-                | Request::DestroyObject { .. }
-                | Request::CreateObject { .. }
-                | Request::CopyObject { .. }
-                | Request::GenerateKey { .. }
-                | Request::GenerateKeyPair { .. }
-                | Request::UnwrapKey { .. }
-                | Request::DeriveKey { .. }
-                | Request::GetAttributeValue { complete: true, .. }
-        )
+    let d = request.descriptor();
+    d.step != Step::None
+        || d.recorded
+        || d.hands_out
+        || matches!(request, Request::GetAttributeValue { complete: true, .. })
 }
 
 /// Whether `request` is a C_*Init that the journal records (with the shim's handles).
 pub fn is_init(request: &Request) -> bool {
-    matches!(step(request), Step::Init(_))
-}
-
-fn step(request: &Request) -> Step {
-    use OpKind::*;
-    use Request as R;
-    match request {
-        R::EncryptInit { .. } => Step::Init(Encrypt),
-        R::DecryptInit { .. } => Step::Init(Decrypt),
-        R::DigestInit { .. } => Step::Init(Digest),
-        R::SignInit { .. } => Step::Init(Sign),
-        R::SignRecoverInit { .. } => Step::Init(SignRecover),
-        R::VerifyInit { .. } => Step::Init(Verify),
-        R::VerifyRecoverInit { .. } => Step::Init(VerifyRecover),
-        R::FindObjectsInit { .. } => Step::Init(Find),
-        R::MessageEncryptInit { .. } => Step::Init(MessageEncrypt),
-        R::MessageDecryptInit { .. } => Step::Init(MessageDecrypt),
-        R::MessageSignInit { .. } => Step::Init(MessageSign),
-        R::MessageVerifyInit { .. } => Step::Init(MessageVerify),
-        R::EncryptUpdate { .. } => Step::Data(&[Encrypt]),
-        R::DecryptUpdate { .. } => Step::Data(&[Decrypt]),
-        R::DigestUpdate { .. } | R::DigestKey { .. } => Step::Data(&[Digest]),
-        R::SignUpdate { .. } => Step::Data(&[Sign]),
-        R::VerifyUpdate { .. } => Step::Data(&[Verify]),
-        R::FindObjects { .. } => Step::Data(&[Find]),
-        R::DigestEncryptUpdate { .. } => Step::Data(&[Digest, Encrypt]),
-        R::DecryptDigestUpdate { .. } => Step::Data(&[Decrypt, Digest]),
-        R::SignEncryptUpdate { .. } => Step::Data(&[Sign, Encrypt]),
-        R::DecryptVerifyUpdate { .. } => Step::Data(&[Decrypt, Verify]),
-        R::EncryptMessageBegin { .. } | R::EncryptMessageNext { .. } => {
-            Step::Data(&[MessageEncrypt])
-        }
-        R::DecryptMessageBegin { .. } | R::DecryptMessageNext { .. } => {
-            Step::Data(&[MessageDecrypt])
-        }
-        R::SignMessageBegin { .. } | R::SignMessageNext { .. } => Step::Data(&[MessageSign]),
-        R::VerifyMessageBegin { .. } | R::VerifyMessageNext { .. } => Step::Data(&[MessageVerify]),
-        R::Encrypt { capacity, .. } | R::EncryptFinal { capacity, .. } => {
-            Step::Last(Encrypt, capacity.is_query())
-        }
-        R::Decrypt { capacity, .. } | R::DecryptFinal { capacity, .. } => {
-            Step::Last(Decrypt, capacity.is_query())
-        }
-        R::Digest { capacity, .. } | R::DigestFinal { capacity, .. } => {
-            Step::Last(Digest, capacity.is_query())
-        }
-        R::Sign { capacity, .. } | R::SignFinal { capacity, .. } => {
-            Step::Last(Sign, capacity.is_query())
-        }
-        R::SignRecover { capacity, .. } => Step::Last(SignRecover, capacity.is_query()),
-        R::VerifyRecover { capacity, .. } => Step::Last(VerifyRecover, capacity.is_query()),
-        R::Verify { .. } | R::VerifyFinal { .. } => Step::Ends(Verify),
-        R::FindObjectsFinal { .. } => Step::Ends(Find),
-        R::MessageEncryptFinal { .. } => Step::Ends(MessageEncrypt),
-        R::MessageDecryptFinal { .. } => Step::Ends(MessageDecrypt),
-        R::MessageSignFinal { .. } => Step::Ends(MessageSign),
-        R::MessageVerifyFinal { .. } => Step::Ends(MessageVerify),
-        R::SetOperationState { .. } | R::SessionCancel { .. } => Step::Forget,
-        _ => Step::None,
-    }
+    matches!(request.descriptor().step, Step::Init(_))
 }
 
 /// An operation a session has initialised: its Init (with the shim's handles), and whether it
@@ -214,26 +104,16 @@ pub struct Completed {
     data: Vec<u8>,
 }
 
-/// The single-part functions whose size query may be completed on the server (v2.40 §5.2):
-/// their operation, their input and their output. The `*Final` and `*Update` functions are
-/// not among them: after their size query the application may still feed data, which no
-/// replay of the Init can rebuild.
+/// A single-part function whose size query may be completed on the server (v2.40 §5.2):
+/// its operation, its input and its output. The `*Final` and `*Update` functions are not
+/// among them: after their size query the application may still feed data, which no replay
+/// of the Init can rebuild.
 pub fn single_part(request: &Request) -> Option<(OpKind, &Bytes, &Out)> {
-    use OpKind::*;
-    use Request as R;
-    match request {
-        R::Encrypt { data, capacity, .. } => Some((Encrypt, data, capacity)),
-        R::Decrypt { data, capacity, .. } => Some((Decrypt, data, capacity)),
-        R::Digest { data, capacity, .. } => Some((Digest, data, capacity)),
-        R::Sign { data, capacity, .. } => Some((Sign, data, capacity)),
-        R::SignRecover { data, capacity, .. } => Some((SignRecover, data, capacity)),
-        R::VerifyRecover {
-            signature,
-            capacity,
-            ..
-        } => Some((VerifyRecover, signature, capacity)),
-        _ => None,
-    }
+    let Step::SinglePart(kind) = request.descriptor().step else {
+        return None;
+    };
+    let input = request.data().or_else(|| request.signature())?;
+    Some((kind, input, request.capacity()?))
 }
 
 /// Asks the server to run `request`'s search ahead (`ahead` handles), when it is a
@@ -289,16 +169,8 @@ pub fn ask_completion(request: &mut Request, journal: &Journal) {
             .iter()
             .any(|o| o.kind == kind && o.completed.is_none())
     });
-    if held {
-        if let Request::Encrypt { capacity, .. }
-        | Request::Decrypt { capacity, .. }
-        | Request::Digest { capacity, .. }
-        | Request::Sign { capacity, .. }
-        | Request::SignRecover { capacity, .. }
-        | Request::VerifyRecover { capacity, .. } = request
-        {
-            capacity.complete = true;
-        }
+    if let (true, Some(capacity)) = (held, request.capacity_mut()) {
+        capacity.complete = true;
     }
 }
 
@@ -930,7 +802,7 @@ impl Journal {
             _ => {}
         }
         if let Some(s) = session.and_then(|s| self.sessions.get_mut(&s)) {
-            match step(request) {
+            match request.descriptor().step {
                 Step::Init(kind) if rv == CKR_OK => {
                     s.ops.retain(|o| o.kind != kind);
                     if let Some(init) = init {
@@ -943,7 +815,8 @@ impl Journal {
                         });
                     }
                 }
-                Step::Last(kind, size_query) => {
+                Step::SinglePart(kind) | Step::Final(kind) => {
+                    let size_query = request.capacity().is_some_and(Out::is_query);
                     let goes_on = (rv == CKR_OK && size_query) || rv == CKR_BUFFER_TOO_SMALL;
                     if !goes_on {
                         s.ops.retain(|o| o.kind != kind);
@@ -1168,16 +1041,8 @@ fn free_handle<T>(taken: &HashMap<u64, T>, real: u64, next_own: &mut u64) -> u64
 /// (private objects are visible only while logged in, v2.40 §6.7), a session closed (its
 /// session objects with it).
 fn changes_attributes(request: &Request) -> bool {
-    request.changes_token()
-        || matches!(
-            request,
-            Request::Login { .. }
-                | Request::LoginUser { .. }
-                | Request::Logout { .. }
-                | Request::CloseSession { .. }
-                | Request::CloseAllSessions { .. }
-                | Request::Finalize
-        )
+    let d = request.descriptor();
+    d.changes_token || d.changes_view
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use parking_lot::{Condvar, Mutex, RwLock};
+use protocol::function::OpKind;
 use protocol::handshake::{ClientId, InitArgs};
 use protocol::message::{Request, Response};
 use protocol::stream::Stream;
@@ -63,15 +64,6 @@ const MAX_OPEN_ATTEMPTS: usize = 32;
 /// new connections keep reaching others, before it moves.
 const AFFINITY_WAIT: Duration = Duration::from_secs(2);
 
-/// The four message-based operation families of PKCS#11 v3.0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MessageOp {
-    Encrypt,
-    Decrypt,
-    Sign,
-    Verify,
-}
-
 /// One initialised shim instance.
 pub struct Client {
     config: Config,
@@ -94,7 +86,7 @@ pub struct Client {
     address: AtomicUsize,
     /// The mechanism of each session's message-based operation, which fixes the layout of
     /// the per-message parameters (v3.0 §5.9).
-    message_mechanisms: Mutex<HashMap<(CK_SESSION_HANDLE, MessageOp), CK_MECHANISM_TYPE>>,
+    message_mechanisms: Mutex<HashMap<(CK_SESSION_HANDLE, OpKind), CK_MECHANISM_TYPE>>,
     /// When the next connection attempt may be made, and the current wait, after a failure.
     backoff: Mutex<Option<(Instant, Duration)>>,
     /// Streams of the interruptible calls in progress, by a key of their own.
@@ -115,7 +107,7 @@ impl Client {
     pub fn set_message_mechanism(
         &self,
         session: CK_SESSION_HANDLE,
-        op: MessageOp,
+        op: OpKind,
         mech: Option<CK_MECHANISM_TYPE>,
     ) {
         let mut m = self.message_mechanisms.lock();
@@ -127,11 +119,7 @@ impl Client {
 
     /// The mechanism of a session's message-based operation; an unknown one (no Init) reads
     /// the parameter as plain bytes and lets the vendor answer.
-    pub fn message_mechanism(
-        &self,
-        session: CK_SESSION_HANDLE,
-        op: MessageOp,
-    ) -> CK_MECHANISM_TYPE {
+    pub fn message_mechanism(&self, session: CK_SESSION_HANDLE, op: OpKind) -> CK_MECHANISM_TYPE {
         self.message_mechanisms
             .lock()
             .get(&(session, op))
@@ -370,9 +358,9 @@ impl Client {
             let mut conn = self.connection(wait)?;
             if let Some(lost) = lost_on {
                 let resend = if conn.instance() == lost {
-                    request.is_repeatable()
+                    request.descriptor().repeatable
                 } else {
-                    self.config.recovery && !request.changes_token()
+                    self.config.recovery && !request.descriptor().changes_token
                 };
                 if !resend {
                     self.park(conn);
@@ -428,7 +416,9 @@ impl Client {
                         // thread moved it to a new instance): its handles mean nothing there.
                         // A creation did happen on the token but cannot be mapped: failed, as
                         // a lost answer. Anything else is sent again to the new server.
-                        None if request.changes_token() => return Err(self.lost_answer()),
+                        None if request.descriptor().changes_token => {
+                            return Err(self.lost_answer())
+                        }
                         None => {
                             lost_on = Some(conn.instance());
                             Journal::restore(&mut request, &shimmed);
@@ -436,7 +426,7 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    warn(&format!("{}: {e}", request.function_name()));
+                    warn(&format!("{}: {e}", request.descriptor().name));
                     // A call whose answer is lost twice may be what kills the server's worker
                     // (a vendor library that crashes on it): it is not sent a third time.
                     lost += 1;
@@ -615,7 +605,7 @@ impl Client {
         }
         let keep_pin = self.config.recovery && self.config.keep_pin;
         let mut j = self.journal.write();
-        let handle_free = request.changes_token()
+        let handle_free = request.descriptor().changes_token
             && protocol::objects::handed_out(request, &mut response).is_empty();
         if j.instance != conn.instance() && !handle_free {
             return None;
@@ -657,7 +647,7 @@ impl Client {
         if conn.is_stale() || conn.set_timeouts(Duration::from_secs(2)).is_err() {
             return;
         }
-        let _ = conn.call(&Request::Finalize);
+        let _ = conn.call(&Request::Finalize {});
     }
 
     /// Ends every interruptible wait in progress (at C_Finalize).
@@ -674,7 +664,7 @@ impl Client {
                 Ok(r)
             }
             Err(e) => {
-                warn(&format!("{}: {e}", request.function_name()));
+                warn(&format!("{}: {e}", request.descriptor().name));
                 Err(CKR_DEVICE_ERROR)
             }
         }
@@ -840,7 +830,7 @@ pub fn finalize() -> Rv {
     // The vendor's answer is C_Finalize's. Unanswered (the server is gone), the worker
     // finalises the instance when its resume grace runs out: the application is finalised
     // here all the same.
-    let answer = client.call_with(Request::Finalize, false);
+    let answer = client.call_with(Request::Finalize {}, false);
     // Kept PINs are wiped as the records drop.
     client.journal.write().clear();
     match answer {

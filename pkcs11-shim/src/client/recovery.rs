@@ -20,13 +20,15 @@ use std::time::Instant;
 
 use cryptoki_sys::*;
 use protocol::attribute::Attribute;
+use protocol::message::Identity;
 use protocol::message::{Request, Response};
-use protocol::objects::Identity;
 use protocol::shape::Outputs;
 use protocol::ProtocolError;
 
 use super::connection::Connection;
-use super::journal::{Journal, OpKind};
+use protocol::function::OpKind;
+
+use super::journal::Journal;
 use super::log::{log, LogLevel};
 
 /// The identity of each of `objects` (server handles) handed out earlier without one (the
@@ -341,7 +343,7 @@ fn replay_init(
         LogLevel::Warn,
         &format!(
             "{} on session {h} could not be replayed: CKR 0x{rv:X}",
-            init.function_name()
+            init.descriptor().name
         ),
     );
     Ok(false)

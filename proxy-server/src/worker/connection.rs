@@ -587,10 +587,10 @@ fn request_loop(
             .bytes_received
             .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
         let request: Request = codec::decode(&frame)?;
-        if request.carries_secret() {
+        if request.descriptor().carries_pin {
             wipe(&mut frame);
         }
-        let name = request.function_name();
+        let name = request.descriptor().name;
         let started = Instant::now();
         let response = super::dispatch::dispatch(shared, app, request);
         let r = CK_RV::try_from(response.rv()).unwrap_or(CKR_GENERAL_ERROR);

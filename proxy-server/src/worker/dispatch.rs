@@ -112,7 +112,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             rv(b.initialize(args, shared.settings.init_args.as_deref()))
         }
         Request::Initialize { .. } => rv(CKR_CRYPTOKI_ALREADY_INITIALIZED),
-        Request::Finalize if !app.shares_vendor() => {
+        Request::Finalize {} if !app.shares_vendor() => {
             let r = b.finalize();
             if r == CKR_OK {
                 app.take_all_sessions();
@@ -120,7 +120,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
             }
             rv(r)
         }
-        Request::Finalize => {
+        Request::Finalize {} => {
             shared.close_sessions(&app.take_all_sessions());
             rv(CKR_OK)
         }
@@ -194,7 +194,7 @@ fn call(shared: &Shared, app: &App, request: Request) -> Result<Response, CK_RV>
         }
         Request::GetMechanismInfo {
             slot,
-            mechanism,
+            mechanism_type: mechanism,
             outputs,
         } => {
             let mut i = CK_MECHANISM_INFO::default();

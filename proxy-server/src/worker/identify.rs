@@ -9,8 +9,9 @@
 
 use cryptoki_sys::*;
 use protocol::attribute::{AttrOut, AttrQuery, AttrValue, Attribute, Want};
-use protocol::message::Response;
-use protocol::objects::{identity_query, token_identity, Handout, Identity};
+
+use protocol::message::{Identity, Response};
+use protocol::objects::{identity_query, token_identity, Handout};
 
 use super::connection::{App, Shared};
 use super::template::{wire, CTemplate};

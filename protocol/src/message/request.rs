@@ -1,0 +1,549 @@
+//! The request table: one row per PKCS#11 function that crosses the wire, each a [`Request`]
+//! variant with its arguments and its [`Descriptor`] (see [`crate::function`]). A row reads
+//! `Variant { arguments } => d(chapter, "C_Name")` followed by what is true of the function.
+//!
+//! Pointer arguments keep their shape ([`crate::shape`]): inputs say NULL or given, a
+//! `capacity` says whether the caller gave a buffer and what its length pointer holds, and
+//! `outputs` which single output pointers it gave. The server calls the vendor library with
+//! the same shapes, so the vendor's argument checks and the two-call convention (PKCS#11
+//! v2.40 §5.2) are its own.
+
+use serde::{Deserialize, Serialize};
+
+use crate::attribute::{AttrQuery, Attribute};
+use crate::function::{requests, Chapter::*, Descriptor, OpKind as Op, Step};
+use crate::mechanism::{Mechanism, MsgParam};
+use crate::shape::{Array, Bytes, Out, Outputs};
+
+/// A PIN; `None` is a NULL `pPin` (protected authentication path).
+pub type Pin = Option<SecretBytes>;
+
+/// Bytes wiped from memory when dropped (PINs), and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretBytes(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes(<{} bytes>)", self.0.len())
+    }
+}
+
+impl std::ops::Deref for SecretBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for SecretBytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self(zeroize::Zeroizing::new(v))
+    }
+}
+
+/// A row's descriptor: a function of `chapter` called `name` (the builder methods add the rest).
+const fn d(chapter: crate::function::Chapter, name: &'static str) -> Descriptor {
+    Descriptor::new(chapter, name)
+}
+
+requests! {
+    // General purpose (v2.40 §5.4). The first C_Initialize travels in the hello; this is a
+    // later one (the vendor answers CKR_CRYPTOKI_ALREADY_INITIALIZED, or whatever it checks
+    // first). C_Finalize finalises the application's vendor instance.
+    Initialize {
+        args: Option<crate::handshake::InitArgs>,
+    } => d(General, "C_Initialize"),
+    Finalize {} => d(General, "C_Finalize").changes_view(),
+    GetInfo {
+        outputs: Outputs,
+    } => d(General, "C_GetInfo").repeatable(),
+    GetFunctionStatus {
+        session: u64,
+    } => d(General, "C_GetFunctionStatus"),
+    CancelFunction {
+        session: u64,
+    } => d(General, "C_CancelFunction"),
+    // Slot and token management (v2.40 §5.5).
+    GetSlotList {
+        token_present: bool,
+        capacity: Out,
+    } => d(SlotToken, "C_GetSlotList").repeatable(),
+    GetSlotInfo {
+        slot: u64,
+        outputs: Outputs,
+    } => d(SlotToken, "C_GetSlotInfo").repeatable(),
+    GetTokenInfo {
+        slot: u64,
+        outputs: Outputs,
+    } => d(SlotToken, "C_GetTokenInfo").repeatable(),
+    /// `reserved`: whether the caller's `pReserved` was not NULL (it must be NULL: the vendor
+    /// answers).
+    WaitForSlotEvent {
+        flags: u64,
+        reserved: bool,
+        outputs: Outputs,
+    } => d(SlotToken, "C_WaitForSlotEvent"),
+    GetMechanismList {
+        slot: u64,
+        capacity: Out,
+    } => d(SlotToken, "C_GetMechanismList").repeatable(),
+    GetMechanismInfo {
+        slot: u64,
+        /// The mechanism type asked about (`mechanism` names a [`Mechanism`] elsewhere).
+        mechanism_type: u64,
+        outputs: Outputs,
+    } => d(SlotToken, "C_GetMechanismInfo").repeatable(),
+    InitToken {
+        slot: u64,
+        so_pin: Pin,
+        label: Bytes,
+    } => d(SlotToken, "C_InitToken").changes_token().carries_pin(),
+    InitPin {
+        session: u64,
+        pin: Pin,
+    } => d(SlotToken, "C_InitPIN").changes_token().carries_pin(),
+    SetPin {
+        session: u64,
+        old_pin: Pin,
+        new_pin: Pin,
+    } => d(SlotToken, "C_SetPIN").changes_token().carries_pin().recorded(),
+    // Session management (v2.40 §5.6).
+    OpenSession {
+        slot: u64,
+        flags: u64,
+        outputs: Outputs,
+    } => d(Session, "C_OpenSession").recorded(),
+    CloseSession {
+        session: u64,
+    } => d(Session, "C_CloseSession").recorded().changes_view(),
+    CloseAllSessions {
+        slot: u64,
+    } => d(Session, "C_CloseAllSessions").recorded().changes_view(),
+    GetSessionInfo {
+        session: u64,
+        outputs: Outputs,
+    } => d(Session, "C_GetSessionInfo").repeatable(),
+    GetOperationState {
+        session: u64,
+        capacity: Out,
+    } => d(Session, "C_GetOperationState"),
+    SetOperationState {
+        session: u64,
+        state: Bytes,
+        encryption_key: u64,
+        authentication_key: u64,
+    } => d(Session, "C_SetOperationState").step(Step::Forget),
+    Login {
+        session: u64,
+        user_type: u64,
+        pin: Pin,
+    } => d(Session, "C_Login").carries_pin().recorded().changes_view(),
+    Logout {
+        session: u64,
+    } => d(Session, "C_Logout").recorded().changes_view(),
+    // Object management (v2.40 §5.7).
+    CreateObject {
+        session: u64,
+        template: Array<Attribute>,
+        outputs: Outputs,
+    } => d(Object, "C_CreateObject").changes_token().hands_out(),
+    CopyObject {
+        session: u64,
+        object: u64,
+        template: Array<Attribute>,
+        outputs: Outputs,
+    } => d(Object, "C_CopyObject").changes_token().hands_out(),
+    DestroyObject {
+        session: u64,
+        object: u64,
+    } => d(Object, "C_DestroyObject").changes_token().recorded(),
+    GetObjectSize {
+        session: u64,
+        object: u64,
+        outputs: Outputs,
+    } => d(Object, "C_GetObjectSize").repeatable(),
+    GetAttributeValue {
+        session: u64,
+        object: u64,
+        query: Array<AttrQuery>,
+        /// A size query (every attribute's length, none a nested template) the server may
+        /// complete: when the vendor answers it CKR_OK, the server makes the real call with a
+        /// buffer of each length ([`Response::AttributesCompleted`]), so that the
+        /// application's follow-up costs no round trip (DESIGN.md, "Two-call functions").
+        complete: bool,
+    } => d(Object, "C_GetAttributeValue").repeatable(),
+    SetAttributeValue {
+        session: u64,
+        object: u64,
+        template: Array<Attribute>,
+    } => d(Object, "C_SetAttributeValue").changes_token().recorded(),
+    FindObjectsInit {
+        session: u64,
+        template: Array<Attribute>,
+        /// Not 0: once the search started, the server runs C_FindObjects for up to this many
+        /// handles at once, and C_FindObjectsFinal if that exhausted the search
+        /// ([`Response::Found`]), so that a search costs one round trip.
+        prefetch: u64,
+    } => d(Object, "C_FindObjectsInit").step(Step::Init(Op::Find)).hands_out(),
+    FindObjects {
+        session: u64,
+        max_count: u64,
+        outputs: Outputs,
+    } => d(Object, "C_FindObjects").step(Step::Data(&[Op::Find])).hands_out(),
+    FindObjectsFinal {
+        session: u64,
+    } => d(Object, "C_FindObjectsFinal").step(Step::Ends(Op::Find)),
+    // Encryption (v2.40 §5.8).
+    EncryptInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Crypto, "C_EncryptInit").step(Step::Init(Op::Encrypt)),
+    Encrypt {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_Encrypt").step(Step::SinglePart(Op::Encrypt)),
+    EncryptUpdate {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_EncryptUpdate").step(Step::Data(&[Op::Encrypt])),
+    EncryptFinal {
+        session: u64,
+        capacity: Out,
+    } => d(Crypto, "C_EncryptFinal").step(Step::Final(Op::Encrypt)),
+    // Decryption (v2.40 §5.9).
+    DecryptInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Crypto, "C_DecryptInit").step(Step::Init(Op::Decrypt)),
+    Decrypt {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_Decrypt").step(Step::SinglePart(Op::Decrypt)),
+    DecryptUpdate {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_DecryptUpdate").step(Step::Data(&[Op::Decrypt])),
+    DecryptFinal {
+        session: u64,
+        capacity: Out,
+    } => d(Crypto, "C_DecryptFinal").step(Step::Final(Op::Decrypt)),
+    // Message digesting (v2.40 §5.10).
+    DigestInit {
+        session: u64,
+        mechanism: Mechanism,
+    } => d(Crypto, "C_DigestInit").step(Step::Init(Op::Digest)),
+    Digest {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_Digest").step(Step::SinglePart(Op::Digest)),
+    DigestUpdate {
+        session: u64,
+        data: Bytes,
+    } => d(Crypto, "C_DigestUpdate").step(Step::Data(&[Op::Digest])),
+    DigestKey {
+        session: u64,
+        key: u64,
+    } => d(Crypto, "C_DigestKey").step(Step::Data(&[Op::Digest])),
+    DigestFinal {
+        session: u64,
+        capacity: Out,
+    } => d(Crypto, "C_DigestFinal").step(Step::Final(Op::Digest)),
+    // Signing and MACing (v2.40 §5.11).
+    SignInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Crypto, "C_SignInit").step(Step::Init(Op::Sign)),
+    Sign {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_Sign").step(Step::SinglePart(Op::Sign)),
+    SignUpdate {
+        session: u64,
+        data: Bytes,
+    } => d(Crypto, "C_SignUpdate").step(Step::Data(&[Op::Sign])),
+    SignFinal {
+        session: u64,
+        capacity: Out,
+    } => d(Crypto, "C_SignFinal").step(Step::Final(Op::Sign)),
+    SignRecoverInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Crypto, "C_SignRecoverInit").step(Step::Init(Op::SignRecover)),
+    SignRecover {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_SignRecover").step(Step::SinglePart(Op::SignRecover)),
+    // Verifying signatures and MACs (v2.40 §5.12).
+    VerifyInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Crypto, "C_VerifyInit").step(Step::Init(Op::Verify)),
+    Verify {
+        session: u64,
+        data: Bytes,
+        signature: Bytes,
+    } => d(Crypto, "C_Verify").step(Step::Ends(Op::Verify)),
+    VerifyUpdate {
+        session: u64,
+        data: Bytes,
+    } => d(Crypto, "C_VerifyUpdate").step(Step::Data(&[Op::Verify])),
+    VerifyFinal {
+        session: u64,
+        signature: Bytes,
+    } => d(Crypto, "C_VerifyFinal").step(Step::Ends(Op::Verify)),
+    VerifyRecoverInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Crypto, "C_VerifyRecoverInit").step(Step::Init(Op::VerifyRecover)),
+    VerifyRecover {
+        session: u64,
+        signature: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_VerifyRecover").step(Step::SinglePart(Op::VerifyRecover)),
+    // Dual-function cryptographic functions (v2.40 §5.13).
+    DigestEncryptUpdate {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_DigestEncryptUpdate").step(Step::Data(&[Op::Digest, Op::Encrypt])),
+    DecryptDigestUpdate {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_DecryptDigestUpdate").step(Step::Data(&[Op::Decrypt, Op::Digest])),
+    SignEncryptUpdate {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_SignEncryptUpdate").step(Step::Data(&[Op::Sign, Op::Encrypt])),
+    DecryptVerifyUpdate {
+        session: u64,
+        data: Bytes,
+        capacity: Out,
+    } => d(Crypto, "C_DecryptVerifyUpdate").step(Step::Data(&[Op::Decrypt, Op::Verify])),
+    // Key management (v2.40 §5.14).
+    GenerateKey {
+        session: u64,
+        mechanism: Mechanism,
+        template: Array<Attribute>,
+        outputs: Outputs,
+    } => d(Key, "C_GenerateKey").changes_token().hands_out(),
+    GenerateKeyPair {
+        session: u64,
+        mechanism: Mechanism,
+        public_template: Array<Attribute>,
+        private_template: Array<Attribute>,
+        outputs: Outputs,
+    } => d(Key, "C_GenerateKeyPair").changes_token().hands_out(),
+    WrapKey {
+        session: u64,
+        mechanism: Mechanism,
+        wrapping_key: u64,
+        key: u64,
+        capacity: Out,
+    } => d(Key, "C_WrapKey"),
+    UnwrapKey {
+        session: u64,
+        mechanism: Mechanism,
+        unwrapping_key: u64,
+        wrapped_key: Bytes,
+        template: Array<Attribute>,
+        outputs: Outputs,
+    } => d(Key, "C_UnwrapKey").changes_token().hands_out(),
+    DeriveKey {
+        session: u64,
+        mechanism: Mechanism,
+        base_key: u64,
+        template: Array<Attribute>,
+        outputs: Outputs,
+    } => d(Key, "C_DeriveKey").changes_token().hands_out(),
+    // Random number generation (v2.40 §5.15).
+    SeedRandom {
+        session: u64,
+        seed: Bytes,
+    } => d(Key, "C_SeedRandom"),
+    GenerateRandom {
+        session: u64,
+        len: u64,
+        outputs: Outputs,
+    } => d(Key, "C_GenerateRandom").repeatable(),
+    // PKCS#11 v3.0 additions (v3.0 §5.6, §5.9 to §5.16).
+    LoginUser {
+        session: u64,
+        user_type: u64,
+        pin: Pin,
+        username: Bytes,
+    } => d(Session, "C_LoginUser").carries_pin().recorded().changes_view(),
+    SessionCancel {
+        session: u64,
+        flags: u64,
+    } => d(Session, "C_SessionCancel").step(Step::Forget),
+    MessageEncryptInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Message, "C_MessageEncryptInit").step(Step::Init(Op::MessageEncrypt)),
+    EncryptMessage {
+        session: u64,
+        param: MsgParam,
+        aad: Bytes,
+        data: Bytes,
+        capacity: Out,
+    } => d(Message, "C_EncryptMessage"),
+    EncryptMessageBegin {
+        session: u64,
+        param: MsgParam,
+        aad: Bytes,
+    } => d(Message, "C_EncryptMessageBegin").step(Step::Data(&[Op::MessageEncrypt])),
+    EncryptMessageNext {
+        session: u64,
+        param: MsgParam,
+        data: Bytes,
+        capacity: Out,
+        flags: u64,
+    } => d(Message, "C_EncryptMessageNext").step(Step::Data(&[Op::MessageEncrypt])),
+    MessageEncryptFinal {
+        session: u64,
+    } => d(Message, "C_MessageEncryptFinal").step(Step::Ends(Op::MessageEncrypt)),
+    MessageDecryptInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Message, "C_MessageDecryptInit").step(Step::Init(Op::MessageDecrypt)),
+    DecryptMessage {
+        session: u64,
+        param: MsgParam,
+        aad: Bytes,
+        data: Bytes,
+        capacity: Out,
+    } => d(Message, "C_DecryptMessage"),
+    DecryptMessageBegin {
+        session: u64,
+        param: MsgParam,
+        aad: Bytes,
+    } => d(Message, "C_DecryptMessageBegin").step(Step::Data(&[Op::MessageDecrypt])),
+    DecryptMessageNext {
+        session: u64,
+        param: MsgParam,
+        data: Bytes,
+        capacity: Out,
+        flags: u64,
+    } => d(Message, "C_DecryptMessageNext").step(Step::Data(&[Op::MessageDecrypt])),
+    MessageDecryptFinal {
+        session: u64,
+    } => d(Message, "C_MessageDecryptFinal").step(Step::Ends(Op::MessageDecrypt)),
+    MessageSignInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Message, "C_MessageSignInit").step(Step::Init(Op::MessageSign)),
+    SignMessage {
+        session: u64,
+        param: MsgParam,
+        data: Bytes,
+        capacity: Out,
+    } => d(Message, "C_SignMessage"),
+    SignMessageBegin {
+        session: u64,
+        param: MsgParam,
+    } => d(Message, "C_SignMessageBegin").step(Step::Data(&[Op::MessageSign])),
+    /// A `capacity` without a length pointer is "not the last part" (v3.0 §5.14.4).
+    SignMessageNext {
+        session: u64,
+        param: MsgParam,
+        data: Bytes,
+        capacity: Out,
+    } => d(Message, "C_SignMessageNext").step(Step::Data(&[Op::MessageSign])),
+    MessageSignFinal {
+        session: u64,
+    } => d(Message, "C_MessageSignFinal").step(Step::Ends(Op::MessageSign)),
+    MessageVerifyInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+    } => d(Message, "C_MessageVerifyInit").step(Step::Init(Op::MessageVerify)),
+    VerifyMessage {
+        session: u64,
+        param: MsgParam,
+        data: Bytes,
+        signature: Bytes,
+    } => d(Message, "C_VerifyMessage"),
+    VerifyMessageBegin {
+        session: u64,
+        param: MsgParam,
+    } => d(Message, "C_VerifyMessageBegin").step(Step::Data(&[Op::MessageVerify])),
+    /// `signature` is `None` when the caller's `pSignature` is NULL (not the last part).
+    VerifyMessageNext {
+        session: u64,
+        param: MsgParam,
+        data: Bytes,
+        signature: Bytes,
+    } => d(Message, "C_VerifyMessageNext").step(Step::Data(&[Op::MessageVerify])),
+    MessageVerifyFinal {
+        session: u64,
+    } => d(Message, "C_MessageVerifyFinal").step(Step::Ends(Op::MessageVerify)),
+    /// Not a PKCS#11 function: the identity of objects handed out earlier, for the shim's
+    /// recovery, when it did not come with the answer that handed them out (another thread
+    /// got it). Answered with [`Response::Identified`] around `CKR_OK`.
+    IdentifyObjects {
+        session: u64,
+        objects: Vec<u64>,
+    } => d(Object, "C_GetAttributeValue"),
+}
+
+impl Request {
+    /// What the function this request stands for is.
+    pub fn descriptor(&self) -> &'static Descriptor {
+        self.function().descriptor()
+    }
+
+    /// The object handles this request names (at most two: C_WrapKey's keys, C_SetOperationState's
+    /// keys). A mechanism parameter that is itself a handle (CKM_CONCATENATE_BASE_AND_KEY)
+    /// travels as bytes and is not included.
+    pub fn object_handles_mut(&mut self) -> [Option<&mut u64>; 2] {
+        use Request::*;
+        match self {
+            SetOperationState {
+                encryption_key,
+                authentication_key,
+                ..
+            } => [Some(encryption_key), Some(authentication_key)],
+            WrapKey {
+                wrapping_key, key, ..
+            } => [Some(wrapping_key), Some(key)],
+            CopyObject { object, .. }
+            | DestroyObject { object, .. }
+            | GetObjectSize { object, .. }
+            | GetAttributeValue { object, .. }
+            | SetAttributeValue { object, .. } => [Some(object), None],
+            EncryptInit { key, .. }
+            | DecryptInit { key, .. }
+            | DigestKey { key, .. }
+            | SignInit { key, .. }
+            | SignRecoverInit { key, .. }
+            | VerifyInit { key, .. }
+            | VerifyRecoverInit { key, .. }
+            | MessageEncryptInit { key, .. }
+            | MessageDecryptInit { key, .. }
+            | MessageSignInit { key, .. }
+            | MessageVerifyInit { key, .. } => [Some(key), None],
+            UnwrapKey { unwrapping_key, .. } => [Some(unwrapping_key), None],
+            DeriveKey { base_key, .. } => [Some(base_key), None],
+            _ => [None, None],
+        }
+    }
+}
