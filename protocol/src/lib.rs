@@ -26,5 +26,6 @@ pub mod message;
 pub mod objects;
 pub mod shape;
 pub mod stream;
+pub mod ulong;
 
 pub use error::ProtocolError;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::Router;
+use super::state::Router;
 use crate::startups::{Limits, Startups};
 
 /// How long a readiness answer is reused.

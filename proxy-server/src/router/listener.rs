@@ -18,8 +18,8 @@ use protocol::handshake::{
     is_v1_hello, Prelude, RouteAnswer, Welcome, PRELUDE_LEN, ROUTE_MAGIC, VERSION,
 };
 
+use super::state::{Access, Router};
 use super::workers::Refusal;
-use super::Router;
 use crate::control::Transport;
 
 /// Stack of a routing thread: it reads 26 bytes and hands the socket over.
@@ -33,19 +33,6 @@ const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_time(std::time::Duration::from_secs(30))
     .with_interval(std::time::Duration::from_secs(10))
     .with_retries(3);
-
-/// Who may connect, and how Unix sockets are made.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    /// Mode of Unix socket files.
-    pub unix_mode: u32,
-    /// Peer uids allowed on Unix sockets (SO_PEERCRED); empty: any.
-    pub allowed_uids: Vec<u32>,
-    /// TLS material was given, for `tls://` listeners (the workers load it).
-    pub tls: bool,
-    /// Listening on a non-loopback plain `tcp://` address was explicitly allowed.
-    pub allow_plaintext: bool,
-}
 
 /// A bound listening socket.
 pub enum Listener {
@@ -361,8 +348,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), String> {
 /// Accepts connections on `listener` until the server stops, each routed on a short-lived
 /// thread of its own (a client slow to send its prelude holds up nobody else), within the
 /// budget of connections before their prelude (`crate::startups`).
-pub fn accept_loop(router: Arc<Router>, index: usize) {
-    let listener = &router.listeners[index];
+pub fn accept_loop(router: Arc<Router>, listener: Arc<Listener>) {
     loop {
         let accepted = match listener.accept(&router.access) {
             Ok(Some(a)) => a,

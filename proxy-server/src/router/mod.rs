@@ -4,6 +4,7 @@
 
 mod http;
 mod listener;
+mod state;
 mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,8 @@ use crate::config::Settings;
 use crate::control::{Role, WorkerSettings};
 use crate::startups::Startups;
 
-pub use self::listener::{Access, Listener};
+use self::listener::Listener;
+use self::state::{Access, Router};
 use self::workers::Workers;
 
 /// Threads accepting on each listener.
@@ -24,30 +26,13 @@ const ACCEPTORS: usize = 2;
 /// How long a stop waits for the workers (their own drain is 10 s).
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The running router.
-pub struct Router {
-    pub listeners: Vec<Listener>,
-    pub access: Access,
-    pub workers: Arc<Workers>,
-    pub handshake_timeout: Duration,
-    /// Connections that have not sent their routing prelude yet.
-    pub startups: Arc<Startups>,
-    stopping: AtomicBool,
-}
-
-impl Router {
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-}
-
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> Result<(), String> {
     crate::policy::Policy::new(&settings.deny_functions, &settings.deny_mechanisms)?;
     if let Some(tls) = &settings.tls {
         tls.load()?;
     }
-    crate::raise_file_limit();
+    crate::process::raise_file_limit();
     let signals = block_stop_signals()?;
     let access = Access {
         unix_mode: settings.unix_mode,
@@ -101,31 +86,27 @@ pub fn run(settings: Settings) -> Result<(), String> {
     if !settings.deny_functions.is_empty() || !settings.deny_mechanisms.is_empty() {
         tracing::info!(functions = ?settings.deny_functions, mechanisms = ?settings.deny_mechanisms, "policy: refusing these to every client");
     }
+    let listeners: Vec<Arc<Listener>> = listeners.into_iter().map(Arc::new).collect();
     let router = Arc::new(Router {
-        listeners,
         access,
         workers,
         handshake_timeout: settings.handshake_timeout,
         startups: Startups::new(settings.startups, "routing prelude"),
         stopping: AtomicBool::new(false),
     });
-    let mut bound: Vec<String> = router
-        .listeners
-        .iter()
-        .map(Listener::local_address)
-        .collect();
+    let mut bound: Vec<String> = listeners.iter().map(|l| l.local_address()).collect();
     if let Some(addr) = settings.metrics_listen {
         let local = http::serve(router.clone(), addr)?;
         bound.push(format!("http://{local}/metrics"));
     }
     // Two accepting threads a listener: a flood of connections is taken off the queue (and
     // dropped or refused) at the pace of two, so that a real client's connection waits less.
-    for i in 0..router.listeners.len() {
+    for l in &listeners {
         for _ in 0..ACCEPTORS {
-            let r = router.clone();
+            let (r, l) = (router.clone(), l.clone());
             std::thread::Builder::new()
                 .name("p11-accept".into())
-                .spawn(move || listener::accept_loop(r, i))
+                .spawn(move || listener::accept_loop(r, l))
                 .map_err(|e| format!("cannot start accept thread: {e}"))?;
         }
     }
@@ -141,29 +122,16 @@ pub fn run(settings: Settings) -> Result<(), String> {
         applications = router.workers.application_count(),
         "stopping"
     );
-    router.stop();
+    // Stops accepting (an accepting thread whose accept fails while stopping returns), then
+    // has every worker finish its calls in flight (bounded), close its sessions and finalise
+    // its vendor instance.
+    router.stopping.store(true, Ordering::Release);
+    for l in &listeners {
+        l.stop();
+    }
+    router.workers.stop(STOP_TIMEOUT);
+    tracing::info!("stopped");
     Ok(())
-}
-
-impl Router {
-    /// Reloads the TLS material (SIGHUP): the router checks it, every worker reloads it.
-    fn reload(&self) {
-        if self.access.tls {
-            self.workers.reload();
-            tracing::info!("TLS reload sent to every worker");
-        }
-    }
-
-    /// Stops accepting, then has every worker finish its calls in flight (bounded), close
-    /// its sessions and finalise its vendor instance.
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        for l in &self.listeners {
-            l.stop();
-        }
-        self.workers.stop(STOP_TIMEOUT);
-        tracing::info!("stopped");
-    }
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP (TLS reload) in every thread (threads inherit the mask)

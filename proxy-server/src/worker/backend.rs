@@ -18,7 +18,8 @@ use protocol::handshake::InitArgs;
 use protocol::shape::{Array, Bytes, Out};
 
 use super::mechanism::{CMechanism, CMsgParam};
-use super::template::{to_ulong, wire, CTemplate};
+use super::template::CTemplate;
+use super::ulong::{to_ulong, wire};
 
 /// What `pReserved` points to when the application's was not NULL: its contents cannot
 /// cross the wire, so the vendor sees an empty string, and answers as it does.
@@ -154,13 +155,13 @@ impl Backend {
                 return unsafe { f(ptr::null_mut()) };
             }
             (None, Some(_)) => InitArgs {
-                flags: super::template::wire(CKF_OS_LOCKING_OK),
+                flags: super::ulong::wire(CKF_OS_LOCKING_OK),
                 callbacks: 0,
                 reserved: true,
             },
             (Some(a), _) => a,
         };
-        let Ok(flags) = super::template::to_ulong(args.flags) else {
+        let Ok(flags) = super::ulong::to_ulong(args.flags) else {
             return CKR_ARGUMENTS_BAD;
         };
         let has = |bit: u8| args.callbacks & (1 << bit) != 0;

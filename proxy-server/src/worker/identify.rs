@@ -13,13 +13,15 @@ use protocol::attribute::{AttrOut, AttrQuery, AttrValue, Attribute, Want};
 use protocol::message::{Identity, Response};
 use protocol::objects::{identity_query, token_identity, Handout};
 
-use super::connection::{App, Shared};
-use super::template::{wire, CTemplate};
+use super::application::Application;
+use super::state::WorkerState;
+use super::template::CTemplate;
+use super::ulong::wire;
 
 /// The answer with the identities of the objects it hands out that `app` was not sent yet.
 pub fn with_identities(
-    shared: &Shared,
-    app: &App,
+    worker: &WorkerState,
+    app: &Application,
     handout: Handout,
     mut answer: Response,
 ) -> Response {
@@ -43,7 +45,7 @@ pub fn with_identities(
             attributes: if handout.makes_session_object(i) {
                 None
             } else {
-                read(shared, session, object, handout.class(i))
+                read(worker, session, object, handout.class(i))
             },
         })
         .collect();
@@ -55,8 +57,8 @@ pub fn with_identities(
 
 /// [`Request::IdentifyObjects`]: the identity of each of `objects`.
 pub fn identify(
-    shared: &Shared,
-    app: &App,
+    worker: &WorkerState,
+    app: &Application,
     session: CK_SESSION_HANDLE,
     objects: Vec<u64>,
 ) -> Response {
@@ -66,7 +68,7 @@ pub fn identify(
             app.first_handout(object);
             Identity {
                 object,
-                attributes: read(shared, session, object, None),
+                attributes: read(worker, session, object, None),
             }
         })
         .collect();
@@ -79,7 +81,7 @@ pub fn identify(
 /// The identity of `object` (of `class`, when known), or `None` for a session object, an
 /// object of a class that is not stored (v2.40 §4.3), or one whose attributes cannot be read.
 fn read(
-    shared: &Shared,
+    worker: &WorkerState,
     session: CK_SESSION_HANDLE,
     object: u64,
     class: Option<u64>,
@@ -87,7 +89,7 @@ fn read(
     let handle = CK_OBJECT_HANDLE::try_from(object).ok()?;
     let class = match class {
         Some(c) => c,
-        None => match get(shared, session, handle, &[(wire(CKA_CLASS), 1)])?.pop()? {
+        None => match get(worker, session, handle, &[(wire(CKA_CLASS), 1)])?.pop()? {
             Attribute {
                 value: AttrValue::Ulong(c),
                 ..
@@ -95,13 +97,13 @@ fn read(
             _ => return None,
         },
     };
-    token_identity(class, get(shared, session, handle, identity_query(class)?)?)
+    token_identity(class, get(worker, session, handle, identity_query(class)?)?)
 }
 
 /// The values the vendor gives for `query` (type, buffer in wire units); an attribute it
 /// answers without a value (too long, or an answer of its own) is left out.
 fn get(
-    shared: &Shared,
+    worker: &WorkerState,
     session: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
     query: &[(u64, u64)],
@@ -115,7 +117,7 @@ fn get(
         .collect();
     let mut t = CTemplate::for_query(&asked.into()).ok()?;
     // Per-attribute answers are meaningful with these return values (v2.40 §5.7.5).
-    match shared.backend.get_attribute_value(session, object, &mut t) {
+    match worker.backend.get_attribute_value(session, object, &mut t) {
         CKR_OK | CKR_ATTRIBUTE_TYPE_INVALID | CKR_ATTRIBUTE_SENSITIVE | CKR_BUFFER_TOO_SMALL => {}
         _ => return None,
     }

@@ -8,7 +8,7 @@ use std::ptr;
 use cryptoki_sys::*;
 use protocol::mechanism::{MechParam, Mechanism, MsgParam};
 
-use super::template::{to_ulong, wire};
+use super::ulong::{to_ulong, wire};
 
 /// `CK_GCM_PARAMS` as first published, without `ulIvBits` (some HSMs, Thales Luna among them,
 /// only accept this layout).

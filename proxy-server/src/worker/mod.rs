@@ -10,12 +10,15 @@
 //! grace period, tells the router it is leaving, and exits when told to stop. The control
 //! channel closing (the router is gone) stops it too: no orphans.
 
+mod application;
 mod backend;
 mod connection;
 mod dispatch;
 mod identify;
 mod mechanism;
+mod state;
 mod template;
+mod ulong;
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
@@ -32,7 +35,8 @@ use protocol::handshake::InitArgs;
 use protocol::stream::Stream;
 
 use self::backend::Backend;
-use self::connection::{Handed, Shared};
+use self::connection::Handed;
+use self::state::WorkerState;
 use crate::control::{Channel, Role, ToRouter, ToWorker, Transport, WorkerSettings};
 use crate::rv;
 use crate::startups::{Limits, Startups};
@@ -46,7 +50,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The running worker: its state and its live connections (to wake them at a stop).
 struct Worker {
-    shared: Shared,
+    state: WorkerState,
     channel: Channel,
     /// Names this worker's application in logs and metrics (not secret).
     label: String,
@@ -85,12 +89,12 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::init_logging(settings.json_logs);
-    crate::raise_file_limit();
+    crate::process::init_logging(settings.json_logs);
+    crate::process::raise_file_limit();
     let label = settings.role.label();
     let span = tracing::info_span!("worker", app = %label);
     let _entered = span.enter();
-    let shared = match start(settings) {
+    let state = match start(settings) {
         Ok(s) => s,
         Err(reason) => {
             tracing::error!("{reason}");
@@ -98,7 +102,7 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let interface = shared.backend.interface_version();
+    let interface = state.backend.interface_version();
     if channel
         .send(&ToRouter::Started { interface }, None)
         .is_err()
@@ -108,7 +112,7 @@ pub fn run() -> ExitCode {
     // Before their hello, an application's connections are bounded by --max-connections
     // too, apart from its authenticated ones; the oldest goes to make room, whatever its
     // address (the application's own may share it, behind a NAT).
-    let pre_hello = shared.settings.max_connections.min(MAX_PRE_HELLO);
+    let pre_hello = state.settings.max_connections.min(MAX_PRE_HELLO);
     let startups = Startups::new(
         Limits {
             start: pre_hello,
@@ -119,7 +123,7 @@ pub fn run() -> ExitCode {
         "hello",
     );
     let worker = Arc::new(Worker {
-        shared,
+        state,
         channel,
         label,
         next_conn: AtomicU64::new(0),
@@ -136,14 +140,14 @@ pub fn run() -> ExitCode {
 
 /// Loads the vendor library (and, for a shared or probe worker, initialises it) and the TLS
 /// material.
-fn start(settings: WorkerSettings) -> Result<Shared, String> {
+fn start(settings: WorkerSettings) -> Result<WorkerState, String> {
     let policy = crate::policy::Policy::new(&settings.deny_functions, &settings.deny_mechanisms)?;
     let backend = Backend::load(&settings.module)?;
     let tls = settings.tls.clone().map(TlsListener::new).transpose()?;
     let initialised = !matches!(settings.role, Role::Application(_));
     if initialised {
         let args = InitArgs {
-            flags: template::wire(CKF_OS_LOCKING_OK),
+            flags: ulong::wire(CKF_OS_LOCKING_OK),
             callbacks: 0,
             reserved: false,
         };
@@ -156,7 +160,13 @@ fn start(settings: WorkerSettings) -> Result<Shared, String> {
             ));
         }
     }
-    Ok(Shared::new(settings, policy, backend, tls, initialised))
+    Ok(WorkerState::new(
+        settings,
+        policy,
+        backend,
+        tls,
+        initialised,
+    ))
 }
 
 impl Worker {
@@ -192,7 +202,7 @@ impl Worker {
                     }
                 }
                 ToWorker::Reload => {
-                    if let Some(tls) = &self.shared.tls {
+                    if let Some(tls) = &self.state.tls {
                         match tls.reload() {
                             Ok(()) => {
                                 tracing::info!("TLS certificate, key and client CA reloaded")
@@ -204,9 +214,9 @@ impl Worker {
                     }
                 }
                 ToWorker::Report { ready } => {
-                    let mut snapshot = self.shared.metrics.snapshot();
-                    (snapshot.applications, snapshot.sessions) = self.shared.census(&self.label);
-                    let ready = ready.then(|| self.shared.initialised() && self.vendor_ready());
+                    let mut snapshot = self.state.metrics.snapshot();
+                    (snapshot.applications, snapshot.sessions) = self.state.census(&self.label);
+                    let ready = ready.then(|| self.state.initialised() && self.vendor_ready());
                     let _ = self
                         .channel
                         .send(&ToRouter::Report { snapshot, ready }, None);
@@ -230,8 +240,8 @@ impl Worker {
             Transport::Tcp | Transport::Tls => Stream::Tcp(TcpStream::from(fd)),
             Transport::Unix => Stream::Unix(UnixStream::from(fd)),
         };
-        let shared = &self.shared;
-        if shared.leaving.load(Ordering::Acquire) {
+        let state = &self.state;
+        if state.leaving.load(Ordering::Acquire) {
             // Routed here before the router learnt that this worker is leaving: the client
             // connects again and reaches a new worker.
             tracing::info!(%peer, "connection closed: this worker is leaving");
@@ -249,7 +259,7 @@ impl Worker {
             _ => None,
         };
         let Some(ticket) = self.startups.admit(peer_ip, stream.as_fd()) else {
-            shared
+            state
                 .metrics
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
@@ -275,7 +285,7 @@ impl Worker {
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
                 let _entered = span.enter();
-                connection::serve(&worker.shared, handed);
+                connection::serve(&worker.state, handed);
                 worker.ended(id);
             });
         if let Err(e) = spawned {
@@ -307,13 +317,13 @@ impl Worker {
     fn start_lifecycle(self: &Arc<Self>, span: &tracing::Span) {
         let worker = self.clone();
         let span = span.clone();
-        let grace = self.shared.settings.resume_grace;
+        let grace = self.state.settings.resume_grace;
         let tick = (grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let _ = std::thread::Builder::new()
             .name("p11-lifecycle".into())
             .spawn(move || {
                 let _entered = span.enter();
-                let s = &worker.shared;
+                let s = &worker.state;
                 loop {
                     std::thread::sleep(tick);
                     match s.settings.role {
@@ -337,7 +347,7 @@ impl Worker {
 
     /// Whether the vendor library answers C_GetTokenInfo for at least one slot with a token.
     fn vendor_ready(&self) -> bool {
-        let b = &self.shared.backend;
+        let b = &self.state.backend;
         let (rv, _, slots) = b.slot_list(true, protocol::shape::Out::buffer(64));
         rv == CKR_OK
             && slots
@@ -348,8 +358,8 @@ impl Worker {
     /// Lets calls in flight finish (bounded), closes the sessions and finalises the vendor
     /// library if it is still initialised.
     fn stop(&self) {
-        let shared = &self.shared;
-        shared.leaving.store(true, Ordering::Release);
+        let state = &self.state;
+        state.leaving.store(true, Ordering::Release);
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         let mut conns = self.connections.lock();
         // Shutting down the read side ends each connection after the call it is serving.
@@ -366,12 +376,12 @@ impl Worker {
             }
         }
         drop(conns);
-        if shared.initialised() {
-            let sessions = shared.take_every_session();
-            if !matches!(shared.settings.role, Role::Application(_)) {
-                shared.close_sessions(&sessions);
+        if state.initialised() {
+            let sessions = state.take_every_session();
+            if !matches!(state.settings.role, Role::Application(_)) {
+                state.close_sessions(&sessions);
             }
-            let r = shared.backend.finalize();
+            let r = state.backend.finalize();
             tracing::info!(rv = %rv::name(r), "vendor library finalised; worker stopped");
         } else {
             tracing::debug!("worker stopped");

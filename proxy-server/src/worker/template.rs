@@ -16,6 +16,8 @@ use protocol::attribute::{
 use protocol::frame::MAX_DATA_LEN;
 use protocol::shape::Array;
 
+use super::ulong::{to_ulong, wire};
+
 const ULONG: usize = size_of::<CK_ULONG>();
 const ATTRIBUTE: usize = size_of::<CK_ATTRIBUTE>();
 
@@ -223,23 +225,4 @@ fn value_from_bytes(kind: Kind, b: &[u8]) -> AttrValue {
         }
         _ => AttrValue::Bytes(b.to_vec()),
     }
-}
-
-/// A native `CK_ULONG` as a wire `u64`, lossless; all ones (CK_UNAVAILABLE_INFORMATION)
-/// stays all ones whatever the platform's width, so the peer can narrow it back.
-#[allow(clippy::useless_conversion)]
-pub fn wire(v: CK_ULONG) -> u64 {
-    if v == CK_ULONG::MAX {
-        u64::MAX
-    } else {
-        u64::from(v)
-    }
-}
-
-/// A wire u64 as a CK_ULONG; `u64::MAX` (CK_UNAVAILABLE_INFORMATION) maps to the native all-ones.
-pub fn to_ulong(v: u64) -> Result<CK_ULONG, CK_RV> {
-    if v == u64::MAX {
-        return Ok(CK_ULONG::MAX);
-    }
-    CK_ULONG::try_from(v).map_err(|_| CKR_ARGUMENTS_BAD)
 }

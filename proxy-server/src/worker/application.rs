@@ -1,0 +1,106 @@
+//! One application's view inside a worker (DESIGN.md, "Server semantics"): the sessions it
+//! opened and the objects whose identity it was sent. All connections of one shim instance
+//! share it.
+//!
+//! In an application's own worker the vendor instance is the application's, so session
+//! handles pass unchecked to the vendor, which answers for them. In a shared worker
+//! (`--shared-worker`) each application owns the sessions it opened, and a session handle of
+//! another answers `CKR_SESSION_HANDLE_INVALID` (v2.40 §5.6).
+
+use std::collections::{HashMap, HashSet};
+
+use cryptoki_sys::*;
+use parking_lot::Mutex;
+
+/// One application's view: the sessions it opened.
+pub struct Application {
+    /// A number naming this application inside the worker (logs, metrics).
+    pub id: u64,
+    /// Whether the vendor instance serves other applications too (a shared worker).
+    shared_vendor: bool,
+    /// Session handle to the slot it was opened on.
+    sessions: Mutex<HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>>,
+    /// The shim asked for the identity of the objects handed out (hello flag).
+    pub identify_objects: bool,
+    /// The objects whose identity it was sent (`identify`).
+    identified: Mutex<HashSet<u64>>,
+}
+
+/// Most objects remembered as identified for one application; past it the memory starts
+/// again (an object is then identified once more: a vendor call, never a wrong answer).
+const MAX_IDENTIFIED: usize = 65_536;
+
+impl Application {
+    pub fn new(id: u64, shared_vendor: bool, identify_objects: bool) -> Self {
+        Self {
+            id,
+            shared_vendor,
+            sessions: Mutex::new(HashMap::new()),
+            identify_objects,
+            identified: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether `object` is handed out to the application for the first time (its identity
+    /// is to be sent); it is remembered as sent from now on.
+    pub fn first_handout(&self, object: u64) -> bool {
+        let mut identified = self.identified.lock();
+        if identified.len() >= MAX_IDENTIFIED {
+            identified.clear();
+        }
+        identified.insert(object)
+    }
+
+    /// `object` was destroyed: its handle may name another object later.
+    pub fn forget_object(&self, object: u64) {
+        self.identified.lock().remove(&object);
+    }
+
+    /// Whether other applications share this application's vendor instance.
+    pub fn shares_vendor(&self) -> bool {
+        self.shared_vendor
+    }
+
+    /// The session handle to pass to the vendor. In a shared worker, only a session the
+    /// application opened (PKCS#11 v2.40 §5.6: a handle it did not get is invalid for it);
+    /// in its own worker, any: the vendor answers for it.
+    pub fn check(&self, session: u64) -> Result<CK_SESSION_HANDLE, CK_RV> {
+        let h = CK_SESSION_HANDLE::try_from(session).map_err(|_| CKR_SESSION_HANDLE_INVALID)?;
+        if !self.shared_vendor || self.sessions.lock().contains_key(&h) {
+            Ok(h)
+        } else {
+            Err(CKR_SESSION_HANDLE_INVALID)
+        }
+    }
+
+    pub fn add_session(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID) {
+        self.sessions.lock().insert(session, slot);
+    }
+
+    pub fn remove_session(&self, session: CK_SESSION_HANDLE) {
+        self.sessions.lock().remove(&session);
+    }
+
+    /// Takes the sessions opened on `slot` out of the view.
+    pub fn take_sessions_of_slot(&self, slot: CK_SLOT_ID) -> Vec<CK_SESSION_HANDLE> {
+        let mut sessions = self.sessions.lock();
+        let on_slot: Vec<_> = sessions
+            .iter()
+            .filter(|(_, s)| **s == slot)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &on_slot {
+            sessions.remove(h);
+        }
+        on_slot
+    }
+
+    /// Takes every session out of the view (C_Finalize, departure, stop).
+    pub fn take_all_sessions(&self) -> Vec<CK_SESSION_HANDLE> {
+        self.sessions.lock().drain().map(|(h, _)| h).collect()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+}

@@ -1,0 +1,53 @@
+//! Serves one request: the operator's policy first, then the vendor library, through one
+//! file per spec chapter (mirroring the shim's `api/`), each arm the server side of one
+//! PKCS#11 function. The request's descriptor names its chapter.
+
+mod answer;
+mod crypto;
+mod general;
+mod key;
+mod message;
+mod object;
+mod session;
+mod slot;
+
+use protocol::function::Chapter;
+use protocol::message::{Function, Request, Response};
+use protocol::objects::Handout;
+
+use crate::worker::application::Application;
+use crate::worker::identify;
+use crate::worker::state::WorkerState;
+use crate::worker::ulong::wire;
+
+/// Serves one request for `app`.
+pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Response {
+    if let Some(rv) = worker.policy.check(&request) {
+        return Response::Rv(wire(rv));
+    }
+    // The identity of the objects an answer hands out travels with it (one round trip), read
+    // as the application itself could read it (not where C_GetAttributeValue is denied).
+    let handout = app
+        .identify_objects
+        .then(|| Handout::of(&request))
+        .flatten()
+        .filter(|_| {
+            worker
+                .policy
+                .allows(Function::GetAttributeValue.descriptor().name)
+        });
+    let answer = match request.descriptor().chapter {
+        Chapter::General => general::call(worker, app, request),
+        Chapter::SlotToken => slot::call(worker, app, request),
+        Chapter::Session => session::call(worker, app, request),
+        Chapter::Object => object::call(worker, app, request),
+        Chapter::Crypto => crypto::call(worker, app, request),
+        Chapter::Key => key::call(worker, app, request),
+        Chapter::Message => message::call(worker, app, request),
+    }
+    .unwrap_or_else(|rv| Response::Rv(wire(rv)));
+    match handout {
+        Some(handout) => identify::with_identities(worker, app, handout, answer),
+        None => answer,
+    }
+}
