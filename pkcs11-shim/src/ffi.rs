@@ -35,24 +35,13 @@ pub const ULONG: usize = size_of::<CK_ULONG>();
 /// Size of a native `CK_ATTRIBUTE`.
 pub const ATTRIBUTE: usize = size_of::<CK_ATTRIBUTE>();
 
-/// A native `CK_ULONG` as a wire `u64`, lossless; all ones (CK_UNAVAILABLE_INFORMATION)
-/// stays all ones whatever the platform's width, so the peer can narrow it back.
-#[allow(clippy::useless_conversion)]
-pub fn wire(v: CK_ULONG) -> u64 {
-    if v == CK_ULONG::MAX {
-        u64::MAX
-    } else {
-        u64::from(v)
-    }
-}
+pub use protocol::ulong::wire;
 
-/// A wire `u64` as a native `CK_ULONG`; all ones stays all ones (CK_UNAVAILABLE_INFORMATION),
-/// anything else too wide for this platform is an error from a bad peer.
+/// A wire `u64` as a native `CK_ULONG` ([`protocol::ulong::narrow`]); all ones stays all ones
+/// (CK_UNAVAILABLE_INFORMATION), anything else too wide for this platform is an error from a
+/// bad peer.
 pub fn narrow(v: u64) -> Rv<CK_ULONG> {
-    if v == u64::MAX {
-        return Ok(CK_ULONG::MAX);
-    }
-    CK_ULONG::try_from(v).map_err(|_| CKR_GENERAL_ERROR)
+    protocol::ulong::narrow(v).ok_or(CKR_GENERAL_ERROR)
 }
 
 /// A native length as `usize`.
@@ -96,7 +85,7 @@ pub unsafe fn bytes<'a>(p: *const u8, n: CK_ULONG) -> Rv<&'a [u8]> {
 pub fn carried(n: CK_ULONG) -> Rv<usize> {
     let n = len(n)?;
     if n as u64 > protocol::frame::MAX_DATA_LEN {
-        crate::client::warn(&format!(
+        crate::log::warn(&format!(
             "a length of {n} bytes: more than one frame carries; CKR_ARGUMENTS_BAD"
         ));
         return Err(CKR_ARGUMENTS_BAD);

@@ -16,6 +16,7 @@
 mod api;
 pub mod client;
 mod ffi;
+pub mod log;
 mod mechanism;
 mod message;
 mod template;

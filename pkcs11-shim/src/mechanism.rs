@@ -194,7 +194,7 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
     } else if MAC_GENERAL.contains(&ty) && m.ulParameterLen as usize == ULONG {
         MechParam::Ulong(wire(param::<CK_ULONG>(m)?))
     } else if POINTER_PARAMS.contains(&ty) {
-        crate::client::warn(&format!(
+        crate::log::warn(&format!(
             "mechanism {ty:#x}: its parameter holds pointers and cannot be forwarded yet"
         ));
         return Err(CKR_MECHANISM_PARAM_INVALID);

@@ -11,8 +11,8 @@ use std::time::Duration;
 use protocol::address::Address;
 use serde::Deserialize;
 
-use super::log::{LogLevel, LogTarget};
 use super::tls;
+use crate::log::{LogLevel, LogTarget, ENV_LOG, ENV_LOG_FILE};
 
 /// The TOML file with the settings below.
 pub const ENV_CONFIG: &str = "PKCS11_PROXY_CONFIG";
@@ -47,10 +47,6 @@ pub const ENV_TLS_CA: &str = "PKCS11_PROXY_TLS_CA";
 pub const ENV_TLS_CERT: &str = "PKCS11_PROXY_TLS_CERT";
 /// This client's private key (PEM).
 pub const ENV_TLS_KEY: &str = "PKCS11_PROXY_TLS_KEY";
-/// Log level: off, error, warn, info, debug (default warn).
-pub const ENV_LOG: &str = "PKCS11_PROXY_LOG";
-/// Log file (appended to); default stderr.
-pub const ENV_LOG_FILE: &str = "PKCS11_PROXY_LOG_FILE";
 
 /// The file: the same settings, lower case, without the prefix.
 #[derive(Debug, Default, Deserialize)]

@@ -196,8 +196,8 @@ impl Connection {
                         return Ok(c);
                     }
                     Err(OpenError::Busy(reason)) if Instant::now() + wait < deadline => {
-                        super::log::log(
-                            super::log::LogLevel::Debug,
+                        crate::log::log(
+                            crate::log::LogLevel::Debug,
                             &format!("{addr}: server busy ({reason}); trying again"),
                         );
                         std::thread::sleep(wait);

@@ -12,7 +12,6 @@
 pub mod config;
 mod connection;
 mod journal;
-pub mod log;
 mod recovery;
 mod tls;
 
@@ -32,6 +31,7 @@ use self::config::Config;
 use self::connection::Connection;
 use self::journal::{InstanceId, Journal, Served, Shimmed};
 use crate::ffi::Rv;
+use crate::log::{self, warn};
 
 /// Sends of one request at most: the first, and resends after lost answers.
 const MAX_SENDS: usize = 3;
@@ -96,11 +96,6 @@ pub struct Client {
 
 /// The instance, present between C_Initialize and C_Finalize.
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
-
-/// Writes one warning line (see [`log`] for level and destination).
-pub fn warn(msg: &str) {
-    log::log(log::LogLevel::Warn, msg);
-}
 
 impl Client {
     /// Remembers (or, with `None`, forgets) the mechanism of a message-based operation.

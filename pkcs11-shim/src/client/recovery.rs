@@ -29,7 +29,7 @@ use super::connection::Connection;
 use protocol::function::OpKind;
 
 use super::journal::Journal;
-use super::log::{log, LogLevel};
+use crate::log::{log, LogLevel};
 
 /// The identity of each of `objects` (server handles) handed out earlier without one (the
 /// server sends it with the answer that hands an object out, once per application: another

@@ -8,6 +8,11 @@ use std::str::FromStr;
 
 use parking_lot::RwLock;
 
+/// Log level: off, error, warn, info, debug (default warn).
+pub const ENV_LOG: &str = "PKCS11_PROXY_LOG";
+/// Log file (appended to); default stderr.
+pub const ENV_LOG_FILE: &str = "PKCS11_PROXY_LOG_FILE";
+
 /// How much to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -49,11 +54,11 @@ static SETTINGS: RwLock<(LogLevel, LogTarget)> = RwLock::new((LogLevel::Warn, Lo
 /// Applies the level and target the environment names (before the configuration file is
 /// read, so that its errors go where the operator looks).
 pub fn configure_from_env() {
-    let level = std::env::var(super::config::ENV_LOG)
+    let level = std::env::var(ENV_LOG)
         .ok()
         .and_then(|l| l.parse().ok())
         .unwrap_or(LogLevel::Warn);
-    let target = std::env::var_os(super::config::ENV_LOG_FILE)
+    let target = std::env::var_os(ENV_LOG_FILE)
         .filter(|p| !p.is_empty())
         .map_or(LogTarget::Stderr, |p| LogTarget::File(PathBuf::from(p)));
     configure(level, target);
@@ -86,4 +91,9 @@ pub fn log(level: LogLevel, msg: &str) {
             }
         }
     }
+}
+
+/// Writes one warning line.
+pub fn warn(msg: &str) {
+    log(LogLevel::Warn, msg);
 }
