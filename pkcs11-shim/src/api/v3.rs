@@ -304,62 +304,34 @@ pub unsafe extern "C" fn C_SignMessageNext(
     })
 }
 
-/// C_VerifyMessage (v3.0 §5.16.2).
-#[no_mangle]
-pub unsafe extern "C" fn C_VerifyMessage(
-    session: CK_SESSION_HANDLE,
-    p: *mut c_void,
-    pl: CK_ULONG,
-    data: *mut CK_BYTE,
-    data_len: CK_ULONG,
-    signature: *mut CK_BYTE,
-    signature_len: CK_ULONG,
-) -> CK_RV {
-    entry!({
-        let client = client::current()?;
-        let param = read_param(&client, session, OpKind::MessageVerify, p, pl)?;
-        let data = input(data, data_len)?;
-        let signature = input(signature, signature_len)?;
-        finish(
-            client.call(Request::VerifyMessage {
-                session: wire(session),
-                param,
-                data,
-                signature,
-            })?,
-            p,
-            pl,
-            None,
-        )
-    })
+/// C_VerifyMessage / C_VerifyMessageNext (a NULL `pSignature` in the latter means "not the
+/// last part").
+macro_rules! verify_message {
+    ($(#[$doc:meta])* $name:ident => $variant:ident) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            session: CK_SESSION_HANDLE,
+            p: *mut c_void,
+            pl: CK_ULONG,
+            data: *mut CK_BYTE,
+            data_len: CK_ULONG,
+            signature: *mut CK_BYTE,
+            signature_len: CK_ULONG,
+        ) -> CK_RV {
+            entry!({
+                let client = client::current()?;
+                let param = read_param(&client, session, OpKind::MessageVerify, p, pl)?;
+                let data = input(data, data_len)?;
+                let signature = input(signature, signature_len)?;
+                let r = client.call(Request::$variant { session: wire(session), param, data, signature })?;
+                finish(r, p, pl, None)
+            })
+        }
+    };
 }
 
-/// C_VerifyMessageNext (v3.0 §5.16.4): a NULL `pSignature` means "not the last part".
-#[no_mangle]
-pub unsafe extern "C" fn C_VerifyMessageNext(
-    session: CK_SESSION_HANDLE,
-    p: *mut c_void,
-    pl: CK_ULONG,
-    data: *mut CK_BYTE,
-    data_len: CK_ULONG,
-    signature: *mut CK_BYTE,
-    signature_len: CK_ULONG,
-) -> CK_RV {
-    entry!({
-        let client = client::current()?;
-        let param = read_param(&client, session, OpKind::MessageVerify, p, pl)?;
-        let data = input(data, data_len)?;
-        let signature = input(signature, signature_len)?;
-        finish(
-            client.call(Request::VerifyMessageNext {
-                session: wire(session),
-                param,
-                data,
-                signature,
-            })?,
-            p,
-            pl,
-            None,
-        )
-    })
-}
+verify_message!(/// C_VerifyMessage (v3.0 §5.16.2).
+    C_VerifyMessage => VerifyMessage);
+verify_message!(/// C_VerifyMessageNext (v3.0 §5.16.4).
+    C_VerifyMessageNext => VerifyMessageNext);
