@@ -316,6 +316,81 @@ fn v3_functions_on_a_2_40_library_answer_function_not_supported() {
         assert_eq!(init.unwrap()(s, &mut gcm, 1), CKR_FUNCTION_NOT_SUPPORTED);
         assert_eq!(cancel.unwrap()(s, 0), CKR_FUNCTION_NOT_SUPPORTED);
         assert_eq!(final_.unwrap()(s), CKR_FUNCTION_NOT_SUPPORTED);
+        // Every other 3.0 function too: each reaches its arm on the server (a request routed
+        // to no arm answers CKR_GENERAL_ERROR), which asks the vendor's (absent) 3.0 table.
+        let nul = ptr::null_mut();
+        let mut n: CK_ULONG = 0;
+        macro_rules! sym {
+            ($t:ty, $name:literal) => {{
+                let f: $t = proxy.symbol(concat!($name, "\0").as_bytes()).unwrap();
+                ($name, f.unwrap())
+            }};
+        }
+        let mut rvs: Vec<(&str, CK_RV)> = Vec::new();
+        for (name, f) in [
+            sym!(CK_C_MessageEncryptInit, "C_MessageDecryptInit"),
+            sym!(CK_C_MessageEncryptInit, "C_MessageSignInit"),
+            sym!(CK_C_MessageEncryptInit, "C_MessageVerifyInit"),
+        ] {
+            rvs.push((name, f(s, &mut gcm, 1)));
+        }
+        for (name, f) in [
+            sym!(CK_C_MessageSignFinal, "C_MessageEncryptFinal"),
+            sym!(CK_C_MessageSignFinal, "C_MessageDecryptFinal"),
+            sym!(CK_C_MessageSignFinal, "C_MessageVerifyFinal"),
+        ] {
+            rvs.push((name, f(s)));
+        }
+        for (name, f) in [
+            sym!(CK_C_EncryptMessage, "C_EncryptMessage"),
+            sym!(CK_C_EncryptMessage, "C_DecryptMessage"),
+        ] {
+            rvs.push((
+                name,
+                f(s, nul, 0, nul.cast(), 0, nul.cast(), 0, nul.cast(), &mut n),
+            ));
+        }
+        for (name, f) in [
+            sym!(CK_C_EncryptMessageBegin, "C_EncryptMessageBegin"),
+            sym!(CK_C_EncryptMessageBegin, "C_DecryptMessageBegin"),
+        ] {
+            rvs.push((name, f(s, nul, 0, nul.cast(), 0)));
+        }
+        for (name, f) in [
+            sym!(CK_C_EncryptMessageNext, "C_EncryptMessageNext"),
+            sym!(CK_C_EncryptMessageNext, "C_DecryptMessageNext"),
+        ] {
+            rvs.push((name, f(s, nul, 0, nul.cast(), 0, nul.cast(), &mut n, 0)));
+        }
+        for (name, f) in [
+            sym!(CK_C_SignMessage, "C_SignMessage"),
+            sym!(CK_C_SignMessage, "C_SignMessageNext"),
+        ] {
+            rvs.push((name, f(s, nul, 0, nul.cast(), 0, nul.cast(), &mut n)));
+        }
+        for (name, f) in [
+            sym!(CK_C_SignMessageBegin, "C_SignMessageBegin"),
+            sym!(CK_C_SignMessageBegin, "C_VerifyMessageBegin"),
+        ] {
+            rvs.push((name, f(s, nul, 0)));
+        }
+        for (name, f) in [
+            sym!(CK_C_VerifyMessage, "C_VerifyMessage"),
+            sym!(CK_C_VerifyMessage, "C_VerifyMessageNext"),
+        ] {
+            rvs.push((name, f(s, nul, 0, nul.cast(), 0, nul.cast(), 0)));
+        }
+        let (name, login_user) = sym!(CK_C_LoginUser, "C_LoginUser");
+        rvs.push((name, login_user(s, CKU_USER, nul.cast(), 0, nul.cast(), 0)));
+        let wrong: Vec<_> = rvs
+            .iter()
+            .filter(|(_, rv)| *rv != CKR_FUNCTION_NOT_SUPPORTED)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "not CKR_FUNCTION_NOT_SUPPORTED: {wrong:x?}"
+        );
+        assert_eq!(rvs.len(), 19);
     }
 }
 
