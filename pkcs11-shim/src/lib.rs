@@ -28,10 +28,10 @@ use cryptoki_sys::*;
 pub use api::crypto::*;
 pub use api::general::*;
 pub use api::key::*;
+pub use api::message::*;
 pub use api::object::*;
 pub use api::session::*;
 pub use api::slot::*;
-pub use api::v3::*;
 use ffi::entry;
 
 /// The version this module's tables announce.

@@ -1,4 +1,5 @@
-//! Session management functions (PKCS#11 v2.40 §5.6).
+//! Session management functions (PKCS#11 v2.40 §5.6), with v3.0's C_LoginUser (§5.6.9) and
+//! C_SessionCancel (§5.6.11), which a 2.x vendor answers CKR_FUNCTION_NOT_SUPPORTED.
 
 use std::ffi::c_void;
 
@@ -149,6 +150,41 @@ pub unsafe extern "C" fn C_Logout(session: CK_SESSION_HANDLE) -> CK_RV {
     entry!({
         rv_of(client::call(Request::Logout {
             session: wire(session),
+        })?)
+    })
+}
+
+/// C_LoginUser (v3.0 §5.6.9).
+#[no_mangle]
+pub unsafe extern "C" fn C_LoginUser(
+    session: CK_SESSION_HANDLE,
+    user_type: CK_USER_TYPE,
+    p: *mut CK_UTF8CHAR,
+    n: CK_ULONG,
+    username: *mut CK_UTF8CHAR,
+    username_len: CK_ULONG,
+) -> CK_RV {
+    entry!({
+        let client = client::current()?;
+        let pin = pin(p, n)?;
+        let username = input(username, username_len)?;
+        rv_of(client.call(Request::LoginUser {
+            session: wire(session),
+            user_type: wire(user_type),
+            pin,
+            username,
+        })?)
+    })
+}
+
+/// C_SessionCancel (v3.0 §5.6.11).
+#[no_mangle]
+pub unsafe extern "C" fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+    entry!({
+        let client = client::current()?;
+        rv_of(client.call(Request::SessionCancel {
+            session: wire(session),
+            flags: wire(flags),
         })?)
     })
 }

@@ -1,7 +1,6 @@
-//! Functions added by PKCS#11 v3.0: C_LoginUser (§5.6.9), C_SessionCancel (§5.6.11) and the
-//! message-based encryption, decryption, signing and verification functions (§5.9 to §5.16).
-//! They are forwarded to the vendor library, which answers CKR_FUNCTION_NOT_SUPPORTED when it
-//! implements PKCS#11 2.x only.
+//! The message-based encryption, decryption, signing and verification functions of PKCS#11
+//! v3.0 (§5.9 to §5.16). They are forwarded to the vendor library, which answers
+//! CKR_FUNCTION_NOT_SUPPORTED when it implements PKCS#11 2.x only.
 
 use std::ffi::c_void;
 
@@ -10,43 +9,8 @@ use protocol::function::OpKind;
 use protocol::message::{Request, Response};
 
 use crate::client::{self, Client};
-use crate::ffi::{entry, input, narrow, pin, rv_of, unexpected, wire, OutBuf, Rv};
+use crate::ffi::{entry, input, narrow, rv_of, unexpected, wire, OutBuf, Rv};
 use crate::{mechanism, message};
-
-/// C_LoginUser (v3.0 §5.6.9).
-#[no_mangle]
-pub unsafe extern "C" fn C_LoginUser(
-    session: CK_SESSION_HANDLE,
-    user_type: CK_USER_TYPE,
-    p: *mut CK_UTF8CHAR,
-    n: CK_ULONG,
-    username: *mut CK_UTF8CHAR,
-    username_len: CK_ULONG,
-) -> CK_RV {
-    entry!({
-        let client = client::current()?;
-        let pin = pin(p, n)?;
-        let username = input(username, username_len)?;
-        rv_of(client.call(Request::LoginUser {
-            session: wire(session),
-            user_type: wire(user_type),
-            pin,
-            username,
-        })?)
-    })
-}
-
-/// C_SessionCancel (v3.0 §5.6.11).
-#[no_mangle]
-pub unsafe extern "C" fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
-    entry!({
-        let client = client::current()?;
-        rv_of(client.call(Request::SessionCancel {
-            session: wire(session),
-            flags: wire(flags),
-        })?)
-    })
-}
 
 /// Writes a [`Response::Message`]: the parameter the token updated, then the output.
 unsafe fn finish(
