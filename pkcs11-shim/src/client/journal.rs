@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use cryptoki_sys::*;
 use protocol::attribute::{completable, AttrOut, Attribute, Want};
 use protocol::function::{OpKind, Step};
-use protocol::message::{Identity, Pin, Request, Response};
+use protocol::message::{Function, Identity, Pin, Request, Response};
 use protocol::objects::{self, Handout};
 use protocol::shape::{Array, Bytes, Out};
 
@@ -94,7 +94,7 @@ pub enum Served {
 /// size query leaves nothing behind), so that the vendor answers it.
 #[derive(Debug, Clone)]
 pub struct Completed {
-    function: std::mem::Discriminant<Request>,
+    function: Function,
     input: Bytes,
     /// The size query's answer.
     len: u64,
@@ -320,7 +320,7 @@ impl Journal {
             .iter()
             .position(|o| o.kind == kind && o.completed.is_some())?;
         let c = s.ops[i].completed.as_ref()?;
-        if c.function != std::mem::discriminant(request) || c.input != *input {
+        if c.function != request.function() || c.input != *input {
             return None;
         }
         match (out.buffer, out.len) {
@@ -675,7 +675,7 @@ impl Journal {
                     data: Vec::new(),
                 },
                 single_part(request).map(|(_, input, _)| Completed {
-                    function: std::mem::discriminant(request),
+                    function: request.function(),
                     input: input.clone(),
                     len,
                     rv,

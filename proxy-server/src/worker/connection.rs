@@ -233,10 +233,11 @@ fn request_loop(
             .bytes_received
             .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
         let request: Request = codec::decode(&frame)?;
-        if request.descriptor().carries_pin {
+        let d = request.descriptor();
+        if d.carries_pin {
             wipe(&mut frame);
         }
-        let name = request.descriptor().name;
+        let name = d.name;
         let started = Instant::now();
         let response = super::dispatch::dispatch(worker, app, request);
         let r = CK_RV::try_from(response.rv()).unwrap_or(CKR_GENERAL_ERROR);
