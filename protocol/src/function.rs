@@ -210,6 +210,15 @@ macro_rules! requests {
             }
 
             /// The session handle this request names, if any.
+            pub fn session(&self) -> Option<u64> {
+                fn find(request: &Request) -> Option<&u64> {
+                    $($crate::function::field!(session, request, $variant; $($field)*);)*
+                    None
+                }
+                find(self).copied()
+            }
+
+            /// [`Request::session`], to change.
             pub fn session_mut(&mut self) -> Option<&mut u64> {
                 $($crate::function::field!(session, self, $variant; $($field)*);)*
                 None

@@ -9,8 +9,10 @@
 //! connections of one shim instance present the same client id, so the server sees one
 //! application (DESIGN.md, "Shim semantics").
 
+mod ahead;
 pub mod config;
 mod connection;
+mod handles;
 mod journal;
 mod recovery;
 mod tls;
@@ -27,9 +29,10 @@ use protocol::handshake::{ClientId, InitArgs};
 use protocol::message::{Request, Response};
 use protocol::stream::Stream;
 
+use self::ahead::Served;
 use self::config::Config;
 use self::connection::Connection;
-use self::journal::{InstanceId, Journal, Served, Shimmed};
+use self::journal::{InstanceId, Journal};
 use crate::ffi::Rv;
 use crate::log::{self, warn};
 
@@ -159,7 +162,7 @@ impl Client {
         }
         let (epoch, current) = {
             let j = self.journal.read();
-            (j.epoch, j.instance)
+            (j.epoch(), j.instance())
         };
         // The address that served last is tried first: after a failover the application
         // stays on the server it moved to.
@@ -319,7 +322,7 @@ impl Client {
         // The follow-up of a size query the server completed, and the calls of a search it ran
         // ahead, cost no round trip (DESIGN.md, "Two-call functions").
         let mut prefix = Vec::new();
-        let session = request.session_mut().copied();
+        let session = request.session();
         let ahead = {
             let j = self.journal.read();
             let ahead = j.answers_ahead(session, &request);
@@ -330,10 +333,10 @@ impl Client {
         };
         if ahead {
             let mut j = self.journal.write();
-            if let Some(answer) = j.serve_completed(&mut request) {
+            if let Some(answer) = j.serve_completed(&request) {
                 return Ok(answer);
             }
-            if let Some(answer) = j.serve_attributes(&mut request) {
+            if let Some(answer) = j.serve_attributes(&request) {
                 return Ok(answer);
             }
             match j.serve_search(&mut request) {
@@ -343,7 +346,6 @@ impl Client {
             }
             // Not served: the vendor gets its operation back first (`prepare`).
         }
-        let init = journal::is_init(&request).then(|| request.clone());
         let mut lost_on: Option<InstanceId> = None;
         let mut healed = false;
         let mut refound = false;
@@ -362,8 +364,10 @@ impl Client {
                     return Err(self.lost_answer());
                 }
             }
-            let shimmed = match self.prepare(&mut conn, &mut request) {
-                Prepared::Ready(shimmed) => shimmed,
+            // The request stays in the application's form, with the shim's handles; each send
+            // carries a copy with the handles of the server it goes to.
+            let sent = match self.prepare(&mut conn, &request) {
+                Prepared::Ready(sent) => sent,
                 Prepared::Again => continue,
                 Prepared::Failed => {
                     sends += 1;
@@ -378,34 +382,27 @@ impl Client {
                 request,
                 Request::CloseSession { .. } | Request::CloseAllSessions { .. }
             ) {
-                self.journal.write().closing(&request, &shimmed);
+                self.journal.write().closing(&request);
             }
             sends += 1;
-            match conn.call(&request) {
+            match conn.call(&sent) {
                 Ok(response) => {
-                    if !healed && self.session_gone(&mut conn, &mut request, &shimmed, &response) {
+                    if !healed && self.session_gone(&mut conn, &request, &sent, &response) {
                         // Reopened: the request is sent again on the new session.
                         healed = true;
-                        Journal::restore(&mut request, &shimmed);
                         self.park(conn);
                         continue;
                     }
-                    if !refound
-                        && self.objects_renumbered(&mut conn, &mut request, &shimmed, &response)
-                    {
+                    if !refound && self.objects_renumbered(&mut conn, &request, &sent, &response) {
                         // Found again under new numbers: the request is sent again with them.
                         refound = true;
-                        Journal::restore(&mut request, &shimmed);
                         self.park(conn);
                         continue;
                     }
-                    match self.record(&mut conn, &mut request, &shimmed, init.clone(), response) {
+                    match self.record(&mut conn, &request, &sent, response) {
                         Some(response) => {
                             self.park(conn);
-                            return Ok(journal::after_prefix(
-                                std::mem::take(&mut prefix),
-                                response,
-                            ));
+                            return Ok(ahead::after_prefix(std::mem::take(&mut prefix), response));
                         }
                         // Answered by a server the application has left meanwhile (another
                         // thread moved it to a new instance): its handles mean nothing there.
@@ -414,10 +411,7 @@ impl Client {
                         None if request.descriptor().changes_token => {
                             return Err(self.lost_answer())
                         }
-                        None => {
-                            lost_on = Some(conn.instance());
-                            Journal::restore(&mut request, &shimmed);
-                        }
+                        None => lost_on = Some(conn.instance()),
                     }
                 }
                 Err(e) => {
@@ -434,7 +428,6 @@ impl Client {
                     let lost = conn.instance();
                     self.idle.lock().retain(|c| c.instance() != lost);
                     lost_on = Some(lost);
-                    Journal::restore(&mut request, &shimmed);
                 }
             }
         }
@@ -445,10 +438,10 @@ impl Client {
     /// size query completed, a search run ahead.
     fn ask_ahead(&self, request: &mut Request, j: &Journal) {
         if self.config.complete_size_queries {
-            journal::ask_completion(request, j);
+            j.ask_completion(request);
         }
         if self.config.prefetch_searches {
-            journal::ask_prefetch(request, j, SEARCH_AHEAD);
+            j.ask_prefetch(request, SEARCH_AHEAD);
         }
     }
 
@@ -456,25 +449,17 @@ impl Client {
     /// usual path (a read lock: threads translate side by side); under the write lock when
     /// the journal must first be replayed on a new server instance, or objects the request
     /// names found again there.
-    fn prepare(&self, conn: &mut Connection, request: &mut Request) -> Prepared {
-        let moved = |j: &Journal, request: &mut Request| {
-            uses_handles(request) && j.instance != conn.instance()
-        };
+    fn prepare(&self, conn: &mut Connection, request: &Request) -> Prepared {
+        let moved = |j: &Journal| uses_handles(request) && j.instance() != conn.instance();
         // Another call on a session whose size query was completed: the vendor gets the
         // operation back first (closing the session needs nothing back).
-        let restore = |j: &Journal, request: &mut Request| match request {
+        let restore = |j: &Journal| match request {
             Request::CloseSession { .. } => None,
-            r => r
-                .session_mut()
-                .copied()
-                .filter(|s| j.vendor_ended_early(*s)),
+            r => r.session().filter(|s| j.vendor_ended_early(*s)),
         };
         {
             let j = self.journal.read();
-            if !moved(&j, request)
-                && j.pending_in(request).is_empty()
-                && restore(&j, request).is_none()
-            {
+            if !moved(&j) && j.pending_in(request).is_empty() && restore(&j).is_none() {
                 match j.to_server(request) {
                     Ok(s) => return Prepared::Ready(s),
                     // Closing a lost session releases its handle, below.
@@ -484,8 +469,8 @@ impl Client {
             }
         }
         let mut j = self.journal.write();
-        if moved(&j, request) {
-            if conn.journal_epoch < j.epoch {
+        if moved(&j) {
+            if conn.journal_epoch < j.epoch() {
                 // Opened before the last switch, to a server the application left.
                 return Prepared::Again;
             }
@@ -495,13 +480,13 @@ impl Client {
             let instance = conn.instance();
             self.idle.lock().retain(|c| c.instance() == instance);
         }
-        if let Some(session) = restore(&j, request) {
+        if let Some(session) = restore(&j) {
             if recovery::restore_ended(conn, &mut j, session).is_err() {
                 return Prepared::Failed;
             }
         }
         let pending = j.pending_in(request);
-        let session = request.session_mut().and_then(|s| j.session_real(*s));
+        let session = request.session().and_then(|s| j.session_real(s));
         if let (false, Some(session)) = (pending.is_empty(), session) {
             if recovery::find_pending(conn, &mut j, session, pending).is_err() {
                 return Prepared::Failed;
@@ -525,8 +510,8 @@ impl Client {
     fn session_gone(
         &self,
         conn: &mut Connection,
-        request: &mut Request,
-        shimmed: &Shimmed,
+        request: &Request,
+        sent: &Request,
         response: &Response,
     ) -> bool {
         if !self.config.recovery
@@ -535,16 +520,15 @@ impl Client {
         {
             return false;
         }
-        let (Some(session), Some(sent)) = (shimmed.session, request.session_mut().copied()) else {
+        let (Some(session), Some(sent)) = (request.session(), sent.session()) else {
             return false;
         };
         let mut j = self.journal.write();
         let still_ours = j
-            .sessions
-            .get(&session)
+            .session(session)
             .is_some_and(|s| s.real == Some(sent) && !s.closing);
         still_ours
-            && j.instance == conn.instance()
+            && j.instance() == conn.instance()
             && recovery::reopen_session(conn, &mut j, session).unwrap_or(false)
     }
 
@@ -555,19 +539,20 @@ impl Client {
     fn objects_renumbered(
         &self,
         conn: &mut Connection,
-        request: &mut Request,
-        shimmed: &Shimmed,
+        request: &Request,
+        sent: &Request,
         response: &Response,
     ) -> bool {
         if !self.config.recovery || !recovery::is_invalid_handle(response.rv()) {
             return false;
         }
-        let Some(session) = request.session_mut().copied() else {
+        let Some(session) = sent.session() else {
             return false;
         };
+        let objects = request.object_handles();
         let mut j = self.journal.write();
-        j.instance == conn.instance()
-            && recovery::find_again(conn, &mut j, session, &shimmed.objects).unwrap_or(false)
+        j.instance() == conn.instance()
+            && recovery::find_again(conn, &mut j, session, &objects).unwrap_or(false)
     }
 
     /// Records the answer in the journal and gives it the shim's handles. With recovery on,
@@ -579,9 +564,8 @@ impl Client {
     fn record(
         &self,
         conn: &mut Connection,
-        request: &mut Request,
-        shimmed: &Shimmed,
-        init: Option<Request>,
+        request: &Request,
+        sent: &Request,
         mut response: Response,
     ) -> Option<Response> {
         if !journal::records(request) {
@@ -594,7 +578,7 @@ impl Client {
                 .into_iter()
                 .filter(|h| !identities.iter().any(|i| i.object == *h))
                 .collect();
-            if let (false, Some(session)) = (missing.is_empty(), request.session_mut().copied()) {
+            if let (false, Some(session)) = (missing.is_empty(), sent.session()) {
                 identities.extend(recovery::identify(conn, session, missing).unwrap_or_default());
             }
         }
@@ -602,10 +586,10 @@ impl Client {
         let mut j = self.journal.write();
         let handle_free = request.descriptor().changes_token
             && protocol::objects::handed_out(request, &mut response).is_empty();
-        if j.instance != conn.instance() && !handle_free {
+        if j.instance() != conn.instance() && !handle_free {
             return None;
         }
-        Some(j.after(request, shimmed, init, response, keep_pin, identities))
+        Some(j.after(request, response, keep_pin, identities))
     }
 
     /// Keeps a connection that answered for reuse.
@@ -669,7 +653,7 @@ impl Client {
 /// How [`Client::prepare`] left a request.
 enum Prepared {
     /// Translated for the connection's server.
-    Ready(Shimmed),
+    Ready(Request),
     /// The connection belongs to a server the application left: take another.
     Again,
     /// The connection failed during a replay: another attempt.
@@ -681,8 +665,8 @@ enum Prepared {
 /// Whether a request involves the journal's handles. Calls without a session (library, slot
 /// and token information, C_Finalize) hold none: a replay on a new server waits for the first
 /// call that needs it.
-fn uses_handles(request: &mut Request) -> bool {
-    request.session_mut().is_some()
+fn uses_handles(request: &Request) -> bool {
+    request.session().is_some()
         || matches!(
             request,
             Request::OpenSession { .. } | Request::CloseAllSessions { .. }

@@ -83,8 +83,7 @@ pub fn recover(
 }
 
 fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, ProtocolError> {
-    let mut handles: Vec<u64> = journal.sessions.keys().copied().collect();
-    handles.sort_unstable();
+    let handles = journal.session_handles();
     // 1. Sessions.
     let mut reopened = 0;
     for &h in &handles {
@@ -93,8 +92,7 @@ fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, Protoc
         }
     }
     // 2. Logins, on the first reopened session of each slot.
-    let slots: Vec<u64> = journal.logins.keys().copied().collect();
-    for slot in slots {
+    for slot in journal.login_slots() {
         if let Some(session) = first_session_on(journal, slot, &handles) {
             login_again(conn, journal, slot, session)?;
         }
@@ -120,17 +118,17 @@ pub fn reopen_session(
     journal: &mut Journal,
     session: u64,
 ) -> Result<bool, ProtocolError> {
-    if let Some(s) = journal.sessions.get_mut(&session) {
+    if let Some(s) = journal.session_mut(session) {
         s.real = None;
     }
     // Its session objects went with it; their numbers may be given to new objects.
-    journal.lose_owned(session);
+    journal.objects_mut().lose_owned(session);
     if !open_again(conn, journal, session)? {
         return Ok(false);
     }
-    let slot = journal.sessions[&session].slot;
-    let real = journal.sessions[&session].real.expect("just opened");
-    if journal.logins.contains_key(&slot) && !login_again(conn, journal, slot, real)? {
+    let s = journal.session(session).expect("just opened");
+    let (slot, real) = (s.slot, s.real.expect("just opened"));
+    if journal.login(slot).is_some() && !login_again(conn, journal, slot, real)? {
         return Ok(false);
     }
     init_again(conn, journal, session)?;
@@ -144,9 +142,9 @@ pub fn reopen_session(
 /// Opens session `h` again with its slot and flags; one whose login cannot be replayed (PINs
 /// not kept) is left lost.
 fn open_again(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<bool, ProtocolError> {
-    let s = &journal.sessions[&h];
+    let s = journal.session(h).expect("listed");
     let (slot, flags) = (s.slot, s.flags);
-    if journal.logins.get(&slot).is_some_and(|l| l.pin.is_none()) {
+    if journal.login(slot).is_some_and(|l| l.pin.is_none()) {
         return Ok(false);
     }
     match conn.call(&Request::OpenSession {
@@ -155,7 +153,7 @@ fn open_again(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<bo
         outputs: Outputs::ALL,
     })? {
         Response::Handle(real) => {
-            journal.sessions.get_mut(&h).expect("listed").real = Some(real);
+            journal.session_mut(h).expect("listed").real = Some(real);
             Ok(true)
         }
         other => {
@@ -180,7 +178,7 @@ fn login_again(
     slot: u64,
     session: u64,
 ) -> Result<bool, ProtocolError> {
-    let Some(login) = journal.logins.get(&slot).cloned() else {
+    let Some(login) = journal.login(slot).cloned() else {
         return Ok(true);
     };
     let pin = login.pin.flatten();
@@ -199,7 +197,7 @@ fn login_again(
     };
     let rv = conn.call(&request)?.rv();
     if matches!(rv, CKR_OK | CKR_USER_ALREADY_LOGGED_IN) {
-        journal.recheck_objects(slot);
+        journal.objects_mut().recheck(slot);
         return Ok(true);
     }
     log(
@@ -208,19 +206,13 @@ fn login_again(
             "the login on slot {slot} could not be replayed: CKR 0x{rv:X}; its sessions are lost"
         ),
     );
-    let on_slot: Vec<u64> = journal
-        .sessions
-        .iter()
-        .filter(|(_, s)| s.slot == slot)
-        .map(|(v, _)| *v)
-        .collect();
-    for v in on_slot {
-        let s = journal.sessions.get_mut(&v).expect("listed");
+    for v in journal.sessions_on(slot) {
+        let s = journal.session_mut(v).expect("listed");
         if let Some(real) = s.real.take() {
             conn.call(&Request::CloseSession { session: real })?;
         }
     }
-    journal.logins.remove(&slot);
+    journal.forget_login(slot);
     Ok(false)
 }
 
@@ -231,14 +223,14 @@ fn init_again(
     journal: &mut Journal,
     h: u64,
 ) -> Result<usize, ProtocolError> {
-    let ops = std::mem::take(&mut journal.sessions.get_mut(&h).expect("listed").ops);
-    if journal.sessions[&h].real.is_none() {
+    let s = journal.session_mut(h).expect("listed");
+    let ops = std::mem::take(&mut s.ops);
+    let Some(session) = s.real else {
         return Ok(0);
-    }
-    let session = journal.sessions[&h].real.expect("checked");
+    };
     let mut kept = Vec::new();
     for op in ops {
-        if op.completed.is_some() || op.search.as_ref().is_some_and(|f| f.ended.is_some()) {
+        if op.ended_early() {
             // Its results are the shim's: the new server gets the operation back only if
             // the application does something else with the session (`restore_ended`).
             kept.push(op);
@@ -252,7 +244,7 @@ fn init_again(
         }
     }
     let rebuilt = kept.len();
-    journal.sessions.get_mut(&h).expect("listed").ops = kept;
+    journal.session_mut(h).expect("listed").ops = kept;
     Ok(rebuilt)
 }
 
@@ -268,7 +260,7 @@ pub fn restore_ended(
     journal: &mut Journal,
     h: u64,
 ) -> Result<(), ProtocolError> {
-    let Some(s) = journal.sessions.get(&h) else {
+    let Some(s) = journal.session(h) else {
         return Ok(());
     };
     let Some(session) = s.real else {
@@ -292,7 +284,7 @@ pub fn restore_ended(
                 outputs: Outputs::ALL,
             })?;
         }
-        let s = journal.sessions.get_mut(&h).expect("listed");
+        let s = journal.session_mut(h).expect("listed");
         if replayed {
             for op in s.ops.iter_mut().filter(|o| o.kind == kind) {
                 op.completed = None;
@@ -318,16 +310,16 @@ fn replay_init(
     session: u64,
     init: &Request,
 ) -> Result<bool, ProtocolError> {
-    let mut request = replayable(init);
-    let pending = journal.pending_in(&mut request);
+    let request = replayable(init);
+    let pending = journal.pending_in(&request);
     find_pending(conn, journal, session, pending)?;
-    let rv = match journal.to_server(&mut request) {
-        Ok(shimmed) => {
-            let rv = conn.call(&request)?.rv();
-            if is_invalid_handle(rv) && find_again(conn, journal, session, &shimmed.objects)? {
-                request = replayable(init);
-                match journal.to_server(&mut request) {
-                    Ok(_) => conn.call(&request)?.rv(),
+    let rv = match journal.to_server(&request) {
+        Ok(sent) => {
+            let rv = conn.call(&sent)?.rv();
+            let objects = request.object_handles();
+            if is_invalid_handle(rv) && find_again(conn, journal, session, &objects)? {
+                match journal.to_server(&request) {
+                    Ok(sent) => conn.call(&sent)?.rv(),
                     Err(rv) => rv,
                 }
             } else {
@@ -369,7 +361,7 @@ pub fn find_pending(
 ) -> Result<(), ProtocolError> {
     for (object, identity) in pending {
         match find_one(conn, session, identity)? {
-            Ok(Some(real)) => journal.resolve_object(object, Some(real)),
+            Ok(Some(real)) => journal.objects_mut().resolve(object, Some(real)),
             // Not now: tried again at the next use.
             Err(_) => {}
             Ok(None) => {
@@ -377,7 +369,7 @@ pub fn find_pending(
                     LogLevel::Warn,
                     &format!("object {object} was not found again on the new server"),
                 );
-                journal.lose_object(object);
+                journal.objects_mut().lose(object);
             }
         }
     }
@@ -408,7 +400,7 @@ pub fn find_again(
 ) -> Result<bool, ProtocolError> {
     let mut changed = false;
     for v in objects.iter().flatten() {
-        let Some(record) = journal.objects.get(v).filter(|o| o.recheck) else {
+        let Some(record) = journal.objects().get(*v).filter(|o| o.recheck) else {
             continue;
         };
         let (Some(identity), old) = (record.identity.clone(), record.real) else {
@@ -416,7 +408,7 @@ pub fn find_again(
         };
         if let Ok(Some(real)) = find_one(conn, session, identity)? {
             if Some(real) != old {
-                journal.resolve_object(*v, Some(real));
+                journal.objects_mut().resolve(*v, Some(real));
                 changed = true;
             }
         }
@@ -428,7 +420,7 @@ pub fn find_again(
 fn first_session_on(journal: &Journal, slot: u64, sorted: &[u64]) -> Option<u64> {
     sorted
         .iter()
-        .filter_map(|h| journal.sessions.get(h))
+        .filter_map(|h| journal.session(*h))
         .find(|s| s.slot == slot && s.real.is_some())
         .and_then(|s| s.real)
 }

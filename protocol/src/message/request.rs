@@ -511,12 +511,24 @@ impl Request {
         self.function().descriptor()
     }
 
-    /// The object handles this request names (at most two: C_WrapKey's keys, C_SetOperationState's
-    /// keys). A mechanism parameter that is itself a handle (CKM_CONCATENATE_BASE_AND_KEY)
-    /// travels as bytes and is not included.
+    /// The object handles this request names (at most two: C_WrapKey's keys,
+    /// C_SetOperationState's keys). A mechanism parameter that is itself a handle
+    /// (CKM_CONCATENATE_BASE_AND_KEY) travels as bytes and is not included.
+    pub fn object_handles(&self) -> [Option<u64>; 2] {
+        object_handles!(self).map(|h| h.copied())
+    }
+
+    /// [`Request::object_handles`], to change.
     pub fn object_handles_mut(&mut self) -> [Option<&mut u64>; 2] {
+        object_handles!(self)
+    }
+}
+
+/// The object handle fields of a request (`&` or `&mut`, by the binding mode of `$request`).
+macro_rules! object_handles {
+    ($request:expr) => {{
         use Request::*;
-        match self {
+        match $request {
             SetOperationState {
                 encryption_key,
                 authentication_key,
@@ -545,5 +557,6 @@ impl Request {
             DeriveKey { base_key, .. } => [Some(base_key), None],
             _ => [None, None],
         }
-    }
+    }};
 }
+use object_handles;
