@@ -101,20 +101,7 @@ impl Param {
                 mgf,
                 source,
                 source_data,
-            } => {
-                let mut data = source_data.clone();
-                let (p, n) = ptr_len(&mut data)?;
-                Param::Oaep(
-                    Box::new(CK_RSA_PKCS_OAEP_PARAMS {
-                        hashAlg: to_ulong(*hash_alg)?,
-                        mgf: to_ulong(*mgf)?,
-                        source: to_ulong(*source)?,
-                        pSourceData: p.cast(),
-                        ulSourceDataLen: n,
-                    }),
-                    data,
-                )
-            }
+            } => Param::oaep(*hash_alg, *mgf, *source, source_data)?,
             MechParam::RsaPkcsPss {
                 hash_alg,
                 mgf,
@@ -128,22 +115,7 @@ impl Param {
                 kdf,
                 shared_data,
                 public_data,
-            } => {
-                let (mut shared, mut public) = (shared_data.clone(), public_data.clone());
-                let (sp, sn) = ptr_len(&mut shared)?;
-                let (pp, pn) = ptr_len(&mut public)?;
-                Param::Ecdh(
-                    Box::new(CK_ECDH1_DERIVE_PARAMS {
-                        kdf: to_ulong(*kdf)?,
-                        ulSharedDataLen: sn,
-                        pSharedData: sp,
-                        ulPublicDataLen: pn,
-                        pPublicData: pp,
-                    }),
-                    shared,
-                    public,
-                )
-            }
+            } => Param::ecdh(*kdf, shared_data, public_data)?,
             MechParam::AesCtr { counter_bits, cb } => Param::Ctr(Box::new(CK_AES_CTR_PARAMS {
                 ulCounterBits: to_ulong(*counter_bits)?,
                 cb: *cb,
@@ -153,58 +125,13 @@ impl Param {
                 iv_bits,
                 aad,
                 tag_bits,
-            } => {
-                let (mut iv, mut aad) = (iv.clone(), aad.clone());
-                let (ip, il) = ptr_len(&mut iv)?;
-                let (ap, al) = ptr_len(&mut aad)?;
-                match iv_bits {
-                    Some(bits) => Param::Gcm(
-                        Box::new(CK_GCM_PARAMS {
-                            pIv: ip,
-                            ulIvLen: il,
-                            ulIvBits: to_ulong(*bits)?,
-                            pAAD: ap,
-                            ulAADLen: al,
-                            ulTagBits: to_ulong(*tag_bits)?,
-                        }),
-                        iv,
-                        aad,
-                    ),
-                    None => Param::GcmNoIvBits(
-                        Box::new(GcmParamsNoIvBits {
-                            p_iv: ip,
-                            ul_iv_len: il,
-                            p_aad: ap,
-                            ul_aad_len: al,
-                            ul_tag_bits: to_ulong(*tag_bits)?,
-                        }),
-                        iv,
-                        aad,
-                    ),
-                }
-            }
+            } => Param::gcm(iv, *iv_bits, aad, *tag_bits)?,
             MechParam::Ccm {
                 data_len,
                 nonce,
                 aad,
                 mac_len,
-            } => {
-                let (mut nonce, mut aad) = (nonce.clone(), aad.clone());
-                let (np, nl) = ptr_len(&mut nonce)?;
-                let (ap, al) = ptr_len(&mut aad)?;
-                Param::Ccm(
-                    Box::new(CK_CCM_PARAMS {
-                        ulDataLen: to_ulong(*data_len)?,
-                        pNonce: np,
-                        ulNonceLen: nl,
-                        pAAD: ap,
-                        ulAADLen: al,
-                        ulMACLen: to_ulong(*mac_len)?,
-                    }),
-                    nonce,
-                    aad,
-                )
-            }
+            } => Param::ccm(*data_len, nonce, aad, *mac_len)?,
             MechParam::KeyDerivationString(data) => {
                 let mut data = data.clone();
                 let (p, n) = ptr_len(&mut data)?;
@@ -251,23 +178,103 @@ impl Param {
             }
             MechParam::Message(p) => Param::Message(CMsgParam::from_wire(p)?),
             MechParam::RsaAesKeyWrap { aes_key_bits, oaep } => {
-                let mut inner = match oaep.as_deref() {
-                    None => None,
-                    Some(o @ MechParam::RsaPkcsOaep { .. }) => Some(Box::new(Param::from_wire(o)?)),
-                    Some(_) => return Err(CKR_MECHANISM_PARAM_INVALID),
-                };
-                let oaep_ptr = inner
-                    .as_mut()
-                    .map_or(ptr::null_mut(), |p| p.ptr_len().0.cast());
-                Param::RsaAesKeyWrap(
-                    Box::new(CK_RSA_AES_KEY_WRAP_PARAMS {
-                        ulAESKeyBits: to_ulong(*aes_key_bits)?,
-                        pOAEPParams: oaep_ptr,
-                    }),
-                    inner,
-                )
+                Param::rsa_aes_key_wrap(*aes_key_bits, oaep.as_deref())?
             }
         })
+    }
+
+    /// CK_RSA_PKCS_OAEP_PARAMS (v2.40 Current Mechanisms, PKCS #1 RSA OAEP).
+    fn oaep(hash_alg: u64, mgf: u64, source: u64, source_data: &[u8]) -> Result<Self, CK_RV> {
+        let mut data = source_data.to_vec();
+        let (p, n) = ptr_len(&mut data)?;
+        let params = CK_RSA_PKCS_OAEP_PARAMS {
+            hashAlg: to_ulong(hash_alg)?,
+            mgf: to_ulong(mgf)?,
+            source: to_ulong(source)?,
+            pSourceData: p.cast(),
+            ulSourceDataLen: n,
+        };
+        Ok(Param::Oaep(Box::new(params), data))
+    }
+
+    /// CK_ECDH1_DERIVE_PARAMS (v2.40 Current Mechanisms, elliptic curve key derivation).
+    fn ecdh(kdf: u64, shared_data: &[u8], public_data: &[u8]) -> Result<Self, CK_RV> {
+        let (mut shared, mut public) = (shared_data.to_vec(), public_data.to_vec());
+        let (sp, sn) = ptr_len(&mut shared)?;
+        let (pp, pn) = ptr_len(&mut public)?;
+        let params = CK_ECDH1_DERIVE_PARAMS {
+            kdf: to_ulong(kdf)?,
+            ulSharedDataLen: sn,
+            pSharedData: sp,
+            ulPublicDataLen: pn,
+            pPublicData: pp,
+        };
+        Ok(Param::Ecdh(Box::new(params), shared, public))
+    }
+
+    /// CK_GCM_PARAMS (v2.40 Current Mechanisms, AES-GCM), with or without its `ulIvBits` field
+    /// ([`GcmParamsNoIvBits`]).
+    fn gcm(iv: &[u8], iv_bits: Option<u64>, aad: &[u8], tag_bits: u64) -> Result<Self, CK_RV> {
+        let (mut iv, mut aad) = (iv.to_vec(), aad.to_vec());
+        let (ip, il) = ptr_len(&mut iv)?;
+        let (ap, al) = ptr_len(&mut aad)?;
+        Ok(match iv_bits {
+            Some(bits) => {
+                let params = CK_GCM_PARAMS {
+                    pIv: ip,
+                    ulIvLen: il,
+                    ulIvBits: to_ulong(bits)?,
+                    pAAD: ap,
+                    ulAADLen: al,
+                    ulTagBits: to_ulong(tag_bits)?,
+                };
+                Param::Gcm(Box::new(params), iv, aad)
+            }
+            None => {
+                let params = GcmParamsNoIvBits {
+                    p_iv: ip,
+                    ul_iv_len: il,
+                    p_aad: ap,
+                    ul_aad_len: al,
+                    ul_tag_bits: to_ulong(tag_bits)?,
+                };
+                Param::GcmNoIvBits(Box::new(params), iv, aad)
+            }
+        })
+    }
+
+    /// CK_CCM_PARAMS (v2.40 Current Mechanisms, AES-CCM).
+    fn ccm(data_len: u64, nonce: &[u8], aad: &[u8], mac_len: u64) -> Result<Self, CK_RV> {
+        let (mut nonce, mut aad) = (nonce.to_vec(), aad.to_vec());
+        let (np, nl) = ptr_len(&mut nonce)?;
+        let (ap, al) = ptr_len(&mut aad)?;
+        let params = CK_CCM_PARAMS {
+            ulDataLen: to_ulong(data_len)?,
+            pNonce: np,
+            ulNonceLen: nl,
+            pAAD: ap,
+            ulAADLen: al,
+            ulMACLen: to_ulong(mac_len)?,
+        };
+        Ok(Param::Ccm(Box::new(params), nonce, aad))
+    }
+
+    /// CK_RSA_AES_KEY_WRAP_PARAMS (v2.40 Current Mechanisms, RSA AES key wrap), its OAEP
+    /// parameters inside.
+    fn rsa_aes_key_wrap(aes_key_bits: u64, oaep: Option<&MechParam>) -> Result<Self, CK_RV> {
+        let mut inner = match oaep {
+            None => None,
+            Some(o @ MechParam::RsaPkcsOaep { .. }) => Some(Box::new(Param::from_wire(o)?)),
+            Some(_) => return Err(CKR_MECHANISM_PARAM_INVALID),
+        };
+        let oaep_ptr = inner
+            .as_mut()
+            .map_or(ptr::null_mut(), |p| p.ptr_len().0.cast());
+        let params = CK_RSA_AES_KEY_WRAP_PARAMS {
+            ulAESKeyBits: to_ulong(aes_key_bits)?,
+            pOAEPParams: oaep_ptr,
+        };
+        Ok(Param::RsaAesKeyWrap(Box::new(params), inner))
     }
 
     /// `pParameter` and its length.
