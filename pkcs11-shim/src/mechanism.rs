@@ -9,19 +9,10 @@
 use std::mem::size_of;
 
 use cryptoki_sys::*;
+use protocol::c_layout::GcmParamsNoIvBits;
 use protocol::mechanism::{MechParam, Mechanism, MsgParam};
 
 use crate::ffi::{bytes, wire, Rv, ULONG};
-
-/// `CK_GCM_PARAMS` without `ulIvBits`, the layout of the original v2.40 header.
-#[repr(C)]
-struct GcmParamsNoIvBits {
-    p_iv: *mut u8,
-    ul_iv_len: CK_ULONG,
-    p_aad: *mut u8,
-    ul_aad_len: CK_ULONG,
-    ul_tag_bits: CK_ULONG,
-}
 
 /// Mechanisms whose parameter is a `CK_RSA_PKCS_PSS_PARAMS`.
 const PSS: &[CK_MECHANISM_TYPE] = &[

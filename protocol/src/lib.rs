@@ -10,16 +10,19 @@
 //! - attribute values and mechanism parameters are typed ([`attribute`], [`mechanism`]) so that
 //!   both ends may differ in width and endianness.
 //!
-//! This crate does no I/O policy and names no C type: plain integers and owned buffers only.
+//! This crate does no I/O policy and names no C type (plain integers and owned buffers only),
+//! but in the two small modules both sides convert with: [`ulong`] and [`c_layout`].
 
 pub mod address;
 pub mod attribute;
+pub mod c_layout;
 pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod function;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod glibc;
 pub mod handshake;
 pub mod mechanism;
 pub mod message;

@@ -29,19 +29,4 @@ pub fn raise_file_limit() {
     }
 }
 
-/// glibc's `getrandom` (2.25 and later), which Rust's standard library calls, answered with
-/// the system call itself, so that the server runs on glibc 2.17 and later (the release
-/// baseline, `.ci/check-baseline`); on a kernel without the call (before 3.17) `ENOSYS` makes
-/// the standard library fall back to `/dev/urandom`.
-///
-/// # Safety
-/// `buf` must be writable for `len` bytes, as for getrandom(2).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[no_mangle]
-pub unsafe extern "C" fn getrandom(
-    buf: *mut std::ffi::c_void,
-    len: libc::size_t,
-    flags: libc::c_uint,
-) -> libc::ssize_t {
-    libc::syscall(libc::SYS_getrandom, buf, len, flags) as libc::ssize_t
-}
+protocol::getrandom_by_syscall!();

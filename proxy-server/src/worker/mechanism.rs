@@ -6,20 +6,10 @@ use std::mem::size_of;
 use std::ptr;
 
 use cryptoki_sys::*;
+use protocol::c_layout::GcmParamsNoIvBits;
 use protocol::mechanism::{MechParam, Mechanism, MsgParam};
 
 use super::ulong::{to_ulong, wire};
-
-/// `CK_GCM_PARAMS` as first published, without `ulIvBits` (some HSMs, Thales Luna among them,
-/// only accept this layout).
-#[repr(C)]
-struct GcmParamsNoIvBits {
-    p_iv: *mut u8,
-    ul_iv_len: CK_ULONG,
-    p_aad: *mut u8,
-    ul_aad_len: CK_ULONG,
-    ul_tag_bits: CK_ULONG,
-}
 
 /// The parameter structure and the buffers its pointers refer to (held, never read: they keep
 /// the pointers valid).
