@@ -113,6 +113,22 @@ pub unsafe fn out<'a, T>(p: *mut T) -> Rv<&'a mut T> {
     p.as_mut().ok_or(CKR_ARGUMENTS_BAD)
 }
 
+/// Writes what the answer `$response` carries in its `$variant`, bound to `$v` and converted
+/// by `$value`, into the caller's `$out` (when not NULL, [`put`]); any other answer is the
+/// call's error ([`unexpected`]).
+macro_rules! write_answer {
+    ($response:expr, $variant:path, $out:expr, |$v:ident| $value:expr) => {
+        match $response {
+            $variant($v) => {
+                $crate::ffi::put($out, $value);
+                Ok(())
+            }
+            other => Err($crate::ffi::unexpected(other)),
+        }
+    };
+}
+pub(crate) use write_answer;
+
 /// Writes `value` through the caller's output pointer when it is not NULL.
 ///
 /// # Safety

@@ -8,7 +8,7 @@ use protocol::message::{Request, Response};
 use protocol::shape::Outputs;
 
 use crate::client;
-use crate::ffi::{entry, narrow, padded, put, rv_of, unexpected, wire};
+use crate::ffi::{entry, narrow, padded, rv_of, wire, write_answer};
 
 /// C_Initialize (v2.40 §5.4.1): the vendor library decides. The shape of the arguments
 /// (NULL or not, the flags, which of the four mutex callbacks are set, whether `pReserved` is
@@ -64,28 +64,20 @@ pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
     entry!({
         let client = client::current()?;
         let outputs = Outputs::of(&[!info.is_null()]);
-        match client.call(Request::GetInfo { outputs })? {
-            Response::Info(i) => {
-                put(
-                    info,
-                    CK_INFO {
-                        cryptokiVersion: CK_VERSION {
-                            major: i.cryptoki_version.0,
-                            minor: i.cryptoki_version.1,
-                        },
-                        manufacturerID: padded(&i.manufacturer_id),
-                        flags: narrow(i.flags)?,
-                        libraryDescription: padded(&i.library_description),
-                        libraryVersion: CK_VERSION {
-                            major: i.library_version.0,
-                            minor: i.library_version.1,
-                        },
-                    },
-                );
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        let r = client.call(Request::GetInfo { outputs })?;
+        write_answer!(r, Response::Info, info, |i| CK_INFO {
+            cryptokiVersion: CK_VERSION {
+                major: i.cryptoki_version.0,
+                minor: i.cryptoki_version.1,
+            },
+            manufacturerID: padded(&i.manufacturer_id),
+            flags: narrow(i.flags)?,
+            libraryDescription: padded(&i.library_description),
+            libraryVersion: CK_VERSION {
+                major: i.library_version.0,
+                minor: i.library_version.1,
+            },
+        })
     })
 }
 

@@ -5,7 +5,7 @@ use protocol::message::{Request, Response};
 use protocol::shape::Outputs;
 
 use crate::client;
-use crate::ffi::{entry, len, narrow, put, rv_of, unexpected, wire};
+use crate::ffi::{entry, len, narrow, put, rv_of, unexpected, wire, write_answer};
 use crate::template;
 
 /// Writes a `Response::Handle` into the caller's handle (when not NULL).
@@ -13,13 +13,7 @@ use crate::template;
 /// # Safety
 /// `h` must be NULL or writable.
 pub(crate) unsafe fn write_handle(r: Response, h: *mut CK_OBJECT_HANDLE) -> crate::ffi::Rv {
-    match r {
-        Response::Handle(v) => {
-            put(h, narrow(v)?);
-            Ok(())
-        }
-        other => Err(unexpected(other)),
-    }
+    write_answer!(r, Response::Handle, h, |v| narrow(v)?)
 }
 
 /// C_CreateObject (v2.40 §5.7.1).
@@ -89,17 +83,12 @@ pub unsafe extern "C" fn C_GetObjectSize(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        match client.call(Request::GetObjectSize {
+        let r = client.call(Request::GetObjectSize {
             session: wire(session),
             object: wire(object),
             outputs: Outputs::of(&[!size.is_null()]),
-        })? {
-            Response::Size(s) => {
-                put(size, narrow(s)?);
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        })?;
+        write_answer!(r, Response::Size, size, |s| narrow(s)?)
     })
 }
 

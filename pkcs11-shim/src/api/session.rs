@@ -8,7 +8,7 @@ use protocol::message::{Request, Response};
 use protocol::shape::Outputs;
 
 use crate::client;
-use crate::ffi::{entry, input, narrow, pin, put, rv_of, unexpected, wire, OutBuf};
+use crate::ffi::{entry, input, narrow, pin, rv_of, wire, write_answer, OutBuf};
 
 /// C_OpenSession (v2.40 §5.6.1). Notification callbacks stay in this process: they are not
 /// forwarded (vendor libraries, SoftHSM2 and Luna among them, do not call them either).
@@ -22,17 +22,12 @@ pub unsafe extern "C" fn C_OpenSession(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        match client.call(Request::OpenSession {
+        let r = client.call(Request::OpenSession {
             slot: wire(slot),
             flags: wire(flags),
             outputs: Outputs::of(&[!session.is_null()]),
-        })? {
-            Response::Handle(h) => {
-                put(session, narrow(h)?);
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        })?;
+        write_answer!(r, Response::Handle, session, |h| narrow(h)?)
     })
 }
 
@@ -64,24 +59,16 @@ pub unsafe extern "C" fn C_GetSessionInfo(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        match client.call(Request::GetSessionInfo {
+        let r = client.call(Request::GetSessionInfo {
             session: wire(session),
             outputs: Outputs::of(&[!info.is_null()]),
-        })? {
-            Response::SessionInfo(i) => {
-                put(
-                    info,
-                    CK_SESSION_INFO {
-                        slotID: narrow(i.slot)?,
-                        state: narrow(i.state)?,
-                        flags: narrow(i.flags)?,
-                        ulDeviceError: narrow(i.device_error)?,
-                    },
-                );
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        })?;
+        write_answer!(r, Response::SessionInfo, info, |i| CK_SESSION_INFO {
+            slotID: narrow(i.slot)?,
+            state: narrow(i.state)?,
+            flags: narrow(i.flags)?,
+            ulDeviceError: narrow(i.device_error)?,
+        })
     })
 }
 

@@ -7,7 +7,9 @@ use protocol::message::{Request, Response};
 use protocol::shape::Outputs;
 
 use crate::client;
-use crate::ffi::{entry, input, narrow, padded, pin, put, rv_of, unexpected, wire, OutBuf};
+use crate::ffi::{
+    entry, input, narrow, padded, pin, put, rv_of, unexpected, wire, write_answer, OutBuf,
+};
 
 fn version(v: (u8, u8)) -> CK_VERSION {
     CK_VERSION {
@@ -40,25 +42,17 @@ pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO
     entry!({
         let client = client::current()?;
         let outputs = Outputs::of(&[!info.is_null()]);
-        match client.call(Request::GetSlotInfo {
+        let r = client.call(Request::GetSlotInfo {
             slot: wire(slot),
             outputs,
-        })? {
-            Response::SlotInfo(i) => {
-                put(
-                    info,
-                    CK_SLOT_INFO {
-                        slotDescription: padded(&i.slot_description),
-                        manufacturerID: padded(&i.manufacturer_id),
-                        flags: narrow(i.flags)?,
-                        hardwareVersion: version(i.hardware_version),
-                        firmwareVersion: version(i.firmware_version),
-                    },
-                );
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        })?;
+        write_answer!(r, Response::SlotInfo, info, |i| CK_SLOT_INFO {
+            slotDescription: padded(&i.slot_description),
+            manufacturerID: padded(&i.manufacturer_id),
+            flags: narrow(i.flags)?,
+            hardwareVersion: version(i.hardware_version),
+            firmwareVersion: version(i.firmware_version),
+        })
     })
 }
 
@@ -68,38 +62,30 @@ pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_IN
     entry!({
         let client = client::current()?;
         let outputs = Outputs::of(&[!info.is_null()]);
-        match client.call(Request::GetTokenInfo {
+        let r = client.call(Request::GetTokenInfo {
             slot: wire(slot),
             outputs,
-        })? {
-            Response::TokenInfo(i) => {
-                put(
-                    info,
-                    CK_TOKEN_INFO {
-                        label: padded(&i.label),
-                        manufacturerID: padded(&i.manufacturer_id),
-                        model: padded(&i.model),
-                        serialNumber: padded(&i.serial_number),
-                        flags: narrow(i.flags)?,
-                        ulMaxSessionCount: narrow(i.max_session_count)?,
-                        ulSessionCount: narrow(i.session_count)?,
-                        ulMaxRwSessionCount: narrow(i.max_rw_session_count)?,
-                        ulRwSessionCount: narrow(i.rw_session_count)?,
-                        ulMaxPinLen: narrow(i.max_pin_len)?,
-                        ulMinPinLen: narrow(i.min_pin_len)?,
-                        ulTotalPublicMemory: narrow(i.total_public_memory)?,
-                        ulFreePublicMemory: narrow(i.free_public_memory)?,
-                        ulTotalPrivateMemory: narrow(i.total_private_memory)?,
-                        ulFreePrivateMemory: narrow(i.free_private_memory)?,
-                        hardwareVersion: version(i.hardware_version),
-                        firmwareVersion: version(i.firmware_version),
-                        utcTime: padded(&i.utc_time),
-                    },
-                );
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        })?;
+        write_answer!(r, Response::TokenInfo, info, |i| CK_TOKEN_INFO {
+            label: padded(&i.label),
+            manufacturerID: padded(&i.manufacturer_id),
+            model: padded(&i.model),
+            serialNumber: padded(&i.serial_number),
+            flags: narrow(i.flags)?,
+            ulMaxSessionCount: narrow(i.max_session_count)?,
+            ulSessionCount: narrow(i.session_count)?,
+            ulMaxRwSessionCount: narrow(i.max_rw_session_count)?,
+            ulRwSessionCount: narrow(i.rw_session_count)?,
+            ulMaxPinLen: narrow(i.max_pin_len)?,
+            ulMinPinLen: narrow(i.min_pin_len)?,
+            ulTotalPublicMemory: narrow(i.total_public_memory)?,
+            ulFreePublicMemory: narrow(i.free_public_memory)?,
+            ulTotalPrivateMemory: narrow(i.total_private_memory)?,
+            ulFreePrivateMemory: narrow(i.free_private_memory)?,
+            hardwareVersion: version(i.hardware_version),
+            firmwareVersion: version(i.firmware_version),
+            utcTime: padded(&i.utc_time),
+        })
     })
 }
 
@@ -164,24 +150,16 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
 ) -> CK_RV {
     entry!({
         let client = client::current()?;
-        match client.call(Request::GetMechanismInfo {
+        let r = client.call(Request::GetMechanismInfo {
             slot: wire(slot),
             mechanism_type: wire(ty),
             outputs: Outputs::of(&[!info.is_null()]),
-        })? {
-            Response::MechanismInfo(i) => {
-                put(
-                    info,
-                    CK_MECHANISM_INFO {
-                        ulMinKeySize: narrow(i.min_key_size)?,
-                        ulMaxKeySize: narrow(i.max_key_size)?,
-                        flags: narrow(i.flags)?,
-                    },
-                );
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        })?;
+        write_answer!(r, Response::MechanismInfo, info, |i| CK_MECHANISM_INFO {
+            ulMinKeySize: narrow(i.min_key_size)?,
+            ulMaxKeySize: narrow(i.max_key_size)?,
+            flags: narrow(i.flags)?,
+        })
     })
 }
 

@@ -2,6 +2,8 @@
 //! message-based functions). Each answers CKR_FUNCTION_NOT_SUPPORTED when the vendor library
 //! has no v3.0 interface.
 
+use std::ffi::c_void;
+
 use cryptoki_sys::*;
 use protocol::shape::{Bytes, Out};
 
@@ -49,12 +51,13 @@ impl Backend {
         input: &Bytes,
         capacity: Out,
     ) -> Output {
-        let f = if decrypt {
-            self.f3(|l| l.C_DecryptMessage)
-        } else {
-            self.f3(|l| l.C_EncryptMessage)
-        };
-        let Some(f) = f else {
+        let Some(f) = self.f3(|l| {
+            if decrypt {
+                l.C_DecryptMessage
+            } else {
+                l.C_EncryptMessage
+            }
+        }) else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
         };
         let ((ap, al), (ip, il)) = match (raw(aad), raw(input)) {
@@ -77,12 +80,13 @@ impl Backend {
         param: &mut CMsgParam,
         aad: &Bytes,
     ) -> CK_RV {
-        let f = if decrypt {
-            self.f3(|l| l.C_DecryptMessageBegin)
-        } else {
-            self.f3(|l| l.C_EncryptMessageBegin)
-        };
-        let Some(f) = f else {
+        let Some(f) = self.f3(|l| {
+            if decrypt {
+                l.C_DecryptMessageBegin
+            } else {
+                l.C_EncryptMessageBegin
+            }
+        }) else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
         let (ap, al) = match raw(aad) {
@@ -104,20 +108,16 @@ impl Backend {
         capacity: Out,
         flags: CK_FLAGS,
     ) -> Output {
-        let f = if decrypt {
-            self.f3(|l| l.C_DecryptMessageNext)
-        } else {
-            self.f3(|l| l.C_EncryptMessageNext)
-        };
-        let Some(f) = f else {
+        let Some(f) = self.f3(|l| {
+            if decrypt {
+                l.C_DecryptMessageNext
+            } else {
+                l.C_EncryptMessageNext
+            }
+        }) else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
         };
-        let (ip, il) = match raw(input) {
-            Ok(r) => r,
-            Err(rv) => return Output::rv(rv),
-        };
-        let (p, pl) = param.ptr_len();
-        with_out_buffer(capacity, |out, len| {
+        in_out(param, input, capacity, |p, pl, ip, il, out, len| {
             // SAFETY: as crypt_message.
             unsafe { f(session, p, pl, ip, il, out, len, flags) }
         })
@@ -133,20 +133,16 @@ impl Backend {
         input: &Bytes,
         capacity: Out,
     ) -> Output {
-        let f = if next {
-            self.f3(|l| l.C_SignMessageNext)
-        } else {
-            self.f3(|l| l.C_SignMessage)
-        };
-        let Some(f) = f else {
+        let Some(f) = self.f3(|l| {
+            if next {
+                l.C_SignMessageNext
+            } else {
+                l.C_SignMessage
+            }
+        }) else {
             return Output::rv(CKR_FUNCTION_NOT_SUPPORTED);
         };
-        let (ip, il) = match raw(input) {
-            Ok(r) => r,
-            Err(rv) => return Output::rv(rv),
-        };
-        let (p, pl) = param.ptr_len();
-        with_out_buffer(capacity, |out, len| {
+        in_out(param, input, capacity, |p, pl, ip, il, out, len| {
             // SAFETY: as crypt_message.
             unsafe { f(session, p, pl, ip, il, out, len) }
         })
@@ -159,12 +155,13 @@ impl Backend {
         session: CK_SESSION_HANDLE,
         param: &mut CMsgParam,
     ) -> CK_RV {
-        let f = if verify {
-            self.f3(|l| l.C_VerifyMessageBegin)
-        } else {
-            self.f3(|l| l.C_SignMessageBegin)
-        };
-        let Some(f) = f else {
+        let Some(f) = self.f3(|l| {
+            if verify {
+                l.C_VerifyMessageBegin
+            } else {
+                l.C_SignMessageBegin
+            }
+        }) else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
         let (p, pl) = param.ptr_len();
@@ -182,12 +179,13 @@ impl Backend {
         input: &Bytes,
         signature: &Bytes,
     ) -> CK_RV {
-        let f = if next {
-            self.f3(|l| l.C_VerifyMessageNext)
-        } else {
-            self.f3(|l| l.C_VerifyMessage)
-        };
-        let Some(f) = f else {
+        let Some(f) = self.f3(|l| {
+            if next {
+                l.C_VerifyMessageNext
+            } else {
+                l.C_VerifyMessage
+            }
+        }) else {
             return CKR_FUNCTION_NOT_SUPPORTED;
         };
         let ((ip, il), (sp, sl)) = match (raw(input), raw(signature)) {
@@ -198,4 +196,21 @@ impl Backend {
         // SAFETY: NULL or live buffers of the stated lengths.
         unsafe { f(session, p, pl, ip, il, sp, sl) }
     }
+}
+
+/// A per-message call with one input and one output, `(param, in, out)`: `call` gets the
+/// parameter, the input and the output buffer of [`with_out_buffer`] as pointers and lengths.
+#[allow(clippy::type_complexity)]
+fn in_out(
+    param: &mut CMsgParam,
+    input: &Bytes,
+    capacity: Out,
+    call: impl Fn(*mut c_void, CK_ULONG, *mut u8, CK_ULONG, *mut u8, *mut CK_ULONG) -> CK_RV,
+) -> Output {
+    let (ip, il) = match raw(input) {
+        Ok(r) => r,
+        Err(rv) => return Output::rv(rv),
+    };
+    let (p, pl) = param.ptr_len();
+    with_out_buffer(capacity, |out, len| call(p, pl, ip, il, out, len))
 }

@@ -4,7 +4,7 @@
 
 use cryptoki_sys::*;
 use protocol::mechanism::MsgParam;
-use protocol::message::{Request as R, Response};
+use protocol::message::{Function, Request as R, Response};
 
 use super::answer::{message, misrouted, rv};
 use super::crypto::init;
@@ -18,6 +18,17 @@ use crate::worker::ulong::to_ulong;
 pub fn call(w: &WorkerState, app: &Application, request: R) -> Result<Response, CK_RV> {
     let b = &w.backend;
     let f = |pick: fn(&CK_FUNCTION_LIST_3_0) -> Option<InitFn>| b.list3().and_then(pick);
+    // Which of a pair that share their arguments and their arm this is.
+    let function = request.function();
+    let decrypt = matches!(
+        function,
+        Function::DecryptMessage | Function::DecryptMessageBegin | Function::DecryptMessageNext
+    );
+    let next = matches!(
+        function,
+        Function::SignMessageNext | Function::VerifyMessageNext
+    );
+    let verify = function == Function::VerifyMessageBegin;
     match request {
         R::MessageEncryptInit {
             session,
@@ -70,31 +81,27 @@ pub fn call(w: &WorkerState, app: &Application, request: R) -> Result<Response, 
             aad,
             data,
             capacity,
-        } => with_param(w, app, session, &param, |b, s, p| {
-            b.crypt_message(false, s, p, &aad, &data, capacity)
-        }),
-        R::DecryptMessage {
+        }
+        | R::DecryptMessage {
             session,
             param,
             aad,
             data,
             capacity,
         } => with_param(w, app, session, &param, |b, s, p| {
-            b.crypt_message(true, s, p, &aad, &data, capacity)
+            b.crypt_message(decrypt, s, p, &aad, &data, capacity)
         }),
         R::EncryptMessageBegin {
             session,
             param,
             aad,
-        } => with_param(w, app, session, &param, |b, s, p| {
-            Output::rv(b.crypt_message_begin(false, s, p, &aad))
-        }),
-        R::DecryptMessageBegin {
+        }
+        | R::DecryptMessageBegin {
             session,
             param,
             aad,
         } => with_param(w, app, session, &param, |b, s, p| {
-            Output::rv(b.crypt_message_begin(true, s, p, &aad))
+            Output::rv(b.crypt_message_begin(decrypt, s, p, &aad))
         }),
         R::EncryptMessageNext {
             session,
@@ -102,13 +109,8 @@ pub fn call(w: &WorkerState, app: &Application, request: R) -> Result<Response, 
             data,
             capacity,
             flags,
-        } => {
-            let flags = to_ulong(flags)?;
-            with_param(w, app, session, &param, |b, s, p| {
-                b.crypt_message_next(false, s, p, &data, capacity, flags)
-            })
         }
-        R::DecryptMessageNext {
+        | R::DecryptMessageNext {
             session,
             param,
             data,
@@ -117,7 +119,7 @@ pub fn call(w: &WorkerState, app: &Application, request: R) -> Result<Response, 
         } => {
             let flags = to_ulong(flags)?;
             with_param(w, app, session, &param, |b, s, p| {
-                b.crypt_message_next(true, s, p, &data, capacity, flags)
+                b.crypt_message_next(decrypt, s, p, &data, capacity, flags)
             })
         }
         R::SignMessage {
@@ -125,23 +127,18 @@ pub fn call(w: &WorkerState, app: &Application, request: R) -> Result<Response, 
             param,
             data,
             capacity,
-        } => with_param(w, app, session, &param, |b, s, p| {
-            b.sign_message(false, s, p, &data, capacity)
-        }),
-        R::SignMessageNext {
+        }
+        | R::SignMessageNext {
             session,
             param,
             data,
             capacity,
         } => with_param(w, app, session, &param, |b, s, p| {
-            b.sign_message(true, s, p, &data, capacity)
+            b.sign_message(next, s, p, &data, capacity)
         }),
-        R::SignMessageBegin { session, param } => with_param(w, app, session, &param, |b, s, p| {
-            Output::rv(b.message_begin(false, s, p))
-        }),
-        R::VerifyMessageBegin { session, param } => {
+        R::SignMessageBegin { session, param } | R::VerifyMessageBegin { session, param } => {
             with_param(w, app, session, &param, |b, s, p| {
-                Output::rv(b.message_begin(true, s, p))
+                Output::rv(b.message_begin(verify, s, p))
             })
         }
         R::VerifyMessage {
@@ -149,16 +146,14 @@ pub fn call(w: &WorkerState, app: &Application, request: R) -> Result<Response, 
             param,
             data,
             signature,
-        } => with_param(w, app, session, &param, |b, s, p| {
-            Output::rv(b.verify_message(false, s, p, &data, &signature))
-        }),
-        R::VerifyMessageNext {
+        }
+        | R::VerifyMessageNext {
             session,
             param,
             data,
             signature,
         } => with_param(w, app, session, &param, |b, s, p| {
-            Output::rv(b.verify_message(true, s, p, &data, &signature))
+            Output::rv(b.verify_message(next, s, p, &data, &signature))
         }),
         other => Err(misrouted(&other)),
     }
