@@ -33,54 +33,72 @@ unsafe fn attributes<'a>(p: *const CK_ATTRIBUTE, count: CK_ULONG) -> Rv<&'a [CK_
 /// # Safety
 /// `p` must point to `count` attributes whose values are readable for their lengths.
 pub unsafe fn read(p: *const CK_ATTRIBUTE, count: CK_ULONG) -> Rv<Array<Attribute>> {
+    shaped(p, count, |p, count| read_at(p, count, 0))
+}
+
+/// A caller's template in its shape: NULL travels as NULL with the caller's count, unread;
+/// anything else is `read`.
+unsafe fn shaped<T>(
+    p: *const CK_ATTRIBUTE,
+    count: CK_ULONG,
+    read: impl FnOnce(*const CK_ATTRIBUTE, CK_ULONG) -> Rv<Vec<T>>,
+) -> Rv<Array<T>> {
     if p.is_null() {
         return Ok(Array::Null(wire(count)));
     }
-    Ok(Array::Given(read_at(p, count, 0)?))
+    Ok(Array::Given(read(p, count)?))
 }
 
-unsafe fn read_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<Vec<Attribute>> {
+/// Each attribute of the caller's template `p` at nesting `depth` (at most
+/// [`MAX_TEMPLATE_DEPTH`]), with its type, as `each` reads it.
+unsafe fn each_attribute<T>(
+    p: *const CK_ATTRIBUTE,
+    count: CK_ULONG,
+    depth: usize,
+    mut each: impl FnMut(&CK_ATTRIBUTE, u64) -> Rv<T>,
+) -> Rv<Vec<T>> {
     if depth > MAX_TEMPLATE_DEPTH {
         return Err(CKR_ARGUMENTS_BAD);
     }
-    attributes(p, count)?
-        .iter()
-        .map(|a| {
-            let ty = wire(a.type_);
-            if a.pValue.is_null() {
-                // Nothing to read: the shape travels, and the vendor answers it.
-                return Ok(Attribute {
-                    ty,
-                    value: AttrValue::Null(wire(a.ulValueLen)),
-                });
+    let attributes = attributes(p, count)?;
+    attributes.iter().map(|a| each(a, wire(a.type_))).collect()
+}
+
+unsafe fn read_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<Vec<Attribute>> {
+    each_attribute(p, count, depth, |a, ty| {
+        if a.pValue.is_null() {
+            // Nothing to read: the shape travels, and the vendor answers it.
+            return Ok(Attribute {
+                ty,
+                value: AttrValue::Null(wire(a.ulValueLen)),
+            });
+        }
+        let raw = bytes(a.pValue as *const u8, a.ulValueLen)?;
+        let value = match kind_of(ty) {
+            Kind::Bool if raw.len() == 1 && raw[0] <= 1 => AttrValue::Bool(raw[0] == 1),
+            Kind::Ulong if raw.len() == ULONG => {
+                AttrValue::Ulong(wire((a.pValue as *const CK_ULONG).read_unaligned()))
             }
-            let raw = bytes(a.pValue as *const u8, a.ulValueLen)?;
-            let value = match kind_of(ty) {
-                Kind::Bool if raw.len() == 1 && raw[0] <= 1 => AttrValue::Bool(raw[0] == 1),
-                Kind::Ulong if raw.len() == ULONG => {
-                    AttrValue::Ulong(wire((a.pValue as *const CK_ULONG).read_unaligned()))
-                }
-                Kind::Date if raw.len() == 8 => {
-                    AttrValue::Date(raw.try_into().map_err(|_| CKR_GENERAL_ERROR)?)
-                }
-                Kind::UlongArray if raw.len() % ULONG == 0 => AttrValue::UlongArray(
-                    (0..raw.len() / ULONG)
-                        .map(|i| wire((a.pValue as *const CK_ULONG).add(i).read_unaligned()))
-                        .collect(),
-                ),
-                Kind::Template if raw.len() % ATTRIBUTE == 0 => AttrValue::Template(
-                    read_at(
-                        a.pValue as *const CK_ATTRIBUTE,
-                        (raw.len() / ATTRIBUTE) as CK_ULONG,
-                        depth + 1,
-                    )?
-                    .into(),
-                ),
-                _ => AttrValue::Bytes(raw.to_vec()),
-            };
-            Ok(Attribute { ty, value })
-        })
-        .collect()
+            Kind::Date if raw.len() == 8 => {
+                AttrValue::Date(raw.try_into().map_err(|_| CKR_GENERAL_ERROR)?)
+            }
+            Kind::UlongArray if raw.len() % ULONG == 0 => AttrValue::UlongArray(
+                (0..raw.len() / ULONG)
+                    .map(|i| wire((a.pValue as *const CK_ULONG).add(i).read_unaligned()))
+                    .collect(),
+            ),
+            Kind::Template if raw.len() % ATTRIBUTE == 0 => AttrValue::Template(
+                read_at(
+                    a.pValue as *const CK_ATTRIBUTE,
+                    (raw.len() / ATTRIBUTE) as CK_ULONG,
+                    depth + 1,
+                )?
+                .into(),
+            ),
+            _ => AttrValue::Bytes(raw.to_vec()),
+        };
+        Ok(Attribute { ty, value })
+    })
 }
 
 /// Reads the caller's C_GetAttributeValue template as a query: a NULL `pValue` asks for the
@@ -91,40 +109,30 @@ unsafe fn read_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<V
 /// # Safety
 /// As [`read`].
 pub unsafe fn query(p: *const CK_ATTRIBUTE, count: CK_ULONG) -> Rv<Array<AttrQuery>> {
-    if p.is_null() {
-        return Ok(Array::Null(wire(count)));
-    }
-    Ok(Array::Given(query_at(p, count, 0)?))
+    shaped(p, count, |p, count| query_at(p, count, 0))
 }
 
 unsafe fn query_at(p: *const CK_ATTRIBUTE, count: CK_ULONG, depth: usize) -> Rv<Vec<AttrQuery>> {
-    if depth > MAX_TEMPLATE_DEPTH {
-        return Err(CKR_ARGUMENTS_BAD);
-    }
-    attributes(p, count)?
-        .iter()
-        .map(|a| {
-            let ty = wire(a.type_);
-            let kind = kind_of(ty);
-            let want = if a.pValue.is_null() {
-                Want::Len
-            } else if kind == Kind::Template && (a.ulValueLen as usize).is_multiple_of(ATTRIBUTE) {
-                Want::Template(
-                    query_at(
-                        a.pValue as *const CK_ATTRIBUTE,
-                        a.ulValueLen / ATTRIBUTE as CK_ULONG,
-                        depth + 1,
-                    )?
-                    .into(),
-                )
-            } else {
-                // Whole elements only: a 7-byte buffer holds no CK_ULONG.
-                let unit = kind.unit(ULONG, ATTRIBUTE) as u64;
-                Want::Buffer(wire(a.ulValueLen) / unit)
-            };
-            Ok(AttrQuery { ty, want })
-        })
-        .collect()
+    each_attribute(p, count, depth, |a, ty| {
+        let kind = kind_of(ty);
+        let want = if a.pValue.is_null() {
+            Want::Len
+        } else if kind == Kind::Template && (a.ulValueLen as usize).is_multiple_of(ATTRIBUTE) {
+            Want::Template(
+                query_at(
+                    a.pValue as *const CK_ATTRIBUTE,
+                    a.ulValueLen / ATTRIBUTE as CK_ULONG,
+                    depth + 1,
+                )?
+                .into(),
+            )
+        } else {
+            // Whole elements only: a 7-byte buffer holds no CK_ULONG.
+            let unit = kind.unit(ULONG, ATTRIBUTE) as u64;
+            Want::Buffer(wire(a.ulValueLen) / unit)
+        };
+        Ok(AttrQuery { ty, want })
+    })
 }
 
 /// Writes C_GetAttributeValue results into the caller's template and returns the call's

@@ -215,58 +215,44 @@ sign_begin!(/// C_VerifyMessageBegin (v3.0 §5.16.3).
 message_final!(/// C_MessageVerifyFinal (v3.0 §5.16.5).
     C_MessageVerifyFinal => MessageVerifyFinal, OpKind::MessageVerify);
 
-/// C_SignMessage (v3.0 §5.14.2).
-#[no_mangle]
-pub unsafe extern "C" fn C_SignMessage(
-    session: CK_SESSION_HANDLE,
-    p: *mut c_void,
-    pl: CK_ULONG,
-    data: *mut CK_BYTE,
-    data_len: CK_ULONG,
-    signature: *mut CK_BYTE,
-    signature_len: *mut CK_ULONG,
-) -> CK_RV {
-    entry!({
-        let client = client::current()?;
-        let param = read_param(&client, session, OpKind::MessageSign, p, pl)?;
-        let data = input(data, data_len)?;
-        let out = OutBuf::new(signature, signature_len)?;
-        let r = client.call(Request::SignMessage {
-            session: wire(session),
-            param,
-            data,
-            capacity: out.capacity(),
-        })?;
-        finish(r, p, pl, Some(out))
-    })
+/// C_SignMessage / C_SignMessageNext (`next`: a NULL `pulSignatureLen` there means "not the
+/// last part", and no signature is written back).
+macro_rules! sign_message {
+    ($(#[$doc:meta])* $name:ident => $variant:ident, next: $next:literal) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            session: CK_SESSION_HANDLE,
+            p: *mut c_void,
+            pl: CK_ULONG,
+            data: *mut CK_BYTE,
+            data_len: CK_ULONG,
+            signature: *mut CK_BYTE,
+            signature_len: *mut CK_ULONG,
+        ) -> CK_RV {
+            entry!({
+                let client = client::current()?;
+                let param = read_param(&client, session, OpKind::MessageSign, p, pl)?;
+                let data = input(data, data_len)?;
+                let out = OutBuf::new(signature, signature_len)?;
+                let capacity = out.capacity();
+                let r = client.call(Request::$variant {
+                    session: wire(session),
+                    param,
+                    data,
+                    capacity,
+                })?;
+                let last = !$next || !signature_len.is_null();
+                finish(r, p, pl, last.then_some(out))
+            })
+        }
+    };
 }
 
-/// C_SignMessageNext (v3.0 §5.14.4): a NULL `pulSignatureLen` means "not the last part".
-#[no_mangle]
-pub unsafe extern "C" fn C_SignMessageNext(
-    session: CK_SESSION_HANDLE,
-    p: *mut c_void,
-    pl: CK_ULONG,
-    data: *mut CK_BYTE,
-    data_len: CK_ULONG,
-    signature: *mut CK_BYTE,
-    signature_len: *mut CK_ULONG,
-) -> CK_RV {
-    entry!({
-        let client = client::current()?;
-        let param = read_param(&client, session, OpKind::MessageSign, p, pl)?;
-        let data = input(data, data_len)?;
-        let out = OutBuf::new(signature, signature_len)?;
-        let capacity = out.capacity();
-        let r = client.call(Request::SignMessageNext {
-            session: wire(session),
-            param,
-            data,
-            capacity,
-        })?;
-        finish(r, p, pl, (!signature_len.is_null()).then_some(out))
-    })
-}
+sign_message!(/// C_SignMessage (v3.0 §5.14.2).
+    C_SignMessage => SignMessage, next: false);
+sign_message!(/// C_SignMessageNext (v3.0 §5.14.4).
+    C_SignMessageNext => SignMessageNext, next: true);
 
 /// C_VerifyMessage / C_VerifyMessageNext (a NULL `pSignature` in the latter means "not the
 /// last part").
