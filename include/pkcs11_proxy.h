@@ -51,8 +51,9 @@
 /* Longest wait for one call's answer in milliseconds (default 300000). */
 #define PKCS11_PROXY_ENV_CALL_TIMEOUT_MS "PKCS11_PROXY_CALL_TIMEOUT_MS"
 
-/* How long a call keeps trying to reach a server before CKR_DEVICE_ERROR, in milliseconds
- * (default 10000; 0 fails at once). */
+/* How long a call, C_Initialize included, keeps trying to reach a server before
+ * CKR_DEVICE_ERROR (CKR_FUNCTION_FAILED for C_Initialize), in milliseconds (default 10000;
+ * 0 fails at once). */
 #define PKCS11_PROXY_ENV_RECONNECT_MS "PKCS11_PROXY_RECONNECT_MS"
 
 /* Transparent recovery after a server restart or failover: "on" (default) or "off". */

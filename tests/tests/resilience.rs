@@ -1109,3 +1109,49 @@ fn every_answer_that_hands_out_a_token_object_carries_its_identity_across_a_rest
         Ok(&b"wrapping"[..])
     );
 }
+
+/// A node started while the proxy restarts or rolls out starts normally: its C_Initialize
+/// waits for a server up to the reconnect window (`PKCS11_PROXY_RECONNECT_MS`), as every
+/// other call does (issue 24; DESIGN.md, "Healing the HSM side"). Past the window it fails.
+#[test]
+fn c_initialize_waits_for_a_server_started_after_the_application() {
+    let hsm = SoftHsm::new("late");
+    let dir = TempDir::new("late");
+    let address = unix_address(&dir);
+    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let started = Instant::now();
+    let init = {
+        let address = address.clone();
+        std::thread::spawn(move || {
+            let rv = with_env(&[("PKCS11_PROXY_SOCKET", &address)], || m.initialize());
+            (rv, m)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let _server = ProxyServer::start(&hsm, &address);
+    let (rv, m) = init.join().unwrap();
+    assert_eq!(rv, CKR_OK);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    make_token_key(&m);
+    let s = m.open_rw(m.first_slot());
+    // SAFETY: a live session of a logged-in application.
+    assert_eq!(unsafe { fabric_sign(&m, s) }, CKR_OK);
+
+    // No server for longer than the window: CKR_FUNCTION_FAILED once it is over, not before.
+    let late = TempDir::new("too-late");
+    let m = RawModule::load(&private_copy(&shim_path(), late.path()));
+    let started = Instant::now();
+    let rv = with_env(
+        &[
+            ("PKCS11_PROXY_SOCKET", &unix_address(&late)),
+            ("PKCS11_PROXY_RECONNECT_MS", "700"),
+        ],
+        || m.initialize(),
+    );
+    assert_eq!(rv, CKR_FUNCTION_FAILED);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}

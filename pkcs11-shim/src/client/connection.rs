@@ -61,10 +61,12 @@ fn routed_or_refused(
 }
 
 /// Why a connection could not be made: for now (the server said to try again), not here
-/// (the server does not hold the application's instance), or not at all.
+/// (the server does not hold the application's instance), no server there (nothing accepts
+/// at the address, or its name does not resolve), or not at all.
 enum OpenError {
     Busy(String),
     Elsewhere(String),
+    Unreachable(String),
     Failed(String),
 }
 
@@ -74,6 +76,9 @@ pub struct Unopened {
     /// A server answered, but does not hold the instance the application is on (or is
     /// stopping): the instance may be on another replica behind the same address.
     pub elsewhere: bool,
+    /// No server was there at any address (nothing accepted, or no name resolved), as while
+    /// the proxy restarts or rolls out; a server that answered and refused is not this.
+    pub unreachable: bool,
     pub reason: String,
 }
 
@@ -87,6 +92,7 @@ impl From<String> for Unopened {
     fn from(reason: String) -> Self {
         Self {
             elsewhere: false,
+            unreachable: false,
             reason,
         }
     }
@@ -183,6 +189,7 @@ impl Connection {
         let n = config.addresses.len();
         let mut errors = Vec::new();
         let mut elsewhere = false;
+        let mut unreachable = true;
         for index in (0..n).map(|i| (first + i) % n) {
             let addr = &config.addresses[index];
             // A server busy with a flood of new applications says to try again: again, every
@@ -204,15 +211,21 @@ impl Connection {
                         wait = (wait * 2).min(Duration::from_millis(250));
                     }
                     Err(OpenError::Busy(reason)) => {
+                        unreachable = false;
                         errors.push(format!("{addr}: server busy: {reason}"));
                         break;
                     }
                     Err(OpenError::Elsewhere(reason)) => {
-                        elsewhere = true;
+                        (elsewhere, unreachable) = (true, false);
                         errors.push(format!("{addr}: not here: {reason}"));
                         break;
                     }
+                    Err(OpenError::Unreachable(e)) => {
+                        errors.push(format!("{addr}: {e}"));
+                        break;
+                    }
                     Err(OpenError::Failed(e)) => {
+                        unreachable = false;
                         errors.push(format!("{addr}: {e}"));
                         break;
                     }
@@ -221,6 +234,7 @@ impl Connection {
         }
         Err(Unopened {
             elsewhere,
+            unreachable: unreachable && n > 0,
             reason: errors.join("; "),
         })
     }
@@ -246,9 +260,12 @@ impl Connection {
         }
         .encode();
         let (stream, routed_to) = match addr {
-            Address::Tcp { host, port } => (Stream::Tcp(tcp_connect(host, *port, config)?), None),
+            Address::Tcp { host, port } => {
+                let tcp = tcp_connect(host, *port, config).map_err(OpenError::Unreachable)?;
+                (Stream::Tcp(tcp), None)
+            }
             Address::Tls { host, port } => {
-                let mut tcp = tcp_connect(host, *port, config)?;
+                let mut tcp = tcp_connect(host, *port, config).map_err(OpenError::Unreachable)?;
                 tcp.set_read_timeout(Some(config.connect_timeout))
                     .map_err(|e| e.to_string())?;
                 tcp.set_write_timeout(Some(config.connect_timeout))
@@ -258,10 +275,11 @@ impl Connection {
                 let tls = config.tls.as_ref().ok_or("no TLS configuration")?;
                 (super::tls::connect(tcp, host, tls)?, Some(interface))
             }
-            Address::Unix(path) => (
-                Stream::Unix(UnixStream::connect(path).map_err(|e| e.to_string())?),
-                None,
-            ),
+            Address::Unix(path) => {
+                let unix =
+                    UnixStream::connect(path).map_err(|e| OpenError::Unreachable(e.to_string()))?;
+                (Stream::Unix(unix), None)
+            }
         };
         // The handshake is bounded by the connect timeout, every call after it by the call
         // timeout: a server that accepts and then says nothing never hangs the application.

@@ -19,6 +19,7 @@ mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
@@ -168,21 +169,7 @@ pub fn initialize(init: Option<InitArgs>) -> Rv {
         );
         CKR_GENERAL_ERROR
     })?;
-    // Behind a load balancer a first attempt may reach a dead replica: a few in a row.
-    let mut opened = Connection::open(&config, &client_id, init, 0, [0; 16]);
-    for _ in 1..FAILED_IN_A_ROW {
-        if opened.is_ok() {
-            break;
-        }
-        opened = Connection::open(&config, &client_id, init, 0, [0; 16]);
-    }
-    let conn = opened.map_err(|e| {
-        log::log(
-            log::LogLevel::Error,
-            &format!("C_Initialize: cannot reach the proxy server: {e}"),
-        );
-        CKR_FUNCTION_FAILED
-    })?;
+    let conn = first_connection(&config, &client_id, init)?;
     let init_rv = conn.init_rv();
     if init_rv != 0 {
         // Not initialised: the worker ends when this connection closes.
@@ -197,6 +184,48 @@ pub fn initialize(init: Option<InitArgs>) -> Rv {
     };
     *slot = Some(Arc::new(client));
     Ok(())
+}
+
+/// C_Initialize's first connection. Behind a load balancer a first attempt may reach a dead
+/// replica: a few are made in a row at once. While no server is there at all (the proxy
+/// restarts or rolls out), it keeps trying for the reconnect window
+/// (`PKCS11_PROXY_RECONNECT_MS`), as every other call does (DESIGN.md, "Healing the HSM
+/// side"), so an application started meanwhile starts normally. A server that answered and
+/// refused (TLS, `--allow-uid`, `--max-applications`...) is the answer: CKR_FUNCTION_FAILED.
+fn first_connection(
+    config: &Config,
+    client_id: &ClientId,
+    init: Option<InitArgs>,
+) -> Rv<Connection> {
+    let deadline = Instant::now() + config.reconnect_window;
+    let mut failed = 0;
+    let mut waited = None;
+    loop {
+        let error = match Connection::open(config, client_id, init, 0, [0; 16]) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        failed += 1;
+        if failed < FAILED_IN_A_ROW {
+            continue;
+        }
+        let wait = pool::next_wait(waited);
+        if !error.unreachable || Instant::now() + wait > deadline {
+            log::log(
+                log::LogLevel::Error,
+                &format!("C_Initialize: cannot reach the proxy server: {error}"),
+            );
+            return Err(CKR_FUNCTION_FAILED);
+        }
+        if waited.is_none() {
+            warn(&format!(
+                "C_Initialize: no proxy server yet ({error}); trying for up to {} ms",
+                config.reconnect_window.as_millis()
+            ));
+        }
+        std::thread::sleep(wait);
+        waited = Some(wait);
+    }
 }
 
 /// C_Finalize: ends this application's view on the server (its sessions are closed) and

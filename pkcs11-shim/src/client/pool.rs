@@ -28,6 +28,11 @@ use crate::log::warn;
 const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(50);
 const RECONNECT_MAX_WAIT: Duration = Duration::from_millis(250);
 
+/// The wait before the next attempt to reach a server, after `previous` (none: the first).
+pub fn next_wait(previous: Option<Duration>) -> Duration {
+    previous.map_or(RECONNECT_FIRST_WAIT, |w| (w * 2).min(RECONNECT_MAX_WAIT))
+}
+
 /// Idle connections kept for reuse; more may be open while busy.
 const MAX_IDLE: usize = 64;
 
@@ -198,9 +203,7 @@ impl Pool {
             }
         }
         let mut backoff = self.backoff.lock();
-        let wait = backoff.map_or(RECONNECT_FIRST_WAIT, |(_, w)| {
-            (w * 2).min(RECONNECT_MAX_WAIT)
-        });
+        let wait = next_wait(backoff.map(|(_, w)| w));
         *backoff = Some((Instant::now() + wait, wait));
         warn(&format!(
             "cannot reach the proxy server (next attempt in {} ms): {last}",
