@@ -200,17 +200,20 @@ fn first_connection(
     let deadline = Instant::now() + config.reconnect_window;
     let mut failed = 0;
     let mut waited = None;
+    // Some attempt reached a server (which failed or refused the connection).
+    let mut reached = false;
     loop {
         let error = match Connection::open(config, client_id, init, 0, [0; 16]) {
             Ok(c) => return Ok(c),
             Err(e) => e,
         };
         failed += 1;
+        reached |= !error.unreachable;
         if failed < FAILED_IN_A_ROW {
             continue;
         }
         let wait = pool::next_wait(waited);
-        if !error.unreachable || Instant::now() + wait > deadline {
+        if reached || Instant::now() + wait > deadline {
             log::log(
                 log::LogLevel::Error,
                 &format!("C_Initialize: cannot reach the proxy server: {error}"),
