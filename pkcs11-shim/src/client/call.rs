@@ -10,7 +10,7 @@ use protocol::message::{Request, Response};
 use super::ahead::{self, Served};
 use super::connection::Connection;
 use super::journal::{self, InstanceId, Journal};
-use super::recovery;
+use super::recovery::{self, Stopped};
 use super::Client;
 use crate::ffi::Rv;
 use crate::log::warn;
@@ -75,8 +75,7 @@ impl Client {
             // Not served: the vendor gets its operation back first (`prepare`).
         }
         let mut lost_on: Option<InstanceId> = None;
-        let mut healed = false;
-        let mut refound = false;
+        let mut mended = Mended::default();
         let mut sends = 0;
         let mut lost = 0;
         while sends < MAX_SENDS {
@@ -105,6 +104,11 @@ impl Client {
                     self.pool.park(conn);
                     return Err(rv);
                 }
+                Prepared::Down(rv) => {
+                    self.pool.park(conn);
+                    self.journal.write().refused(&request, rv);
+                    return Err(rv);
+                }
             };
             if matches!(
                 request,
@@ -115,17 +119,17 @@ impl Client {
             sends += 1;
             match conn.call(&sent) {
                 Ok(response) => {
-                    if !healed && self.session_gone(&mut conn, &request, &sent, &response) {
-                        // Reopened: the request is sent again on the new session.
-                        healed = true;
-                        self.pool.park(conn);
-                        continue;
-                    }
-                    if !refound && self.objects_renumbered(&mut conn, &request, &sent, &response) {
-                        // Found again under new numbers: the request is sent again with them.
-                        refound = true;
-                        self.pool.park(conn);
-                        continue;
+                    match self.mend(&mut conn, &request, &sent, &response, &mut mended) {
+                        Ok(true) => {
+                            self.pool.park(conn);
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(rv) => {
+                            self.pool.park(conn);
+                            self.journal.write().refused(&request, rv);
+                            return Err(rv);
+                        }
                     }
                     match self.record(&mut conn, &request, &sent, response) {
                         Some(response) => {
@@ -202,22 +206,22 @@ impl Client {
                 // Opened before the last switch, to a server the application left.
                 return Prepared::Again;
             }
-            if recovery::recover(conn, &mut j, self.config().recovery).is_err() {
-                return Prepared::Failed;
+            if let Err(stopped) = recovery::recover(conn, &mut j, self.config().recovery) {
+                return stopped.into();
             }
             let instance = conn.instance();
             self.pool.retain_idle(|c| c.instance() == instance);
         }
         if let Some(session) = restore(&j) {
-            if recovery::restore_ended(conn, &mut j, session).is_err() {
-                return Prepared::Failed;
+            if let Err(stopped) = recovery::restore_ended(conn, &mut j, session) {
+                return stopped.into();
             }
         }
         let pending = j.pending_in(request);
         let session = request.session().and_then(|s| j.session_real(s));
         if let (false, Some(session)) = (pending.is_empty(), session) {
-            if recovery::find_pending(conn, &mut j, session, pending).is_err() {
-                return Prepared::Failed;
+            if let Err(stopped) = recovery::find_pending(conn, &mut j, session, pending) {
+                return stopped.into();
             }
         }
         match j.to_server(request) {
@@ -231,6 +235,29 @@ impl Client {
         }
     }
 
+    /// Mends what the vendor's answer shows the vendor lost, once each per call: the session
+    /// (`session_gone`), objects renumbered (`objects_renumbered`). `Ok(true)`: mended, the
+    /// request is sent again (it did nothing). `Err(rv)`: the HSM answered `rv` to the repair
+    /// (it is down): the call gets that answer, and the repair is tried again at a later call.
+    fn mend(
+        &self,
+        conn: &mut Connection,
+        request: &Request,
+        sent: &Request,
+        response: &Response,
+        mended: &mut Mended,
+    ) -> Result<bool, CK_RV> {
+        if !mended.session && self.session_gone(conn, request, sent, response)? {
+            mended.session = true;
+            return Ok(true);
+        }
+        if !mended.objects && self.objects_renumbered(conn, request, sent, response)? {
+            mended.objects = true;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Whether the server answered CKR_SESSION_HANDLE_INVALID for a session the application
     /// still holds, on the same server instance (the session outlived the resume grace, or the
     /// vendor library closed it), and the session could be opened again: the call is then
@@ -241,23 +268,24 @@ impl Client {
         request: &Request,
         sent: &Request,
         response: &Response,
-    ) -> bool {
+    ) -> Result<bool, CK_RV> {
         if !self.config().recovery
             || response.rv() != CKR_SESSION_HANDLE_INVALID
             || matches!(request, Request::CloseSession { .. })
         {
-            return false;
+            return Ok(false);
         }
         let (Some(session), Some(sent)) = (request.session(), sent.session()) else {
-            return false;
+            return Ok(false);
         };
         let mut j = self.journal.write();
         let still_ours = j
             .session(session)
             .is_some_and(|s| s.real == Some(sent) && !s.closing);
-        still_ours
-            && j.instance() == conn.instance()
-            && recovery::reopen_session(conn, &mut j, session).unwrap_or(false)
+        if !still_ours || j.instance() != conn.instance() {
+            return Ok(false);
+        }
+        repair(recovery::reopen_session(conn, &mut j, session))
     }
 
     /// Whether the server answered that an object handle is invalid while the object, found
@@ -270,17 +298,19 @@ impl Client {
         request: &Request,
         sent: &Request,
         response: &Response,
-    ) -> bool {
+    ) -> Result<bool, CK_RV> {
         if !self.config().recovery || !recovery::is_invalid_handle(response.rv()) {
-            return false;
+            return Ok(false);
         }
         let Some(session) = sent.session() else {
-            return false;
+            return Ok(false);
         };
         let objects = request.object_handles();
         let mut j = self.journal.write();
-        j.instance() == conn.instance()
-            && recovery::find_again(conn, &mut j, session, &objects).unwrap_or(false)
+        if j.instance() != conn.instance() {
+            return Ok(false);
+        }
+        repair(recovery::find_again(conn, &mut j, session, &objects))
     }
 
     /// Records the answer in the journal and gives it the shim's handles. With recovery on,
@@ -321,6 +351,23 @@ impl Client {
     }
 }
 
+/// The repairs one call already made ([`Client::mend`]).
+#[derive(Default)]
+struct Mended {
+    session: bool,
+    objects: bool,
+}
+
+/// A repair's outcome for the call: done or not (a failed connection: the vendor's answer
+/// stands), or the HSM's answer that it is down.
+fn repair(outcome: Result<bool, Stopped>) -> Result<bool, CK_RV> {
+    match outcome {
+        Ok(done) => Ok(done),
+        Err(Stopped::Lost(_)) => Ok(false),
+        Err(Stopped::Device(rv)) => Err(rv),
+    }
+}
+
 /// How [`Client::prepare`] left a request.
 enum Prepared {
     /// Translated for the connection's server.
@@ -331,6 +378,19 @@ enum Prepared {
     Failed,
     /// Answered here (a lost session or object).
     Refused(CK_RV),
+    /// Answered here with the HSM's answer to the replay: it is down.
+    Down(CK_RV),
+}
+
+impl From<Stopped> for Prepared {
+    /// A replay that stopped: another attempt after a failed connection; the vendor's answer
+    /// when the HSM is down (the journal keeps the application's state for a later call).
+    fn from(stopped: Stopped) -> Self {
+        match stopped {
+            Stopped::Lost(_) => Prepared::Failed,
+            Stopped::Device(rv) => Prepared::Down(rv),
+        }
+    }
 }
 
 /// Whether a request involves the journal's handles. Calls without a session (library, slot

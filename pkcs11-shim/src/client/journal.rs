@@ -24,6 +24,9 @@ pub use protocol::handshake::InstanceId;
 /// How many instances the application left are remembered (each was its instance once).
 const LEFT_KEPT: usize = 16;
 
+/// No instance: the journal's state is on none.
+const NONE: InstanceId = [0; 16];
+
 /// Whether the answer to `request` changes what the journal holds or carries object handles;
 /// the answers to other calls (queries, random, single-shot message calls) pass untouched.
 pub fn records(request: &Request) -> bool {
@@ -94,6 +97,9 @@ pub struct Journal {
     /// The instances the application left, latest last: it never goes back to one, so
     /// that it cannot move back and forth between replicas (DESIGN.md, "Shim semantics").
     left: VecDeque<InstanceId>,
+    /// The instance a replay met a lost device on ([`Journal::void`]): the application is
+    /// still on it, its state not restored there yet.
+    voided_from: Option<InstanceId>,
     /// The counter of the shim's own session numbers ([`free_handle`]).
     next_own_session: u64,
     attributes_ahead: AttributesAhead,
@@ -108,6 +114,7 @@ impl Journal {
             logins: HashMap::new(),
             epoch: 0,
             left: VecDeque::new(),
+            voided_from: None,
             next_own_session: handles::own_numbers(),
             attributes_ahead: AttributesAhead::default(),
         }
@@ -365,6 +372,15 @@ impl Journal {
         self.record_step(request, response.rv(), completed);
         let response = self.objects_to_shim(request, response, identities);
         self.record_search(request.session(), response)
+    }
+
+    /// The shim answered `request` with the HSM's `rv` itself: a replay or a repair met a lost
+    /// device (DESIGN.md, "Healing the HSM side"). An operation the call would have ended in
+    /// the vendor ends here too (PKCS#11 v2.40 section 5.12: a C_Sign that fails, other than
+    /// for a short buffer, terminates the signing operation), so that no replay brings it
+    /// back behind the application's back.
+    pub fn refused(&mut self, request: &Request, rv: CK_RV) {
+        self.record_step(request, rv, None);
     }
 
     /// What `request` changed of the application's sessions, logins and objects. A new
@@ -627,20 +643,50 @@ impl Journal {
     }
 
     /// A new server instance: every server handle is void. Object handles keep their records
-    /// (token objects are found again); sessions are reopened by the caller.
+    /// (token objects are found again); sessions are reopened by the caller. The instance
+    /// left behind is remembered, and connections opened before are known by their epoch;
+    /// coming back to the instance the journal was voided on ([`Journal::void`]) leaves
+    /// nothing.
     pub fn switch_instance(&mut self, instance: InstanceId) {
-        if self.instance != [0; 16] && self.instance != instance {
-            if self.left.len() == LEFT_KEPT {
-                self.left.pop_front();
+        let previous = match self.instance {
+            NONE => self.voided_from.take(),
+            on => Some(on),
+        };
+        if previous != Some(instance) {
+            if let Some(previous) = previous.filter(|p| *p != NONE) {
+                if self.left.len() == LEFT_KEPT {
+                    self.left.pop_front();
+                }
+                self.left.push_back(previous);
             }
-            self.left.push_back(self.instance);
+            self.epoch += 1;
         }
         self.instance = instance;
-        self.epoch += 1;
+        self.voided_from = None;
         self.objects.void_all();
         for s in self.sessions.values_mut() {
             s.real = None;
         }
+    }
+
+    /// A replay on the journal's instance met a lost device (the HSM is down; DESIGN.md,
+    /// "Healing the HSM side"): the application stays on that instance with nothing restored,
+    /// and the next call that needs its handles replays again, there or on the instance that
+    /// replaces it. Unlike a failed connection, the instance is not left.
+    pub fn void(&mut self) {
+        if self.instance != NONE {
+            self.voided_from = Some(self.instance);
+        }
+        self.instance = NONE;
+        self.objects.void_all();
+        for s in self.sessions.values_mut() {
+            s.real = None;
+        }
+    }
+
+    /// Whether the last replay met a lost device ([`Journal::void`]).
+    pub fn voided(&self) -> bool {
+        self.voided_from.is_some()
     }
 
     /// Forgets everything (C_Finalize); kept PINs are wiped as they drop.
@@ -661,6 +707,7 @@ mod tests {
 
     const A: InstanceId = [1; 16];
     const B: InstanceId = [2; 16];
+    const C: InstanceId = [3; 16];
 
     /// Sends `request` through the journal to a server that answers `response`.
     fn exchange(j: &mut Journal, request: Request, response: Response) -> Rv<Response> {
@@ -707,6 +754,24 @@ mod tests {
             j.switch_instance([i + 100; 16]);
         }
         assert_eq!(j.left.len(), LEFT_KEPT);
+    }
+
+    #[test]
+    fn a_replay_voided_by_a_lost_device_leaves_no_instance() {
+        let mut j = Journal::new(A);
+        j.switch_instance(B);
+        let epoch = j.epoch();
+        // The replay on B met the HSM down: the application is still on B.
+        j.void();
+        assert!(j.voided() && j.instance() == NONE && !j.has_left(&B));
+        // Replayed again on B: no new epoch (connections to B stay usable), nothing left.
+        j.switch_instance(B);
+        assert_eq!((j.epoch(), j.instance(), j.voided()), (epoch, B, false));
+        assert!(!j.has_left(&B));
+        // Voided again, then replayed on B's replacement: B is left now.
+        j.void();
+        j.switch_instance(C);
+        assert!(j.has_left(&B) && j.epoch() == epoch + 1);
     }
 
     #[test]

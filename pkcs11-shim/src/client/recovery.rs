@@ -15,6 +15,11 @@
 //!
 //! Session objects and operations that had taken data cannot come back: their handles answer
 //! CKR_OBJECT_HANDLE_INVALID, and the operation's next call CKR_OPERATION_NOT_INITIALIZED.
+//!
+//! A replay that meets the HSM down (the vendor answers that it lost its device: DESIGN.md,
+//! "Healing the HSM side") stops without giving anything up ([`Stopped::Device`]): the call
+//! gets the vendor's answer, and a later call replays again, on the same server instance or on
+//! the one the server replaced it with, until the HSM answers.
 
 use std::time::Instant;
 
@@ -31,6 +36,47 @@ use protocol::function::OpKind;
 use super::journal::Journal;
 use crate::log::{log, LogLevel};
 
+/// Why a replay stopped before its end.
+#[derive(Debug)]
+pub enum Stopped {
+    /// The connection failed: the next call starts over, on whatever server it reaches.
+    Lost(ProtocolError),
+    /// The vendor answered that it lost its device ([`lost_device`]): not now. The call gets
+    /// this answer, and the application's state stays as the journal holds it.
+    Device(CK_RV),
+}
+
+impl From<ProtocolError> for Stopped {
+    fn from(e: ProtocolError) -> Self {
+        Stopped::Lost(e)
+    }
+}
+
+/// The vendor's answers, to a replay, that mean its instance lost the device, not that the
+/// request was wrong (DESIGN.md, "Healing the HSM side"; PKCS#11 v2.40 section 5.1): the HSM
+/// is down, or was, and the server replaces the instance. A replay names only slots and
+/// tokens the application had: one not there, or not recognised, is gone for now.
+pub fn lost_device(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_DEVICE_ERROR
+            | CKR_DEVICE_REMOVED
+            | CKR_TOKEN_NOT_PRESENT
+            | CKR_TOKEN_NOT_RECOGNIZED
+            | CKR_SLOT_ID_INVALID
+            | CKR_CRYPTOKI_NOT_INITIALIZED
+    )
+}
+
+/// One call of a replay: the vendor's answer, or [`Stopped::Device`] when it lost its device.
+fn vendor(conn: &mut Connection, request: &Request) -> Result<Response, Stopped> {
+    let response = conn.call(request)?;
+    match response.rv() {
+        rv if lost_device(rv) => Err(Stopped::Device(rv)),
+        _ => Ok(response),
+    }
+}
+
 /// The identity of each of `objects` (server handles) handed out earlier without one (the
 /// server sends it with the answer that hands an object out, once per application: another
 /// thread may have got it). `None` for a session object: such a handle cannot survive a
@@ -46,13 +92,12 @@ pub fn identify(
 
 /// Re-creates the journal's state on the server `conn` reached. Holds the journal for its
 /// whole duration, so other threads wait for it instead of using half-restored handles.
-/// A transport failure leaves the journal marked for another attempt on the next call.
-pub fn recover(
-    conn: &mut Connection,
-    journal: &mut Journal,
-    enabled: bool,
-) -> Result<(), ProtocolError> {
+/// A transport failure leaves the journal marked for another attempt on the next call, on
+/// whatever server it reaches; a lost device, for another attempt on this instance or its
+/// replacement, the sessions this attempt opened closed again.
+pub fn recover(conn: &mut Connection, journal: &mut Journal, enabled: bool) -> Result<(), Stopped> {
     let started = Instant::now();
+    let again = journal.voided();
     journal.switch_instance(conn.instance());
     if !enabled {
         log(
@@ -70,7 +115,7 @@ pub fn recover(
                 started.elapsed().as_millis()
             ),
         ),
-        Err(e) => {
+        Err(Stopped::Lost(e)) => {
             // Void again: the next call starts the replay over.
             journal.switch_instance([0; 16]);
             log(
@@ -78,11 +123,35 @@ pub fn recover(
                 &format!("new server instance: restoring the sessions failed: {e}"),
             );
         }
+        Err(Stopped::Device(rv)) => {
+            close_reopened(conn, journal);
+            journal.void();
+            // Once per outage, not once per call.
+            log(
+                if again { LogLevel::Debug } else { LogLevel::Warn },
+                &format!(
+                    "the HSM does not answer (CKR 0x{rv:X}): the sessions are restored at a later call"
+                ),
+            );
+        }
     }
     result.map(|_| ())
 }
 
-fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, ProtocolError> {
+/// Closes the sessions a replay stopped by a lost device had opened, so that the next replay
+/// on the same instance leaves none behind (best effort: the device may refuse).
+fn close_reopened(conn: &mut Connection, journal: &mut Journal) {
+    for h in journal.session_handles() {
+        let real = journal.session_mut(h).and_then(|s| s.real.take());
+        if let Some(session) = real {
+            if conn.call(&Request::CloseSession { session }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, Stopped> {
     let handles = journal.session_handles();
     // 1. Sessions.
     let mut reopened = 0;
@@ -112,17 +181,31 @@ fn replay(conn: &mut Connection, journal: &mut Journal) -> Result<String, Protoc
 
 /// One session the server no longer has although its instance did not change (it outlived
 /// the server's resume grace, or the vendor library closed it): opened again, logged in
-/// again and its fresh operations re-initialised. Returns whether it is back.
+/// again and its fresh operations re-initialised. Returns whether it is back. Stopped by a
+/// lost device, it stays as it was, to be opened again at a later call.
 pub fn reopen_session(
     conn: &mut Connection,
     journal: &mut Journal,
     session: u64,
-) -> Result<bool, ProtocolError> {
-    if let Some(s) = journal.session_mut(session) {
-        s.real = None;
-    }
+) -> Result<bool, Stopped> {
+    let Some(old) = journal.session_mut(session).map(|s| s.real.take()) else {
+        return Ok(false);
+    };
     // Its session objects went with it; their numbers may be given to new objects.
     journal.objects_mut().lose_owned(session);
+    match reopen(conn, journal, session) {
+        Err(Stopped::Device(rv)) => {
+            let s = journal.session_mut(session).expect("listed");
+            if let Some(new) = std::mem::replace(&mut s.real, old) {
+                let _ = conn.call(&Request::CloseSession { session: new });
+            }
+            Err(Stopped::Device(rv))
+        }
+        other => other,
+    }
+}
+
+fn reopen(conn: &mut Connection, journal: &mut Journal, session: u64) -> Result<bool, Stopped> {
     if !open_again(conn, journal, session)? {
         return Ok(false);
     }
@@ -141,17 +224,20 @@ pub fn reopen_session(
 
 /// Opens session `h` again with its slot and flags; one whose login cannot be replayed (PINs
 /// not kept) is left lost.
-fn open_again(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<bool, ProtocolError> {
+fn open_again(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<bool, Stopped> {
     let s = journal.session(h).expect("listed");
     let (slot, flags) = (s.slot, s.flags);
     if journal.login(slot).is_some_and(|l| l.pin.is_none()) {
         return Ok(false);
     }
-    match conn.call(&Request::OpenSession {
-        slot,
-        flags,
-        outputs: Outputs::ALL,
-    })? {
+    match vendor(
+        conn,
+        &Request::OpenSession {
+            slot,
+            flags,
+            outputs: Outputs::ALL,
+        },
+    )? {
         Response::Handle(real) => {
             journal.session_mut(h).expect("listed").real = Some(real);
             Ok(true)
@@ -177,7 +263,7 @@ fn login_again(
     journal: &mut Journal,
     slot: u64,
     session: u64,
-) -> Result<bool, ProtocolError> {
+) -> Result<bool, Stopped> {
     let Some(login) = journal.login(slot).cloned() else {
         return Ok(true);
     };
@@ -195,7 +281,7 @@ fn login_again(
             pin,
         },
     };
-    let rv = conn.call(&request)?.rv();
+    let rv = vendor(conn, &request)?.rv();
     if matches!(rv, CKR_OK | CKR_USER_ALREADY_LOGGED_IN) {
         journal.objects_mut().recheck(slot);
         return Ok(true);
@@ -218,11 +304,7 @@ fn login_again(
 
 /// Initialises again the operations of session `h` that took no data yet; the others are
 /// forgotten (gone with the old session). Returns how many were rebuilt.
-fn init_again(
-    conn: &mut Connection,
-    journal: &mut Journal,
-    h: u64,
-) -> Result<usize, ProtocolError> {
+fn init_again(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<usize, Stopped> {
     let s = journal.session_mut(h).expect("listed");
     let ops = std::mem::take(&mut s.ops);
     let Some(session) = s.real else {
@@ -255,11 +337,7 @@ fn init_again(
 /// is (its handles are still served by the shim). The vendor then answers the application's
 /// next call on the session as it would have (DESIGN.md, "Two-call functions"). One the vendor
 /// refuses now is gone, as it would be on a new server.
-pub fn restore_ended(
-    conn: &mut Connection,
-    journal: &mut Journal,
-    h: u64,
-) -> Result<(), ProtocolError> {
+pub fn restore_ended(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<(), Stopped> {
     let Some(s) = journal.session(h) else {
         return Ok(());
     };
@@ -278,11 +356,14 @@ pub fn restore_ended(
     for (kind, init, asked) in ended {
         let replayed = replay_init(conn, journal, h, session, &init)?;
         if let (true, Some(asked)) = (replayed, asked) {
-            conn.call(&Request::FindObjects {
-                session,
-                max_count: asked,
-                outputs: Outputs::ALL,
-            })?;
+            vendor(
+                conn,
+                &Request::FindObjects {
+                    session,
+                    max_count: asked,
+                    outputs: Outputs::ALL,
+                },
+            )?;
         }
         let s = journal.session_mut(h).expect("listed");
         if replayed {
@@ -309,17 +390,17 @@ fn replay_init(
     h: u64,
     session: u64,
     init: &Request,
-) -> Result<bool, ProtocolError> {
+) -> Result<bool, Stopped> {
     let request = replayable(init);
     let pending = journal.pending_in(&request);
     find_pending(conn, journal, session, pending)?;
     let rv = match journal.to_server(&request) {
         Ok(sent) => {
-            let rv = conn.call(&sent)?.rv();
+            let rv = vendor(conn, &sent)?.rv();
             let objects = request.object_handles();
             if is_invalid_handle(rv) && find_again(conn, journal, session, &objects)? {
                 match journal.to_server(&request) {
-                    Ok(sent) => conn.call(&sent)?.rv(),
+                    Ok(sent) => vendor(conn, &sent)?.rv(),
                     Err(rv) => rv,
                 }
             } else {
@@ -358,7 +439,7 @@ pub fn find_pending(
     journal: &mut Journal,
     session: u64,
     pending: Vec<(u64, Vec<Attribute>)>,
-) -> Result<(), ProtocolError> {
+) -> Result<(), Stopped> {
     for (object, identity) in pending {
         match find_one(conn, session, identity)? {
             Ok(Some(real)) => journal.objects_mut().resolve(object, Some(real)),
@@ -397,7 +478,7 @@ pub fn find_again(
     journal: &mut Journal,
     session: u64,
     objects: &[Option<u64>],
-) -> Result<bool, ProtocolError> {
+) -> Result<bool, Stopped> {
     let mut changed = false;
     for v in objects.iter().flatten() {
         let Some(record) = journal.objects().get(*v).filter(|o| o.recheck) else {
@@ -432,22 +513,27 @@ fn find_one(
     conn: &mut Connection,
     session: u64,
     template: Vec<Attribute>,
-) -> Result<Result<Option<u64>, CK_RV>, ProtocolError> {
-    let rv = conn
-        .call(&Request::FindObjectsInit {
+) -> Result<Result<Option<u64>, CK_RV>, Stopped> {
+    let rv = vendor(
+        conn,
+        &Request::FindObjectsInit {
             session,
             template: template.into(),
             prefetch: 0,
-        })?
-        .rv();
+        },
+    )?
+    .rv();
     if rv != CKR_OK {
         return Ok(Err(rv));
     }
-    let found = conn.call(&Request::FindObjects {
-        session,
-        max_count: 2,
-        outputs: Outputs::ALL,
-    })?;
+    let found = vendor(
+        conn,
+        &Request::FindObjects {
+            session,
+            max_count: 2,
+            outputs: Outputs::ALL,
+        },
+    )?;
     conn.call(&Request::FindObjectsFinal { session })?;
     Ok(Ok(match found {
         Response::Ulongs { rv, values, .. } if rv == CKR_OK && values.len() == 1 => Some(values[0]),
