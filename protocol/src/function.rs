@@ -166,7 +166,7 @@ impl Descriptor {
 /// Builds, from one table of rows `Variant { fields } => descriptor`, the
 /// [`crate::message::Request`] enum, the [`crate::message::Function`] enum (one fieldless
 /// variant per row, with its descriptor), and the accessors for the arguments that rules look
-/// at by name: `session` (the session handle), `capacity` (the output buffer of a two-call
+/// at by name: `session` (the session handle), `slot`, `capacity` (the output buffer of a two-call
 /// function), `mechanism`, `data` and `signature`. An accessor finds its field by its name,
 /// so a new row with a `session` field is reached by every rule about sessions at once.
 macro_rules! requests {
@@ -213,6 +213,15 @@ macro_rules! requests {
             pub fn session(&self) -> Option<u64> {
                 fn find(request: &Request) -> Option<&u64> {
                     $($crate::function::field!(session, request, $variant; $($field)*);)*
+                    None
+                }
+                find(self).copied()
+            }
+
+            /// The slot this request names, if it has a `slot` argument.
+            pub fn slot(&self) -> Option<u64> {
+                fn find(request: &Request) -> Option<&u64> {
+                    $($crate::function::field!(slot, request, $variant; $($field)*);)*
                     None
                 }
                 find(self).copied()
@@ -266,6 +275,11 @@ macro_rules! field {
     (session, $s:expr, $v:ident; session $($rest:ident)*) => {
         if let Request::$v { session, .. } = $s {
             return Some(session);
+        }
+    };
+    (slot, $s:expr, $v:ident; slot $($rest:ident)*) => {
+        if let Request::$v { slot, .. } = $s {
+            return Some(slot);
         }
     };
     (capacity, $s:expr, $v:ident; capacity $($rest:ident)*) => {

@@ -17,6 +17,14 @@ use crate::tls::TlsFiles;
 /// Where the compatible form takes its address.
 pub const DAEMON_SOCKET_ENV: &str = "PKCS11_DAEMON_SOCKET";
 
+/// An on/off setting, as flag value and in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +113,14 @@ pub struct Args {
     #[arg(long = "deny-mechanism", value_name = "CKM")]
     pub deny_mechanism: Vec<String>,
 
+    /// Heal what the HSM breaks (DESIGN.md, "Healing the HSM side"): an application's vendor
+    /// instance that lost its device (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, a token gone,
+    /// CKR_CRYPTOKI_NOT_INITIALIZED after C_Initialize) is replaced by a new one, with backoff,
+    /// and the shim brings the application's sessions back on it; `off`: the vendor's broken
+    /// instance stays, as when the application loads the library itself [default: on].
+    #[arg(long, value_name = "on|off")]
+    pub heal: Option<Switch>,
+
     /// Serve every application from one worker process and one vendor library instance (for
     /// vendors that cope badly with many processes on one token): sessions stay owned per
     /// application, the vendor's login is shared by all (the old proxies' behaviour).
@@ -171,6 +187,7 @@ struct FileConfig {
     resume_grace: Option<u64>,
     deny_function: Option<Vec<String>>,
     deny_mechanism: Option<Vec<String>>,
+    heal: Option<Switch>,
     shared_worker: Option<bool>,
     max_applications: Option<usize>,
     max_startups: Option<String>,
@@ -196,6 +213,8 @@ pub struct Settings {
     pub resume_grace: Duration,
     pub deny_functions: Vec<String>,
     pub deny_mechanisms: Vec<String>,
+    /// Broken vendor instances are replaced (`--heal`).
+    pub heal: bool,
     pub shared_worker: bool,
     pub max_applications: usize,
     /// The data port's budget of connections before their prelude.
@@ -323,6 +342,7 @@ impl Settings {
             ),
             deny_functions: list(&args.deny_function, file.deny_function),
             deny_mechanisms: list(&args.deny_mechanism, file.deny_mechanism),
+            heal: args.heal.or(file.heal).unwrap_or(Switch::On) == Switch::On,
             shared_worker: args.shared_worker || file.shared_worker.unwrap_or(false),
             max_applications: args
                 .max_applications

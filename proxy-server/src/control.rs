@@ -66,6 +66,49 @@ pub struct WorkerSettings {
     pub deny_functions: Vec<String>,
     pub deny_mechanisms: Vec<String>,
     pub json_logs: bool,
+    pub heal: HealSettings,
+}
+
+/// What an application's worker is told of healing (DESIGN.md, "Healing the HSM side").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HealSettings {
+    /// A broken vendor instance is replaced (`--heal on`).
+    pub enabled: bool,
+    /// How many instances of this application broke one after the other before this one:
+    /// the backoff step of its own replacement.
+    pub step: u32,
+    /// When the outage began (milliseconds since the Unix epoch), when `step` > 0.
+    pub outage_since_ms: u64,
+    /// The slots the application's broken instances saw a token in: a CKR_TOKEN_NOT_PRESENT
+    /// there is the token still gone, not a slot that never had one.
+    pub present: Vec<u64>,
+}
+
+/// Why a vendor instance was taken for broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokenBy {
+    DeviceError,
+    DeviceRemoved,
+    TokenNotPresent,
+    NotInitialized,
+}
+
+impl BrokenBy {
+    /// Its name in logs and metrics labels.
+    pub fn label(self) -> &'static str {
+        crate::metrics::BROKEN_BY[self as usize]
+    }
+}
+
+/// A worker leaving because its vendor instance is broken: what its replacement inherits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replaced {
+    pub by: BrokenBy,
+    /// The replacement's [`HealSettings::step`], [`HealSettings::outage_since_ms`] and
+    /// [`HealSettings::present`].
+    pub step: u32,
+    pub outage_since_ms: u64,
+    pub present: Vec<u64>,
 }
 
 /// What an accepted connection is.
@@ -113,9 +156,10 @@ pub enum ToRouter {
     /// A hello was accepted: the worker serves a real application, no longer a routing id
     /// alone (sent once).
     Authenticated,
-    /// The application is gone (C_Finalize, or no connection for the resume grace period):
-    /// route nothing more here; the router answers with [`ToWorker::Stop`].
-    Leaving,
+    /// The application is gone (C_Finalize, or no connection for the resume grace period),
+    /// or its vendor instance is broken and is to be replaced (`replaced`): route nothing
+    /// more here; the router answers with [`ToWorker::Stop`].
+    Leaving { replaced: Option<Replaced> },
 }
 
 /// One end of a control channel.

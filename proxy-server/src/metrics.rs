@@ -73,7 +73,18 @@ pub struct RouterCounters {
     /// Readiness checks that reached the vendor library (the others were answered from the
     /// last one).
     pub readiness_checks: AtomicU64,
+    /// Vendor instances replaced as broken, by reason ([`BROKEN_BY`], `--heal`).
+    pub reinitialisations: [AtomicU64; 4],
 }
+
+/// Why vendor instances were replaced (`--heal`), as metrics label them, in the order of
+/// `control::BrokenBy`.
+pub const BROKEN_BY: [&str; 4] = [
+    "device_error",
+    "device_removed",
+    "token_not_present",
+    "not_initialized",
+];
 
 /// A return value as the wire and the metrics keep it.
 #[allow(clippy::useless_conversion)]
@@ -189,6 +200,11 @@ impl Snapshot {
         registry.register_collector(Box::new(Exposition {
             functions: self.functions.clone(),
             sessions: self.sessions.clone(),
+            reinitialisations: BROKEN_BY
+                .iter()
+                .zip(&router.reinitialisations)
+                .map(|(label, n)| (*label, load(n)))
+                .collect(),
             scalars,
         }));
         let mut out = String::new();
@@ -237,6 +253,8 @@ impl Scalar {
 struct Exposition {
     functions: HashMap<String, FunctionStats>,
     sessions: Vec<(String, u64)>,
+    /// Vendor instances replaced as broken, by reason.
+    reinitialisations: Vec<(&'static str, u64)>,
     scalars: Vec<Scalar>,
 }
 
@@ -289,6 +307,17 @@ impl prometheus_client::collector::Collector for Exposition {
                     .encode_descriptor(s.name, s.help, None, MetricType::Gauge)?
                     .encode_gauge(&v)?,
             }
+        }
+        let mut reinitialisations = encoder.encode_descriptor(
+            "pkcs11_proxy_vendor_reinitialisations",
+            "Vendor instances replaced because the HSM broke them (--heal), by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &self.reinitialisations {
+            reinitialisations
+                .encode_family(&[("reason", *reason)])?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
         }
         let mut sessions = encoder.encode_descriptor(
             "pkcs11_proxy_sessions",

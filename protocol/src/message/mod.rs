@@ -140,6 +140,8 @@ mod tests {
             outputs: Outputs::ALL,
         };
         assert_eq!(mech.mechanism(), None);
+        assert_eq!((mech.slot(), mech.session()), (Some(0), None));
+        assert_eq!((sign.slot(), sign.session()), (None, Some(7)));
     }
 
     #[test]

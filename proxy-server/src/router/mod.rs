@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::LogFormat;
 use crate::config::Settings;
-use crate::control::{Role, WorkerSettings};
+use crate::control::{HealSettings, Role, WorkerSettings};
 use crate::startups::Startups;
 
 use self::listener::Listener;
@@ -53,6 +53,12 @@ pub fn run(settings: Settings) -> Result<(), String> {
         deny_functions: settings.deny_functions.clone(),
         deny_mechanisms: settings.deny_mechanisms.clone(),
         json_logs: settings.log_format == LogFormat::Json,
+        heal: HealSettings {
+            // One vendor instance for every application: replacing it is not one
+            // application's business.
+            enabled: settings.heal && !settings.shared_worker,
+            ..HealSettings::default()
+        },
     };
     let workers = Workers::new(
         template,

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use protocol::handshake::{InstanceId, RoutingId};
 
-use crate::control::{Channel, Role, ToRouter, ToWorker, Transport, WorkerSettings, WORKER_FD};
+use crate::control::{
+    Channel, Replaced, Role, ToRouter, ToWorker, Transport, WorkerSettings, WORKER_FD,
+};
 use crate::metrics::{RouterCounters, Snapshot};
 
 /// How long a report may take.
@@ -142,6 +144,10 @@ pub struct Workers {
     stopping: AtomicBool,
     /// The version of the vendor library's "PKCS 11" interface, as the workers loaded it.
     interface: Mutex<(u8, u8)>,
+    /// Applications whose vendor instance was replaced as broken: that instance, and what
+    /// their next worker inherits (the backoff step, when the outage began), until the
+    /// application leaves.
+    replaced: Mutex<HashMap<RoutingId, (InstanceId, Replaced)>>,
 }
 
 impl Workers {
@@ -167,6 +173,7 @@ impl Workers {
             counters: RouterCounters::default(),
             stopping: AtomicBool::new(false),
             interface: Mutex::new((0, 0)),
+            replaced: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -207,7 +214,14 @@ impl Workers {
             Key::Application(routing_id)
         };
         let mut routes = self.routes.lock();
-        if on != [0; 16] {
+        // An instance this server replaced as broken (`--heal`): its replacement is here.
+        let replaced_here = || {
+            self.replaced
+                .lock()
+                .get(&routing_id)
+                .is_some_and(|(instance, _)| *instance == on)
+        };
+        if on != [0; 16] && !replaced_here() {
             return match routes.get(&key) {
                 Some(w) if w.instance == on => Ok(w.clone()),
                 _ => Err(Refusal::Elsewhere(
@@ -319,6 +333,13 @@ impl Workers {
         drop(theirs);
         let mut settings = self.template.clone();
         settings.role = role;
+        if let Role::Application(id) = role {
+            if let Some((_, r)) = self.replaced.lock().get(&id) {
+                settings.heal.step = r.step;
+                settings.heal.outage_since_ms = r.outage_since_ms;
+                settings.heal.present = r.present.clone();
+            }
+        }
         settings.instance_id = crate::control::new_instance_id();
         let instance = settings.instance_id;
         ours.send(&ToWorker::Start(Box::new(settings)), None)
@@ -379,7 +400,9 @@ impl Workers {
                     ToRouter::Authenticated => {
                         worker.authenticated.store(true, Ordering::Release);
                     }
-                    ToRouter::Leaving => {
+                    ToRouter::Leaving { replaced } => {
+                        // Noted first: the application's next worker inherits the backoff.
+                        self.note_replaced(&worker, replaced);
                         self.unroute(&worker);
                         worker.stop();
                     }
@@ -423,6 +446,24 @@ impl Workers {
         let mut alive = self.alive.lock();
         alive.remove(&pid);
         self.gone.notify_all();
+    }
+
+    /// Remembers, for the application of `worker` leaving, whether its vendor instance is
+    /// replaced as broken (its next worker inherits the backoff) or the application is gone.
+    fn note_replaced(&self, worker: &Worker, replaced: Option<Replaced>) {
+        let Role::Application(id) = worker.role else {
+            return;
+        };
+        let mut known = self.replaced.lock();
+        match replaced {
+            Some(r) => {
+                self.counters.reinitialisations[r.by as usize].fetch_add(1, Ordering::Relaxed);
+                known.insert(id, (worker.instance, r));
+            }
+            None => {
+                known.remove(&id);
+            }
+        }
     }
 
     /// Routes nothing more to `worker`.

@@ -14,6 +14,7 @@ mod application;
 mod backend;
 mod connection;
 mod dispatch;
+mod heal;
 mod identify;
 mod mechanism;
 mod state;
@@ -37,7 +38,7 @@ use protocol::stream::Stream;
 use self::backend::Backend;
 use self::connection::Handed;
 use self::state::WorkerState;
-use crate::control::{Channel, Role, ToRouter, ToWorker, Transport, WorkerSettings};
+use crate::control::{Channel, Replaced, Role, ToRouter, ToWorker, Transport, WorkerSettings};
 use crate::rv;
 use crate::startups::{Limits, Startups};
 use crate::tls::TlsListener;
@@ -133,6 +134,11 @@ pub fn run() -> ExitCode {
         startups,
         announced: AtomicBool::new(false),
     });
+    if matches!(worker.state.settings.role, Role::Application(_))
+        && worker.state.settings.heal.enabled
+    {
+        worker.start_healing(&span);
+    }
     worker.control_loop(&span);
     worker.stop();
     ExitCode::SUCCESS
@@ -146,12 +152,7 @@ fn start(settings: WorkerSettings) -> Result<WorkerState, String> {
     let tls = settings.tls.clone().map(TlsListener::new).transpose()?;
     let initialised = !matches!(settings.role, Role::Application(_));
     if initialised {
-        let args = InitArgs {
-            flags: ulong::wire(CKF_OS_LOCKING_OK),
-            callbacks: 0,
-            reserved: false,
-        };
-        let r = backend.initialize(Some(args), settings.init_args.as_deref());
+        let r = backend.initialize(Some(os_locking()), settings.init_args.as_deref());
         if r != CKR_OK {
             return Err(format!(
                 "{}: C_Initialize failed with {}",
@@ -333,9 +334,12 @@ impl Worker {
                                     || !s.bound()
                                     || worker.idle_since.lock().elapsed() >= grace)
                             {
-                                s.leaving.store(true, Ordering::Release);
-                                tracing::info!(finalised = s.done(), "application gone; leaving");
-                                let _ = worker.channel.send(&ToRouter::Leaving, None);
+                                if worker.leave(None) {
+                                    tracing::info!(
+                                        finalised = s.done(),
+                                        "application gone; leaving"
+                                    );
+                                }
                                 return;
                             }
                         }
@@ -345,14 +349,83 @@ impl Worker {
             });
     }
 
+    /// Tells the router, once, that this worker is leaving (`replaced`: for a new vendor
+    /// instance); connections still handed over are closed. Whether this call told it.
+    fn leave(&self, replaced: Option<Replaced>) -> bool {
+        if self.state.leaving.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let _ = self.channel.send(&ToRouter::Leaving { replaced }, None);
+        true
+    }
+
+    /// Heals what the HSM breaks (`--heal`, [`heal`]): once the broken vendor instance's
+    /// replacement is due, the worker leaves for a new one. Its connections end after the
+    /// call each is serving, so the shim's next call reaches a new worker, where its recovery
+    /// brings the application's sessions, login and handles back.
+    fn start_healing(self: &Arc<Self>, span: &tracing::Span) {
+        let worker = self.clone();
+        let span = span.clone();
+        let _ = std::thread::Builder::new()
+            .name("p11-heal".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                let broken = worker.state.heal.wait_replacement();
+                if !worker.leave(Some(broken.replaced.clone())) {
+                    return;
+                }
+                tracing::warn!(
+                    reason = broken.by.label(),
+                    broken_ms = broken.at.elapsed().as_millis() as u64,
+                    replacement = broken.replaced.step,
+                    "replacing the broken vendor instance: the application's next call runs on a new one"
+                );
+                for s in worker.connections.lock().values() {
+                    s.shutdown(Shutdown::Read);
+                }
+            });
+    }
+
     /// Whether the vendor library answers C_GetTokenInfo for at least one slot with a token.
+    /// The probe's own instance, broken by an HSM outage (a lost-device answer), is finalised
+    /// and initialised again first (`--heal`), so that readiness follows the HSM and not the
+    /// first outage: it serves no application, and the router rate-limits the checks.
     fn vendor_ready(&self) -> bool {
+        let answer = self.token_answers();
+        if answer == CKR_OK {
+            return true;
+        }
+        let healing = self.state.settings.role == Role::Probe && self.state.settings.heal.enabled;
+        if !healing || !heal::lost_device(answer) {
+            return false;
+        }
+        let b = &self.state.backend;
+        b.finalize();
+        let r = b.initialize(Some(os_locking()), self.state.settings.init_args.as_deref());
+        tracing::info!(
+            answer = %rv::name(answer),
+            initialize = %rv::name(r),
+            "the readiness probe's vendor instance lost its device: initialised again"
+        );
+        r == CKR_OK && self.token_answers() == CKR_OK
+    }
+
+    /// CKR_OK when C_GetTokenInfo answers for a slot with a token, else the vendor's last
+    /// answer (C_GetSlotList's, or a token's).
+    fn token_answers(&self) -> CK_RV {
         let b = &self.state.backend;
         let (rv, _, slots) = b.slot_list(true, protocol::shape::Out::buffer(64));
-        rv == CKR_OK
-            && slots
-                .iter()
-                .any(|s| b.get_token_info(*s, &mut CK_TOKEN_INFO::default()) == CKR_OK)
+        if rv != CKR_OK {
+            return rv;
+        }
+        let mut last = CKR_TOKEN_NOT_PRESENT;
+        for s in slots {
+            last = b.get_token_info(s, &mut CK_TOKEN_INFO::default());
+            if last == CKR_OK {
+                break;
+            }
+        }
+        last
     }
 
     /// Lets calls in flight finish (bounded), closes the sessions and finalises the vendor
@@ -386,5 +459,15 @@ impl Worker {
         } else {
             tracing::debug!("worker stopped");
         }
+    }
+}
+
+/// The C_Initialize arguments of an instance the worker itself owns (the probe's, a shared
+/// one): the OS's own locking.
+fn os_locking() -> InitArgs {
+    InitArgs {
+        flags: ulong::wire(CKF_OS_LOCKING_OK),
+        callbacks: 0,
+        reserved: false,
     }
 }

@@ -18,6 +18,7 @@ use protocol::handshake::{routing_id, ClientId, Hello};
 
 use super::application::Application;
 use super::backend::Backend;
+use super::heal::Heal;
 use crate::control::{Role, WorkerSettings};
 use crate::rv;
 use crate::tls::TlsListener;
@@ -58,6 +59,8 @@ pub struct WorkerState {
     next_app: AtomicU64,
     /// The worker told the router it is leaving: connections still handed over are closed.
     pub leaving: AtomicBool,
+    /// Whether the vendor instance lost its device, and when it is replaced (`--heal`).
+    pub heal: Heal,
 }
 
 impl WorkerState {
@@ -70,7 +73,14 @@ impl WorkerState {
         tls: Option<TlsListener>,
         initialised: bool,
     ) -> Self {
+        // Only an application's own instance is replaced: a shared worker's is everyone's,
+        // a probe's answers readiness.
+        let heal = Heal::new(match settings.role {
+            Role::Application(_) => settings.heal.clone(),
+            _ => Default::default(),
+        });
         Self {
+            heal,
             instance_id: settings.instance_id,
             settings,
             policy,

@@ -16,13 +16,21 @@ use protocol::message::{Function, Request, Response};
 use protocol::objects::Handout;
 
 use crate::worker::application::Application;
+use crate::worker::heal::Seen;
 use crate::worker::identify;
 use crate::worker::state::WorkerState;
-use crate::worker::ulong::wire;
+use crate::worker::ulong::{to_ulong, wire};
 
-/// Serves one request for `app`.
+/// Serves one request for `app`: the policy, then, while the vendor instance is broken
+/// (`--heal`), its last fatal answer at once (C_Finalize aside: the application's own end of
+/// the instance goes to the vendor), else the vendor, whose answer tells whether the instance
+/// lost its device.
 pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Response {
     if let Some(rv) = worker.policy.check(&request) {
+        return Response::Rv(wire(rv));
+    }
+    let seen = Seen::from(&request);
+    if let (Some(rv), false) = (worker.heal.fail_fast(), seen.function == Function::Finalize) {
         return Response::Rv(wire(rv));
     }
     // The identity of the objects an answer hands out travels with it (one round trip), read
@@ -46,6 +54,9 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
         Chapter::Message => message::call(worker, app, request),
     }
     .unwrap_or_else(|rv| Response::Rv(wire(rv)));
+    if let Ok(rv) = to_ulong(answer.rv()) {
+        worker.heal.observe(&seen, rv, || worker.initialised());
+    }
     match handout {
         Some(handout) => identify::with_identities(worker, app, handout, answer),
         None => answer,
