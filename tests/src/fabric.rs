@@ -87,22 +87,51 @@ pub unsafe fn fabric_sign_data(
     id: &[u8],
     data: &[u8],
 ) -> CK_RV {
+    match find_signing_key(m, s, id) {
+        Ok(key) => sign_with_key(m, s, key, data),
+        Err(rv) => rv,
+    }
+}
+
+/// The private key of CKA_ID `id`, found on session `s` as Fabric finds it by its SKI
+/// (CKR_KEY_HANDLE_INVALID when there is not exactly one).
+///
+/// # Safety
+/// As [`fabric_sign`].
+pub unsafe fn find_signing_key(
+    m: &RawModule,
+    s: CK_SESSION_HANDLE,
+    id: &[u8],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
     let f = m.f();
     let class = CKO_PRIVATE_KEY.to_ne_bytes();
     let mut t = [attr(CKA_CLASS, &class), attr(CKA_ID, id)];
     let rv = f.C_FindObjectsInit.unwrap()(s, t.as_mut_ptr(), 2);
     if rv != CKR_OK {
-        return rv;
+        return Err(rv);
     }
     let (mut key, mut n) = (0, 0);
     let rv = f.C_FindObjects.unwrap()(s, &mut key, 1, &mut n);
     f.C_FindObjectsFinal.unwrap()(s);
-    if rv != CKR_OK {
-        return rv;
+    match (rv, n) {
+        (CKR_OK, 1) => Ok(key),
+        (CKR_OK, _) => Err(CKR_KEY_HANDLE_INVALID),
+        (rv, _) => Err(rv),
     }
-    if n != 1 {
-        return CKR_KEY_HANDLE_INVALID;
-    }
+}
+
+/// Fabric's signature with a key handle it holds: C_SignInit (CKM_ECDSA), then C_Sign's
+/// size query and the signature, over `data`.
+///
+/// # Safety
+/// As [`fabric_sign`]; `key` may be stale too.
+pub unsafe fn sign_with_key(
+    m: &RawModule,
+    s: CK_SESSION_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    data: &[u8],
+) -> CK_RV {
+    let f = m.f();
     let mut mech = CK_MECHANISM {
         mechanism: CKM_ECDSA,
         pParameter: ptr::null_mut(),

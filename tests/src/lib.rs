@@ -493,6 +493,33 @@ pub fn direct_context(hsm: &SoftHsm) -> cryptoki::context::Pkcs11 {
     ctx
 }
 
+/// Builds the PKCS#11 module `tests/c/NAME.c` (a wrapper of SoftHSM2) into `dir`.
+pub fn build_c_module(name: &str, dir: &TempDir) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = dir.path().join(format!("lib{name}.so"));
+    let cc = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I/usr/include/p11-kit-1",
+        ])
+        .arg(root.join(format!("c/{name}.c")))
+        .arg("-o")
+        .arg(&out)
+        .arg("-ldl")
+        .output()
+        .expect("a C compiler (cc) must be installed");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    out
+}
+
 /// Builds the Go program in `tests/go/fabric` (Fabric's BCCSP sequence with miekg/pkcs11)
 /// into `dir` with Debian's golang and golang-github-miekg-pkcs11-dev (GOPATH mode, no module
 /// download).

@@ -20,28 +20,7 @@ fn client(server: &ProxyServer, dir: &TempDir) -> RawModule {
 
 /// Builds `tests/c/faulty_module.c`: SoftHSM2, but C_Sign over "CRASH-ME" segfaults.
 fn faulty_module(dir: &TempDir) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = dir.path().join("libfaulty.so");
-    let cc = Command::new("cc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-Wall",
-            "-Werror",
-            "-I/usr/include/p11-kit-1",
-        ])
-        .arg(root.join("c/faulty_module.c"))
-        .arg("-o")
-        .arg(&out)
-        .arg("-ldl")
-        .output()
-        .expect("a C compiler (cc) must be installed");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    out
+    tests::build_c_module("faulty_module", dir)
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //
 // With FABRIC_LOOP_MS set, it then signs for that many milliseconds from 4 goroutines as a
 // Fabric peer does (find the key by SKI, SignInit, C_Sign, on pooled sessions evicted only on
-// a 0xB* error), printing "looping" when it starts and a summary line at the end.
+// a 0xB* error), printing "looping" when it starts and a summary line at the end (with the
+// time of the last signing error, in milliseconds since the loop started).
 //
 // Usage: fabric MODULE LABEL PIN
 package main
@@ -225,9 +226,15 @@ func main() {
 
 // loop signs for `d` as Fabric's bccsp/pkcs11 does, counting what the application sees.
 func loop(ctx *pkcs11.Ctx, slot uint, pin string, ski []byte, pub *ecdsa.PublicKey, d time.Duration) {
-	var signatures, errors, evictions, late int64
-	end := time.Now().Add(d)
+	var signatures, errors, evictions, late, lastError int64
+	start := time.Now()
+	end := start.Add(d)
 	lateFrom := end.Add(-time.Second)
+	failed := func(what string, err error) {
+		atomic.AddInt64(&errors, 1)
+		atomic.StoreInt64(&lastError, time.Since(start).Milliseconds())
+		fmt.Printf("%s: %v\n", what, err)
+	}
 	fmt.Println("looping")
 	var wg sync.WaitGroup
 	for g := 0; g < 4; g++ {
@@ -240,15 +247,13 @@ func loop(ctx *pkcs11.Ctx, slot uint, pin string, ski []byte, pub *ecdsa.PublicK
 				if !pooled {
 					s, err := ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 					if err != nil {
-						atomic.AddInt64(&errors, 1)
-						fmt.Printf("C_OpenSession: %v\n", err)
+						failed("C_OpenSession", err)
 						time.Sleep(20 * time.Millisecond)
 						continue
 					}
 					if err := ctx.Login(s, pkcs11.CKU_USER, pin); err != nil {
 						if e, ok := err.(pkcs11.Error); !ok || e != pkcs11.CKR_USER_ALREADY_LOGGED_IN {
-							atomic.AddInt64(&errors, 1)
-							fmt.Printf("C_Login: %v\n", err)
+							failed("C_Login", err)
 						}
 					}
 					session, pooled = s, true
@@ -269,15 +274,14 @@ func loop(ctx *pkcs11.Ctx, slot uint, pin string, ski []byte, pub *ecdsa.PublicK
 					ctx.CloseSession(session)
 					pooled = false
 				} else {
-					atomic.AddInt64(&errors, 1)
-					fmt.Printf("signing: %v\n", err)
+					failed("signing", err)
 					time.Sleep(20 * time.Millisecond)
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	fmt.Printf("loop: signatures=%d errors=%d evictions=%d late=%d\n", signatures, errors, evictions, late)
+	fmt.Printf("loop: signatures=%d errors=%d evictions=%d late=%d last_error_ms=%d\n", signatures, errors, evictions, late, lastError)
 }
 
 // loopSign is Fabric's signP11ECDSA: find the private key by SKI, then SignInit and C_Sign.
