@@ -130,7 +130,11 @@ impl Heal {
     }
 
     fn seen_ok(&self, request: &Seen) {
-        if !self.answered.swap(true, Ordering::Relaxed) && self.settings.step > 0 {
+        // Read first: the hot path writes no shared cache line.
+        if !self.answered.load(Ordering::Relaxed)
+            && !self.answered.swap(true, Ordering::Relaxed)
+            && self.settings.step > 0
+        {
             tracing::warn!(
                 outage_ms = since_epoch_ms().saturating_sub(self.settings.outage_since_ms),
                 replacements = self.settings.step,
