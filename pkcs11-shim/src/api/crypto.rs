@@ -22,7 +22,7 @@ macro_rules! init_fn {
             entry!({
                 let client = client::current()?;
                 let mechanism = mechanism::read(mech)?;
-                rv_of(client.call(Request::$variant { session: session as u64, mechanism, key: key as u64 })?)
+                rv_of(client.call(Request::$variant { session: wire(session), mechanism, key: wire(key) })?)
             })
         }
     };
@@ -44,7 +44,7 @@ macro_rules! update_fn {
                 let client = client::current()?;
                 let $field = input(part, part_len)?;
                 let buf = OutBuf::new(output, output_len)?;
-                let r = client.call(Request::$variant { session: session as u64, $field, capacity: buf.capacity() })?;
+                let r = client.call(Request::$variant { session: wire(session), $field, capacity: buf.capacity() })?;
                 buf.write_output(r)
             })
         }
@@ -60,7 +60,7 @@ macro_rules! final_fn {
             entry!({
                 let client = client::current()?;
                 let buf = OutBuf::new(output, output_len)?;
-                let r = client.call(Request::$variant { session: session as u64, capacity: buf.capacity() })?;
+                let r = client.call(Request::$variant { session: wire(session), capacity: buf.capacity() })?;
                 buf.write_output(r)
             })
         }
@@ -76,7 +76,7 @@ macro_rules! input_fn {
             entry!({
                 let client = client::current()?;
                 let $field = input(part, part_len)?;
-                rv_of(client.call(Request::$variant { session: session as u64, $field })?)
+                rv_of(client.call(Request::$variant { session: wire(session), $field })?)
             })
         }
     };
