@@ -151,6 +151,27 @@ pub unsafe fn sign_with_key(
     f.C_Sign.unwrap()(s, data.as_ptr() as *mut u8, n, sig.as_mut_ptr(), &mut len)
 }
 
+/// A session for Fabric's pool: an RW session on the first slot, then C_Login (whose answer
+/// is returned beside it: CKR_USER_ALREADY_LOGGED_IN when another session logged in first).
+/// The module's answer when the session cannot be opened.
+pub fn open_pooled_session(m: &RawModule) -> Result<(CK_SESSION_HANDLE, CK_RV), CK_RV> {
+    let mut s = 0;
+    // SAFETY: valid out pointer.
+    let rv = unsafe {
+        m.f().C_OpenSession.unwrap()(
+            m.first_slot(),
+            CKF_SERIAL_SESSION | CKF_RW_SESSION,
+            ptr::null_mut(),
+            None,
+            &mut s,
+        )
+    };
+    match rv {
+        CKR_OK => Ok((s, m.login(s, PIN))),
+        rv => Err(rv),
+    }
+}
+
 /// What a Fabric-like loop saw.
 #[derive(Default)]
 pub struct Tally {
@@ -197,29 +218,19 @@ pub fn fabric_loop(
                 while Instant::now() < deadline {
                     let s = match pooled.take() {
                         Some(s) => s,
-                        None => {
-                            let mut s = 0;
-                            // SAFETY: valid out pointer.
-                            let rv = unsafe {
-                                f.C_OpenSession.unwrap()(
-                                    m.first_slot(),
-                                    CKF_SERIAL_SESSION | CKF_RW_SESSION,
-                                    ptr::null_mut(),
-                                    None,
-                                    &mut s,
-                                )
-                            };
-                            if rv != CKR_OK {
+                        None => match open_pooled_session(m) {
+                            Ok((s, login)) => {
+                                if login != CKR_OK && login != CKR_USER_ALREADY_LOGGED_IN {
+                                    tally.error("C_Login", login);
+                                }
+                                s
+                            }
+                            Err(rv) => {
                                 tally.error("C_OpenSession", rv);
                                 std::thread::sleep(Duration::from_millis(20));
                                 continue;
                             }
-                            let rv = m.login(s, PIN);
-                            if rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN {
-                                tally.error("C_Login", rv);
-                            }
-                            s
-                        }
+                        },
                     };
                     // SAFETY: the session handle may be stale; that is the point.
                     let rv = unsafe { fabric_sign(m, s) };

@@ -547,6 +547,62 @@ pub fn build_go_fabric(dir: &Path) -> PathBuf {
     exe
 }
 
+/// The Go program's signing loop (`FABRIC_LOOP_MS`) through the shim at `address`, on the
+/// token labelled `label`, started and past its set-up (its "looping" line).
+pub struct GoLoop {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl GoLoop {
+    pub fn start(program: &Path, dir: &Path, label: &str, address: &str, loop_ms: u64) -> Self {
+        let mut child = Command::new(program)
+            .arg(private_copy(&shim_path(), dir))
+            .args([label, PIN])
+            .env("PKCS11_PROXY_SOCKET", address)
+            .env("FABRIC_LOOP_MS", loop_ms.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            assert!(!line.starts_with("FAIL"), "{line}");
+            if line == "looping" {
+                break;
+            }
+        }
+        Self { child, lines }
+    }
+
+    /// Waits for the loop's end (asserting a successful exit): what it printed after
+    /// "looping", its summary line last.
+    pub fn finish(mut self) -> GoSummary {
+        let lines: Vec<String> = self.lines.by_ref().map(|l| l.unwrap()).collect();
+        assert!(self.child.wait().unwrap().success(), "{lines:?}");
+        let summary = lines.last().expect("a summary line").clone();
+        assert!(summary.starts_with("loop: "), "{lines:?}");
+        GoSummary { lines, summary }
+    }
+}
+
+/// What [`GoLoop::finish`] read.
+pub struct GoSummary {
+    pub lines: Vec<String>,
+    /// `loop: signatures=N errors=N evictions=N late=N last_error_ms=N`.
+    pub summary: String,
+}
+
+impl GoSummary {
+    /// The summary's counter `key`.
+    pub fn count(&self, key: &str) -> u64 {
+        self.summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {}", self.summary))
+    }
+}
+
 /// GET `path` from the HTTP endpoint at `addr` (the metrics port): (status line, body).
 pub fn http_get(addr: &str, path: &str) -> (String, String) {
     use std::io::{Read, Write};

@@ -8,20 +8,17 @@
 //! after the HSM is back, on the same sessions and key handle; the others never do.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use tests::fabric::{find_signing_key, make_token_key, sign_with_key, KEY_ID};
+use tests::fabric::{find_signing_key, make_token_key, open_pooled_session, sign_with_key, KEY_ID};
 use tests::raw::RawModule;
 use tests::{
-    build_c_module, build_go_fabric, http_get, private_copy, proxy_client, shim_path, with_env,
-    ProxyServer, SoftHsm, TempDir, PIN,
+    build_c_module, build_go_fabric, http_get, private_copy, proxy_client, with_env, GoLoop,
+    ProxyServer, SoftHsm, TempDir,
 };
 
 /// Buckets of the timeline, each this long.
@@ -95,26 +92,12 @@ impl Timeline {
     }
 }
 
-/// Opens an RW session on the first slot and logs in (CKR_USER_ALREADY_LOGGED_IN accepted),
-/// as Fabric fills its session pool; the module's answer when it refuses.
+/// A session for Fabric's pool, logged in (CKR_USER_ALREADY_LOGGED_IN accepted); the
+/// module's answer when it refuses.
 fn fabric_session(m: &RawModule) -> Result<CK_SESSION_HANDLE, CK_RV> {
-    let mut s = 0;
-    // SAFETY: valid out pointer.
-    let rv = unsafe {
-        m.f().C_OpenSession.unwrap()(
-            m.first_slot(),
-            CKF_SERIAL_SESSION | CKF_RW_SESSION,
-            ptr::null_mut(),
-            None,
-            &mut s,
-        )
-    };
-    if rv != CKR_OK {
-        return Err(rv);
-    }
-    match m.login(s, PIN) {
-        CKR_OK | CKR_USER_ALREADY_LOGGED_IN => Ok(s),
-        rv => Err(rv),
+    match open_pooled_session(m)? {
+        (s, CKR_OK | CKR_USER_ALREADY_LOGGED_IN) => Ok(s),
+        (_, rv) => Err(rv),
     }
 }
 
@@ -452,36 +435,14 @@ fn fabrics_go_binding_signs_again_after_an_hsm_outage() {
     let hsm = Hsm::new(&dir);
     let healing = server(&softhsm, &module, &[], &[("OUTAGE_FILE", hsm.path())]);
     let program = build_go_fabric(dir.path());
-    let mut go = Command::new(&program)
-        .arg(private_copy(&shim_path(), dir.path()))
-        .args([&softhsm.label, PIN])
-        .env("PKCS11_PROXY_SOCKET", &healing.address)
-        .env("FABRIC_LOOP_MS", "8000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(go.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        assert!(!line.starts_with("FAIL"), "{line}");
-        if line == "looping" {
-            break;
-        }
-    }
+    let go = GoLoop::start(&program, dir.path(), &softhsm.label, &healing.address, 8000);
     std::thread::sleep(Duration::from_millis(1000));
     hsm.fail();
     std::thread::sleep(Duration::from_millis(3000));
     hsm.recover();
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    assert!(go.wait().unwrap().success(), "{rest:?}");
-    let summary = rest.last().expect("a summary line");
-    println!("go/miekg across an HSM outage: {summary}");
-    let count = |key: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| panic!("{key} in {summary}"))
-    };
+    let out = go.finish();
+    println!("go/miekg across an HSM outage: {}", out.summary);
+    let (count, rest, summary) = (|key: &str| out.count(key), &out.lines, &out.summary);
     // The outage was seen (with the vendor's code), and ended for the application within
     // 2 s of the HSM's return (4 s into the loop), on the same sessions.
     assert!(count("errors") > 0, "{rest:?}");

@@ -15,7 +15,8 @@ use tests::fabric::{attr, fabric_loop, fabric_sign, make_token_key, Tally, KEY_I
 use tests::raw::RawModule;
 use tests::relay::{Relay, Spread};
 use tests::{
-    build_go_fabric, private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM,
+    build_go_fabric, private_copy, shim_path, with_env, GoLoop, ProxyServer, SoftHsm, TempDir, PIN,
+    SOFTHSM,
 };
 
 fn client(address: &str, dir: &TempDir, extra: &[(&str, &str)]) -> RawModule {
@@ -750,37 +751,15 @@ fn a_go_miekg_fabric_load_sees_no_error_when_the_server_is_killed_and_restarted(
     let address = unix_address(&dir);
     let mut server = ProxyServer::start(&hsm, &address);
     let program = build_go_fabric(dir.path());
-    let mut go = Command::new(&program)
-        .arg(private_copy(&shim_path(), dir.path()))
-        .args([&hsm.label, PIN])
-        .env("PKCS11_PROXY_SOCKET", &address)
-        .env("FABRIC_LOOP_MS", "4000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(go.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        assert!(!line.starts_with("FAIL"), "{line}");
-        if line == "looping" {
-            break;
-        }
-    }
+    let go = GoLoop::start(&program, dir.path(), &hsm.label, &address, 4000);
     std::thread::sleep(Duration::from_millis(1000));
     server.kill();
     std::thread::sleep(Duration::from_millis(300));
     let _server = ProxyServer::start(&hsm, &address);
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    assert!(go.wait().unwrap().success(), "{rest:?}");
-    let summary = rest.last().expect("a summary line");
-    println!("go/miekg across a restart: {summary}");
-    assert!(summary.starts_with("loop: "), "{rest:?}");
-    let count = |key: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-            .unwrap()
-    };
+    let out = go.finish();
+    println!("go/miekg across a restart: {}", out.summary);
+    let count = |key: &str| out.count(key);
+    let rest = &out.lines;
     assert_eq!((count("errors"), count("evictions")), (0, 0), "{rest:?}");
     assert!(count("late") > 0, "signing after the restart");
 }
