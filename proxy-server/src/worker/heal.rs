@@ -68,8 +68,10 @@ pub struct Heal {
     is_broken: AtomicBool,
     broken: Mutex<Option<Broken>>,
     changed: Condvar,
-    /// Slots this instance saw a token in: a later CKR_TOKEN_NOT_PRESENT there is the token
-    /// gone, not a slot that never had one.
+    /// Slots this instance opened a session on (a token there, initialised and recognised): a
+    /// later CKR_TOKEN_NOT_PRESENT, CKR_TOKEN_NOT_RECOGNIZED or CKR_SLOT_ID_INVALID there is the
+    /// token gone, not a slot that never had one, nor a token not initialised yet (SoftHSM2's
+    /// free slot answers C_GetTokenInfo, then C_OpenSession with CKR_TOKEN_NOT_RECOGNIZED).
     present: Mutex<HashSet<u64>>,
     /// This instance answered a call since it started (after an outage: the HSM is back).
     answered: AtomicBool,
@@ -141,10 +143,7 @@ impl Heal {
                 "the new vendor instance answers: HSM outage over"
             );
         }
-        if matches!(
-            request.function,
-            Function::OpenSession | Function::GetTokenInfo
-        ) {
+        if request.function == Function::OpenSession {
             if let Some(slot) = request.slot {
                 self.present.lock().insert(slot);
             }
@@ -330,6 +329,15 @@ mod tests {
         h.observe(&Seen::from(&Request::Finalize {}), CKR_DEVICE_ERROR, || {
             true
         });
+        assert_eq!(h.fail_fast(), None);
+        // A token that answers C_GetTokenInfo but is not initialised yet (SoftHSM2's free
+        // slot) refuses a session: not a token gone.
+        let token_info = Request::GetTokenInfo {
+            slot: 5,
+            outputs: Outputs::ALL,
+        };
+        h.observe(&Seen::from(&token_info), CKR_OK, || true);
+        h.observe(&Seen::from(&open(5)), CKR_TOKEN_NOT_RECOGNIZED, || true);
         assert_eq!(h.fail_fast(), None);
         // The token of slot 0 was there, then went.
         h.observe(&Seen::from(&open(0)), CKR_OK, || true);
