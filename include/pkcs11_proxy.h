@@ -48,7 +48,7 @@
 /* Connect timeout in milliseconds (default 5000). */
 #define PKCS11_PROXY_ENV_CONNECT_TIMEOUT_MS "PKCS11_PROXY_CONNECT_TIMEOUT_MS"
 
-/* Longest wait for one call's answer in milliseconds (default 300000). */
+/* Longest wait for one call's answer in milliseconds (default 310000). */
 #define PKCS11_PROXY_ENV_CALL_TIMEOUT_MS "PKCS11_PROXY_CALL_TIMEOUT_MS"
 
 /* How long a call, C_Initialize included, keeps trying to reach a server before

@@ -72,6 +72,21 @@ pub enum Step {
     Forget,
 }
 
+/// How long the server lets the vendor work on one call before it abandons it (DESIGN.md,
+/// "Healing the HSM side"): a network HSM client that lost its HSM may block for minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// `--call-deadline` (10 s by default): every call but those below.
+    Call,
+    /// `--slow-call-deadline` (300 s by default): key generation, derivation and wrapping,
+    /// token management (C_InitToken, C_InitPIN, C_SetPIN), and login, which on a
+    /// PED-authenticated Thales Luna partition waits for a person to present a key.
+    Slow,
+    /// Never abandoned: the call waits as long as the application asked it to
+    /// (C_WaitForSlotEvent without CKF_DONT_BLOCK).
+    Unbounded,
+}
+
 /// What one PKCS#11 function is, for every rule that depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Descriptor {
@@ -97,6 +112,8 @@ pub struct Descriptor {
     /// without changing the token: a login or logout (private objects are visible only while
     /// logged in, v2.40 §6.7), a session closed (its session objects with it), C_Finalize.
     pub changes_view: bool,
+    /// How long the vendor may take before the server abandons the call.
+    pub deadline: Deadline,
 }
 
 impl Descriptor {
@@ -113,6 +130,7 @@ impl Descriptor {
             carries_pin: false,
             recorded: false,
             changes_view: false,
+            deadline: Deadline::Call,
         }
     }
 
@@ -160,6 +178,10 @@ impl Descriptor {
             changes_view: true,
             ..self
         }
+    }
+
+    pub const fn deadline(self, deadline: Deadline) -> Self {
+        Self { deadline, ..self }
     }
 }
 

@@ -121,6 +121,17 @@ pub struct Args {
     #[arg(long, value_name = "on|off")]
     pub heal: Option<Switch>,
 
+    /// With --heal on: seconds a vendor call may take before it is abandoned (its caller gets
+    /// CKR_DEVICE_ERROR and the application's next call runs on a new vendor instance), for
+    /// every call but those of --slow-call-deadline [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub call_deadline: Option<u64>,
+
+    /// The same for key generation, derivation and wrapping, token management and login (a
+    /// PED-authenticated login waits for a person) [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub slow_call_deadline: Option<u64>,
+
     /// Serve every application from one worker process and one vendor library instance (for
     /// vendors that cope badly with many processes on one token): sessions stay owned per
     /// application, the vendor's login is shared by all (the old proxies' behaviour).
@@ -188,6 +199,8 @@ struct FileConfig {
     deny_function: Option<Vec<String>>,
     deny_mechanism: Option<Vec<String>>,
     heal: Option<Switch>,
+    call_deadline: Option<u64>,
+    slow_call_deadline: Option<u64>,
     shared_worker: Option<bool>,
     max_applications: Option<usize>,
     max_startups: Option<String>,
@@ -215,6 +228,9 @@ pub struct Settings {
     pub deny_mechanisms: Vec<String>,
     /// Broken vendor instances are replaced (`--heal`).
     pub heal: bool,
+    /// `--call-deadline` and `--slow-call-deadline`, with `--heal on`.
+    pub call_deadline: Duration,
+    pub slow_call_deadline: Duration,
     pub shared_worker: bool,
     pub max_applications: usize,
     /// The data port's budget of connections before their prelude.
@@ -227,6 +243,17 @@ pub struct Settings {
 fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A deadline of `n` seconds, at least one (a vendor call that may not take a second would
+/// abandon healthy calls).
+fn seconds(name: &str, n: u64) -> Result<Duration, String> {
+    match n {
+        0 => Err(format!(
+            "{name}: 0 seconds; a deadline is at least 1 second"
+        )),
+        n => Ok(Duration::from_secs(n)),
+    }
 }
 
 /// A list from the command line if given there, else from the file.
@@ -343,6 +370,16 @@ impl Settings {
             deny_functions: list(&args.deny_function, file.deny_function),
             deny_mechanisms: list(&args.deny_mechanism, file.deny_mechanism),
             heal: args.heal.or(file.heal).unwrap_or(Switch::On) == Switch::On,
+            call_deadline: seconds(
+                "call_deadline",
+                args.call_deadline.or(file.call_deadline).unwrap_or(10),
+            )?,
+            slow_call_deadline: seconds(
+                "slow_call_deadline",
+                args.slow_call_deadline
+                    .or(file.slow_call_deadline)
+                    .unwrap_or(300),
+            )?,
             shared_worker: args.shared_worker || file.shared_worker.unwrap_or(false),
             max_applications: args
                 .max_applications
@@ -405,6 +442,17 @@ mod tests {
         assert_eq!(s.max_connections, 9);
         assert_eq!(s.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(s.unix_mode, 0o660);
+        assert_eq!(
+            (s.call_deadline, s.slow_call_deadline),
+            (Duration::from_secs(10), Duration::from_secs(300))
+        );
+        let zero = Args {
+            config: Some(file.clone()),
+            call_deadline: Some(0),
+            ..Default::default()
+        };
+        let e = Settings::load(&zero).unwrap_err();
+        assert!(e.contains("call_deadline") && e.contains("at least"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -82,6 +82,9 @@ pub struct HealSettings {
     /// The slots the application's broken instances saw a token in: a CKR_TOKEN_NOT_PRESENT
     /// there is the token still gone, not a slot that never had one.
     pub present: Vec<u64>,
+    /// `--call-deadline` and `--slow-call-deadline` (DESIGN.md, "Healing the HSM side").
+    pub call_deadline: std::time::Duration,
+    pub slow_call_deadline: std::time::Duration,
 }
 
 /// Why a vendor instance was taken for broken.
@@ -91,6 +94,8 @@ pub enum BrokenBy {
     DeviceRemoved,
     TokenNotPresent,
     NotInitialized,
+    /// A call outlived its deadline: its thread is stuck inside the vendor library.
+    HungCall,
 }
 
 impl BrokenBy {
@@ -160,6 +165,8 @@ pub enum ToRouter {
     /// or its vendor instance is broken and is to be replaced (`replaced`): route nothing
     /// more here; the router answers with [`ToWorker::Stop`].
     Leaving { replaced: Option<Replaced> },
+    /// A vendor call outlived its deadline and was abandoned (`slow`: `--slow-call-deadline`).
+    Abandoned { slow: bool },
 }
 
 /// One end of a control channel.

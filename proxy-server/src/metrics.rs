@@ -74,17 +74,23 @@ pub struct RouterCounters {
     /// last one).
     pub readiness_checks: AtomicU64,
     /// Vendor instances replaced as broken, by reason ([`BROKEN_BY`], `--heal`).
-    pub reinitialisations: [AtomicU64; 4],
+    pub reinitialisations: [AtomicU64; 5],
+    /// Vendor calls abandoned at their deadline, by deadline ([`ABANDONED_AT`]).
+    pub abandoned: [AtomicU64; 2],
 }
 
 /// Why vendor instances were replaced (`--heal`), as metrics label them, in the order of
 /// `control::BrokenBy`.
-pub const BROKEN_BY: [&str; 4] = [
+pub const BROKEN_BY: [&str; 5] = [
     "device_error",
     "device_removed",
     "token_not_present",
     "not_initialized",
+    "hung_call",
 ];
+
+/// Which deadline abandoned calls outlived, as metrics label them.
+pub const ABANDONED_AT: [&str; 2] = ["call_deadline", "slow_call_deadline"];
 
 /// A return value as the wire and the metrics keep it.
 #[allow(clippy::useless_conversion)]
@@ -200,11 +206,18 @@ impl Snapshot {
         registry.register_collector(Box::new(Exposition {
             functions: self.functions.clone(),
             sessions: self.sessions.clone(),
-            reinitialisations: BROKEN_BY
-                .iter()
-                .zip(&router.reinitialisations)
-                .map(|(label, n)| (*label, load(n)))
-                .collect(),
+            by_reason: vec![
+                ByReason {
+                    name: "pkcs11_proxy_vendor_reinitialisations",
+                    help: "Vendor instances replaced because the HSM broke them (--heal), by reason.",
+                    counts: BROKEN_BY.iter().zip(&router.reinitialisations).map(|(label, n)| (*label, load(n))).collect(),
+                },
+                ByReason {
+                    name: "pkcs11_proxy_abandoned_calls",
+                    help: "Vendor calls abandoned at their deadline (--call-deadline, --slow-call-deadline): the caller got CKR_DEVICE_ERROR, the instance was replaced.",
+                    counts: ABANDONED_AT.iter().zip(&router.abandoned).map(|(label, n)| (*label, load(n))).collect(),
+                },
+            ],
             scalars,
         }));
         let mut out = String::new();
@@ -253,9 +266,16 @@ impl Scalar {
 struct Exposition {
     functions: HashMap<String, FunctionStats>,
     sessions: Vec<(String, u64)>,
-    /// Vendor instances replaced as broken, by reason.
-    reinitialisations: Vec<(&'static str, u64)>,
+    by_reason: Vec<ByReason>,
     scalars: Vec<Scalar>,
+}
+
+/// A counter with a `reason` label.
+#[derive(Debug)]
+struct ByReason {
+    name: &'static str,
+    help: &'static str,
+    counts: Vec<(&'static str, u64)>,
 }
 
 impl prometheus_client::collector::Collector for Exposition {
@@ -308,16 +328,14 @@ impl prometheus_client::collector::Collector for Exposition {
                     .encode_gauge(&v)?,
             }
         }
-        let mut reinitialisations = encoder.encode_descriptor(
-            "pkcs11_proxy_vendor_reinitialisations",
-            "Vendor instances replaced because the HSM broke them (--heal), by reason.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (reason, n) in &self.reinitialisations {
-            reinitialisations
-                .encode_family(&[("reason", *reason)])?
-                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        for family in &self.by_reason {
+            let mut counter =
+                encoder.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
+            for (reason, n) in &family.counts {
+                counter
+                    .encode_family(&[("reason", *reason)])?
+                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+            }
         }
         let mut sessions = encoder.encode_descriptor(
             "pkcs11_proxy_sessions",

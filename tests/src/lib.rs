@@ -589,7 +589,7 @@ impl GoLoop {
 /// What [`GoLoop::finish`] read.
 pub struct GoSummary {
     pub lines: Vec<String>,
-    /// `loop: signatures=N errors=N evictions=N late=N last_error_ms=N`.
+    /// `loop: signatures=N errors=N evictions=N late=N last_error_ms=N slowest_ms=N`.
     pub summary: String,
 }
 

@@ -17,8 +17,8 @@ use cryptoki_sys::*;
 use tests::fabric::{find_signing_key, make_token_key, open_pooled_session, sign_with_key, KEY_ID};
 use tests::raw::RawModule;
 use tests::{
-    build_c_module, build_go_fabric, http_get, private_copy, proxy_client, with_env, GoLoop,
-    ProxyServer, SoftHsm, TempDir,
+    build_c_module, build_go_fabric, children_of, http_get, private_copy, proxy_client, with_env,
+    GoLoop, ProxyServer, SoftHsm, TempDir,
 };
 
 /// Buckets of the timeline, each this long.
@@ -202,9 +202,14 @@ fn server(hsm: &SoftHsm, module: &Path, flags: &[&str], env: &[(&str, &str)]) ->
 
 /// The vendor instances `server` replaced as broken, by reason.
 fn reinitialisations(server: &ProxyServer) -> BTreeMap<String, u64> {
+    by_reason(server, "pkcs11_proxy_vendor_reinitialisations")
+}
+
+/// The counter `family` of `server`, by reason.
+fn by_reason(server: &ProxyServer, family: &str) -> BTreeMap<String, u64> {
     let (_, body) = http_get(&server.metrics_address(), "/metrics");
     body.lines()
-        .filter(|l| l.starts_with("pkcs11_proxy_vendor_reinitialisations"))
+        .filter(|l| l.starts_with(family))
         .filter_map(|l| {
             let reason = l.split("reason=\"").nth(1)?.split('"').next()?;
             let n = l.rsplit(' ').next()?.parse().ok()?;
@@ -453,4 +458,85 @@ fn fabrics_go_binding_signs_again_after_an_hsm_outage() {
     assert!(count("last_error_ms") < 4000 + 2000, "{summary}");
     assert_eq!(count("evictions"), 0, "{rest:?}");
     assert!(count("late") > 0, "signing at the end");
+}
+
+#[test]
+fn a_hung_call_is_abandoned_at_its_deadline_and_only_its_application_notices() {
+    let softhsm = SoftHsm::new("hang");
+    let dir = TempDir::new("hang");
+    let module = build_c_module("outage_module", &dir);
+    let hang = dir.path().join("hang");
+    let env = [
+        ("HANG_FILE", hang.to_str().unwrap()),
+        ("HANG_SECONDS", "30"),
+    ];
+    let proxy = server(&softhsm, &module, &["--call-deadline", "2"], &env);
+    let app = proxy_client(&proxy.address, &dir);
+    make_token_key(&app);
+    let sessions: Vec<CK_SESSION_HANDLE> =
+        (0..4).map(|_| session_before_the_outage(&app)).collect();
+    // SAFETY: an open, logged-in session.
+    let key = unsafe { find_signing_key(&app, sessions[0], KEY_ID) }.expect("the key");
+    let sign = |session, data: &[u8]| unsafe { sign_with_key(&app, session, key, data) };
+    assert_eq!(sign(sessions[0], &[7; 32]), CKR_OK);
+    // A second application, Fabric's Go binding, signs all along on the same HSM.
+    let program = build_go_fabric(dir.path());
+    let go = GoLoop::start(&program, dir.path(), &softhsm.label, &proxy.address, 7000);
+    let workers_before = children_of(proxy.pid());
+
+    // The HSM client hangs on the calls of four threads of the first application: each
+    // gets CKR_DEVICE_ERROR at the deadline (2 s), not after the 30 s the vendor takes.
+    std::fs::write(&hang, b"").unwrap();
+    let waits: Vec<(CK_RV, Duration)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = sessions
+            .iter()
+            .map(|&s| {
+                scope.spawn(move || {
+                    let started = Instant::now();
+                    (
+                        sign(s, b"hang: a call the HSM never answers"),
+                        started.elapsed(),
+                    )
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    println!("hung calls: {waits:?}");
+    for (rv, waited) in &waits {
+        assert_eq!(*rv, CKR_DEVICE_ERROR);
+        assert!(
+            (Duration::from_secs(2)..Duration::from_secs(3)).contains(waited),
+            "{waited:?}"
+        );
+    }
+    // Signing resumes on a new vendor instance, on the same sessions and key handle.
+    let resumed = Instant::now();
+    for &s in &sessions {
+        assert_eq!(sign(s, &[7; 32]), CKR_OK);
+    }
+    println!("signing again {:?} after the answers", resumed.elapsed());
+    assert!(resumed.elapsed() < Duration::from_secs(1));
+
+    // The other application never noticed: no error, no signature slower than a second.
+    let out = go.finish();
+    println!("the other application meanwhile: {}", out.summary);
+    assert_eq!(out.count("errors"), 0, "{:?}", out.lines);
+    assert!(out.count("slowest_ms") < 1000, "{}", out.summary);
+    // The worker stuck in the vendor is gone (at once, not after the vendor's 30 s); the
+    // other application's worker is the one it was.
+    let workers_after = children_of(proxy.pid());
+    let gone: Vec<_> = workers_before
+        .iter()
+        .filter(|p| !workers_after.contains(p))
+        .collect();
+    assert_eq!(gone.len(), 1, "{workers_before:?} then {workers_after:?}");
+    assert_eq!(workers_after.len(), workers_before.len());
+    // Counted: four calls abandoned, one instance replaced.
+    let abandoned = by_reason(&proxy, "pkcs11_proxy_abandoned_calls");
+    assert_eq!(abandoned.get("call_deadline"), Some(&4), "{abandoned:?}");
+    assert_eq!(abandoned.get("slow_call_deadline"), Some(&0));
+    assert_eq!(reinitialisations(&proxy).get("hung_call"), Some(&1));
+    assert!(proxy.log_contains("outlived its deadline"));
+    assert!(proxy.log_contains("exiting without finalising"));
 }

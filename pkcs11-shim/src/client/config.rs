@@ -20,8 +20,9 @@ pub const ENV_CONFIG: &str = "PKCS11_PROXY_CONFIG";
 pub const ENV_SOCKET: &str = "PKCS11_PROXY_SOCKET";
 /// Connect timeout in milliseconds (default 5000).
 pub const ENV_CONNECT_TIMEOUT_MS: &str = "PKCS11_PROXY_CONNECT_TIMEOUT_MS";
-/// Longest wait for one call's answer in milliseconds (default 300000: slow HSM key
-/// generation, e.g. RSA 4096, must fit).
+/// Longest wait for one call's answer in milliseconds (default 310000: slow HSM key
+/// generation, e.g. RSA 4096, must fit, and the server's `--slow-call-deadline`, 300 s, comes
+/// first, so that a hung call gets the server's answer and heals).
 pub const ENV_CALL_TIMEOUT_MS: &str = "PKCS11_PROXY_CALL_TIMEOUT_MS";
 /// How long a call keeps trying to reach a server (restarting, failing over) before it
 /// answers CKR_DEVICE_ERROR, in milliseconds (default 10000; 0: fail at once).
@@ -167,7 +168,7 @@ impl Config {
         Ok(Self {
             addresses,
             connect_timeout: millis(ENV_CONNECT_TIMEOUT_MS, file.connect_timeout_ms, 5_000)?,
-            call_timeout: millis(ENV_CALL_TIMEOUT_MS, file.call_timeout_ms, 300_000)?,
+            call_timeout: millis(ENV_CALL_TIMEOUT_MS, file.call_timeout_ms, 310_000)?,
             reconnect_window: match env(ENV_RECONNECT_MS)? {
                 Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|_| {
                     format!("{ENV_RECONNECT_MS}: `{v}` is not a number of milliseconds")

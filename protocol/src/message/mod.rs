@@ -158,4 +158,33 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn slow_calls_are_key_making_token_management_and_login() {
+        use crate::function::Deadline;
+        let named = |deadline| -> Vec<&str> {
+            Function::ALL
+                .iter()
+                .map(|f| f.descriptor())
+                .filter(|d| d.deadline == deadline)
+                .map(|d| d.name)
+                .collect()
+        };
+        assert_eq!(
+            named(Deadline::Slow),
+            [
+                "C_InitToken",
+                "C_InitPIN",
+                "C_SetPIN",
+                "C_Login",
+                "C_GenerateKey",
+                "C_GenerateKeyPair",
+                "C_WrapKey",
+                "C_UnwrapKey",
+                "C_DeriveKey",
+                "C_LoginUser"
+            ]
+        );
+        assert_eq!(named(Deadline::Unbounded), ["C_WaitForSlotEvent"]);
+    }
 }

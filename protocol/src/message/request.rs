@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::attribute::{AttrQuery, Attribute};
-use crate::function::{requests, Chapter::*, Descriptor, OpKind as Op, Step};
+use crate::function::{requests, Chapter::*, Deadline::*, Descriptor, OpKind as Op, Step};
 use crate::mechanism::{Mechanism, MsgParam};
 use crate::shape::{Array, Bytes, Out, Outputs};
 
@@ -83,7 +83,7 @@ requests! {
         flags: u64,
         reserved: bool,
         outputs: Outputs,
-    } => d(SlotToken, "C_WaitForSlotEvent"),
+    } => d(SlotToken, "C_WaitForSlotEvent").deadline(Unbounded),
     GetMechanismList {
         slot: u64,
         capacity: Out,
@@ -98,16 +98,16 @@ requests! {
         slot: u64,
         so_pin: Pin,
         label: Bytes,
-    } => d(SlotToken, "C_InitToken").changes_token().carries_pin(),
+    } => d(SlotToken, "C_InitToken").changes_token().carries_pin().deadline(Slow),
     InitPin {
         session: u64,
         pin: Pin,
-    } => d(SlotToken, "C_InitPIN").changes_token().carries_pin(),
+    } => d(SlotToken, "C_InitPIN").changes_token().carries_pin().deadline(Slow),
     SetPin {
         session: u64,
         old_pin: Pin,
         new_pin: Pin,
-    } => d(SlotToken, "C_SetPIN").changes_token().carries_pin().recorded(),
+    } => d(SlotToken, "C_SetPIN").changes_token().carries_pin().recorded().deadline(Slow),
     // Session management (v2.40 §5.6).
     OpenSession {
         slot: u64,
@@ -138,7 +138,7 @@ requests! {
         session: u64,
         user_type: u64,
         pin: Pin,
-    } => d(Session, "C_Login").carries_pin().recorded().changes_view(),
+    } => d(Session, "C_Login").carries_pin().recorded().changes_view().deadline(Slow),
     Logout {
         session: u64,
     } => d(Session, "C_Logout").recorded().changes_view(),
@@ -341,21 +341,21 @@ requests! {
         mechanism: Mechanism,
         template: Array<Attribute>,
         outputs: Outputs,
-    } => d(Key, "C_GenerateKey").changes_token().hands_out(),
+    } => d(Key, "C_GenerateKey").changes_token().hands_out().deadline(Slow),
     GenerateKeyPair {
         session: u64,
         mechanism: Mechanism,
         public_template: Array<Attribute>,
         private_template: Array<Attribute>,
         outputs: Outputs,
-    } => d(Key, "C_GenerateKeyPair").changes_token().hands_out(),
+    } => d(Key, "C_GenerateKeyPair").changes_token().hands_out().deadline(Slow),
     WrapKey {
         session: u64,
         mechanism: Mechanism,
         wrapping_key: u64,
         key: u64,
         capacity: Out,
-    } => d(Key, "C_WrapKey"),
+    } => d(Key, "C_WrapKey").deadline(Slow),
     UnwrapKey {
         session: u64,
         mechanism: Mechanism,
@@ -363,14 +363,14 @@ requests! {
         wrapped_key: Bytes,
         template: Array<Attribute>,
         outputs: Outputs,
-    } => d(Key, "C_UnwrapKey").changes_token().hands_out(),
+    } => d(Key, "C_UnwrapKey").changes_token().hands_out().deadline(Slow),
     DeriveKey {
         session: u64,
         mechanism: Mechanism,
         base_key: u64,
         template: Array<Attribute>,
         outputs: Outputs,
-    } => d(Key, "C_DeriveKey").changes_token().hands_out(),
+    } => d(Key, "C_DeriveKey").changes_token().hands_out().deadline(Slow),
     // Random number generation (v2.40 §5.15).
     SeedRandom {
         session: u64,
@@ -387,7 +387,7 @@ requests! {
         user_type: u64,
         pin: Pin,
         username: Bytes,
-    } => d(Session, "C_LoginUser").carries_pin().recorded().changes_view(),
+    } => d(Session, "C_LoginUser").carries_pin().recorded().changes_view().deadline(Slow),
     SessionCancel {
         session: u64,
         flags: u64,

@@ -57,6 +57,8 @@ pub fn run(settings: Settings) -> Result<(), String> {
             // One vendor instance for every application: replacing it is not one
             // application's business.
             enabled: settings.heal && !settings.shared_worker,
+            call_deadline: settings.call_deadline,
+            slow_call_deadline: settings.slow_call_deadline,
             ..HealSettings::default()
         },
     };

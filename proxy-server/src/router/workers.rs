@@ -400,6 +400,9 @@ impl Workers {
                     ToRouter::Authenticated => {
                         worker.authenticated.store(true, Ordering::Release);
                     }
+                    ToRouter::Abandoned { slow } => {
+                        self.counters.abandoned[slow as usize].fetch_add(1, Ordering::Relaxed);
+                    }
                     ToRouter::Leaving { replaced } => {
                         // Noted first: the application's next worker inherits the backoff.
                         self.note_replaced(&worker, replaced);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
+use parking_lot::{Mutex, MutexGuard};
 use protocol::codec;
 use protocol::frame::{read_frame, wipe, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{Hello, Welcome, VERSION};
@@ -15,6 +16,7 @@ use protocol::stream::Stream;
 use protocol::ProtocolError;
 
 use super::application::Application;
+use super::deadline::Line;
 use super::state::{AppKey, WorkerState};
 use crate::rv;
 
@@ -27,6 +29,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection handed over by the router.
 pub struct Handed {
+    /// The worker's number for the connection.
+    pub id: u64,
     pub stream: Stream,
     /// Its place in the worker's budget of connections before their hello, given back
     /// once the hello is done.
@@ -42,6 +46,7 @@ pub struct Handed {
 /// Serves one connection until the peer goes away or the stream is shut down.
 pub fn serve(worker: &WorkerState, handed: Handed) {
     let Handed {
+        id,
         stream,
         ticket,
         on_hello,
@@ -93,7 +98,9 @@ pub fn serve(worker: &WorkerState, handed: Handed) {
     // connections_open counts it since its hello (`handshake`).
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     tracing::info!(peer, client = app.id, "client connected");
-    let ended = request_loop(worker, &app, peer, reader);
+    let line = worker.watchdog.watch(id, reader);
+    let ended = request_loop(worker, &app, peer, &line);
+    worker.watchdog.unwatch(id);
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = ended {
         match e {
@@ -217,18 +224,21 @@ fn handshake(
     Some((key, app, reader))
 }
 
+/// Serves the requests of one connection. Its [`Line`] is held but while the vendor works on a
+/// call with a deadline: then the watchdog may answer for it ([`super::deadline`]).
 fn request_loop(
     worker: &WorkerState,
     app: &Application,
     peer: &str,
-    mut reader: BufReader<Stream>,
+    line: &Mutex<Line>,
 ) -> Result<(), ProtocolError> {
     let mut frame = Vec::new();
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     let metrics = &worker.metrics;
+    let mut line = line.lock();
     loop {
-        read_frame(&mut reader, &mut frame, MAX_FRAME_LEN)?;
+        read_frame(&mut line.reader, &mut frame, MAX_FRAME_LEN)?;
         metrics
             .bytes_received
             .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
@@ -239,7 +249,26 @@ fn request_loop(
         }
         let name = d.name;
         let started = Instant::now();
-        let response = super::dispatch::dispatch(worker, app, request);
+        let response = match worker.watchdog.limit(d) {
+            Some(limit) => {
+                line.begin(name, started, limit);
+                let response = MutexGuard::unlocked(&mut line, || {
+                    super::dispatch::dispatch(worker, app, request)
+                });
+                if !line.end() {
+                    tracing::warn!(
+                        function = name,
+                        client = app.id,
+                        peer,
+                        ms = started.elapsed().as_millis() as u64,
+                        "the vendor returned from an abandoned call at last; its answer is dropped"
+                    );
+                    return Ok(());
+                }
+                response
+            }
+            None => super::dispatch::dispatch(worker, app, request),
+        };
         let r = CK_RV::try_from(response.rv()).unwrap_or(CKR_GENERAL_ERROR);
         metrics.call(name, r, started.elapsed());
         match r {
@@ -252,7 +281,7 @@ fn request_loop(
             }
         }
         codec::encode(&response, &mut out)?;
-        write_frame(reader.get_mut(), &out, &mut scratch)?;
+        write_frame(line.reader.get_mut(), &out, &mut scratch)?;
         metrics
             .bytes_sent
             .fetch_add(out.len() as u64 + 4, Ordering::Relaxed);

@@ -131,6 +131,12 @@ impl Heal {
         self.mark(by, rv);
     }
 
+    /// A call outlived its deadline and was answered CKR_DEVICE_ERROR: its thread is stuck
+    /// inside the vendor library, so the instance is broken.
+    pub fn hung(&self) {
+        self.mark(BrokenBy::HungCall, CKR_DEVICE_ERROR);
+    }
+
     fn seen_ok(&self, request: &Seen) {
         // Read first: the hot path writes no shared cache line.
         if !self.answered.load(Ordering::Relaxed)
@@ -281,6 +287,7 @@ mod tests {
             step,
             outage_since_ms: 1,
             present: vec![7],
+            ..Default::default()
         })
     }
 

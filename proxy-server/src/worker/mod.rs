@@ -13,6 +13,7 @@
 mod application;
 mod backend;
 mod connection;
+mod deadline;
 mod dispatch;
 mod heal;
 mod identify;
@@ -66,6 +67,8 @@ struct Worker {
     startups: Arc<Startups>,
     /// The router was told that a hello was accepted.
     announced: AtomicBool,
+    /// A call was abandoned at its deadline: a thread is stuck inside the vendor library.
+    hung: AtomicBool,
 }
 
 /// Most connections of one application before their hello.
@@ -133,11 +136,13 @@ pub fn run() -> ExitCode {
         drained: Condvar::new(),
         startups,
         announced: AtomicBool::new(false),
+        hung: AtomicBool::new(false),
     });
     if matches!(worker.state.settings.role, Role::Application(_))
         && worker.state.settings.heal.enabled
     {
         worker.start_healing(&span);
+        worker.start_watchdog(&span);
     }
     worker.control_loop(&span);
     worker.stop();
@@ -274,6 +279,7 @@ impl Worker {
         let span = span.clone();
         let announce = self.clone();
         let handed = Handed {
+            id,
             stream,
             ticket: Some(ticket),
             on_hello: Box::new(move || announce.hello_accepted()),
@@ -386,6 +392,37 @@ impl Worker {
             });
     }
 
+    /// Abandons the vendor calls that outlive their deadline ([`deadline`]): the caller gets
+    /// CKR_DEVICE_ERROR, the instance is broken ([`heal::Heal::hung`]) and replaced as any
+    /// broken one. The stuck thread's connection no longer counts for the drain at stop, and
+    /// the worker exits without finalising ([`Worker::stop`]).
+    fn start_watchdog(self: &Arc<Self>, span: &tracing::Span) {
+        let worker = self.clone();
+        let span = span.clone();
+        let _ = std::thread::Builder::new()
+            .name("p11-deadline".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                let s = &worker.state;
+                loop {
+                    std::thread::sleep(s.watchdog.tick());
+                    for a in s.watchdog.sweep(Instant::now()) {
+                        worker.hung.store(true, Ordering::Release);
+                        s.metrics.call(a.function, CKR_DEVICE_ERROR, a.limit.after);
+                        tracing::error!(
+                            function = a.function,
+                            deadline_s = a.limit.after.as_secs(),
+                            "a vendor call outlived its deadline: abandoned, answered CKR_DEVICE_ERROR; the application's next call runs on a new vendor instance"
+                        );
+                        s.heal.hung();
+                        worker.ended(a.connection);
+                        let abandoned = ToRouter::Abandoned { slow: a.limit.slow };
+                        let _ = worker.channel.send(&abandoned, None);
+                    }
+                }
+            });
+    }
+
     /// Whether the vendor library answers C_GetTokenInfo for at least one slot with a token.
     /// The probe's own instance, broken by an HSM outage (a lost-device answer), is finalised
     /// and initialised again first (`--heal`), so that readiness follows the HSM and not the
@@ -449,6 +486,17 @@ impl Worker {
             }
         }
         drop(conns);
+        if self.hung.load(Ordering::Acquire) {
+            // Every caller gets an answer, none a closed connection.
+            let stuck = state.watchdog.abandon_all().len();
+            // C_Finalize, or the library's destructors, could block on the stuck thread.
+            tracing::warn!(
+                stuck,
+                "a vendor call never returned: exiting without finalising the vendor library"
+            );
+            // SAFETY: _exit(2) ends the process at once; nothing of it is used after.
+            unsafe { libc::_exit(0) };
+        }
         if state.initialised() {
             let sessions = state.take_every_session();
             if !matches!(state.settings.role, Role::Application(_)) {

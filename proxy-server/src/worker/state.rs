@@ -18,6 +18,7 @@ use protocol::handshake::{routing_id, ClientId, Hello};
 
 use super::application::Application;
 use super::backend::Backend;
+use super::deadline::Watchdog;
 use super::heal::Heal;
 use crate::control::{Role, WorkerSettings};
 use crate::rv;
@@ -61,6 +62,8 @@ pub struct WorkerState {
     pub leaving: AtomicBool,
     /// Whether the vendor instance lost its device, and when it is replaced (`--heal`).
     pub heal: Heal,
+    /// The deadlines of vendor calls (with `--heal`).
+    pub watchdog: Watchdog,
 }
 
 impl WorkerState {
@@ -75,12 +78,13 @@ impl WorkerState {
     ) -> Self {
         // Only an application's own instance is replaced: a shared worker's is everyone's,
         // a probe's answers readiness.
-        let heal = Heal::new(match settings.role {
+        let healing = match settings.role {
             Role::Application(_) => settings.heal.clone(),
             _ => Default::default(),
-        });
+        };
         Self {
-            heal,
+            watchdog: Watchdog::new(&healing),
+            heal: Heal::new(healing),
             instance_id: settings.instance_id,
             settings,
             policy,

@@ -226,7 +226,7 @@ func main() {
 
 // loop signs for `d` as Fabric's bccsp/pkcs11 does, counting what the application sees.
 func loop(ctx *pkcs11.Ctx, slot uint, pin string, ski []byte, pub *ecdsa.PublicKey, d time.Duration) {
-	var signatures, errors, evictions, late, lastError int64
+	var signatures, errors, evictions, late, lastError, slowest int64
 	start := time.Now()
 	end := start.Add(d)
 	lateFrom := end.Add(-time.Second)
@@ -259,7 +259,14 @@ func loop(ctx *pkcs11.Ctx, slot uint, pin string, ski []byte, pub *ecdsa.PublicK
 					session, pooled = s, true
 				}
 				digest := sha256.Sum256([]byte(time.Now().String()))
+				began := time.Now()
 				sig, err := loopSign(ctx, session, ski, digest[:])
+				for took := time.Since(began).Milliseconds(); ; {
+					old := atomic.LoadInt64(&slowest)
+					if took <= old || atomic.CompareAndSwapInt64(&slowest, old, took) {
+						break
+					}
+				}
 				if err == nil {
 					verify(pub, digest[:], sig)
 					atomic.AddInt64(&signatures, 1)
@@ -281,7 +288,7 @@ func loop(ctx *pkcs11.Ctx, slot uint, pin string, ski []byte, pub *ecdsa.PublicK
 		}()
 	}
 	wg.Wait()
-	fmt.Printf("loop: signatures=%d errors=%d evictions=%d late=%d last_error_ms=%d\n", signatures, errors, evictions, late, lastError)
+	fmt.Printf("loop: signatures=%d errors=%d evictions=%d late=%d last_error_ms=%d slowest_ms=%d\n", signatures, errors, evictions, late, lastError, slowest)
 }
 
 // loopSign is Fabric's signP11ECDSA: find the private key by SKI, then SignInit and C_Sign.
