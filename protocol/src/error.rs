@@ -24,6 +24,20 @@ pub enum ProtocolError {
     /// The server does not hold the application's instance (it is on another replica behind
     /// the same address, or gone), or it is stopping, with its reason.
     Elsewhere(String),
+    /// The server instance is leaving and did not execute the request
+    /// ([`crate::message::Response::Retired`]).
+    Retired,
+    /// The request could not be sent whole (the server had closed the connection): the
+    /// server never read it, so never executed it.
+    Unsent(io::Error),
+}
+
+impl ProtocolError {
+    /// The server certainly did not execute the request: it may be sent again anywhere,
+    /// whatever the function.
+    pub fn not_executed(&self) -> bool {
+        matches!(self, Self::Retired | Self::Unsent(_))
+    }
 }
 
 impl fmt::Display for ProtocolError {
@@ -53,6 +67,8 @@ impl fmt::Display for ProtocolError {
             Self::Refused(reason) => write!(f, "handshake refused by peer: {reason}"),
             Self::Busy(reason) => write!(f, "server busy: {reason}"),
             Self::Elsewhere(reason) => write!(f, "not here: {reason}"),
+            Self::Retired => write!(f, "the server instance is leaving; request not executed"),
+            Self::Unsent(e) => write!(f, "request not sent ({e}); not executed"),
         }
     }
 }

@@ -156,7 +156,7 @@ pub enum ToRouter {
     /// Metrics, and the vendor's readiness when it was asked for.
     Report {
         snapshot: Snapshot,
-        ready: Option<bool>,
+        ready: Option<crate::metrics::Probed>,
     },
     /// A hello was accepted: the worker serves a real application, no longer a routing id
     /// alone (sent once).

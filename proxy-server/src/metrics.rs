@@ -181,6 +181,7 @@ impl Snapshot {
         router: &RouterCounters,
         workers: usize,
         startups: &crate::startups::Startups,
+        tokens: &[Reach],
     ) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let scalars = vec![
@@ -219,6 +220,7 @@ impl Snapshot {
                 },
             ],
             scalars,
+            tokens: tokens.to_vec(),
         }));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
@@ -226,6 +228,24 @@ impl Snapshot {
         }
         out
     }
+}
+
+/// What the readiness probe saw of the vendor library.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Probed {
+    /// C_GetTokenInfo answered for a slot with a token (`/readyz`).
+    pub ready: bool,
+    /// Every initialised token the probe has seen, and whether it answers now.
+    pub tokens: Vec<Reach>,
+}
+
+/// Whether one token answers (the gauge `pkcs11_proxy_hsm_reachable`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    pub slot: u64,
+    /// Its label, as it last answered.
+    pub token: String,
+    pub answers: bool,
 }
 
 /// One counter or gauge without labels.
@@ -268,6 +288,8 @@ struct Exposition {
     sessions: Vec<(String, u64)>,
     by_reason: Vec<ByReason>,
     scalars: Vec<Scalar>,
+    /// Whether each token answers, as the readiness probe saw it.
+    tokens: Vec<Reach>,
 }
 
 /// A counter with a `reason` label.
@@ -327,6 +349,18 @@ impl prometheus_client::collector::Collector for Exposition {
                     .encode_descriptor(s.name, s.help, None, MetricType::Gauge)?
                     .encode_gauge(&v)?,
             }
+        }
+        let mut reachable = encoder.encode_descriptor(
+            "pkcs11_proxy_hsm_reachable",
+            "Whether the token answers C_GetTokenInfo (1) or not (0), from the readiness probe's own vendor instance, by slot and label; refreshed at most once a second by /readyz or a scrape.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in &self.tokens {
+            let slot = t.slot.to_string();
+            reachable
+                .encode_family(&[("slot", slot.as_str()), ("token", t.token.as_str())])?
+                .encode_gauge(&(t.answers as i64))?;
         }
         for family in &self.by_reason {
             let mut counter =

@@ -511,9 +511,10 @@ fn probes_answer_at_once_behind_idle_and_slow_clients_and_a_storm_costs_the_vend
         "1,000 /readyz in {} ms: {vendor_checks} readiness checks reached the vendor library",
         took.as_millis()
     );
-    // One a second at most, plus the one in progress at the edges.
+    // One a second at most, plus the one in progress at the edges and the scrape's own
+    // (a scrape checks too, for the gauge of the tokens that answer).
     assert!(
-        vendor_checks <= took.as_secs() + 2,
+        vendor_checks <= took.as_secs() + 3,
         "{vendor_checks} checks in {took:?}"
     );
 }

@@ -218,6 +218,19 @@ fn by_reason(server: &ProxyServer, family: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Whether each token answers, by label, as `server`'s readiness probe sees it now.
+fn reachable(server: &ProxyServer) -> BTreeMap<String, u64> {
+    let (_, body) = http_get(&server.metrics_address(), "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("pkcs11_proxy_hsm_reachable{"))
+        .filter_map(|l| {
+            let token = l.split("token=\"").nth(1)?.split('"').next()?;
+            let n = l.rsplit(' ').next()?.parse().ok()?;
+            Some((token.to_string(), n))
+        })
+        .collect()
+}
+
 /// The module loaded directly by this process, with its own SoftHSM2 copy, initialised.
 fn direct(hsm: &SoftHsm, module: &Path, env: &[(&str, &str)]) -> RawModule {
     let conf = hsm.conf.to_string_lossy().into_owned();
@@ -284,8 +297,13 @@ fn an_hsm_outage_is_healed_through_the_proxy_and_never_when_loaded_directly() {
     // own instance was broken by it too.
     let ready = |server: &ProxyServer| http_get(&server.metrics_address(), "/readyz").0;
     let ready_during = Mutex::new(Vec::new());
+    // And the gauge of the tokens that answer, by label.
+    let label = softhsm.label.as_str();
+    assert_eq!(reachable(&healing), [(label.to_string(), 1)].into());
+    let reachable_during = Mutex::new(BTreeMap::new());
     let during = || {
         *ready_during.lock().unwrap() = vec![ready(&healing), ready(&faithful)];
+        *reachable_during.lock().unwrap() = reachable(&healing);
     };
     let loads = [(&proxy, 8), (&strict, 4), (&loaded, 4)];
     let [through, off, directly]: [Timeline; 3] = across_an_outage(&hsm, &loads, END_MS, &during)
@@ -338,6 +356,11 @@ fn an_hsm_outage_is_healed_through_the_proxy_and_never_when_loaded_directly() {
     let ok = "HTTP/1.1 200 OK";
     assert!(ready_during.lock().unwrap().iter().all(|r| r != ok));
     assert_eq!(ready(&healing), ok);
+    assert_eq!(
+        *reachable_during.lock().unwrap(),
+        [(label.to_string(), 0)].into()
+    );
+    assert_eq!(reachable(&healing), [(label.to_string(), 1)].into());
     assert_ne!(ready(&faithful), ok, "--heal off: as the vendor left it");
 }
 

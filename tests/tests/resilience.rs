@@ -2,6 +2,7 @@
 //! same server with nothing lost), a server killed and restarted under a Fabric-like load,
 //! failover to a second server, 200 clients killed mid-operation, a frozen server.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -277,6 +278,169 @@ fn a_rolling_restart_moves_clients_to_the_next_server_without_errors() {
     assert!(first_ok > 0, "no signature on the second server");
     assert_eq!(tally.errors.load(Ordering::Relaxed), 0);
     assert_eq!(tally.evictions.load(Ordering::Relaxed), 0);
+}
+
+/// Token-changing calls from `threads` threads of `m` until `until`: each creates a token data
+/// object and destroys it; the answers other than CKR_OK, by code.
+fn create_and_destroy_until(
+    m: &RawModule,
+    threads: usize,
+    until: Instant,
+) -> (u64, BTreeMap<CK_RV, u64>) {
+    let done = AtomicU64::new(0);
+    let codes = Mutex::new(BTreeMap::new());
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (done, codes) = (&done, &codes);
+            scope.spawn(move || {
+                let f = m.f();
+                let s = m.open_rw(m.first_slot());
+                // Logged in once for the application: the other threads' sessions are too.
+                assert!(matches!(
+                    m.login(s, PIN),
+                    CKR_OK | CKR_USER_ALREADY_LOGGED_IN
+                ));
+                let (class, tru) = (CKO_DATA.to_ne_bytes(), [CK_TRUE]);
+                let label = format!("retired-{t}");
+                while Instant::now() < until {
+                    let mut template = [
+                        attr(CKA_CLASS, &class),
+                        attr(CKA_LABEL, label.as_bytes()),
+                        attr(CKA_TOKEN, &tru),
+                    ];
+                    let mut h = 0;
+                    // SAFETY: valid template and out pointer.
+                    let mut rv =
+                        unsafe { f.C_CreateObject.unwrap()(s, template.as_mut_ptr(), 3, &mut h) };
+                    if rv == CKR_OK {
+                        // SAFETY: the object just made.
+                        rv = unsafe { f.C_DestroyObject.unwrap()(s, h) };
+                    }
+                    if rv == CKR_OK {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        *codes.lock().unwrap().entry(rv).or_default() += 1;
+                    }
+                }
+            });
+        }
+    });
+    (done.into_inner(), codes.into_inner().unwrap())
+}
+
+#[test]
+fn a_rolling_restart_loses_no_token_changing_call() {
+    let hsm = SoftHsm::new("retired");
+    let dir = TempDir::new("retired");
+    for tcp in [false, true] {
+        let (a, b) = if tcp {
+            (
+                "tcp://127.0.0.1:0".to_string(),
+                "tcp://127.0.0.1:0".to_string(),
+            )
+        } else {
+            (
+                format!("unix://{}", dir.path().join("a.sock").display()),
+                format!("unix://{}", dir.path().join("b.sock").display()),
+            )
+        };
+        restart_under_token_changing_calls(&hsm, &dir, &a, &b);
+    }
+}
+
+/// [`create_and_destroy_until`] on two servers, `a` and `b`, while `a` stops.
+fn restart_under_token_changing_calls(hsm: &SoftHsm, dir: &TempDir, a: &str, b: &str) {
+    let mut first = ProxyServer::start(hsm, a);
+    let second = ProxyServer::start(hsm, b);
+    let log = dir.path().join(format!("shim-{}.log", a.len()));
+    let m = client(
+        &format!("{},{}", first.address, second.address),
+        dir,
+        &[("PKCS11_PROXY_LOG_FILE", log.to_str().unwrap())],
+    );
+    let start = Instant::now();
+    let (done, codes) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| create_and_destroy_until(&m, 8, start + Duration::from_secs(3)));
+        std::thread::sleep(Duration::from_millis(1000));
+        // SIGTERM: the first server's worker leaves. A request it reads from then on, or
+        // that crosses its closing, is retired (not executed) and sent to the second server,
+        // even one that changes the token, instead of answering CKR_FUNCTION_FAILED.
+        assert!(first.stop().is_some_and(|s| s.success()));
+        load.join().unwrap()
+    });
+    println!("token-changing calls across a rolling restart ({a}): {done} ok, others {codes:x?}");
+    assert!(done > 100, "{done}");
+    // No request was lost: each was executed by one server or the other.
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log.contains("transport error"), "{log}");
+    // Every error the application saw is the vendor's own answer (SoftHSM2's file store
+    // written by two processes at once: the first server's worker finishing its calls, the
+    // second's starting), as the servers logged it, or a creation the first server answered
+    // after another thread had moved the application to the second (its object cannot be
+    // mapped: CKR_FUNCTION_FAILED, logged by the shim). No request was lost or done twice.
+    let unmapped = log.matches("cannot be mapped").count() as u64;
+    // Or an object the second server's SoftHSM2 did not find (yet), logged by the shim's
+    // recovery: CKR_OBJECT_HANDLE_INVALID (DESIGN.md, "Recovery model").
+    let not_found = log.matches("was not found again").count() as u64;
+    // The servers' last lines read.
+    std::thread::sleep(Duration::from_millis(500));
+    for (&rv, &n) in &codes {
+        let name = match rv {
+            CKR_FUNCTION_FAILED => "CKR_FUNCTION_FAILED",
+            CKR_GENERAL_ERROR => "CKR_GENERAL_ERROR",
+            CKR_OBJECT_HANDLE_INVALID => "CKR_OBJECT_HANDLE_INVALID",
+            other => panic!("{other:#x} ({n} times) is not an answer of the vendor's"),
+        };
+        let vendor: u64 = [&first, &second]
+            .iter()
+            .map(|s| {
+                let log = s.log.lock().unwrap();
+                log.iter()
+                    .filter(|l| l.contains("call failed") && l.contains(name))
+                    .count() as u64
+            })
+            .sum();
+        let ours = match rv {
+            CKR_FUNCTION_FAILED => unmapped,
+            CKR_OBJECT_HANDLE_INVALID => not_found,
+            _ => 0,
+        };
+        assert!(
+            n <= vendor + ours,
+            "{name}: {n} seen, {vendor} answered by the vendor, {ours} unmapped"
+        );
+    }
+}
+
+#[test]
+fn a_leaving_worker_retires_the_requests_it_will_not_execute() {
+    use protocol::frame::{read_frame, write_frame};
+    use protocol::message::{Request, Response};
+    use std::io::Read;
+    let hsm = SoftHsm::new("retire");
+    let mut server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let mut c = tests::raw_hello(&server.address, [5; 16]);
+    let mut answers = [0u8; tests::ANSWERS_LEN];
+    c.read_exact(&mut answers).unwrap();
+    let mut frame = Vec::new();
+    let info = Request::GetInfo {
+        outputs: protocol::shape::Outputs::ALL,
+    };
+    protocol::codec::encode(&info, &mut frame).unwrap();
+    write_frame(&mut c, &frame, &mut Vec::new()).unwrap();
+    read_frame(&mut c, &mut frame, 1 << 20).unwrap();
+    let answer: Response = protocol::codec::decode(&frame).unwrap();
+    assert_eq!(answer.rv(), CKR_OK);
+    // The server stops: the idle connection is told, before it is closed, that nothing more
+    // will be executed on it.
+    assert!(server.stop().is_some_and(|s| s.success()));
+    read_frame(&mut c, &mut frame, 1 << 20).unwrap();
+    let retired: Response = protocol::codec::decode(&frame).unwrap();
+    assert_eq!(retired, Response::Retired);
+    assert!(
+        read_frame(&mut c, &mut frame, 1 << 20).is_err(),
+        "then closed"
+    );
 }
 
 #[test]

@@ -18,6 +18,11 @@ use crate::log::warn;
 /// Sends of one request at most: the first, and resends after lost answers.
 const MAX_SENDS: usize = 3;
 
+/// Requests not executed (a leaving server instance retired them, or they could not be sent)
+/// that one call sends again at most (an instance replaced again and again as the HSM keeps
+/// breaking it).
+const MAX_RETIRED: usize = 8;
+
 /// How many handles C_FindObjectsInit fetches ahead: Fabric asks for one, listing tools for
 /// a few at a time.
 const SEARCH_AHEAD: u64 = 32;
@@ -78,6 +83,7 @@ impl Client {
         let mut mended = Mended::default();
         let mut sends = 0;
         let mut lost = 0;
+        let mut retired = 0;
         while sends < MAX_SENDS {
             let mut conn = self.pool.connection(wait, &self.journal)?;
             if let Some(lost) = lost_on {
@@ -141,10 +147,24 @@ impl Client {
                         // A creation did happen on the token but cannot be mapped: failed, as
                         // a lost answer. Anything else is sent again to the new server.
                         None if request.descriptor().changes_token => {
-                            return Err(self.lost_answer())
+                            warn(&format!(
+                                "{}: answered by a server instance the application left meanwhile; what it made cannot be mapped",
+                                request.descriptor().name
+                            ));
+                            return Err(self.lost_answer());
                         }
                         None => lost_on = Some(conn.instance()),
                     }
+                }
+                // The server instance is leaving and did not execute the request (it said
+                // so, or the request could not be sent): sent again on a new connection (a
+                // new instance, or another replica), whatever the function. Not a send:
+                // nothing happened.
+                Err(e) if e.not_executed() && retired < MAX_RETIRED => {
+                    retired += 1;
+                    sends -= 1;
+                    let leaving = conn.instance();
+                    self.pool.retain_idle(|c| c.instance() != leaving);
                 }
                 Err(e) => {
                     warn(&format!("{}: {e}", request.descriptor().name));

@@ -400,7 +400,10 @@ impl Connection {
             wipe(&mut self.out);
             wipe(&mut self.scratch);
         }
-        sent?;
+        match sent {
+            Err(ProtocolError::Io(e)) => return Err(ProtocolError::Unsent(e)),
+            other => other?,
+        }
         read_frame(&mut self.reader, &mut self.frame, MAX_FRAME_LEN)?;
         self.identities.clear();
         match codec::decode(&self.frame)? {
@@ -408,6 +411,7 @@ impl Connection {
                 self.identities = identities;
                 Ok(*answer)
             }
+            Response::Retired => Err(ProtocolError::Retired),
             answer => Ok(answer),
         }
     }

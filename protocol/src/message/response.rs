@@ -159,6 +159,13 @@ pub enum Response {
         data: Vec<u8>,
         param: MsgParam,
     },
+    /// Not an answer of the vendor: the server instance is leaving (stopping, or replacing a
+    /// vendor instance the HSM broke) and did not execute the request, which the client may
+    /// send again on a new connection, whatever the function. Sent unasked too, on an idle
+    /// connection, before the server closes it. It is the last variant, so that a client
+    /// built before it fails to decode it and takes it for what it took before: a connection
+    /// closed without an answer.
+    Retired,
 }
 
 impl Response {
@@ -171,6 +178,8 @@ impl Response {
             | Response::Attributes { rv, .. }
             | Response::Message { rv, .. } => *rv,
             Response::Identified { answer, .. } => answer.rv(),
+            // CKR_DEVICE_ERROR, should anything take it for an answer.
+            Response::Retired => 0x30,
             _ => 0,
         }
     }

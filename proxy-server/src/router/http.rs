@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::state::Router;
+use crate::metrics::Probed;
 use crate::startups::{Limits, Startups};
 
 /// How long a readiness answer is reused.
@@ -39,7 +40,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// The last readiness answer, and whether a probe is asking the vendor now.
 #[derive(Default)]
 struct Readiness {
-    last: Option<(Instant, bool)>,
+    last: Option<(Instant, Probed)>,
     checking: bool,
 }
 
@@ -53,23 +54,24 @@ struct Responder {
 
 impl Responder {
     /// The last readiness answer while it is fresh, or while another probe is asking the
-    /// vendor; else this probe asks (one at a time).
-    fn ready(&self) -> bool {
-        let fresh = |r: &Readiness| r.last.filter(|(at, _)| at.elapsed() < READY_CACHE);
+    /// vendor; else this probe asks (one at a time). A scrape of `/metrics` asks too, for the
+    /// gauge of the tokens that answer.
+    fn probe(&self) -> Probed {
+        let fresh = |r: &Readiness| r.last.clone().filter(|(at, _)| at.elapsed() < READY_CACHE);
         {
             let r = self.readiness.lock();
-            if let Some((_, ready)) = fresh(&r) {
-                return ready;
+            if let Some((_, probed)) = fresh(&r) {
+                return probed;
             }
-            if let (Some((_, ready)), true) = (r.last, r.checking) {
-                return ready;
+            if let (Some((_, probed)), true) = (&r.last, r.checking) {
+                return probed.clone();
             }
         }
         let _one = self.check.lock();
         {
             let mut r = self.readiness.lock();
-            if let Some((_, ready)) = fresh(&r) {
-                return ready;
+            if let Some((_, probed)) = fresh(&r) {
+                return probed;
             }
             r.checking = true;
         }
@@ -77,11 +79,11 @@ impl Responder {
         counters
             .readiness_checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ready = self.router.workers.ready();
+        let probed = self.router.workers.probe();
         let mut r = self.readiness.lock();
-        r.last = Some((Instant::now(), ready));
+        r.last = Some((Instant::now(), probed.clone()));
         r.checking = false;
-        ready
+        probed
     }
 
     fn respond(&self, mut c: TcpStream) {
@@ -113,12 +115,14 @@ impl Responder {
         match path.as_str() {
             "/metrics" => {
                 let router = &self.router;
+                let tokens = self.probe().tokens;
                 let (total, workers) = router.workers.snapshot();
-                let body = total.render(&router.workers.counters, workers, &router.startups);
+                let body =
+                    total.render(&router.workers.counters, workers, &router.startups, &tokens);
                 self.answer(&mut c, "200 OK", OPENMETRICS, &body);
             }
             "/healthz" => self.answer(&mut c, "200 OK", TEXT, "ok\n"),
-            "/readyz" if self.ready() => self.answer(&mut c, "200 OK", TEXT, "ready\n"),
+            "/readyz" if self.probe().ready => self.answer(&mut c, "200 OK", TEXT, "ready\n"),
             "/readyz" => self.answer(
                 &mut c,
                 "503 Service Unavailable",

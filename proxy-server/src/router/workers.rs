@@ -19,7 +19,7 @@ use protocol::handshake::{InstanceId, RoutingId};
 use crate::control::{
     Channel, Replaced, Role, ToRouter, ToWorker, Transport, WorkerSettings, WORKER_FD,
 };
-use crate::metrics::{RouterCounters, Snapshot};
+use crate::metrics::{Probed, RouterCounters, Snapshot};
 
 /// How long a report may take.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,7 +32,7 @@ const PENDING_MIN_AGE: Duration = Duration::from_secs(1);
 const PROBE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A worker's metrics, and the vendor's readiness when it was asked for.
-type Report = (Snapshot, Option<bool>);
+type Report = (Snapshot, Option<Probed>);
 
 /// Where a connection goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -478,23 +478,26 @@ impl Workers {
         }
     }
 
-    /// The readiness of the vendor library, as the probe worker sees it (restarted if it
-    /// died).
-    pub fn ready(self: &Arc<Self>) -> bool {
+    /// The vendor library as the probe worker sees it now (restarted if it died): whether it
+    /// is ready, and which tokens answer.
+    pub fn probe(self: &Arc<Self>) -> Probed {
         let probe = self.probe.lock().clone();
         let probe = match probe {
             Some(p) => p,
             None => {
                 if self.stopping.load(Ordering::Acquire) || self.start_probe().is_err() {
-                    return false;
+                    return Probed::default();
                 }
                 match self.probe.lock().clone() {
                     Some(p) => p,
-                    None => return false,
+                    None => return Probed::default(),
                 }
             }
         };
-        matches!(probe.report(true), Some((_, Some(true))))
+        probe
+            .report(true)
+            .and_then(|(_, probed)| probed)
+            .unwrap_or_default()
     }
 
     /// The sum of every worker's report, and the number of workers running.

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, MutexGuard};
 use protocol::codec;
 use protocol::frame::{read_frame, wipe, write_frame, MAX_FRAME_LEN};
 use protocol::handshake::{Hello, Welcome, VERSION};
-use protocol::message::Request;
+use protocol::message::{Request, Response};
 use protocol::stream::Stream;
 use protocol::ProtocolError;
 
@@ -238,7 +238,12 @@ fn request_loop(
     let metrics = &worker.metrics;
     let mut line = line.lock();
     loop {
-        read_frame(&mut line.reader, &mut frame, MAX_FRAME_LEN)?;
+        if let Err(e) = read_frame(&mut line.reader, &mut frame, MAX_FRAME_LEN) {
+            if worker.leaving.load(Ordering::Acquire) {
+                retire(&mut line.reader);
+            }
+            return Err(e);
+        }
         metrics
             .bytes_received
             .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
@@ -246,6 +251,16 @@ fn request_loop(
         let d = request.descriptor();
         if d.carries_pin {
             wipe(&mut frame);
+        }
+        if worker.leaving.load(Ordering::Relaxed) {
+            tracing::debug!(
+                function = d.name,
+                client = app.id,
+                peer,
+                "request retired, not executed: this worker is leaving"
+            );
+            retire(&mut line.reader);
+            return Ok(());
         }
         let name = d.name;
         let started = Instant::now();
@@ -285,6 +300,20 @@ fn request_loop(
         metrics
             .bytes_sent
             .fetch_add(out.len() as u64 + 4, Ordering::Relaxed);
+    }
+}
+
+/// Tells the client that this worker is leaving and did not execute its request (or, unasked,
+/// will execute none), then closes the connection: the client sends the request again on a new
+/// connection, whatever the function ([`Response::Retired`]). Best effort: a client gone
+/// already needs nothing.
+fn retire(reader: &mut BufReader<Stream>) {
+    let mut out = Vec::new();
+    if codec::encode(&Response::Retired, &mut out).is_ok() {
+        let stream = reader.get_mut();
+        let _ = write_frame(stream, &out, &mut Vec::new());
+        let _ = std::io::Write::flush(stream);
+        stream.shutdown(std::net::Shutdown::Write);
     }
 }
 

@@ -8,8 +8,8 @@
 //!
 //! How: a connection's stream sits in a [`Line`] behind a lock its own thread holds, but
 //! while the vendor works on a call with a deadline. The [`Watchdog`] looks at each line it
-//! can lock (never waiting: a connection reading or writing is not in a vendor call) and
-//! answers for a call past its deadline. The thread, if the vendor ever returns, finds its
+//! can lock (never waiting: a connection reading or writing is not in a vendor call), and
+//! the worker answers for a call past its deadline. The thread, if the vendor ever returns, finds its
 //! line abandoned and drops the vendor's late answer. Per call this costs one unlock and one
 //! lock of a lock nobody else holds.
 
@@ -77,13 +77,28 @@ impl Line {
     }
 }
 
-/// A call the watchdog abandoned.
-#[derive(Debug)]
+/// A call the watchdog abandoned, to be answered ([`Abandoned::answer`]).
 pub struct Abandoned {
     /// The connection it came on.
     pub connection: u64,
     pub function: &'static str,
     pub limit: Limit,
+    line: Arc<Mutex<Line>>,
+}
+
+impl Abandoned {
+    /// Answers CKR_DEVICE_ERROR on the call's connection and closes it: the client gets the
+    /// answer, then the end of the connection, and never sends another request there.
+    pub fn answer(&self) {
+        let mut line = self.line.lock();
+        let mut out = Vec::new();
+        let stream = line.reader.get_mut();
+        if codec::encode(&Response::Rv(wire(CKR_DEVICE_ERROR)), &mut out).is_ok() {
+            let _ = write_frame(stream, &out, &mut Vec::new());
+            let _ = stream.flush();
+        }
+        stream.shutdown(Shutdown::Both);
+    }
 }
 
 /// Watches the lines of one worker.
@@ -149,8 +164,8 @@ impl Watchdog {
         }
     }
 
-    /// Abandons every call past its deadline at `now`: answers CKR_DEVICE_ERROR on its
-    /// connection and closes it. The calls abandoned.
+    /// Abandons every call past its deadline at `now`: its thread will drop the vendor's
+    /// answer, if it ever comes. The calls abandoned, to be answered.
     pub fn sweep(&self, now: Instant) -> Vec<Abandoned> {
         self.abandon(|call| now >= call.started + call.limit.after)
     }
@@ -162,37 +177,25 @@ impl Watchdog {
 
     fn abandon(&self, due: impl Fn(&InCall) -> bool) -> Vec<Abandoned> {
         let mut abandoned = Vec::new();
-        self.lines.lock().retain(|&connection, line| {
+        self.lines.lock().retain(|&connection, shared| {
             // A line its thread holds is reading or writing, not waiting on the vendor.
-            let Some(mut line) = line.try_lock() else {
+            let Some(mut line) = shared.try_lock() else {
                 return true;
             };
             let Some(call) = line.call.take_if(|c| due(c)) else {
                 return true;
             };
-            answer_device_error(&mut line.reader);
             line.abandoned = true;
             abandoned.push(Abandoned {
                 connection,
                 function: call.function,
                 limit: call.limit,
+                line: shared.clone(),
             });
             false
         });
         abandoned
     }
-}
-
-/// Answers CKR_DEVICE_ERROR on `reader`'s stream and closes it: the client gets the answer,
-/// then the end of the connection, and never sends another request here.
-fn answer_device_error(reader: &mut BufReader<Stream>) {
-    let mut out = Vec::new();
-    let stream = reader.get_mut();
-    if codec::encode(&Response::Rv(wire(CKR_DEVICE_ERROR)), &mut out).is_ok() {
-        let _ = write_frame(stream, &out, &mut Vec::new());
-        let _ = stream.flush();
-    }
-    stream.shutdown(Shutdown::Both);
 }
 
 #[cfg(test)]
@@ -238,6 +241,7 @@ mod tests {
         drop(held);
         let gone = w.sweep(start + Duration::from_secs(11));
         assert_eq!(gone.len(), 1);
+        gone[0].answer();
         assert_eq!((gone[0].connection, gone[0].function), (3, "C_Sign"));
         let mut frame = Vec::new();
         read_frame(&mut client, &mut frame, 64).unwrap();

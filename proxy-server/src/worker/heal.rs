@@ -208,6 +208,15 @@ impl Heal {
         self.changed.notify_all();
     }
 
+    /// The broken instance, if its replacement is due now.
+    pub fn due(&self) -> Option<Broken> {
+        self.broken
+            .lock()
+            .as_ref()
+            .filter(|b| Instant::now() >= b.replace_at)
+            .cloned()
+    }
+
     /// Waits until the instance is broken and its replacement is due (the worker's healing
     /// thread), then returns why.
     pub fn wait_replacement(&self) -> Broken {

@@ -18,6 +18,7 @@ mod dispatch;
 mod heal;
 mod identify;
 mod mechanism;
+mod readiness;
 mod state;
 mod template;
 mod ulong;
@@ -33,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use parking_lot::{Condvar, Mutex};
-use protocol::handshake::InitArgs;
 use protocol::stream::Stream;
 
 use self::backend::Backend;
@@ -69,6 +69,8 @@ struct Worker {
     announced: AtomicBool,
     /// A call was abandoned at its deadline: a thread is stuck inside the vendor library.
     hung: AtomicBool,
+    /// The tokens the readiness probe saw.
+    known: readiness::Known,
 }
 
 /// Most connections of one application before their hello.
@@ -137,6 +139,7 @@ pub fn run() -> ExitCode {
         startups,
         announced: AtomicBool::new(false),
         hung: AtomicBool::new(false),
+        known: Default::default(),
     });
     if matches!(worker.state.settings.role, Role::Application(_))
         && worker.state.settings.heal.enabled
@@ -157,7 +160,7 @@ fn start(settings: WorkerSettings) -> Result<WorkerState, String> {
     let tls = settings.tls.clone().map(TlsListener::new).transpose()?;
     let initialised = !matches!(settings.role, Role::Application(_));
     if initialised {
-        let r = backend.initialize(Some(os_locking()), settings.init_args.as_deref());
+        let r = backend.initialize(Some(backend::os_locking()), settings.init_args.as_deref());
         if r != CKR_OK {
             return Err(format!(
                 "{}: C_Initialize failed with {}",
@@ -222,7 +225,7 @@ impl Worker {
                 ToWorker::Report { ready } => {
                     let mut snapshot = self.state.metrics.snapshot();
                     (snapshot.applications, snapshot.sessions) = self.state.census(&self.label);
-                    let ready = ready.then(|| self.state.initialised() && self.vendor_ready());
+                    let ready = ready.then(|| readiness::probe(&self.state, &self.known));
                     let _ = self
                         .channel
                         .send(&ToRouter::Report { snapshot, ready }, None);
@@ -377,19 +380,25 @@ impl Worker {
             .spawn(move || {
                 let _entered = span.enter();
                 let broken = worker.state.heal.wait_replacement();
-                if !worker.leave(Some(broken.replaced.clone())) {
-                    return;
-                }
-                tracing::warn!(
-                    reason = broken.by.label(),
-                    broken_ms = broken.at.elapsed().as_millis() as u64,
-                    replacement = broken.replaced.step,
-                    "replacing the broken vendor instance: the application's next call runs on a new one"
-                );
-                for s in worker.connections.lock().values() {
-                    s.shutdown(Shutdown::Read);
-                }
+                worker.replace(&broken);
             });
+    }
+
+    /// Leaves for a new vendor instance (once): the connections end after the call each is
+    /// serving, and those waiting for a request retire it ([`connection`]).
+    fn replace(&self, broken: &heal::Broken) {
+        if !self.leave(Some(broken.replaced.clone())) {
+            return;
+        }
+        tracing::warn!(
+            reason = broken.by.label(),
+            broken_ms = broken.at.elapsed().as_millis() as u64,
+            replacement = broken.replaced.step,
+            "replacing the broken vendor instance: the application's next call runs on a new one"
+        );
+        for s in self.connections.lock().values() {
+            s.shutdown(Shutdown::Read);
+        }
     }
 
     /// Abandons the vendor calls that outlive their deadline ([`deadline`]): the caller gets
@@ -406,63 +415,33 @@ impl Worker {
                 let s = &worker.state;
                 loop {
                     std::thread::sleep(s.watchdog.tick());
-                    for a in s.watchdog.sweep(Instant::now()) {
-                        worker.hung.store(true, Ordering::Release);
+                    let abandoned = s.watchdog.sweep(Instant::now());
+                    if abandoned.is_empty() {
+                        continue;
+                    }
+                    worker.hung.store(true, Ordering::Release);
+                    s.heal.hung();
+                    // Leaving before the callers learn of it, when the replacement is due at
+                    // once: their next requests reach a leaving worker, which retires them
+                    // (not executed), and so run on the new instance.
+                    if let Some(broken) = s.heal.due() {
+                        worker.replace(&broken);
+                    }
+                    for a in abandoned {
+                        a.answer();
                         s.metrics.call(a.function, CKR_DEVICE_ERROR, a.limit.after);
                         tracing::error!(
                             function = a.function,
                             deadline_s = a.limit.after.as_secs(),
                             "a vendor call outlived its deadline: abandoned, answered CKR_DEVICE_ERROR; the application's next call runs on a new vendor instance"
                         );
-                        s.heal.hung();
+                        // Counted before the connection ends: its end may let the worker exit.
+                        let counted = ToRouter::Abandoned { slow: a.limit.slow };
+                        let _ = worker.channel.send(&counted, None);
                         worker.ended(a.connection);
-                        let abandoned = ToRouter::Abandoned { slow: a.limit.slow };
-                        let _ = worker.channel.send(&abandoned, None);
                     }
                 }
             });
-    }
-
-    /// Whether the vendor library answers C_GetTokenInfo for at least one slot with a token.
-    /// The probe's own instance, broken by an HSM outage (a lost-device answer), is finalised
-    /// and initialised again first (`--heal`), so that readiness follows the HSM and not the
-    /// first outage: it serves no application, and the router rate-limits the checks.
-    fn vendor_ready(&self) -> bool {
-        let answer = self.token_answers();
-        if answer == CKR_OK {
-            return true;
-        }
-        let healing = self.state.settings.role == Role::Probe && self.state.settings.heal.enabled;
-        if !healing || !heal::lost_device(answer) {
-            return false;
-        }
-        let b = &self.state.backend;
-        b.finalize();
-        let r = b.initialize(Some(os_locking()), self.state.settings.init_args.as_deref());
-        tracing::info!(
-            answer = %rv::name(answer),
-            initialize = %rv::name(r),
-            "the readiness probe's vendor instance lost its device: initialised again"
-        );
-        r == CKR_OK && self.token_answers() == CKR_OK
-    }
-
-    /// CKR_OK when C_GetTokenInfo answers for a slot with a token, else the vendor's last
-    /// answer (C_GetSlotList's, or a token's).
-    fn token_answers(&self) -> CK_RV {
-        let b = &self.state.backend;
-        let (rv, _, slots) = b.slot_list(true, protocol::shape::Out::buffer(64));
-        if rv != CKR_OK {
-            return rv;
-        }
-        let mut last = CKR_TOKEN_NOT_PRESENT;
-        for s in slots {
-            last = b.get_token_info(s, &mut CK_TOKEN_INFO::default());
-            if last == CKR_OK {
-                break;
-            }
-        }
-        last
     }
 
     /// Lets calls in flight finish (bounded), closes the sessions and finalises the vendor
@@ -488,7 +467,11 @@ impl Worker {
         drop(conns);
         if self.hung.load(Ordering::Acquire) {
             // Every caller gets an answer, none a closed connection.
-            let stuck = state.watchdog.abandon_all().len();
+            let stuck = state.watchdog.abandon_all();
+            for a in &stuck {
+                a.answer();
+            }
+            let stuck = stuck.len();
             // C_Finalize, or the library's destructors, could block on the stuck thread.
             tracing::warn!(
                 stuck,
@@ -507,15 +490,5 @@ impl Worker {
         } else {
             tracing::debug!("worker stopped");
         }
-    }
-}
-
-/// The C_Initialize arguments of an instance the worker itself owns (the probe's, a shared
-/// one): the OS's own locking.
-fn os_locking() -> InitArgs {
-    InitArgs {
-        flags: ulong::wire(CKF_OS_LOCKING_OK),
-        callbacks: 0,
-        reserved: false,
     }
 }

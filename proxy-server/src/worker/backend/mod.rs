@@ -241,3 +241,13 @@ impl Backend {
         unsafe { f(ptr::null_mut()) }
     }
 }
+
+/// The C_Initialize arguments of an instance the worker itself owns (the probe's, a shared
+/// one): the OS's own locking.
+pub fn os_locking() -> InitArgs {
+    InitArgs {
+        flags: crate::worker::ulong::wire(CKF_OS_LOCKING_OK),
+        callbacks: 0,
+        reserved: false,
+    }
+}
