@@ -563,3 +563,59 @@ fn a_hung_call_is_abandoned_at_its_deadline_and_only_its_application_notices() {
     assert!(proxy.log_contains("outlived its deadline"));
     assert!(proxy.log_contains("exiting without finalising"));
 }
+
+#[test]
+fn a_c_initialize_that_hangs_is_abandoned_and_leaves_no_worker_behind() {
+    let softhsm = SoftHsm::new("inithang");
+    let dir = TempDir::new("inithang");
+    let module = build_c_module("outage_module", &dir);
+    let hang = dir.path().join("init-hang");
+    let env = [
+        ("INIT_HANG_FILE", hang.to_str().unwrap()),
+        ("HANG_SECONDS", "30"),
+    ];
+    let proxy = server(&softhsm, &module, &["--call-deadline", "2"], &env);
+    let probe_only = children_of(proxy.pid());
+    // The HSM client cannot reach its HSM at start: its C_Initialize sleeps 30 s.
+    std::fs::write(&hang, b"").unwrap();
+    let m = RawModule::load(&private_copy(&tests::shim_path(), dir.path()));
+    let vars = [
+        ("PKCS11_PROXY_SOCKET", proxy.address.as_str()),
+        ("PKCS11_PROXY_CONNECT_TIMEOUT_MS", "1000"),
+    ];
+    let started = Instant::now();
+    let rv = with_env(&vars, || m.initialize());
+    println!(
+        "C_Initialize while the vendor's hangs: {rv:#x} after {:?}",
+        started.elapsed()
+    );
+    // The deadline's answer, CKR_DEVICE_ERROR, given at 2 s to the hellos waiting for the
+    // vendor's C_Initialize, or the shim's own bound on a welcome (its connect timeout, 1 s
+    // per attempt), whichever comes first: never the vendor's 30 s.
+    assert!(
+        [CKR_DEVICE_ERROR, CKR_FUNCTION_FAILED].contains(&rv),
+        "{rv:#x}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The server abandons the vendor's C_Initialize at its deadline (2 s) and replaces the
+    // worker stuck in it: no process is left for the 30 s the vendor takes.
+    let gone = Instant::now() + Duration::from_secs(15);
+    while children_of(proxy.pid()) != probe_only && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("worker gone {:?} after the first hello", started.elapsed());
+    assert_eq!(children_of(proxy.pid()), probe_only);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(proxy.log_contains("C_Initialize outlived its deadline"));
+    // One abandoned C_Initialize and one new instance per worker the shim's attempts reached
+    // (a later attempt may reach the replacement, which hangs as well).
+    let abandoned = by_reason(&proxy, "pkcs11_proxy_abandoned_calls")["call_deadline"];
+    let replaced = reinitialisations(&proxy)["hung_call"];
+    println!("abandoned C_Initialize calls {abandoned}, instances replaced {replaced}");
+    assert!((1..=3).contains(&abandoned), "{abandoned}");
+    assert_eq!(abandoned, replaced);
+    // The HSM answers again: the application's next C_Initialize works, and so do its calls.
+    std::fs::remove_file(&hang).unwrap();
+    assert_eq!(with_env(&vars, || m.initialize()), CKR_OK);
+    make_token_key(&m);
+}

@@ -84,7 +84,7 @@ pub fn serve(worker: &WorkerState, handed: Handed) {
         }
         (_, s) => s,
     };
-    let Some((key, app, reader)) = handshake(stream, peer, identity, ticket, worker) else {
+    let Some((key, app, reader)) = handshake(stream, peer, identity, ticket, worker, id) else {
         refused(worker);
         return;
     };
@@ -150,6 +150,7 @@ fn handshake(
     identity: Vec<u8>,
     ticket: Option<crate::startups::Ticket>,
     worker: &WorkerState,
+    id: u64,
 ) -> Option<(AppKey, Arc<Application>, BufReader<Stream>)> {
     let _ = stream.set_read_timeout(Some(worker.settings.handshake_timeout));
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
@@ -209,7 +210,7 @@ fn handshake(
             return None;
         }
     };
-    let init_rv = worker.init_for(&hello);
+    let init_rv = worker.init_for(&hello, id);
     let welcome = Welcome::Accepted {
         version: VERSION,
         instance_id: worker.instance_id,

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
 use parking_lot::{Condvar, Mutex};
+use protocol::message::Function;
 use protocol::stream::Stream;
 
 use self::backend::Backend;
@@ -413,10 +414,14 @@ impl Worker {
             .spawn(move || {
                 let _entered = span.enter();
                 let s = &worker.state;
+                let initialize = s.watchdog.limit(Function::Initialize.descriptor());
                 loop {
                     std::thread::sleep(s.watchdog.tick());
                     let abandoned = s.watchdog.sweep(Instant::now());
-                    if abandoned.is_empty() {
+                    let hello = initialize
+                        .filter(|_| !worker.hung.load(Ordering::Acquire))
+                        .and_then(|l| Some((s.initialising_past(l.after)?, l)));
+                    if abandoned.is_empty() && hello.is_none() {
                         continue;
                     }
                     worker.hung.store(true, Ordering::Release);
@@ -439,6 +444,18 @@ impl Worker {
                         let counted = ToRouter::Abandoned { slow: a.limit.slow };
                         let _ = worker.channel.send(&counted, None);
                         worker.ended(a.connection);
+                    }
+                    // A hello's C_Initialize: its client gave up waiting for the welcome
+                    // already (the shim's connect timeout); the worker is replaced.
+                    if let Some((connection, limit)) = hello {
+                        tracing::error!(
+                            deadline_s = limit.after.as_secs(),
+                            "the vendor's C_Initialize outlived its deadline: abandoned; the application's next connection reaches a new vendor instance"
+                        );
+                        let counted = ToRouter::Abandoned { slow: limit.slow };
+                        let _ = worker.channel.send(&counted, None);
+                        worker.ended(connection);
+                        s.wake_hellos();
                     }
                 }
             });

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cryptoki_sys::*;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use protocol::handshake::{routing_id, ClientId, Hello};
 
 use super::application::Application;
@@ -39,6 +39,8 @@ struct Entry {
 enum Init {
     /// An application's worker before its first hello.
     Pending,
+    /// The vendor works on it, for the hello of `connection`, since `since`.
+    Initialising { since: Instant, connection: u64 },
     /// Made, with the vendor's answer.
     Done(CK_RV),
     /// C_Finalize answered CKR_OK: nothing more to serve.
@@ -56,6 +58,8 @@ pub struct WorkerState {
     /// instance, which the shim's recovery notices.
     pub instance_id: [u8; 16],
     init: Mutex<Init>,
+    /// Signalled when the vendor answers the first C_Initialize.
+    init_done: Condvar,
     apps: Mutex<HashMap<AppKey, Entry>>,
     next_app: AtomicU64,
     /// The worker told the router it is leaving: connections still handed over are closed.
@@ -96,6 +100,7 @@ impl WorkerState {
             } else {
                 Init::Pending
             }),
+            init_done: Condvar::new(),
             apps: Mutex::new(HashMap::new()),
             next_app: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
@@ -115,7 +120,7 @@ impl WorkerState {
     /// or its C_Initialize failed.
     pub fn done(&self) -> bool {
         match *self.init.lock() {
-            Init::Pending => false,
+            Init::Pending | Init::Initialising { .. } => false,
             Init::Done(r) => r != CKR_OK,
             Init::Finalized => true,
         }
@@ -143,22 +148,53 @@ impl WorkerState {
         }
     }
 
-    /// The vendor's C_Initialize answer for this hello, made at the first one of an
-    /// application's worker with the application's own arguments.
-    pub fn init_for(&self, hello: &Hello) -> CK_RV {
+    /// The vendor's C_Initialize answer for this hello (on `connection`), made at the first
+    /// one of an application's worker with the application's own arguments; the hellos that
+    /// come meanwhile wait for it. No lock is held while the vendor works: the worker's
+    /// lifetime and the deadline watchdog ([`WorkerState::initialising_past`]) read the state.
+    pub fn init_for(&self, hello: &Hello, connection: u64) -> CK_RV {
         let mut init = self.init.lock();
-        match *init {
-            Init::Pending => {
-                let started = Instant::now();
-                let r = self
-                    .backend
-                    .initialize(hello.init, self.settings.init_args.as_deref());
-                tracing::info!(rv = %rv::name(r), ms = started.elapsed().as_millis() as u64, "vendor library C_Initialize for the application");
-                *init = Init::Done(r);
-                r
+        loop {
+            match *init {
+                Init::Pending => break,
+                // Its C_Initialize abandoned at its deadline: the instance is broken.
+                Init::Initialising { .. } if self.heal.fail_fast().is_some() => {
+                    return self.heal.fail_fast().unwrap_or(CKR_DEVICE_ERROR)
+                }
+                Init::Initialising { .. } => self.init_done.wait(&mut init),
+                Init::Done(r) => return r,
+                Init::Finalized => return CKR_CRYPTOKI_NOT_INITIALIZED,
             }
-            Init::Done(r) => r,
-            Init::Finalized => CKR_CRYPTOKI_NOT_INITIALIZED,
+        }
+        let started = Instant::now();
+        *init = Init::Initialising {
+            since: started,
+            connection,
+        };
+        drop(init);
+        let r = self
+            .backend
+            .initialize(hello.init, self.settings.init_args.as_deref());
+        tracing::info!(rv = %rv::name(r), ms = started.elapsed().as_millis() as u64, "vendor library C_Initialize for the application");
+        *self.init.lock() = Init::Done(r);
+        self.init_done.notify_all();
+        r
+    }
+
+    /// Wakes the hellos waiting for the first C_Initialize (it was abandoned).
+    pub fn wake_hellos(&self) {
+        let _init = self.init.lock();
+        self.init_done.notify_all();
+    }
+
+    /// The connection whose hello's C_Initialize the vendor has been working on for longer
+    /// than `limit`, if any.
+    pub fn initialising_past(&self, limit: std::time::Duration) -> Option<u64> {
+        match *self.init.lock() {
+            Init::Initialising { since, connection } if since.elapsed() >= limit => {
+                Some(connection)
+            }
+            _ => None,
         }
     }
 
