@@ -326,37 +326,49 @@ impl Worker {
     /// that did not come back; an application's worker leaves when its application is done
     /// (finalised) or gone for the resume grace period, and at once when no hello ever came.
     fn start_lifecycle(self: &Arc<Self>, span: &tracing::Span) {
-        let worker = self.clone();
-        let span = span.clone();
         let grace = self.state.settings.resume_grace;
         let tick = (grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let _ = std::thread::Builder::new()
-            .name("p11-lifecycle".into())
+        self.background("p11-lifecycle", span, move |worker| {
+            let s = &worker.state;
+            loop {
+                std::thread::sleep(tick);
+                match s.settings.role {
+                    Role::Application(_) => {
+                        if worker.connections.lock().is_empty()
+                            && (s.done()
+                                || !s.bound()
+                                || worker.idle_since.lock().elapsed() >= grace)
+                        {
+                            if worker.leave(None) {
+                                tracing::info!(finalised = s.done(), "application gone; leaving");
+                            }
+                            return;
+                        }
+                    }
+                    Role::Shared | Role::Probe => s.reap(),
+                }
+            }
+        });
+    }
+
+    /// Runs `work` on a thread of its own named `name`, in the worker's `span`.
+    fn background(
+        self: &Arc<Self>,
+        name: &str,
+        span: &tracing::Span,
+        work: impl FnOnce(&Worker) + Send + 'static,
+    ) {
+        let worker = self.clone();
+        let span = span.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
             .spawn(move || {
                 let _entered = span.enter();
-                let s = &worker.state;
-                loop {
-                    std::thread::sleep(tick);
-                    match s.settings.role {
-                        Role::Application(_) => {
-                            if worker.connections.lock().is_empty()
-                                && (s.done()
-                                    || !s.bound()
-                                    || worker.idle_since.lock().elapsed() >= grace)
-                            {
-                                if worker.leave(None) {
-                                    tracing::info!(
-                                        finalised = s.done(),
-                                        "application gone; leaving"
-                                    );
-                                }
-                                return;
-                            }
-                        }
-                        Role::Shared | Role::Probe => s.reap(),
-                    }
-                }
+                work(&worker);
             });
+        if let Err(e) = spawned {
+            tracing::error!(thread = name, error = %e, "cannot start a worker thread");
+        }
     }
 
     /// Tells the router, once, that this worker is leaving (`replaced`: for a new vendor
@@ -374,15 +386,10 @@ impl Worker {
     /// call each is serving, so the shim's next call reaches a new worker, where its recovery
     /// brings the application's sessions, login and handles back.
     fn start_healing(self: &Arc<Self>, span: &tracing::Span) {
-        let worker = self.clone();
-        let span = span.clone();
-        let _ = std::thread::Builder::new()
-            .name("p11-heal".into())
-            .spawn(move || {
-                let _entered = span.enter();
-                let broken = worker.state.heal.wait_replacement();
-                worker.replace(&broken);
-            });
+        self.background("p11-heal", span, |worker| {
+            let broken = worker.state.heal.wait_replacement();
+            worker.replace(&broken);
+        });
     }
 
     /// Leaves for a new vendor instance (once): the connections end after the call each is
@@ -407,58 +414,58 @@ impl Worker {
     /// broken one. The stuck thread's connection no longer counts for the drain at stop, and
     /// the worker exits without finalising ([`Worker::stop`]).
     fn start_watchdog(self: &Arc<Self>, span: &tracing::Span) {
-        let worker = self.clone();
-        let span = span.clone();
-        let _ = std::thread::Builder::new()
-            .name("p11-deadline".into())
-            .spawn(move || {
-                let _entered = span.enter();
-                let s = &worker.state;
-                let initialize = s.watchdog.limit(Function::Initialize.descriptor());
-                loop {
-                    std::thread::sleep(s.watchdog.tick());
-                    let abandoned = s.watchdog.sweep(Instant::now());
-                    let hello = initialize
-                        .filter(|_| !worker.hung.load(Ordering::Acquire))
-                        .and_then(|l| Some((s.initialising_past(l.after)?, l)));
-                    if abandoned.is_empty() && hello.is_none() {
-                        continue;
-                    }
-                    worker.hung.store(true, Ordering::Release);
-                    s.heal.hung();
-                    // Leaving before the callers learn of it, when the replacement is due at
-                    // once: their next requests reach a leaving worker, which retires them
-                    // (not executed), and so run on the new instance.
-                    if let Some(broken) = s.heal.due() {
-                        worker.replace(&broken);
-                    }
-                    for a in abandoned {
-                        a.answer();
-                        s.metrics.call(a.function, CKR_DEVICE_ERROR, a.limit.after);
-                        tracing::error!(
-                            function = a.function,
-                            deadline_s = a.limit.after.as_secs(),
-                            "a vendor call outlived its deadline: abandoned, answered CKR_DEVICE_ERROR; the application's next call runs on a new vendor instance"
-                        );
-                        // Counted before the connection ends: its end may let the worker exit.
-                        let counted = ToRouter::Abandoned { slow: a.limit.slow };
-                        let _ = worker.channel.send(&counted, None);
-                        worker.ended(a.connection);
-                    }
-                    // A hello's C_Initialize: its client gave up waiting for the welcome
-                    // already (the shim's connect timeout); the worker is replaced.
-                    if let Some((connection, limit)) = hello {
-                        tracing::error!(
-                            deadline_s = limit.after.as_secs(),
-                            "the vendor's C_Initialize outlived its deadline: abandoned; the application's next connection reaches a new vendor instance"
-                        );
-                        let counted = ToRouter::Abandoned { slow: limit.slow };
-                        let _ = worker.channel.send(&counted, None);
-                        worker.ended(connection);
-                        s.wake_hellos();
-                    }
-                }
-            });
+        self.background("p11-deadline", span, |worker| worker.watch_deadlines());
+    }
+
+    fn watch_deadlines(&self) {
+        let s = &self.state;
+        let initialize = s.watchdog.limit(Function::Initialize.descriptor());
+        loop {
+            std::thread::sleep(s.watchdog.tick());
+            let abandoned = s.watchdog.sweep(Instant::now());
+            let hello = initialize
+                .filter(|_| !self.hung.load(Ordering::Acquire))
+                .and_then(|l| Some((s.initialising_past(l.after)?, l)));
+            if abandoned.is_empty() && hello.is_none() {
+                continue;
+            }
+            self.hung.store(true, Ordering::Release);
+            s.heal.hung();
+            // Leaving before the callers learn of it, when the replacement is due at once:
+            // their next requests reach a leaving worker, which retires them (not
+            // executed), and so run on the new instance.
+            if let Some(broken) = s.heal.due() {
+                self.replace(&broken);
+            }
+            for a in abandoned {
+                a.answer();
+                s.metrics.call(a.function, CKR_DEVICE_ERROR, a.limit.after);
+                tracing::error!(
+                    function = a.function,
+                    deadline_s = a.limit.after.as_secs(),
+                    "a vendor call outlived its deadline: abandoned, answered CKR_DEVICE_ERROR; the application's next call runs on a new vendor instance"
+                );
+                self.count_abandoned(a.limit, a.connection);
+            }
+            // A hello's C_Initialize: the hellos waiting for it get the broken instance's
+            // code (`WorkerState::init_for`).
+            if let Some((connection, limit)) = hello {
+                tracing::error!(
+                    deadline_s = limit.after.as_secs(),
+                    "the vendor's C_Initialize outlived its deadline: abandoned; the application's next connection reaches a new vendor instance"
+                );
+                self.count_abandoned(limit, connection);
+                s.wake_hellos();
+            }
+        }
+    }
+
+    /// Counts an abandoned call with the router, then ends its connection (counted first:
+    /// the end may let the worker exit).
+    fn count_abandoned(&self, limit: deadline::Limit, connection: u64) {
+        let counted = ToRouter::Abandoned { slow: limit.slow };
+        let _ = self.channel.send(&counted, None);
+        self.ended(connection);
     }
 
     /// Lets calls in flight finish (bounded), closes the sessions and finalises the vendor
