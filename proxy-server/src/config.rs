@@ -149,8 +149,9 @@ pub struct Args {
     #[arg(long, value_name = "START:RATE:FULL")]
     pub max_startups: Option<String>,
 
-    /// Most of those connections from one peer address; beyond it, that address's new ones
-    /// are refused at once [default: 256].
+    /// Most of those connections from one peer address; beyond it, a new one of that address
+    /// that has sent nothing yet is refused at once, and one that talks takes the place of
+    /// the address's oldest [default: 256].
     #[arg(long, value_name = "N")]
     pub max_startups_per_peer: Option<usize>,
 

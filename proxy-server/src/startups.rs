@@ -8,9 +8,14 @@
 //!   to 100 % at `full` (random early drop);
 //! - at `full`, the oldest is dropped to make room (an idle connection is the oldest; a real
 //!   client's handshake takes milliseconds);
-//! - one peer address holds at most `per_peer`: beyond it, its new ones are refused at once
-//!   (cheaply: closed before any thread or buffer is spent on them), so that one address
-//!   cannot fill the budget, nor make the server drop other addresses' connections.
+//! - one peer address holds at most `per_peer`, so that one address cannot fill the budget,
+//!   nor make the server drop other addresses' connections. Beyond it, a new connection of
+//!   that address that has already sent something (a real client sends its prelude at once)
+//!   takes the place of that address's oldest, which is dropped: clients behind one NAT or one
+//!   service-mesh sidecar share an address with whatever floods from it, and are served while
+//!   the flood's idle connections are the ones that go. A new one that has sent nothing yet is
+//!   refused at once (cheaply: closed before any thread or buffer is spent on it), so an idle
+//!   flood does not churn the address's share; a client refused so connects again.
 //!
 //! A dropped connection's socket is shut down; the thread reading it then sees the end of
 //! the stream. Refusals and drops are logged as one summary line per interval, not one line
@@ -63,6 +68,22 @@ impl FromStr for Limits {
             per_peer: full,
         })
     }
+}
+
+/// Whether bytes from the peer wait on the socket (looked at, not read).
+fn has_sent_something(fd: BorrowedFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) of at most one byte into a local, without blocking and without taking
+    // it from the socket.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 /// What happened to a new connection.
@@ -166,20 +187,24 @@ impl Startups {
         let socket = fd.try_clone_to_owned().ok()?;
         let mut inner = self.inner.lock();
         let l = self.limits;
-        // One peer's share.
-        if peer.is_some_and(|ip| {
-            inner
-                .per_peer
-                .get(&ip)
-                .is_some_and(|ids| ids.len() >= l.per_peer)
-        }) {
-            inner.refused += 1;
-            self.refused_total.fetch_add(1, Ordering::Relaxed);
-            self.summarise(&mut inner);
-            return None;
+        // One peer's share: a new connection that talks takes its oldest's place.
+        let over_share = peer.and_then(|ip| {
+            let ids = inner.per_peer.get(&ip)?;
+            (ids.len() >= l.per_peer).then(|| ids.first().copied())?
+        });
+        if let Some(oldest) = over_share {
+            if !has_sent_something(fd) {
+                inner.refused += 1;
+                self.refused_total.fetch_add(1, Ordering::Relaxed);
+                self.summarise(&mut inner);
+                return None;
+            }
+            self.drop_connection(&mut inner, oldest);
         }
         let n = inner.open.len();
-        if n >= l.full {
+        if over_share.is_some() {
+            // It took its own address's place: the budget is no fuller than before.
+        } else if n >= l.full {
             if let Some(id) = inner.open.keys().next().copied() {
                 self.drop_connection(&mut inner, id);
             }
@@ -263,7 +288,7 @@ impl Startups {
             refused = inner.refused,
             dropped = inner.dropped,
             open = inner.open.len(),
-            "connections that had not completed their {} were refused (an address over its share, random early drop, or nothing valid sent) or dropped (budget {}:{}:{}, {} per peer address){}",
+            "connections that had not completed their {} were refused (an address over its share sending nothing yet, random early drop, or nothing valid sent) or dropped (an address's oldest for its new one that talks, or the oldest of all when full; budget {}:{}:{}, {} per peer address){}",
             self.what,
             l.start,
             l.rate,
@@ -280,6 +305,7 @@ impl Startups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::{TcpListener, TcpStream};
 
     fn limits(start: usize, rate: u32, full: usize, per_peer: usize) -> Limits {
@@ -301,6 +327,12 @@ mod tests {
         Some(IpAddr::from([10, 0, 0, last]))
     }
 
+    /// Waits until what the client wrote has reached `s`.
+    fn wait_readable(s: &TcpStream) {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.peek(&mut [0u8; 1]).unwrap();
+    }
+
     /// Whether the client end sees the server end shut down.
     fn was_dropped(c: &mut TcpStream) -> bool {
         use std::io::Read;
@@ -309,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_goes_when_full_and_a_peer_is_held_to_its_share() {
+    fn the_oldest_goes_when_full_and_an_address_over_its_share_loses_its_own_oldest() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let b = Startups::new(limits(3, 100, 3, 2), "test");
         let mut conns: Vec<(TcpStream, TcpStream, Option<Ticket>)> = Vec::new();
@@ -319,20 +351,34 @@ mod tests {
             assert!(t.is_some());
             conns.push((c, s, t));
         }
-        // Peer 1 at its share: its new one is refused, nobody is dropped for it.
+        // Peer 1 at its share: a new one that has sent nothing is refused, nobody dropped.
         let (_c, s) = pair(&l);
         assert!(b.admit(ip(1), s.as_fd_ref()).is_none());
         assert!(!was_dropped(&mut conns[0].0));
         assert_eq!(b.refused_total.load(Ordering::Relaxed), 1);
+        // One that talks at once takes the place of its own address's oldest; peer 2 keeps
+        // its place although it is older than the new one.
+        let (mut _c1, s) = pair(&l);
+        _c1.write_all(b"prelude").unwrap();
+        wait_readable(&s);
+        let newest = b.admit(ip(1), s.as_fd_ref());
+        assert!(newest.is_some());
+        assert!(was_dropped(&mut conns[0].0));
+        assert!(!was_dropped(&mut conns[1].0));
+        assert!(!was_dropped(&mut conns[2].0));
+        assert_eq!(b.dropped_total.load(Ordering::Relaxed), 1);
+        assert_eq!(b.refused_total.load(Ordering::Relaxed), 1);
         assert_eq!(b.open(), 3);
-        // Full: a new peer gets in, the oldest (peer 1's first) goes.
+        conns.push((_c1, s, newest));
+        // Full: a new peer gets in, the oldest of all (peer 1's second) goes.
         let (_c, s) = pair(&l);
         let t = b.admit(ip(3), s.as_fd_ref());
         assert!(t.is_some());
-        assert!(was_dropped(&mut conns[0].0));
+        assert!(was_dropped(&mut conns[1].0));
         assert!(!was_dropped(&mut conns[2].0));
+        assert!(!was_dropped(&mut conns[3].0));
         assert_eq!(b.open(), 3);
-        assert_eq!(b.dropped_total.load(Ordering::Relaxed), 1);
+        assert_eq!(b.dropped_total.load(Ordering::Relaxed), 2);
         // Done handshakes give their place back.
         conns.clear();
         drop(t);

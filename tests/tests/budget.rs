@@ -27,11 +27,17 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Holds `n` idle TCP connections to `addr` (never a byte sent) from the one address
-/// 127.0.0.2 (not the application's), opening again each one the server drops, until `stop`.
-fn hold_idle(addr: String, n: usize, stop: Arc<AtomicBool>, reopened: Arc<AtomicUsize>) {
+/// Holds `n` idle TCP connections to `addr` (never a byte sent) from the one address `from`,
+/// opening again each one the server drops, until `stop`.
+fn hold_idle(
+    from: [u8; 4],
+    addr: String,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    reopened: Arc<AtomicUsize>,
+) {
     let connect = || {
-        let c = connect_from([127, 0, 0, 2], &addr).ok()?;
+        let c = connect_from(from, &addr).ok()?;
         c.set_nonblocking(true).ok()?;
         Some(c)
     };
@@ -168,7 +174,10 @@ fn a_real_application_signs_while_thousands_of_connections_never_authenticate() 
     let mut attackers = Vec::new();
     for _ in 0..4 {
         let (a, s, r) = (addr.clone(), stop.clone(), reopened.clone());
-        attackers.push(std::thread::spawn(move || hold_idle(a, 1000, s, r)));
+        // From 127.0.0.2, not the application's address.
+        attackers.push(std::thread::spawn(move || {
+            hold_idle([127, 0, 0, 2], a, 1000, s, r)
+        }));
     }
     for i in 0..200 {
         let (a, s) = (addr.clone(), stop.clone());
@@ -245,6 +254,69 @@ fn a_real_application_signs_while_thousands_of_connections_never_authenticate() 
     // 16 workers for routing ids no hello followed, beside the real application's.
     assert!(peak_rss < 800 * 1024, "{} MiB", peak_rss / 1024);
     assert!(server.log_contains("connections that had not completed their routing prelude"));
+}
+
+/// One application's first steps through the shim (initialise, log in, make a key, sign):
+/// how long they took.
+fn first_signature(server: &ProxyServer, dir: &TempDir) -> Duration {
+    let started = Instant::now();
+    let ctx = proxy_context(server, dir.path());
+    let slot = ctx.get_slots_with_token().unwrap()[0];
+    let s = ctx.open_rw_session(slot).unwrap();
+    s.login(UserType::User, Some(&AuthPin::new(PIN.into())))
+        .unwrap();
+    let (_, private) = s
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::EcParams(P256.to_vec()), Attribute::Token(false)],
+            &[Attribute::Sign(true), Attribute::Token(false)],
+        )
+        .unwrap();
+    s.sign(&Mechanism::Ecdsa, private, &[0x42; 32]).unwrap();
+    let took = started.elapsed();
+    drop(s);
+    ctx.finalize().unwrap();
+    took
+}
+
+/// Clients behind one NAT or one service-mesh sidecar share their address with whatever
+/// floods from it: the address's idle connections make room for a client that talks.
+#[test]
+fn clients_that_share_the_address_of_a_flood_of_idle_connections_are_served() {
+    let _one = one_at_a_time();
+    let hsm = SoftHsm::new("shared");
+    let server = ProxyServer::start_with_metrics(&hsm);
+    let metrics = server.metrics_address();
+    let addr = server.address.trim_start_matches("tcp://").to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reopened = Arc::new(AtomicUsize::new(0));
+    // 4,500 idle connections from 127.0.0.1, the application's own address.
+    let attackers: Vec<_> = (0..3)
+        .map(|_| {
+            let (a, s, r) = (addr.clone(), stop.clone(), reopened.clone());
+            std::thread::spawn(move || hold_idle([127, 0, 0, 1], a, 1500, s, r))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let dir = TempDir::new("shared");
+    let rounds: Vec<Duration> = (0..3).map(|_| first_signature(&server, &dir)).collect();
+    let m = scrape(&metrics);
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.join();
+    }
+    eprintln!(
+        "4,500 idle connections from the clients' own address: 3 clients signed after {:?} ms; {} idle ones re-opened, {} refused, {} dropped",
+        rounds.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+        reopened.load(Ordering::Relaxed),
+        value(&m, "pkcs11_proxy_unauthenticated_refused_total"),
+        value(&m, "pkcs11_proxy_unauthenticated_dropped_total"),
+    );
+    for took in &rounds {
+        assert!(*took < Duration::from_secs(5), "{rounds:?}");
+    }
+    // The flood was real: the address was over its share all along.
+    assert!(value(&m, "pkcs11_proxy_unauthenticated_refused_total") > 1000);
 }
 
 #[test]
