@@ -14,18 +14,24 @@ use protocol::shape::{Bytes, Out};
 /// The result type of the logic behind each C function.
 pub type Rv<T = ()> = Result<T, CK_RV>;
 
-/// Runs a body returning [`Rv`] and turns it into a `CK_RV`, catching panics.
+/// Runs the body of the C function `$name` (returning [`Rv`]) and turns it into a `CK_RV`,
+/// catching panics; one line of the call trace when it is on ([`crate::trace`]).
 macro_rules! entry {
-    ($body:block) => {{
+    ($name:expr, $body:block) => {{
+        let traced = $crate::trace::begin();
         let result =
             ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| -> $crate::ffi::Rv {
                 $body
             }));
-        match result {
+        let rv = match result {
             Ok(Ok(())) => ::cryptoki_sys::CKR_OK,
             Ok(Err(rv)) => rv,
             Err(_) => ::cryptoki_sys::CKR_GENERAL_ERROR,
+        };
+        if let Some(started) = traced {
+            $crate::trace::end($name, started, rv);
         }
+        rv
     }};
 }
 pub(crate) use entry;

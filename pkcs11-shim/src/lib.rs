@@ -20,6 +20,7 @@ pub mod log;
 mod mechanism;
 mod message;
 mod template;
+mod trace;
 
 use std::ffi::c_void;
 
@@ -133,7 +134,7 @@ fn offered() -> &'static [CK_INTERFACE] {
 /// C_GetFunctionList (v2.40 §5.4.4): the v2.40 table; callable before C_Initialize.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
-    entry!({
+    entry!("C_GetFunctionList", {
         *ffi::out(list)? = &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
         Ok(())
     })
@@ -145,7 +146,7 @@ pub unsafe extern "C" fn C_GetInterfaceList(
     list: *mut CK_INTERFACE,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetInterfaceList", {
         let count = ffi::out(count)?;
         let offered = offered();
         let n = offered.len();
@@ -172,7 +173,7 @@ pub unsafe extern "C" fn C_GetInterface(
     interface: *mut *mut CK_INTERFACE,
     flags: CK_FLAGS,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetInterface", {
         let interface = ffi::out(interface)?;
         if !name.is_null()
             && std::ffi::CStr::from_ptr(name as *const std::ffi::c_char).to_bytes() != b"PKCS 11"

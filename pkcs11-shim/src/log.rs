@@ -1,14 +1,17 @@
 //! The shim's log: lines on stderr or appended to a file, filtered by a level chosen with
-//! `PKCS11_PROXY_LOG` (default warn). The shim lives in someone else's process, so it has no
-//! other channel; it never logs PINs or key material.
+//! `PKCS11_PROXY_LOG` (default warn; `trace` adds a line per call, `crate::trace`). The shim
+//! lives in someone else's process, so it has no other channel; it never logs PINs or key
+//! material.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use parking_lot::RwLock;
 
-/// Log level: off, error, warn, info, debug (default warn).
+/// Log level: off, error, warn, info, debug, trace (default warn).
 pub const ENV_LOG: &str = "PKCS11_PROXY_LOG";
 /// Log file (appended to); default stderr.
 pub const ENV_LOG_FILE: &str = "PKCS11_PROXY_LOG_FILE";
@@ -21,6 +24,8 @@ pub enum LogLevel {
     Warn,
     Info,
     Debug,
+    /// Debug, and one line per PKCS#11 call.
+    Trace,
 }
 
 impl FromStr for LogLevel {
@@ -32,9 +37,10 @@ impl FromStr for LogLevel {
             "warn" | "warning" => Self::Warn,
             "info" => Self::Info,
             "debug" => Self::Debug,
+            "trace" => Self::Trace,
             other => {
                 return Err(format!(
-                    "`{other}` is not a level (off, error, warn, info, debug)"
+                    "`{other}` is not a level (off, error, warn, info, debug, trace)"
                 ))
             }
         })
@@ -48,8 +54,17 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-/// The settings in force (configuration errors before them go to stderr at warn).
-static SETTINGS: RwLock<(LogLevel, LogTarget)> = RwLock::new((LogLevel::Warn, LogTarget::Stderr));
+/// The settings in force (configuration errors before them go to stderr at warn), with the
+/// log file open once.
+static SETTINGS: RwLock<(LogLevel, LogTarget, Option<File>)> =
+    RwLock::new((LogLevel::Warn, LogTarget::Stderr, None));
+
+/// Whether calls are traced: not yet known (the environment is read at the first call,
+/// which may come before C_Initialize reads the configuration), no, or yes.
+static TRACING: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const NO: u8 = 1;
+const YES: u8 = 2;
 
 /// Applies the level and target the environment names (before the configuration file is
 /// read, so that its errors go where the operator looks).
@@ -66,7 +81,34 @@ pub fn configure_from_env() {
 
 /// Applies the configuration's level and target.
 pub fn configure(level: LogLevel, target: LogTarget) {
-    *SETTINGS.write() = (level, target);
+    let mut settings = SETTINGS.write();
+    if settings.1 != target || settings.2.is_none() {
+        settings.2 = match &target {
+            LogTarget::Stderr => None,
+            LogTarget::File(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok(),
+        };
+    }
+    settings.0 = level;
+    settings.1 = target;
+    TRACING.store(
+        if level == LogLevel::Trace { YES } else { NO },
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether every call is traced (one atomic load once the environment was read).
+pub fn tracing() -> bool {
+    match TRACING.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            configure_from_env();
+            TRACING.load(Ordering::Relaxed) == YES
+        }
+        state => state == YES,
+    }
 }
 
 /// Writes one line if `level` passes the filter.
@@ -76,20 +118,16 @@ pub fn log(level: LogLevel, msg: &str) {
         return;
     }
     let line = format!("pkcs11-shim[{}] {level:?}: {msg}\n", std::process::id());
-    match &settings.1 {
-        LogTarget::Stderr => {
-            let _ = std::io::stderr().write_all(line.as_bytes());
+    // One write of the whole line: lines of threads writing at once do not mix (O_APPEND).
+    let written = match &settings.2 {
+        Some(file) => {
+            let mut file: &File = file;
+            file.write_all(line.as_bytes()).is_ok()
         }
-        LogTarget::File(path) => {
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| f.write_all(line.as_bytes()));
-            if written.is_err() {
-                let _ = std::io::stderr().write_all(line.as_bytes());
-            }
-        }
+        None => false,
+    };
+    if !written {
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
 }
 

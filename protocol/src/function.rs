@@ -224,6 +224,18 @@ macro_rules! requests {
         }
 
         impl Request {
+            /// Its arguments for a call trace (`session=3, mechanism=CKM_ECDSA, key=7`), each
+            /// as [`crate::trace::Traced`] shows it: never a PIN's, key's or data's bytes.
+            pub fn trace_arguments(&self) -> String {
+                let mut out = String::new();
+                match self {
+                    $(Request::$variant { $($field),* } => {
+                        $($crate::trace::argument(&mut out, stringify!($field), $field);)*
+                    })*
+                }
+                out
+            }
+
             /// The function this request stands for.
             pub fn function(&self) -> Function {
                 match self {

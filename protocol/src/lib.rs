@@ -11,7 +11,8 @@
 //!   both ends may differ in width and endianness.
 //!
 //! This crate does no I/O policy and names no C type (plain integers and owned buffers only),
-//! but in the two small modules both sides convert with: [`ulong`] and [`c_layout`].
+//! but in the two small modules both sides convert with: [`ulong`] and [`c_layout`]. It reads
+//! cryptoki-sys's constants for one thing: the [`names`] of numbers in logs and traces.
 
 pub mod address;
 pub mod attribute;
@@ -26,9 +27,11 @@ pub mod glibc;
 pub mod handshake;
 pub mod mechanism;
 pub mod message;
+pub mod names;
 pub mod objects;
 pub mod shape;
 pub mod stream;
+pub mod trace;
 pub mod ulong;
 
 pub use error::ProtocolError;

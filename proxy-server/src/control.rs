@@ -67,6 +67,8 @@ pub struct WorkerSettings {
     pub deny_mechanisms: Vec<String>,
     pub json_logs: bool,
     pub heal: HealSettings,
+    /// Trace every call of the application (`worker::trace`).
+    pub trace: bool,
 }
 
 /// What an application's worker is told of healing (DESIGN.md, "Healing the HSM side").
@@ -140,6 +142,8 @@ pub enum ToWorker {
     },
     /// Reload the TLS material (SIGHUP).
     Reload,
+    /// Trace the application's calls, or stop (SIGUSR1, SIGUSR2 to the router).
+    Trace { on: bool },
     /// Send a [`ToRouter::Report`]; with `ready`, check the vendor library too.
     Report { ready: bool },
     /// Finish the calls in flight (bounded), close sessions, C_Finalize, exit 0.

@@ -19,7 +19,7 @@ macro_rules! init_fn {
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let mechanism = mechanism::read(mech)?;
                 rv_of(client.call(Request::$variant { session: wire(session), mechanism, key: wire(key) })?)
@@ -40,7 +40,7 @@ macro_rules! update_fn {
             output: *mut CK_BYTE,
             output_len: *mut CK_ULONG,
         ) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let $field = input(part, part_len)?;
                 let buf = OutBuf::new(output, output_len)?;
@@ -57,7 +57,7 @@ macro_rules! final_fn {
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, output: *mut CK_BYTE, output_len: *mut CK_ULONG) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let buf = OutBuf::new(output, output_len)?;
                 let r = client.call(Request::$variant { session: wire(session), capacity: buf.capacity() })?;
@@ -73,7 +73,7 @@ macro_rules! input_fn {
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, part_len: CK_ULONG) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let $field = input(part, part_len)?;
                 rv_of(client.call(Request::$variant { session: wire(session), $field })?)
@@ -106,7 +106,7 @@ pub unsafe extern "C" fn C_DigestInit(
     session: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
 ) -> CK_RV {
-    entry!({
+    entry!("C_DigestInit", {
         let client = client::current()?;
         let mechanism = mechanism::read(mech)?;
         rv_of(client.call(Request::DigestInit {
@@ -122,7 +122,7 @@ input_fn!(/// C_DigestUpdate (v2.40 §5.10.3).
 /// C_DigestKey (v2.40 §5.10.4).
 #[no_mangle]
 pub unsafe extern "C" fn C_DigestKey(session: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
-    entry!({
+    entry!("C_DigestKey", {
         rv_of(client::call(Request::DigestKey {
             session: wire(session),
             key: wire(key),
@@ -156,7 +156,7 @@ pub unsafe extern "C" fn C_Verify(
     signature: *mut CK_BYTE,
     signature_len: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_Verify", {
         let client = client::current()?;
         let data = input(data, data_len)?;
         let signature = input(signature, signature_len)?;

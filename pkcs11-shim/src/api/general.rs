@@ -19,7 +19,7 @@ use crate::ffi::{entry, narrow, padded, rv_of, wire, write_answer};
 /// The shim starts no thread of its own, so CKF_LIBRARY_CANT_CREATE_OS_THREADS is honoured.
 #[no_mangle]
 pub unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
-    entry!({
+    entry!("C_Initialize", {
         let init = (init_args as *const CK_C_INITIALIZE_ARGS)
             .as_ref()
             .map(|args| {
@@ -50,7 +50,7 @@ pub unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
 /// application is finalised; its answer is C_Finalize's.
 #[no_mangle]
 pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
-    entry!({
+    entry!("C_Finalize", {
         if !reserved.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -61,7 +61,7 @@ pub unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
 /// C_GetInfo (v2.40 §5.4.3): the vendor library's information.
 #[no_mangle]
 pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
-    entry!({
+    entry!("C_GetInfo", {
         let client = client::current()?;
         let outputs = Outputs::of(&[!info.is_null()]);
         let r = client.call(Request::GetInfo { outputs })?;
@@ -85,7 +85,7 @@ pub unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
 /// (CKR_FUNCTION_NOT_PARALLEL for a v2.x library).
 #[no_mangle]
 pub unsafe extern "C" fn C_GetFunctionStatus(session: CK_SESSION_HANDLE) -> CK_RV {
-    entry!({
+    entry!("C_GetFunctionStatus", {
         rv_of(client::call(Request::GetFunctionStatus {
             session: wire(session),
         })?)
@@ -95,7 +95,7 @@ pub unsafe extern "C" fn C_GetFunctionStatus(session: CK_SESSION_HANDLE) -> CK_R
 /// C_CancelFunction (v2.40 §5.16): as C_GetFunctionStatus.
 #[no_mangle]
 pub unsafe extern "C" fn C_CancelFunction(session: CK_SESSION_HANDLE) -> CK_RV {
-    entry!({
+    entry!("C_CancelFunction", {
         rv_of(client::call(Request::CancelFunction {
             session: wire(session),
         })?)

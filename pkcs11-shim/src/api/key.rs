@@ -18,7 +18,7 @@ pub unsafe extern "C" fn C_GenerateKey(
     count: CK_ULONG,
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GenerateKey", {
         let client = client::current()?;
         let mechanism = mechanism::read(mech)?;
         let template = template::read(t, count)?;
@@ -46,7 +46,7 @@ pub unsafe extern "C" fn C_GenerateKeyPair(
     public_key: *mut CK_OBJECT_HANDLE,
     private_key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GenerateKeyPair", {
         let client = client::current()?;
         let mechanism = mechanism::read(mech)?;
         let public_template = template::read(public_t, public_count)?;
@@ -82,7 +82,7 @@ pub unsafe extern "C" fn C_WrapKey(
     wrapped: *mut CK_BYTE,
     wrapped_len: *mut CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_WrapKey", {
         let client = client::current()?;
         let mechanism = mechanism::read(mech)?;
         let buf = OutBuf::new(wrapped, wrapped_len)?;
@@ -109,7 +109,7 @@ pub unsafe extern "C" fn C_UnwrapKey(
     count: CK_ULONG,
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_UnwrapKey", {
         let client = client::current()?;
         let mechanism = mechanism::read(mech)?;
         let wrapped_key = input(wrapped, wrapped_len)?;
@@ -136,7 +136,7 @@ pub unsafe extern "C" fn C_DeriveKey(
     count: CK_ULONG,
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_DeriveKey", {
         let client = client::current()?;
         let mechanism = mechanism::read(mech)?;
         let template = template::read(t, count)?;
@@ -158,7 +158,7 @@ pub unsafe extern "C" fn C_SeedRandom(
     seed: *mut CK_BYTE,
     seed_len: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_SeedRandom", {
         let client = client::current()?;
         let seed = input(seed, seed_len)?;
         rv_of(client.call(Request::SeedRandom {
@@ -175,7 +175,7 @@ pub unsafe extern "C" fn C_GenerateRandom(
     data: *mut CK_BYTE,
     data_len: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GenerateRandom", {
         let client = client::current()?;
         let n = len(data_len)?;
         match client.call(Request::GenerateRandom {

@@ -56,7 +56,7 @@ macro_rules! message_init {
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let mechanism = mechanism::read_message_init(mech)?;
                 let ty = (*mech).mechanism;
@@ -74,7 +74,7 @@ macro_rules! message_final {
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let r = rv_of(client.call(Request::$variant { session: wire(session) })?);
                 if r.is_ok() {
@@ -102,7 +102,7 @@ macro_rules! crypt_message {
             output: *mut CK_BYTE,
             output_len: *mut CK_ULONG,
         ) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let param = read_param(&client, session, $op, p, pl)?;
                 let aad = input(aad, aad_len)?;
@@ -121,7 +121,7 @@ macro_rules! crypt_begin {
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, aad: *mut CK_BYTE, aad_len: CK_ULONG) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let param = read_param(&client, session, $op, p, pl)?;
                 let aad = input(aad, aad_len)?;
@@ -146,7 +146,7 @@ macro_rules! crypt_next {
             output_len: *mut CK_ULONG,
             flags: CK_FLAGS,
         ) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let param = read_param(&client, session, $op, p, pl)?;
                 let data = input(part, part_len)?;
@@ -170,7 +170,7 @@ macro_rules! sign_begin {
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "C" fn $name(session: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let param = read_param(&client, session, $op, p, pl)?;
                 finish(client.call(Request::$variant { session: wire(session), param })?, p, pl, None)
@@ -230,7 +230,7 @@ macro_rules! sign_message {
             signature: *mut CK_BYTE,
             signature_len: *mut CK_ULONG,
         ) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let param = read_param(&client, session, OpKind::MessageSign, p, pl)?;
                 let data = input(data, data_len)?;
@@ -269,7 +269,7 @@ macro_rules! verify_message {
             signature: *mut CK_BYTE,
             signature_len: CK_ULONG,
         ) -> CK_RV {
-            entry!({
+            entry!(stringify!($name), {
                 let client = client::current()?;
                 let param = read_param(&client, session, OpKind::MessageVerify, p, pl)?;
                 let data = input(data, data_len)?;

@@ -24,7 +24,7 @@ pub unsafe extern "C" fn C_CreateObject(
     count: CK_ULONG,
     object: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_CreateObject", {
         let client = client::current()?;
         let template = template::read(t, count)?;
         write_handle(
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn C_CopyObject(
     count: CK_ULONG,
     new_object: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_CopyObject", {
         let client = client::current()?;
         let template = template::read(t, count)?;
         let r = client.call(Request::CopyObject {
@@ -66,7 +66,7 @@ pub unsafe extern "C" fn C_DestroyObject(
     session: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_DestroyObject", {
         rv_of(client::call(Request::DestroyObject {
             session: wire(session),
             object: wire(object),
@@ -81,7 +81,7 @@ pub unsafe extern "C" fn C_GetObjectSize(
     object: CK_OBJECT_HANDLE,
     size: *mut CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetObjectSize", {
         let client = client::current()?;
         let r = client.call(Request::GetObjectSize {
             session: wire(session),
@@ -101,7 +101,7 @@ pub unsafe extern "C" fn C_GetAttributeValue(
     t: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetAttributeValue", {
         let client = client::current()?;
         let query = template::query(t, count)?;
         match client.call(Request::GetAttributeValue {
@@ -129,7 +129,7 @@ pub unsafe extern "C" fn C_SetAttributeValue(
     t: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_SetAttributeValue", {
         let client = client::current()?;
         let template = template::read(t, count)?;
         rv_of(client.call(Request::SetAttributeValue {
@@ -147,7 +147,7 @@ pub unsafe extern "C" fn C_FindObjectsInit(
     t: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_FindObjectsInit", {
         let client = client::current()?;
         let template = template::read(t, count)?;
         rv_of(client.call(Request::FindObjectsInit {
@@ -166,7 +166,7 @@ pub unsafe extern "C" fn C_FindObjects(
     max_count: CK_ULONG,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_FindObjects", {
         let client = client::current()?;
         let max = if objects.is_null() {
             0
@@ -200,7 +200,7 @@ pub unsafe extern "C" fn C_FindObjects(
 /// C_FindObjectsFinal (v2.40 §5.7.9).
 #[no_mangle]
 pub unsafe extern "C" fn C_FindObjectsFinal(session: CK_SESSION_HANDLE) -> CK_RV {
-    entry!({
+    entry!("C_FindObjectsFinal", {
         rv_of(client::call(Request::FindObjectsFinal {
             session: wire(session),
         })?)

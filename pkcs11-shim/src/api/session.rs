@@ -20,7 +20,7 @@ pub unsafe extern "C" fn C_OpenSession(
     _notify: CK_NOTIFY,
     session: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_OpenSession", {
         let client = client::current()?;
         let r = client.call(Request::OpenSession {
             slot: wire(slot),
@@ -34,7 +34,7 @@ pub unsafe extern "C" fn C_OpenSession(
 /// C_CloseSession (v2.40 §5.6.2).
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
-    entry!({
+    entry!("C_CloseSession", {
         rv_of(client::call(Request::CloseSession {
             session: wire(session),
         })?)
@@ -44,7 +44,7 @@ pub unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
 /// C_CloseAllSessions (v2.40 §5.6.3): closes this application's sessions on the slot only.
 #[no_mangle]
 pub unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
-    entry!({
+    entry!("C_CloseAllSessions", {
         rv_of(client::call(Request::CloseAllSessions {
             slot: wire(slot),
         })?)
@@ -57,7 +57,7 @@ pub unsafe extern "C" fn C_GetSessionInfo(
     session: CK_SESSION_HANDLE,
     info: *mut CK_SESSION_INFO,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetSessionInfo", {
         let client = client::current()?;
         let r = client.call(Request::GetSessionInfo {
             session: wire(session),
@@ -79,7 +79,7 @@ pub unsafe extern "C" fn C_GetOperationState(
     state: *mut CK_BYTE,
     len: *mut CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetOperationState", {
         let client = client::current()?;
         let buf = OutBuf::new(state, len)?;
         let r = client.call(Request::GetOperationState {
@@ -99,7 +99,7 @@ pub unsafe extern "C" fn C_SetOperationState(
     encryption_key: CK_OBJECT_HANDLE,
     authentication_key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry!({
+    entry!("C_SetOperationState", {
         let client = client::current()?;
         let state = input(state, len)?;
         rv_of(client.call(Request::SetOperationState {
@@ -120,7 +120,7 @@ pub unsafe extern "C" fn C_Login(
     p: *mut CK_UTF8CHAR,
     n: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_Login", {
         let client = client::current()?;
         let pin = pin(p, n)?;
         rv_of(client.call(Request::Login {
@@ -134,7 +134,7 @@ pub unsafe extern "C" fn C_Login(
 /// C_Logout (v2.40 §5.6.8).
 #[no_mangle]
 pub unsafe extern "C" fn C_Logout(session: CK_SESSION_HANDLE) -> CK_RV {
-    entry!({
+    entry!("C_Logout", {
         rv_of(client::call(Request::Logout {
             session: wire(session),
         })?)
@@ -151,7 +151,7 @@ pub unsafe extern "C" fn C_LoginUser(
     username: *mut CK_UTF8CHAR,
     username_len: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_LoginUser", {
         let client = client::current()?;
         let pin = pin(p, n)?;
         let username = input(username, username_len)?;
@@ -167,7 +167,7 @@ pub unsafe extern "C" fn C_LoginUser(
 /// C_SessionCancel (v3.0 §5.6.11).
 #[no_mangle]
 pub unsafe extern "C" fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
-    entry!({
+    entry!("C_SessionCancel", {
         let client = client::current()?;
         rv_of(client.call(Request::SessionCancel {
             session: wire(session),

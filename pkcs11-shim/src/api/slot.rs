@@ -25,7 +25,7 @@ pub unsafe extern "C" fn C_GetSlotList(
     list: *mut CK_SLOT_ID,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetSlotList", {
         let client = client::current()?;
         let buf = OutBuf::new(list, count)?;
         let r = client.call(Request::GetSlotList {
@@ -39,7 +39,7 @@ pub unsafe extern "C" fn C_GetSlotList(
 /// C_GetSlotInfo (v2.40 §5.5.2).
 #[no_mangle]
 pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
-    entry!({
+    entry!("C_GetSlotInfo", {
         let client = client::current()?;
         let outputs = Outputs::of(&[!info.is_null()]);
         let r = client.call(Request::GetSlotInfo {
@@ -59,7 +59,7 @@ pub unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO
 /// C_GetTokenInfo (v2.40 §5.5.3).
 #[no_mangle]
 pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
-    entry!({
+    entry!("C_GetTokenInfo", {
         let client = client::current()?;
         let outputs = Outputs::of(&[!info.is_null()]);
         let r = client.call(Request::GetTokenInfo {
@@ -98,7 +98,7 @@ pub unsafe extern "C" fn C_WaitForSlotEvent(
     slot: *mut CK_SLOT_ID,
     reserved: *mut c_void,
 ) -> CK_RV {
-    entry!({
+    entry!("C_WaitForSlotEvent", {
         let client = client::current()?;
         let request = Request::WaitForSlotEvent {
             flags: wire(flags),
@@ -130,7 +130,7 @@ pub unsafe extern "C" fn C_GetMechanismList(
     list: *mut CK_MECHANISM_TYPE,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetMechanismList", {
         let client = client::current()?;
         let buf = OutBuf::new(list, count)?;
         let r = client.call(Request::GetMechanismList {
@@ -148,7 +148,7 @@ pub unsafe extern "C" fn C_GetMechanismInfo(
     ty: CK_MECHANISM_TYPE,
     info: *mut CK_MECHANISM_INFO,
 ) -> CK_RV {
-    entry!({
+    entry!("C_GetMechanismInfo", {
         let client = client::current()?;
         let r = client.call(Request::GetMechanismInfo {
             slot: wire(slot),
@@ -172,7 +172,7 @@ pub unsafe extern "C" fn C_InitToken(
     pin_len: CK_ULONG,
     label: *mut CK_UTF8CHAR,
 ) -> CK_RV {
-    entry!({
+    entry!("C_InitToken", {
         let client = client::current()?;
         let label = input(label, 32)?;
         let so_pin = pin(so_pin, pin_len)?;
@@ -191,7 +191,7 @@ pub unsafe extern "C" fn C_InitPIN(
     p: *mut CK_UTF8CHAR,
     n: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_InitPIN", {
         let client = client::current()?;
         let pin = pin(p, n)?;
         rv_of(client.call(Request::InitPin {
@@ -210,7 +210,7 @@ pub unsafe extern "C" fn C_SetPIN(
     new: *mut CK_UTF8CHAR,
     new_len: CK_ULONG,
 ) -> CK_RV {
-    entry!({
+    entry!("C_SetPIN", {
         let client = client::current()?;
         let (old_pin, new_pin) = (pin(old, old_len)?, pin(new, new_len)?);
         rv_of(client.call(Request::SetPin {

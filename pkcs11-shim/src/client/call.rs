@@ -51,7 +51,16 @@ impl Client {
         self.call_with(request, true)
     }
 
-    pub(super) fn call_with(&self, mut request: Request, wait: bool) -> Rv<Response> {
+    pub(super) fn call_with(&self, request: Request, wait: bool) -> Rv<Response> {
+        crate::trace::request(&request);
+        let answer = self.call_traced(request, wait);
+        if let Ok(response) = &answer {
+            crate::trace::answer(response);
+        }
+        answer
+    }
+
+    fn call_traced(&self, mut request: Request, wait: bool) -> Rv<Response> {
         // The follow-up of a size query the server completed, and the calls of a search it ran
         // ahead, cost no round trip (DESIGN.md, "Two-call functions").
         let mut prefix = Vec::new();

@@ -169,6 +169,38 @@ pub enum Response {
 }
 
 impl Response {
+    /// What it hands back, for a call trace: a handle, handles, a length, a count (the
+    /// bytes never show; see [`crate::trace`]). Empty when there is nothing to say.
+    pub fn trace_answer(&self) -> String {
+        fn handles(v: &[u64]) -> String {
+            const SHOWN: usize = 16;
+            let mut s: Vec<String> = v.iter().take(SHOWN).map(u64::to_string).collect();
+            if v.len() > SHOWN {
+                s.push(format!("... {} in all", v.len()));
+            }
+            format!("[{}]", s.join(", "))
+        }
+        match self {
+            Response::Handle(h) => format!("handle {h}"),
+            Response::KeyPair {
+                public_key,
+                private_key,
+            } => format!("public {public_key}, private {private_key}"),
+            Response::Size(n) => format!("size {n}"),
+            Response::Ulongs { count, values, .. } if values.is_empty() => format!("count {count}"),
+            Response::Ulongs { values, .. } => handles(values),
+            Response::Output { len, .. }
+            | Response::Completed { out_len: len, .. }
+            | Response::Message { len, .. } => format!("{len} bytes"),
+            Response::Found { objects, .. } => handles(objects),
+            Response::Identified { answer, .. } => answer.trace_answer(),
+            Response::Attributes { values, .. } | Response::AttributesCompleted { values, .. } => {
+                format!("{} attributes", values.len())
+            }
+            _ => String::new(),
+        }
+    }
+
     /// The PKCS#11 return value this response carries.
     pub fn rv(&self) -> u64 {
         match self {

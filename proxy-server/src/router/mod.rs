@@ -61,6 +61,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
             slow_call_deadline: settings.slow_call_deadline,
             ..HealSettings::default()
         },
+        trace: false,
     };
     let workers = Workers::new(
         template,
@@ -122,6 +123,8 @@ pub fn run(settings: Settings) -> Result<(), String> {
     let sig = loop {
         match wait_for_signal(&signals) {
             libc::SIGHUP => router.reload(),
+            libc::SIGUSR1 => router.workers.trace(true),
+            libc::SIGUSR2 => router.workers.trace(false),
             sig => break sig,
         }
     };
@@ -142,8 +145,9 @@ pub fn run(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP (TLS reload) in every thread (threads inherit the mask)
-/// so that the main thread alone receives them with sigwait.
+/// Blocks SIGTERM, SIGINT, SIGHUP (TLS reload), SIGUSR1 and SIGUSR2 (every application's call
+/// trace on and off: `crate::worker` `trace`) in every thread (threads inherit the mask) so
+/// that the main thread alone receives them with sigwait.
 fn block_stop_signals() -> Result<libc::sigset_t, String> {
     // SAFETY: plain libc signal-set manipulation on a local set.
     unsafe {
@@ -152,6 +156,8 @@ fn block_stop_signals() -> Result<libc::sigset_t, String> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err("cannot block SIGTERM/SIGINT".into());
         }

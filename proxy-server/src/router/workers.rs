@@ -148,6 +148,8 @@ pub struct Workers {
     /// their next worker inherits (the backoff step, when the outage began), until the
     /// application leaves.
     replaced: Mutex<HashMap<RoutingId, (InstanceId, Replaced)>>,
+    /// Every application's calls are traced (SIGUSR1 to the router), those to come too.
+    trace_all: AtomicBool,
 }
 
 impl Workers {
@@ -174,6 +176,7 @@ impl Workers {
             stopping: AtomicBool::new(false),
             interface: Mutex::new((0, 0)),
             replaced: Mutex::new(HashMap::new()),
+            trace_all: AtomicBool::new(false),
         }))
     }
 
@@ -332,6 +335,7 @@ impl Workers {
             .map_err(|e| format!("cannot start a worker: {e}"))?;
         drop(theirs);
         let mut settings = self.template.clone();
+        settings.trace = self.trace_all.load(Ordering::Relaxed);
         settings.role = role;
         if let Role::Application(id) = role {
             if let Some((_, r)) = self.replaced.lock().get(&id) {
@@ -528,6 +532,20 @@ impl Workers {
     }
 
     /// Sends SIGHUP's reload to every worker.
+    /// Every application's call trace on or off, those to come included.
+    pub fn trace(&self, on: bool) {
+        self.trace_all.store(on, Ordering::Relaxed);
+        let alive = self.alive.lock();
+        for w in alive.values() {
+            let _ = w.channel.send(&ToWorker::Trace { on }, None);
+        }
+        tracing::info!(
+            workers = alive.len(),
+            "call trace {} for every application",
+            if on { "on" } else { "off" }
+        );
+    }
+
     pub fn reload(&self) {
         for w in self.alive.lock().values() {
             let _ = w.channel.send(&ToWorker::Reload, None);

@@ -99,7 +99,8 @@ pub fn serve(worker: &WorkerState, handed: Handed) {
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     tracing::info!(peer, client = app.id, "client connected");
     let line = worker.watchdog.watch(id, reader);
-    let ended = request_loop(worker, &app, peer, &line);
+    let who = super::trace::identity(&key.1);
+    let ended = request_loop(worker, &app, peer, &who, &line);
     worker.watchdog.unwatch(id);
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = ended {
@@ -231,6 +232,7 @@ fn request_loop(
     worker: &WorkerState,
     app: &Application,
     peer: &str,
+    who: &str,
     line: &Mutex<Line>,
 ) -> Result<(), ProtocolError> {
     let mut frame = Vec::new();
@@ -264,6 +266,7 @@ fn request_loop(
             return Ok(());
         }
         let name = d.name;
+        let traced = super::trace::arguments(&request);
         let started = Instant::now();
         let response = match worker.watchdog.limit(d) {
             Some(limit) => {
@@ -287,6 +290,15 @@ fn request_loop(
         };
         let r = CK_RV::try_from(response.rv()).unwrap_or(CKR_GENERAL_ERROR);
         metrics.call(name, r, started.elapsed());
+        if let Some(arguments) = traced {
+            let call = super::trace::Call {
+                function: name,
+                arguments: &arguments,
+                response: &response,
+                started,
+            };
+            super::trace::line(app.id, peer, who, &call);
+        }
         match r {
             CKR_OK => {}
             _ if is_routine(name, r) => {

@@ -21,6 +21,7 @@ mod mechanism;
 mod readiness;
 mod state;
 mod template;
+mod trace;
 mod ulong;
 
 use std::collections::HashMap;
@@ -89,6 +90,8 @@ pub fn run() -> ExitCode {
         // SAFETY: ignoring a signal has no preconditions.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
+    // Before any thread starts: they inherit the handlers' mask.
+    trace::install();
     let settings = match channel.recv::<ToWorker>() {
         Ok(Some((ToWorker::Start(s), _))) => *s,
         other => {
@@ -101,6 +104,7 @@ pub fn run() -> ExitCode {
     let label = settings.role.label();
     let span = tracing::info_span!("worker", app = %label);
     let _entered = span.enter();
+    trace::set(settings.trace);
     let state = match start(settings) {
         Ok(s) => s,
         Err(reason) => {
@@ -223,6 +227,7 @@ impl Worker {
                         }
                     }
                 }
+                ToWorker::Trace { on } => trace::set(on),
                 ToWorker::Report { ready } => {
                     let mut snapshot = self.state.metrics.snapshot();
                     (snapshot.applications, snapshot.sessions) = self.state.census(&self.label);
