@@ -28,6 +28,22 @@ if [ ! -x "$helm_dir/bin/helm" ] && [ "$(uname -m)" = x86_64 ]; then
     --target "$helm_dir" -r "$req"
   rm -f "$req"
 fi
+# promtool, Prometheus' own checker of rule files (`promtool check rules`, `promtool test
+# rules`), from Debian's prometheus package unpacked under target/tools: the checker alone,
+# never the Prometheus service that installing the package would start.
+prom_dir="$(cd "$(dirname "$0")/.." && pwd)/target/tools/prometheus"
+if [ ! -x "$prom_dir/usr/bin/promtool" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  deb_dir="$(mktemp -d)"
+  if ! (cd "$deb_dir" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    $sudo apt-get update -qq
+    (cd "$deb_dir" && apt-get download -qq prometheus >/dev/null)
+  fi
+  mkdir -p "$prom_dir"
+  dpkg-deb -x "$deb_dir"/prometheus_*.deb "$prom_dir"
+  rm -rf "$deb_dir"
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install the Rust toolchain (https://rustup.rs) first" >&2
   exit 1

@@ -199,8 +199,8 @@ impl Snapshot {
             Scalar::counter("pkcs11_proxy_connections_elsewhere", "Connections whose application is on another server instance (another replica behind the same address) or that came while stopping: answered elsewhere, no worker started.", load(&router.connections_elsewhere)),
             Scalar::counter("pkcs11_proxy_pending_workers_refused", "New applications refused: more than --max-pending-applications started a second.", load(&router.pending_refused)),
             Scalar::gauge("pkcs11_proxy_unauthenticated_connections", "Data-port connections that have not sent their routing prelude yet.", startups.open() as i64),
-            Scalar::counter("pkcs11_proxy_unauthenticated_refused", "Data-port connections refused before their prelude (an address over its share, random early drop, or nothing valid sent).", load(&startups.refused_total)),
-            Scalar::counter("pkcs11_proxy_unauthenticated_dropped", "Data-port connections dropped before their prelude to make room (--max-startups full).", load(&startups.dropped_total)),
+            Scalar::counter("pkcs11_proxy_unauthenticated_refused", "Data-port connections refused before their prelude (a new one of an address over its share that has sent nothing yet, random early drop, or nothing valid sent).", load(&startups.refused_total)),
+            Scalar::counter("pkcs11_proxy_unauthenticated_dropped", "Data-port connections dropped before their prelude to make room (for a new one of the same address that talks, or --max-startups full).", load(&startups.dropped_total)),
             Scalar::counter("pkcs11_proxy_readiness_checks", "Readiness checks that reached the vendor library (/readyz answers from the last one for a second).", load(&router.readiness_checks)),
         ];
         let mut registry = prometheus_client::registry::Registry::default();
