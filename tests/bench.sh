@@ -5,8 +5,14 @@
 # the server counted its requests, CPU of the client process per operation) and the raw
 # loopback round trip of this machine for reference.
 #   usage: tests/bench.sh [SECONDS_PER_RUN] [OPS...]     (default 3 s, all ops)
+#   or:    tests/bench.sh --cluster [DELAY_US] [SECONDS_PER_RUN] [OPS...]
+#          the same at a cluster's latency, over TCP and TLS (tests/bench-cluster.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --cluster ]; then
+  shift
+  exec bash tests/bench-cluster.sh "$@"
+fi
 secs=${1:-3}
 shift || true
 ops=("$@")

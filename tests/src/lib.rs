@@ -1,6 +1,7 @@
 //! Test harness: a throwaway SoftHSM2 token, the real `pkcs11-proxy-server` binary, and
 //! private copies of the PKCS#11 modules so that several instances live in one process.
 
+pub mod delay;
 pub mod fabric;
 pub mod matrix;
 pub mod parity;
