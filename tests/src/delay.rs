@@ -84,3 +84,33 @@ fn precise_sleeps() {
     // SAFETY: prctl(PR_SET_TIMERSLACK) of the calling thread, with a value in nanoseconds.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_round_trip_takes_twice_the_delay_and_bytes_arrive_whole_and_in_order() {
+        let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = echo.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = echo.accept().unwrap();
+            let mut b = vec![0u8; 1000];
+            while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+        });
+        let link = DelayLink::start(&target, Duration::from_millis(2));
+        let mut c = TcpStream::connect(link.address.trim_start_matches("tcp://")).unwrap();
+        c.set_nodelay(true).unwrap();
+        let started = Instant::now();
+        for round in 0..10u8 {
+            let sent: Vec<u8> = (0..1000).map(|i| (i as u8).wrapping_add(round)).collect();
+            c.write_all(&sent).unwrap();
+            let mut got = vec![0u8; 1000];
+            c.read_exact(&mut got).unwrap();
+            assert_eq!(got, sent);
+        }
+        let per_round = started.elapsed() / 10;
+        assert!(per_round >= Duration::from_millis(4), "{per_round:?}");
+        assert!(per_round < Duration::from_millis(40), "{per_round:?}");
+    }
+}
