@@ -2,7 +2,7 @@
 # Installs what the demo and the test suite need on a fresh Debian machine (run as root, or
 # with sudo available). Packages already present are left alone.
 set -euo pipefail
-packages=(python3 softhsm2 opensc gnutls-bin libp11-kit-dev gcc libc6-dev pkg-config golang golang-github-miekg-pkcs11-dev libengine-pkcs11-openssl openssl libnss3 libnss3-tools shellcheck systemd musl-tools binutils)
+packages=(python3 softhsm2 opensc gnutls-bin libp11-kit-dev gcc libc6-dev pkg-config golang golang-github-miekg-pkcs11-dev libengine-pkcs11-openssl openssl libnss3 libnss3-tools shellcheck systemd musl-tools binutils podman runc debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
