@@ -87,6 +87,22 @@ pub enum Deadline {
     Unbounded,
 }
 
+/// The least role an operator's policy must give an identity for it to call a function
+/// (DESIGN.md, "Identities, policy and audit"); without a policy, everyone calls everything.
+/// Ordered: an enroller may do what a signer may, an admin everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    /// What a Fabric peer or orderer needs: sessions and user login, finding objects and
+    /// reading their attributes, signing, verifying, digests, random numbers.
+    Signer,
+    /// What a Fabric CA or `fabric-ca-client enroll` needs besides: generating keys, creating,
+    /// copying and destroying objects, setting their attributes.
+    Enroller,
+    /// Everything else: token management, PINs, encryption and decryption, wrapping,
+    /// unwrapping, derivation, operation states. A new row is here until it says otherwise.
+    Admin,
+}
+
 /// What one PKCS#11 function is, for every rule that depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Descriptor {
@@ -114,6 +130,8 @@ pub struct Descriptor {
     pub changes_view: bool,
     /// How long the vendor may take before the server abandons the call.
     pub deadline: Deadline,
+    /// The least role that may call it under an operator's policy.
+    pub access: Access,
 }
 
 impl Descriptor {
@@ -131,6 +149,7 @@ impl Descriptor {
             recorded: false,
             changes_view: false,
             deadline: Deadline::Call,
+            access: Access::Admin,
         }
     }
 
@@ -182,6 +201,10 @@ impl Descriptor {
 
     pub const fn deadline(self, deadline: Deadline) -> Self {
         Self { deadline, ..self }
+    }
+
+    pub const fn access(self, access: Access) -> Self {
+        Self { access, ..self }
     }
 }
 

@@ -113,6 +113,11 @@ pub struct Args {
     #[arg(long = "deny-mechanism", value_name = "CKM")]
     pub deny_mechanism: Vec<String>,
 
+    /// Identities and what each may reach (TOML; OPERATIONS.md, "Identities and policy"):
+    /// a client that matches none is refused in the handshake. SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
     /// Heal what the HSM breaks (DESIGN.md, "Healing the HSM side"): an application's vendor
     /// instance that lost its device (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, a token gone,
     /// CKR_CRYPTOKI_NOT_INITIALIZED after C_Initialize) is replaced by a new one, with backoff,
@@ -199,6 +204,7 @@ struct FileConfig {
     resume_grace: Option<u64>,
     deny_function: Option<Vec<String>>,
     deny_mechanism: Option<Vec<String>>,
+    policy: Option<PathBuf>,
     heal: Option<Switch>,
     call_deadline: Option<u64>,
     slow_call_deadline: Option<u64>,
@@ -227,6 +233,8 @@ pub struct Settings {
     pub resume_grace: Duration,
     pub deny_functions: Vec<String>,
     pub deny_mechanisms: Vec<String>,
+    /// `--policy`: identities and their rights.
+    pub policy: Option<PathBuf>,
     /// Broken vendor instances are replaced (`--heal`).
     pub heal: bool,
     /// `--call-deadline` and `--slow-call-deadline`, with `--heal on`.
@@ -370,6 +378,7 @@ impl Settings {
             ),
             deny_functions: list(&args.deny_function, file.deny_function),
             deny_mechanisms: list(&args.deny_mechanism, file.deny_mechanism),
+            policy: args.policy.clone().or(file.policy),
             heal: args.heal.or(file.heal).unwrap_or(Switch::On) == Switch::On,
             call_deadline: seconds(
                 "call_deadline",

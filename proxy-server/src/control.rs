@@ -65,6 +65,8 @@ pub struct WorkerSettings {
     pub max_connections: usize,
     pub deny_functions: Vec<String>,
     pub deny_mechanisms: Vec<String>,
+    /// `--policy`: read by the worker at start and at each reload.
+    pub policy: Option<std::path::PathBuf>,
     pub json_logs: bool,
     pub heal: HealSettings,
     /// Trace every call of the application (`worker::trace`).

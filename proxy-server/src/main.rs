@@ -63,7 +63,10 @@ fn check(settings: &Settings) -> Result<(), String> {
     if !std::path::Path::new(&settings.module).exists() {
         return Err(format!("module {}: no such file", settings.module));
     }
-    policy::Policy::new(&settings.deny_functions, &settings.deny_mechanisms)?;
+    policy::Denials::new(&settings.deny_functions, &settings.deny_mechanisms)?;
+    if let Some(path) = &settings.policy {
+        policy::Identities::load(path)?;
+    }
     if let Some(tls) = &settings.tls {
         tls.load()?;
     }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use cryptoki_sys::CK_RV;
+
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -80,4 +82,57 @@ impl Pki {
     pub fn client(&self, file: &str, expired: bool) -> Identity {
         self.issue(file, &[], ExtendedKeyUsagePurpose::ClientAuth, expired)
     }
+}
+
+/// An application through the proxy at `socket` (a private copy of the shim), trusting the
+/// server's CA `ca` and presenting `client`: C_Initialize's answer and the module.
+pub fn tls_client(
+    dir: &crate::TempDir,
+    socket: &str,
+    ca: Option<&Pki>,
+    client: Option<&Identity>,
+) -> (CK_RV, crate::raw::RawModule) {
+    let m = crate::raw::RawModule::load(&crate::private_copy(&crate::shim_path(), dir.path()));
+    let ca_path = ca.map(|p| p.ca.to_string_lossy().into_owned());
+    let cert = client.map(|c| c.cert.to_string_lossy().into_owned());
+    let key = client.map(|c| c.key.to_string_lossy().into_owned());
+    let mut env = vec![
+        ("PKCS11_PROXY_SOCKET", socket),
+        ("PKCS11_PROXY_CONNECT_TIMEOUT_MS", "3000"),
+    ];
+    if let Some(ca) = &ca_path {
+        env.push(("PKCS11_PROXY_TLS_CA", ca));
+    }
+    if let (Some(c), Some(k)) = (&cert, &key) {
+        env.push(("PKCS11_PROXY_TLS_CERT", c));
+        env.push(("PKCS11_PROXY_TLS_KEY", k));
+    }
+    let rv = crate::with_env(&env, || m.initialize());
+    (rv, m)
+}
+
+/// A server on SoftHSM2 `hsm` with a TLS listener (certificate `server`, client CA `pki`)
+/// first and a plain TCP one, and `extra` flags.
+pub fn tls_server(
+    hsm: &crate::SoftHsm,
+    pki: &Pki,
+    server: &Identity,
+    extra: &[&str],
+) -> crate::ProxyServer {
+    let (cert, key, ca) = (
+        server.cert.to_str().unwrap(),
+        server.key.to_str().unwrap(),
+        pki.ca.to_str().unwrap(),
+    );
+    let mut args = vec![
+        "--module",
+        crate::SOFTHSM,
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--listen",
+        "tcp://127.0.0.1:0",
+    ];
+    args.extend(["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca]);
+    args.extend_from_slice(extra);
+    crate::ProxyServer::start_with(hsm, &args, &[])
 }

@@ -8,36 +8,11 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use tests::pki::{Identity, Pki};
+use tests::pki::{tls_client as initialize, tls_server, Pki};
 use tests::raw::RawModule;
-use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM};
+use tests::{ProxyServer, SoftHsm, TempDir, PIN, SOFTHSM};
 
 /// C_Initialize of a fresh shim instance with these settings; the module when it worked.
-fn initialize(
-    dir: &TempDir,
-    socket: &str,
-    ca: Option<&Pki>,
-    client: Option<&Identity>,
-) -> (CK_RV, RawModule) {
-    let m = RawModule::load(&private_copy(&shim_path(), dir.path()));
-    let ca_path = ca.map(|p| p.ca.to_string_lossy().into_owned());
-    let cert = client.map(|c| c.cert.to_string_lossy().into_owned());
-    let key = client.map(|c| c.key.to_string_lossy().into_owned());
-    let mut env = vec![
-        ("PKCS11_PROXY_SOCKET", socket),
-        ("PKCS11_PROXY_CONNECT_TIMEOUT_MS", "3000"),
-    ];
-    if let Some(ca) = &ca_path {
-        env.push(("PKCS11_PROXY_TLS_CA", ca));
-    }
-    if let (Some(c), Some(k)) = (&cert, &key) {
-        env.push(("PKCS11_PROXY_TLS_CERT", c));
-        env.push(("PKCS11_PROXY_TLS_KEY", k));
-    }
-    let rv = with_env(&env, || m.initialize());
-    (rv, m)
-}
-
 /// The module signs a random request through a logged-in session: it is really served.
 fn works(m: &RawModule) {
     let s = m.open_rw(m.first_slot());
@@ -49,25 +24,6 @@ fn works(m: &RawModule) {
         unsafe { m.f().C_GenerateRandom.unwrap()(s, buf.as_mut_ptr(), 16) },
         CKR_OK
     );
-}
-
-fn tls_server(hsm: &SoftHsm, pki: &Pki, server: &Identity, extra: &[&str]) -> ProxyServer {
-    let (cert, key, ca) = (
-        server.cert.to_str().unwrap(),
-        server.key.to_str().unwrap(),
-        pki.ca.to_str().unwrap(),
-    );
-    let mut args = vec![
-        "--module",
-        SOFTHSM,
-        "--listen",
-        "tls://127.0.0.1:0",
-        "--listen",
-        "tcp://127.0.0.1:0",
-    ];
-    args.extend(["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca]);
-    args.extend_from_slice(extra);
-    ProxyServer::start_with(hsm, &args, &[])
 }
 
 /// The server's second address (its plain TCP listener).

@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::attribute::{AttrQuery, Attribute};
-use crate::function::{requests, Chapter::*, Deadline::*, Descriptor, OpKind as Op, Step};
+use crate::function::{
+    requests, Access::*, Chapter::*, Deadline::*, Descriptor, OpKind as Op, Step,
+};
 use crate::mechanism::{Mechanism, MsgParam};
 use crate::shape::{Array, Bytes, Out, Outputs};
 
@@ -53,47 +55,47 @@ requests! {
     // first). C_Finalize finalises the application's vendor instance.
     Initialize {
         args: Option<crate::handshake::InitArgs>,
-    } => d(General, "C_Initialize"),
-    Finalize {} => d(General, "C_Finalize").changes_view(),
+    } => d(General, "C_Initialize").access(Signer),
+    Finalize {} => d(General, "C_Finalize").changes_view().access(Signer),
     GetInfo {
         outputs: Outputs,
-    } => d(General, "C_GetInfo").repeatable(),
+    } => d(General, "C_GetInfo").repeatable().access(Signer),
     GetFunctionStatus {
         session: u64,
-    } => d(General, "C_GetFunctionStatus"),
+    } => d(General, "C_GetFunctionStatus").access(Signer),
     CancelFunction {
         session: u64,
-    } => d(General, "C_CancelFunction"),
+    } => d(General, "C_CancelFunction").access(Signer),
     // Slot and token management (v2.40 §5.5).
     GetSlotList {
         token_present: bool,
         capacity: Out,
-    } => d(SlotToken, "C_GetSlotList").repeatable(),
+    } => d(SlotToken, "C_GetSlotList").repeatable().access(Signer),
     GetSlotInfo {
         slot: u64,
         outputs: Outputs,
-    } => d(SlotToken, "C_GetSlotInfo").repeatable(),
+    } => d(SlotToken, "C_GetSlotInfo").repeatable().access(Signer),
     GetTokenInfo {
         slot: u64,
         outputs: Outputs,
-    } => d(SlotToken, "C_GetTokenInfo").repeatable(),
+    } => d(SlotToken, "C_GetTokenInfo").repeatable().access(Signer),
     /// `reserved`: whether the caller's `pReserved` was not NULL (it must be NULL: the vendor
     /// answers).
     WaitForSlotEvent {
         flags: u64,
         reserved: bool,
         outputs: Outputs,
-    } => d(SlotToken, "C_WaitForSlotEvent").deadline(Unbounded),
+    } => d(SlotToken, "C_WaitForSlotEvent").deadline(Unbounded).access(Signer),
     GetMechanismList {
         slot: u64,
         capacity: Out,
-    } => d(SlotToken, "C_GetMechanismList").repeatable(),
+    } => d(SlotToken, "C_GetMechanismList").repeatable().access(Signer),
     GetMechanismInfo {
         slot: u64,
         /// The mechanism type asked about (`mechanism` names a [`Mechanism`] elsewhere).
         mechanism_type: u64,
         outputs: Outputs,
-    } => d(SlotToken, "C_GetMechanismInfo").repeatable(),
+    } => d(SlotToken, "C_GetMechanismInfo").repeatable().access(Signer),
     InitToken {
         slot: u64,
         so_pin: Pin,
@@ -113,17 +115,17 @@ requests! {
         slot: u64,
         flags: u64,
         outputs: Outputs,
-    } => d(Session, "C_OpenSession").recorded(),
+    } => d(Session, "C_OpenSession").recorded().access(Signer),
     CloseSession {
         session: u64,
-    } => d(Session, "C_CloseSession").recorded().changes_view(),
+    } => d(Session, "C_CloseSession").recorded().changes_view().access(Signer),
     CloseAllSessions {
         slot: u64,
-    } => d(Session, "C_CloseAllSessions").recorded().changes_view(),
+    } => d(Session, "C_CloseAllSessions").recorded().changes_view().access(Signer),
     GetSessionInfo {
         session: u64,
         outputs: Outputs,
-    } => d(Session, "C_GetSessionInfo").repeatable(),
+    } => d(Session, "C_GetSessionInfo").repeatable().access(Signer),
     GetOperationState {
         session: u64,
         capacity: Out,
@@ -138,31 +140,31 @@ requests! {
         session: u64,
         user_type: u64,
         pin: Pin,
-    } => d(Session, "C_Login").carries_pin().recorded().changes_view().deadline(Slow),
+    } => d(Session, "C_Login").carries_pin().recorded().changes_view().deadline(Slow).access(Signer),
     Logout {
         session: u64,
-    } => d(Session, "C_Logout").recorded().changes_view(),
+    } => d(Session, "C_Logout").recorded().changes_view().access(Signer),
     // Object management (v2.40 §5.7).
     CreateObject {
         session: u64,
         template: Array<Attribute>,
         outputs: Outputs,
-    } => d(Object, "C_CreateObject").changes_token().hands_out(),
+    } => d(Object, "C_CreateObject").changes_token().hands_out().access(Enroller),
     CopyObject {
         session: u64,
         object: u64,
         template: Array<Attribute>,
         outputs: Outputs,
-    } => d(Object, "C_CopyObject").changes_token().hands_out(),
+    } => d(Object, "C_CopyObject").changes_token().hands_out().access(Enroller),
     DestroyObject {
         session: u64,
         object: u64,
-    } => d(Object, "C_DestroyObject").changes_token().recorded(),
+    } => d(Object, "C_DestroyObject").changes_token().recorded().access(Enroller),
     GetObjectSize {
         session: u64,
         object: u64,
         outputs: Outputs,
-    } => d(Object, "C_GetObjectSize").repeatable(),
+    } => d(Object, "C_GetObjectSize").repeatable().access(Signer),
     GetAttributeValue {
         session: u64,
         object: u64,
@@ -172,12 +174,12 @@ requests! {
         /// buffer of each length ([`Response::AttributesCompleted`]), so that the
         /// application's follow-up costs no round trip (DESIGN.md, "Two-call functions").
         complete: bool,
-    } => d(Object, "C_GetAttributeValue").repeatable(),
+    } => d(Object, "C_GetAttributeValue").repeatable().access(Signer),
     SetAttributeValue {
         session: u64,
         object: u64,
         template: Array<Attribute>,
-    } => d(Object, "C_SetAttributeValue").changes_token().recorded(),
+    } => d(Object, "C_SetAttributeValue").changes_token().recorded().access(Enroller),
     FindObjectsInit {
         session: u64,
         template: Array<Attribute>,
@@ -185,15 +187,15 @@ requests! {
         /// handles at once, and C_FindObjectsFinal if that exhausted the search
         /// ([`Response::Found`]), so that a search costs one round trip.
         prefetch: u64,
-    } => d(Object, "C_FindObjectsInit").step(Step::Init(Op::Find)).hands_out(),
+    } => d(Object, "C_FindObjectsInit").step(Step::Init(Op::Find)).hands_out().access(Signer),
     FindObjects {
         session: u64,
         max_count: u64,
         outputs: Outputs,
-    } => d(Object, "C_FindObjects").step(Step::Data(&[Op::Find])).hands_out(),
+    } => d(Object, "C_FindObjects").step(Step::Data(&[Op::Find])).hands_out().access(Signer),
     FindObjectsFinal {
         session: u64,
-    } => d(Object, "C_FindObjectsFinal").step(Step::Ends(Op::Find)),
+    } => d(Object, "C_FindObjectsFinal").step(Step::Ends(Op::Find)).access(Signer),
     // Encryption (v2.40 §5.8).
     EncryptInit {
         session: u64,
@@ -238,82 +240,82 @@ requests! {
     DigestInit {
         session: u64,
         mechanism: Mechanism,
-    } => d(Crypto, "C_DigestInit").step(Step::Init(Op::Digest)),
+    } => d(Crypto, "C_DigestInit").step(Step::Init(Op::Digest)).access(Signer),
     Digest {
         session: u64,
         data: Bytes,
         capacity: Out,
-    } => d(Crypto, "C_Digest").step(Step::SinglePart(Op::Digest)),
+    } => d(Crypto, "C_Digest").step(Step::SinglePart(Op::Digest)).access(Signer),
     DigestUpdate {
         session: u64,
         data: Bytes,
-    } => d(Crypto, "C_DigestUpdate").step(Step::Data(&[Op::Digest])),
+    } => d(Crypto, "C_DigestUpdate").step(Step::Data(&[Op::Digest])).access(Signer),
     DigestKey {
         session: u64,
         key: u64,
-    } => d(Crypto, "C_DigestKey").step(Step::Data(&[Op::Digest])),
+    } => d(Crypto, "C_DigestKey").step(Step::Data(&[Op::Digest])).access(Signer),
     DigestFinal {
         session: u64,
         capacity: Out,
-    } => d(Crypto, "C_DigestFinal").step(Step::Final(Op::Digest)),
+    } => d(Crypto, "C_DigestFinal").step(Step::Final(Op::Digest)).access(Signer),
     // Signing and MACing (v2.40 §5.11).
     SignInit {
         session: u64,
         mechanism: Mechanism,
         key: u64,
-    } => d(Crypto, "C_SignInit").step(Step::Init(Op::Sign)),
+    } => d(Crypto, "C_SignInit").step(Step::Init(Op::Sign)).access(Signer),
     Sign {
         session: u64,
         data: Bytes,
         capacity: Out,
-    } => d(Crypto, "C_Sign").step(Step::SinglePart(Op::Sign)),
+    } => d(Crypto, "C_Sign").step(Step::SinglePart(Op::Sign)).access(Signer),
     SignUpdate {
         session: u64,
         data: Bytes,
-    } => d(Crypto, "C_SignUpdate").step(Step::Data(&[Op::Sign])),
+    } => d(Crypto, "C_SignUpdate").step(Step::Data(&[Op::Sign])).access(Signer),
     SignFinal {
         session: u64,
         capacity: Out,
-    } => d(Crypto, "C_SignFinal").step(Step::Final(Op::Sign)),
+    } => d(Crypto, "C_SignFinal").step(Step::Final(Op::Sign)).access(Signer),
     SignRecoverInit {
         session: u64,
         mechanism: Mechanism,
         key: u64,
-    } => d(Crypto, "C_SignRecoverInit").step(Step::Init(Op::SignRecover)),
+    } => d(Crypto, "C_SignRecoverInit").step(Step::Init(Op::SignRecover)).access(Signer),
     SignRecover {
         session: u64,
         data: Bytes,
         capacity: Out,
-    } => d(Crypto, "C_SignRecover").step(Step::SinglePart(Op::SignRecover)),
+    } => d(Crypto, "C_SignRecover").step(Step::SinglePart(Op::SignRecover)).access(Signer),
     // Verifying signatures and MACs (v2.40 §5.12).
     VerifyInit {
         session: u64,
         mechanism: Mechanism,
         key: u64,
-    } => d(Crypto, "C_VerifyInit").step(Step::Init(Op::Verify)),
+    } => d(Crypto, "C_VerifyInit").step(Step::Init(Op::Verify)).access(Signer),
     Verify {
         session: u64,
         data: Bytes,
         signature: Bytes,
-    } => d(Crypto, "C_Verify").step(Step::Ends(Op::Verify)),
+    } => d(Crypto, "C_Verify").step(Step::Ends(Op::Verify)).access(Signer),
     VerifyUpdate {
         session: u64,
         data: Bytes,
-    } => d(Crypto, "C_VerifyUpdate").step(Step::Data(&[Op::Verify])),
+    } => d(Crypto, "C_VerifyUpdate").step(Step::Data(&[Op::Verify])).access(Signer),
     VerifyFinal {
         session: u64,
         signature: Bytes,
-    } => d(Crypto, "C_VerifyFinal").step(Step::Ends(Op::Verify)),
+    } => d(Crypto, "C_VerifyFinal").step(Step::Ends(Op::Verify)).access(Signer),
     VerifyRecoverInit {
         session: u64,
         mechanism: Mechanism,
         key: u64,
-    } => d(Crypto, "C_VerifyRecoverInit").step(Step::Init(Op::VerifyRecover)),
+    } => d(Crypto, "C_VerifyRecoverInit").step(Step::Init(Op::VerifyRecover)).access(Signer),
     VerifyRecover {
         session: u64,
         signature: Bytes,
         capacity: Out,
-    } => d(Crypto, "C_VerifyRecover").step(Step::SinglePart(Op::VerifyRecover)),
+    } => d(Crypto, "C_VerifyRecover").step(Step::SinglePart(Op::VerifyRecover)).access(Signer),
     // Dual-function cryptographic functions (v2.40 §5.13).
     DigestEncryptUpdate {
         session: u64,
@@ -341,14 +343,14 @@ requests! {
         mechanism: Mechanism,
         template: Array<Attribute>,
         outputs: Outputs,
-    } => d(Key, "C_GenerateKey").changes_token().hands_out().deadline(Slow),
+    } => d(Key, "C_GenerateKey").changes_token().hands_out().deadline(Slow).access(Enroller),
     GenerateKeyPair {
         session: u64,
         mechanism: Mechanism,
         public_template: Array<Attribute>,
         private_template: Array<Attribute>,
         outputs: Outputs,
-    } => d(Key, "C_GenerateKeyPair").changes_token().hands_out().deadline(Slow),
+    } => d(Key, "C_GenerateKeyPair").changes_token().hands_out().deadline(Slow).access(Enroller),
     WrapKey {
         session: u64,
         mechanism: Mechanism,
@@ -375,23 +377,23 @@ requests! {
     SeedRandom {
         session: u64,
         seed: Bytes,
-    } => d(Key, "C_SeedRandom"),
+    } => d(Key, "C_SeedRandom").access(Signer),
     GenerateRandom {
         session: u64,
         len: u64,
         outputs: Outputs,
-    } => d(Key, "C_GenerateRandom").repeatable(),
+    } => d(Key, "C_GenerateRandom").repeatable().access(Signer),
     // PKCS#11 v3.0 additions (v3.0 §5.6, §5.9 to §5.16).
     LoginUser {
         session: u64,
         user_type: u64,
         pin: Pin,
         username: Bytes,
-    } => d(Session, "C_LoginUser").carries_pin().recorded().changes_view().deadline(Slow),
+    } => d(Session, "C_LoginUser").carries_pin().recorded().changes_view().deadline(Slow).access(Signer),
     SessionCancel {
         session: u64,
         flags: u64,
-    } => d(Session, "C_SessionCancel").step(Step::Forget),
+    } => d(Session, "C_SessionCancel").step(Step::Forget).access(Signer),
     MessageEncryptInit {
         session: u64,
         mechanism: Mechanism,
@@ -450,59 +452,59 @@ requests! {
         session: u64,
         mechanism: Mechanism,
         key: u64,
-    } => d(Message, "C_MessageSignInit").step(Step::Init(Op::MessageSign)),
+    } => d(Message, "C_MessageSignInit").step(Step::Init(Op::MessageSign)).access(Signer),
     SignMessage {
         session: u64,
         param: MsgParam,
         data: Bytes,
         capacity: Out,
-    } => d(Message, "C_SignMessage"),
+    } => d(Message, "C_SignMessage").access(Signer),
     SignMessageBegin {
         session: u64,
         param: MsgParam,
-    } => d(Message, "C_SignMessageBegin").step(Step::Data(&[Op::MessageSign])),
+    } => d(Message, "C_SignMessageBegin").step(Step::Data(&[Op::MessageSign])).access(Signer),
     /// A `capacity` without a length pointer is "not the last part" (v3.0 §5.14.4).
     SignMessageNext {
         session: u64,
         param: MsgParam,
         data: Bytes,
         capacity: Out,
-    } => d(Message, "C_SignMessageNext").step(Step::Data(&[Op::MessageSign])),
+    } => d(Message, "C_SignMessageNext").step(Step::Data(&[Op::MessageSign])).access(Signer),
     MessageSignFinal {
         session: u64,
-    } => d(Message, "C_MessageSignFinal").step(Step::Ends(Op::MessageSign)),
+    } => d(Message, "C_MessageSignFinal").step(Step::Ends(Op::MessageSign)).access(Signer),
     MessageVerifyInit {
         session: u64,
         mechanism: Mechanism,
         key: u64,
-    } => d(Message, "C_MessageVerifyInit").step(Step::Init(Op::MessageVerify)),
+    } => d(Message, "C_MessageVerifyInit").step(Step::Init(Op::MessageVerify)).access(Signer),
     VerifyMessage {
         session: u64,
         param: MsgParam,
         data: Bytes,
         signature: Bytes,
-    } => d(Message, "C_VerifyMessage"),
+    } => d(Message, "C_VerifyMessage").access(Signer),
     VerifyMessageBegin {
         session: u64,
         param: MsgParam,
-    } => d(Message, "C_VerifyMessageBegin").step(Step::Data(&[Op::MessageVerify])),
+    } => d(Message, "C_VerifyMessageBegin").step(Step::Data(&[Op::MessageVerify])).access(Signer),
     /// `signature` is `None` when the caller's `pSignature` is NULL (not the last part).
     VerifyMessageNext {
         session: u64,
         param: MsgParam,
         data: Bytes,
         signature: Bytes,
-    } => d(Message, "C_VerifyMessageNext").step(Step::Data(&[Op::MessageVerify])),
+    } => d(Message, "C_VerifyMessageNext").step(Step::Data(&[Op::MessageVerify])).access(Signer),
     MessageVerifyFinal {
         session: u64,
-    } => d(Message, "C_MessageVerifyFinal").step(Step::Ends(Op::MessageVerify)),
+    } => d(Message, "C_MessageVerifyFinal").step(Step::Ends(Op::MessageVerify)).access(Signer),
     /// Not a PKCS#11 function: the identity of objects handed out earlier, for the shim's
     /// recovery, when it did not come with the answer that handed them out (another thread
     /// got it). Answered with [`Response::Identified`] around `CKR_OK`.
     IdentifyObjects {
         session: u64,
         objects: Vec<u64>,
-    } => d(Object, "C_GetAttributeValue"),
+    } => d(Object, "C_GetAttributeValue").access(Signer),
 }
 
 impl Request {

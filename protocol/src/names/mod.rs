@@ -40,6 +40,14 @@ pub fn attribute(value: u64) -> Option<&'static str> {
     find(attribute::NAMES, value)
 }
 
+/// The value of the mechanism named `name` (`CKM_ECDSA`), for configuration files.
+pub fn mechanism_value(name: &str) -> Option<u64> {
+    mechanism::NAMES
+        .iter()
+        .find(|&&(_, n)| n == name)
+        .map(|&(v, _)| v)
+}
+
 /// The name, or the value in hex: a label that is always one word.
 pub fn or_hex(name: Option<&'static str>, value: u64) -> String {
     match name {
@@ -69,6 +77,8 @@ mod tests {
         assert_eq!(mechanism(0x1040), Some("CKM_EC_KEY_PAIR_GEN"));
         assert_eq!(attribute(0x102), Some("CKA_ID"));
         assert_eq!(attribute(0x180), Some("CKA_EC_PARAMS"));
+        assert_eq!(mechanism_value("CKM_ECDSA"), Some(0x1041));
+        assert_eq!(mechanism_value("CKM_NOPE"), None);
         assert_eq!(rv(0x8000_0001), None);
         assert_eq!(or_hex(rv(0x8000_0001), 0x8000_0001), "0x80000001");
     }

@@ -28,7 +28,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> Result<(), String> {
-    crate::policy::Policy::new(&settings.deny_functions, &settings.deny_mechanisms)?;
+    crate::policy::Denials::new(&settings.deny_functions, &settings.deny_mechanisms)?;
+    let identities = match &settings.policy {
+        Some(path) => Some(crate::policy::Identities::load(path)?.len()),
+        None => None,
+    };
     if let Some(tls) = &settings.tls {
         tls.load()?;
     }
@@ -52,6 +56,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         max_connections: settings.max_connections,
         deny_functions: settings.deny_functions.clone(),
         deny_mechanisms: settings.deny_mechanisms.clone(),
+        policy: settings.policy.clone(),
         json_logs: settings.log_format == LogFormat::Json,
         heal: HealSettings {
             // One vendor instance for every application: replacing it is not one
@@ -94,6 +99,9 @@ pub fn run(settings: Settings) -> Result<(), String> {
     };
     if !settings.deny_functions.is_empty() || !settings.deny_mechanisms.is_empty() {
         tracing::info!(functions = ?settings.deny_functions, mechanisms = ?settings.deny_mechanisms, "policy: refusing these to every client");
+    }
+    if let (Some(path), Some(n)) = (&settings.policy, identities) {
+        tracing::info!(policy = %path.display(), identities = n, "policy: serving these identities only");
     }
     let listeners: Vec<Arc<Listener>> = listeners.into_iter().map(Arc::new).collect();
     let router = Arc::new(Router {

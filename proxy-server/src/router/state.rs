@@ -37,11 +37,9 @@ impl Router {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Reloads the TLS material (SIGHUP): the router checks it, every worker reloads it.
+    /// Reloads the TLS material and the policy (SIGHUP): every worker reads them again.
     pub fn reload(&self) {
-        if self.access.tls {
-            self.workers.reload();
-            tracing::info!("TLS reload sent to every worker");
-        }
+        self.workers.reload();
+        tracing::info!("reload (TLS files, policy) sent to every worker");
     }
 }

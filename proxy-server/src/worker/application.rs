@@ -8,9 +8,12 @@
 //! another answers `CKR_SESSION_HANDLE_INVALID` (v2.40 §5.6).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use cryptoki_sys::*;
 use parking_lot::Mutex;
+
+use crate::policy::{Identities, Policy, Presented, Rights};
 
 /// One application's view: the sessions it opened.
 pub struct Application {
@@ -24,6 +27,11 @@ pub struct Application {
     pub identify_objects: bool,
     /// The objects whose identity it was sent (`identify`).
     identified: Mutex<HashSet<u64>>,
+    /// What its client presented (certificate, uid), for the policy's identities.
+    presented: Presented,
+    /// Its rights under the identities they were worked out from (found again when a reload
+    /// replaces them: live applications get new rules at their next call).
+    rights: Mutex<(Option<Arc<Identities>>, Rights)>,
 }
 
 /// Most objects remembered as identified for one application; past it the memory starts
@@ -31,14 +39,32 @@ pub struct Application {
 const MAX_IDENTIFIED: usize = 65_536;
 
 impl Application {
-    pub fn new(id: u64, shared_vendor: bool, identify_objects: bool) -> Self {
+    pub fn new(id: u64, shared_vendor: bool, identify_objects: bool, presented: Presented) -> Self {
         Self {
             id,
             shared_vendor,
             sessions: Mutex::new(HashMap::new()),
             identify_objects,
             identified: Mutex::new(HashSet::new()),
+            presented,
+            rights: Mutex::new((None, Rights::Everything)),
         }
+    }
+
+    /// What it may call under the policy in force.
+    pub fn rights(&self, policy: &Policy) -> Rights {
+        let current = policy.identities();
+        let mut cached = self.rights.lock();
+        let same = match (&cached.0, &current) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            cached.1 = Rights::of(current.as_deref(), &self.presented);
+            cached.0 = current;
+        }
+        cached.1.clone()
     }
 
     /// Whether `object` is handed out to the application for the first time (its identity

@@ -201,6 +201,23 @@ fn handshake(
         );
         return None;
     }
+    // With a policy, a client no identity matches is refused (deny by default).
+    if let Some(identities) = worker.policy.identities() {
+        let presented = crate::policy::Presented::of(&identity);
+        if identities.find(&presented).is_none() {
+            release();
+            tracing::warn!(
+                peer,
+                presented = %presented.describe(),
+                "handshake refused: no identity of the policy matches this client"
+            );
+            refuse(
+                &mut reader,
+                "no identity of the server's policy matches this client's credentials".into(),
+            );
+            return None;
+        }
+    }
     let key = (hello.client_id, identity);
     let app = match worker.attach(&key, hello.identify_objects) {
         Ok(app) => app,

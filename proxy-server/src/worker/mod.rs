@@ -12,6 +12,7 @@
 
 mod application;
 mod backend;
+mod confine;
 mod connection;
 mod deadline;
 mod dispatch;
@@ -160,7 +161,11 @@ pub fn run() -> ExitCode {
 /// Loads the vendor library (and, for a shared or probe worker, initialises it) and the TLS
 /// material.
 fn start(settings: WorkerSettings) -> Result<WorkerState, String> {
-    let policy = crate::policy::Policy::new(&settings.deny_functions, &settings.deny_mechanisms)?;
+    let policy = crate::policy::Policy::load(
+        &settings.deny_functions,
+        &settings.deny_mechanisms,
+        settings.policy.clone(),
+    )?;
     let backend = Backend::load(&settings.module)?;
     let tls = settings.tls.clone().map(TlsListener::new).transpose()?;
     let initialised = !matches!(settings.role, Role::Application(_));
@@ -216,6 +221,7 @@ impl Worker {
                     }
                 }
                 ToWorker::Reload => {
+                    self.state.policy.reload();
                     if let Some(tls) = &self.state.tls {
                         match tls.reload() {
                             Ok(()) => {

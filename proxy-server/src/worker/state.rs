@@ -216,6 +216,7 @@ impl WorkerState {
                 self.next_app.fetch_add(1, Ordering::Relaxed),
                 shared_vendor,
                 identify_objects,
+                crate::policy::Presented::of(&key.1),
             )),
             connections: 0,
             left_at: None,

@@ -26,7 +26,14 @@ use crate::worker::ulong::{to_ulong, wire};
 /// the instance goes to the vendor), else the vendor, whose answer tells whether the instance
 /// lost its device.
 pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Response {
-    if let Some(rv) = worker.policy.check(&request) {
+    if let Some(rv) = worker.policy.denials.check(&request) {
+        return Response::Rv(wire(rv));
+    }
+    let rights = app.rights(&worker.policy);
+    if let Err(refusal) = rights.check(&request) {
+        return Response::Rv(wire(refusal));
+    }
+    if let Some(rv) = crate::worker::confine::hidden_slot(worker, &rights, &request) {
         return Response::Rv(wire(rv));
     }
     let seen = Seen::from(&request);
@@ -42,6 +49,7 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
         .filter(|_| {
             worker
                 .policy
+                .denials
                 .allows(Function::GetAttributeValue.descriptor().name)
         });
     let answer = match request.descriptor().chapter {

@@ -5,6 +5,7 @@ use protocol::message::{MechanismInfo, Request, Response, SlotInfo, TokenInfo};
 
 use super::answer::{handle, misrouted, ok_then, out_ptr, rv, version};
 use crate::worker::application::Application;
+use crate::worker::confine;
 use crate::worker::state::WorkerState;
 use crate::worker::ulong::{to_ulong, wire};
 
@@ -16,7 +17,11 @@ pub fn call(w: &WorkerState, app: &Application, request: Request) -> Result<Resp
             token_present,
             capacity,
         } => {
-            let (r, count, values) = b.slot_list(token_present, capacity);
+            let rights = app.rights(&w.policy);
+            let (r, count, values) = match rights.token_limits() {
+                Some(identity) => confine::visible_slot_list(w, identity, token_present, capacity),
+                None => b.slot_list(token_present, capacity),
+            };
             Ok(Response::Ulongs {
                 rv: wire(r),
                 count: wire(count),

@@ -1,6 +1,6 @@
-//! The operator's policy: PKCS#11 functions and mechanisms this server refuses to serve
-//! (`--deny-function C_InitToken`, `--deny-mechanism 0x1`), whatever the vendor library
-//! allows. A denied function answers CKR_FUNCTION_NOT_SUPPORTED, a denied mechanism
+//! The operator's denials for every client: PKCS#11 functions and mechanisms this server
+//! refuses to serve (`--deny-function C_InitToken`, `--deny-mechanism 0x1`), whatever the
+//! vendor library allows. A denied function answers CKR_FUNCTION_NOT_SUPPORTED, a denied mechanism
 //! CKR_MECHANISM_INVALID, each with a log line naming it.
 
 use std::collections::HashSet;
@@ -10,12 +10,12 @@ use protocol::message::Request;
 
 /// What is denied.
 #[derive(Debug, Default)]
-pub struct Policy {
+pub struct Denials {
     functions: HashSet<String>,
     mechanisms: HashSet<u64>,
 }
 
-impl Policy {
+impl Denials {
     /// Builds the policy; names must be PKCS#11 function names (`C_...`), mechanisms numbers
     /// (decimal or 0x hex, as in the vendor's documentation).
     pub fn new(functions: &[String], mechanisms: &[String]) -> Result<Self, String> {

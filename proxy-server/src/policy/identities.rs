@@ -1,0 +1,478 @@
+//! `--policy FILE` (DESIGN.md, "Identities, policy and audit"): the identities this server
+//! serves, each matched by what its client presents, and what each may call. With a policy,
+//! a client that matches no identity is refused in the handshake (deny by default).
+//!
+//! ```toml
+//! [[identity]]
+//! name = "org1-peer0"
+//! certificate_cn = "peer0.org1.example.com"   # or certificate_dns, certificate_sha256, uid
+//! role = "signer"                             # signer (default), enroller, admin
+//! allow_functions = ["C_EncryptInit", "C_Encrypt"]   # beyond the role
+//! deny_functions = ["C_SeedRandom"]                  # within the role
+//! allow_mechanisms = ["CKM_ECDSA", "CKM_EC_KEY_PAIR_GEN"]   # only these (names or numbers)
+//! deny_mechanisms = ["0x1"]
+//! tokens = ["org1", "shared-*"]               # token labels it sees (`*`: any run)
+//! ```
+//!
+//! What a call beyond an identity's rights gets (each with a log line naming the identity):
+//! a function its role does not include, or denied, `CKR_FUNCTION_NOT_SUPPORTED` (as a
+//! library without it); a mechanism not allowed, `CKR_MECHANISM_INVALID`; C_Login or
+//! C_LoginUser as the Security Officer by an identity that is not `admin`,
+//! `CKR_USER_TYPE_INVALID`. With `tokens`, a slot whose token's label matches none of them is
+//! not there: absent from C_GetSlotList, and `CKR_SLOT_ID_INVALID` for every call naming it
+//! (one proxy then serves several partitions, each identity seeing its own).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use cryptoki_sys::*;
+use protocol::function::Access;
+use protocol::message::{Function, Request};
+use serde::Deserialize;
+
+use super::presented::Presented;
+
+/// One `[[identity]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    name: String,
+    certificate_cn: Option<String>,
+    certificate_dns: Option<String>,
+    certificate_sha256: Option<String>,
+    uid: Option<u32>,
+    #[serde(default)]
+    role: Role,
+    #[serde(default)]
+    allow_functions: Vec<String>,
+    #[serde(default)]
+    deny_functions: Vec<String>,
+    #[serde(default)]
+    allow_mechanisms: Vec<String>,
+    #[serde(default)]
+    deny_mechanisms: Vec<String>,
+    tokens: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    identity: Vec<IdentityFile>,
+}
+
+/// The roles of the policy file, as [`Access`] levels.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    #[default]
+    Signer,
+    Enroller,
+    Admin,
+}
+
+impl From<Role> for Access {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Signer => Access::Signer,
+            Role::Enroller => Access::Enroller,
+            Role::Admin => Access::Admin,
+        }
+    }
+}
+
+/// What an identity is matched by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Match {
+    Cn(String),
+    Dns(String),
+    Sha256(String),
+    Uid(u32),
+}
+
+impl Match {
+    fn matches(&self, presented: &Presented) -> bool {
+        match (self, presented) {
+            (Match::Cn(want), Presented::Certificate { cn: Some(cn), .. }) => want == cn,
+            (Match::Dns(want), Presented::Certificate { dns, .. }) => {
+                dns.iter().any(|d| d.eq_ignore_ascii_case(want))
+            }
+            (Match::Sha256(want), Presented::Certificate { sha256, .. }) => want == sha256,
+            (Match::Uid(want), Presented::Uid(uid)) => want == uid,
+            _ => false,
+        }
+    }
+}
+
+/// A refused call: the answer, and why (for the log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub rv: CK_RV,
+    pub why: String,
+}
+
+/// One identity of the policy and what it may call.
+#[derive(Debug)]
+pub struct Identity {
+    pub name: String,
+    matched_by: Match,
+    access: Access,
+    allowed_functions: HashSet<Function>,
+    denied_functions: HashSet<Function>,
+    allowed_mechanisms: HashSet<u64>,
+    denied_mechanisms: HashSet<u64>,
+    /// Patterns of the token labels it sees; `None`: every token.
+    tokens: Option<Vec<String>>,
+}
+
+impl Identity {
+    /// Whether it sees the token labelled `label` (the label as CK_TOKEN_INFO pads it).
+    pub fn sees_token(&self, label: &[u8]) -> bool {
+        let label = trim_padding(label);
+        match &self.tokens {
+            None => true,
+            Some(patterns) => patterns
+                .iter()
+                .any(|p| super::glob::matches(p.as_bytes(), label)),
+        }
+    }
+
+    /// Whether it sees only some tokens.
+    pub fn limits_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The refusal of `request`, if this identity may not make it.
+    pub fn check(&self, request: &Request) -> Result<(), Refusal> {
+        let function = request.function();
+        let d = function.descriptor();
+        let granted = d.access <= self.access || self.allowed_functions.contains(&function);
+        if !granted || self.denied_functions.contains(&function) {
+            return Err(Refusal {
+                rv: CKR_FUNCTION_NOT_SUPPORTED,
+                why: format!("{} is not among its functions", d.name),
+            });
+        }
+        if let Request::Login { user_type, .. } | Request::LoginUser { user_type, .. } = request {
+            if *user_type == protocol::ulong::wire(CKU_SO) && self.access < Access::Admin {
+                return Err(Refusal {
+                    rv: CKR_USER_TYPE_INVALID,
+                    why: format!("{} as the Security Officer needs the admin role", d.name),
+                });
+            }
+        }
+        if let Some(m) = request.mechanism() {
+            let allowed =
+                self.allowed_mechanisms.is_empty() || self.allowed_mechanisms.contains(&m.ty);
+            if !allowed || self.denied_mechanisms.contains(&m.ty) {
+                let name = protocol::names::or_hex(protocol::names::mechanism(m.ty), m.ty);
+                return Err(Refusal {
+                    rv: CKR_MECHANISM_INVALID,
+                    why: format!("{name} is not among its mechanisms"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every identity of a policy file, in its order.
+#[derive(Debug)]
+pub struct Identities {
+    list: Vec<Arc<Identity>>,
+}
+
+impl Identities {
+    /// Reads and checks a policy file: every error names the identity and the key.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("policy {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("policy {}: {e}", path.display()))
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        if file.identity.is_empty() {
+            return Err("no [[identity]]: every client would be refused".into());
+        }
+        let mut names = HashSet::new();
+        let mut list = Vec::new();
+        for i in file.identity {
+            if !names.insert(i.name.clone()) {
+                return Err(format!("identity {:?} is named twice", i.name));
+            }
+            list.push(Arc::new(build(i)?));
+        }
+        Ok(Self { list })
+    }
+
+    /// The identity of a client that presented `presented`: the first that matches.
+    pub fn find(&self, presented: &Presented) -> Option<Arc<Identity>> {
+        self.list
+            .iter()
+            .find(|i| i.matched_by.matches(presented))
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+}
+
+fn build(i: IdentityFile) -> Result<Identity, String> {
+    let name = i.name;
+    let at = |what: String| format!("identity {name:?}: {what}");
+    let matches: Vec<Match> = [
+        i.certificate_cn.map(Match::Cn),
+        i.certificate_dns.map(Match::Dns),
+        i.certificate_sha256
+            .map(|h| Match::Sha256(h.replace(':', "").to_ascii_lowercase())),
+        i.uid.map(Match::Uid),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let [matched_by] = <[Match; 1]>::try_from(matches).map_err(|m| {
+        at(format!(
+            "needs exactly one of certificate_cn, certificate_dns, certificate_sha256 and uid ({} given)",
+            m.len()
+        ))
+    })?;
+    if let Match::Sha256(h) = &matched_by {
+        if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(at(format!("certificate_sha256 {h:?} is not 64 hex digits")));
+        }
+    }
+    let functions = |list: &[String], key: &str| -> Result<HashSet<Function>, String> {
+        list.iter()
+            .map(|f| {
+                Function::ALL
+                    .iter()
+                    .copied()
+                    .find(|x| x.descriptor().name == f)
+                    .ok_or_else(|| {
+                        at(format!(
+                            "{key}: {f} is not a PKCS#11 function the proxy serves"
+                        ))
+                    })
+            })
+            .collect()
+    };
+    let mechanisms = |list: &[String], key: &str| -> Result<HashSet<u64>, String> {
+        list.iter()
+            .map(|m| {
+                mechanism_value(m)
+                    .ok_or_else(|| at(format!("{key}: {m} is neither a CKM_ name nor a number")))
+            })
+            .collect()
+    };
+    Ok(Identity {
+        allowed_functions: functions(&i.allow_functions, "allow_functions")?,
+        denied_functions: functions(&i.deny_functions, "deny_functions")?,
+        allowed_mechanisms: mechanisms(&i.allow_mechanisms, "allow_mechanisms")?,
+        denied_mechanisms: mechanisms(&i.deny_mechanisms, "deny_mechanisms")?,
+        access: i.role.into(),
+        tokens: i.tokens,
+        matched_by,
+        name,
+    })
+}
+
+/// A label without the blanks (or NULs) that pad it to 32 bytes (v2.40 §3.2, CK_TOKEN_INFO).
+fn trim_padding(label: &[u8]) -> &[u8] {
+    let end = label
+        .iter()
+        .rposition(|&c| c != b' ' && c != 0)
+        .map_or(0, |i| i + 1);
+    &label[..end]
+}
+
+/// A mechanism by its `CKM_` name, or its number (decimal or 0x hex, as vendors document
+/// their own).
+fn mechanism_value(m: &str) -> Option<u64> {
+    if let Some(v) = protocol::names::mechanism_value(m) {
+        return Some(v);
+    }
+    match m.strip_prefix("0x").or_else(|| m.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => m.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::mechanism::{MechParam, Mechanism};
+    use protocol::shape::{Array, Out};
+
+    const POLICY: &str = r#"
+        [[identity]]
+        name = "org1-peer0"
+        certificate_cn = "peer0.org1"
+
+        [[identity]]
+        name = "ca"
+        certificate_sha256 = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89"
+        role = "enroller"
+        deny_functions = ["C_DestroyObject"]
+        allow_mechanisms = ["CKM_EC_KEY_PAIR_GEN", "CKM_ECDSA"]
+
+        [[identity]]
+        name = "ops"
+        uid = 1000
+        role = "admin"
+    "#;
+
+    fn cert(cn: &str, sha256: &str) -> Presented {
+        Presented::Certificate {
+            cn: Some(cn.into()),
+            dns: vec![],
+            sha256: sha256.into(),
+        }
+    }
+
+    fn sign_init(ty: u64) -> Request {
+        Request::SignInit {
+            session: 1,
+            mechanism: Mechanism {
+                ty,
+                param: MechParam::None,
+            },
+            key: 2,
+        }
+    }
+
+    #[test]
+    fn identities_match_by_what_the_client_presented_and_nothing_else() {
+        let ids = Identities::parse(POLICY).unwrap();
+        assert_eq!(ids.len(), 3);
+        let name = |p: &Presented| ids.find(p).map(|i| i.name.clone());
+        assert_eq!(
+            name(&cert("peer0.org1", "00")).as_deref(),
+            Some("org1-peer0")
+        );
+        let fp = "abcdef0123456789".repeat(4);
+        assert_eq!(name(&cert("anything", &fp)).as_deref(), Some("ca"));
+        assert_eq!(name(&Presented::Uid(1000)).as_deref(), Some("ops"));
+        assert_eq!(name(&Presented::Uid(1001)), None);
+        assert_eq!(name(&cert("peer0.org2", "00")), None);
+        assert_eq!(name(&Presented::Nothing), None);
+    }
+
+    #[test]
+    fn roles_functions_mechanisms_and_so_login_are_refused_as_documented() {
+        let ids = Identities::parse(POLICY).unwrap();
+        let peer = ids.find(&cert("peer0.org1", "00")).unwrap();
+        let ca = ids.find(&cert("x", &"abcdef0123456789".repeat(4))).unwrap();
+        let ops = ids.find(&Presented::Uid(1000)).unwrap();
+        let generate = Request::GenerateKeyPair {
+            session: 1,
+            mechanism: Mechanism {
+                ty: protocol::ulong::wire(CKM_EC_KEY_PAIR_GEN),
+                param: MechParam::None,
+            },
+            public_template: Array::Given(vec![]),
+            private_template: Array::Given(vec![]),
+            outputs: protocol::shape::Outputs::ALL,
+        };
+        let destroy = Request::DestroyObject {
+            session: 1,
+            object: 3,
+        };
+        let so_login = Request::Login {
+            session: 1,
+            user_type: protocol::ulong::wire(CKU_SO),
+            pin: None,
+        };
+        let user_login = Request::Login {
+            session: 1,
+            user_type: protocol::ulong::wire(CKU_USER),
+            pin: None,
+        };
+        let sign = Request::Sign {
+            session: 1,
+            data: Array::Given(vec![0; 32]),
+            capacity: Out::query(0),
+        };
+        let rv = |i: &Identity, r: &Request| i.check(r).err().map(|e| e.rv);
+        // A signer signs and logs in as a user; it does not generate, destroy, or log in as SO.
+        assert_eq!(
+            rv(&peer, &sign_init(protocol::ulong::wire(CKM_ECDSA))),
+            None
+        );
+        assert_eq!(rv(&peer, &sign), None);
+        assert_eq!(rv(&peer, &user_login), None);
+        assert_eq!(rv(&peer, &generate), Some(CKR_FUNCTION_NOT_SUPPORTED));
+        assert_eq!(rv(&peer, &destroy), Some(CKR_FUNCTION_NOT_SUPPORTED));
+        assert_eq!(rv(&peer, &so_login), Some(CKR_USER_TYPE_INVALID));
+        // The enroller generates with its mechanisms only, and its denied function is denied.
+        assert_eq!(rv(&ca, &generate), None);
+        assert_eq!(rv(&ca, &destroy), Some(CKR_FUNCTION_NOT_SUPPORTED));
+        assert_eq!(
+            rv(&ca, &sign_init(protocol::ulong::wire(CKM_ECDSA_SHA256))),
+            Some(CKR_MECHANISM_INVALID)
+        );
+        assert_eq!(rv(&ca, &so_login), Some(CKR_USER_TYPE_INVALID));
+        // The admin does everything.
+        assert_eq!(rv(&ops, &so_login), None);
+        assert_eq!(rv(&ops, &destroy), None);
+    }
+
+    #[test]
+    fn token_labels_are_matched_without_their_padding() {
+        let ids = Identities::parse(
+            "[[identity]]\nname = \"a\"\nuid = 1\ntokens = [\"org1\", \"shared-*\"]\n\
+             [[identity]]\nname = \"b\"\nuid = 2\n",
+        )
+        .unwrap();
+        let a = ids.find(&Presented::Uid(1)).unwrap();
+        let b = ids.find(&Presented::Uid(2)).unwrap();
+        let padded = |l: &str| format!("{l:<32}").into_bytes();
+        assert!(a.sees_token(&padded("org1")));
+        assert!(a.sees_token(&padded("shared-fabric")));
+        assert!(!a.sees_token(&padded("org2")));
+        assert!(!a.sees_token(&padded("org10")));
+        assert!(a.limits_tokens() && !b.limits_tokens());
+        assert!(b.sees_token(&padded("anything")));
+    }
+
+    #[test]
+    fn mistakes_in_the_file_are_named() {
+        for (text, says) in [
+            ("", "no [[identity]]"),
+            ("[[identity]]\nname = \"a\"\n", "exactly one of"),
+            (
+                "[[identity]]\nname = \"a\"\nuid = 1\ncertificate_cn = \"x\"\n",
+                "(2 given)",
+            ),
+            (
+                "[[identity]]\nname = \"a\"\nuid = 1\nrole = \"root\"\n",
+                "unknown variant",
+            ),
+            (
+                "[[identity]]\nname = \"a\"\nuid = 1\n[[identity]]\nname = \"a\"\nuid = 2\n",
+                "named twice",
+            ),
+            (
+                "[[identity]]\nname = \"a\"\nuid = 1\nallow_functions = [\"C_Nothing\"]\n",
+                "C_Nothing is not",
+            ),
+            (
+                "[[identity]]\nname = \"a\"\nuid = 1\nallow_mechanisms = [\"CKM_NOPE\"]\n",
+                "CKM_NOPE is neither",
+            ),
+            (
+                "[[identity]]\nname = \"a\"\ncertificate_sha256 = \"abc\"\n",
+                "not 64 hex digits",
+            ),
+            (
+                "[[identity]]\nname = \"a\"\nuid = 1\ncolour = \"red\"\n",
+                "unknown field",
+            ),
+        ] {
+            let e = Identities::parse(text).unwrap_err();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+}

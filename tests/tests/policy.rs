@@ -1,0 +1,332 @@
+//! `--policy`: identities matched by their TLS client certificate, each confined to its role
+//! (signer, enroller, admin), its functions and mechanisms; a client no identity matches is
+//! refused in the handshake; SIGHUP applies a changed policy to live applications.
+
+use cryptoki_sys::*;
+use tests::fabric::{fabric_sign_data, make_token_key_with_id};
+use tests::pki::{tls_client, tls_server, Pki};
+use tests::raw::RawModule;
+use tests::{ProxyServer, SoftHsm, TempDir, PIN, SO_PIN};
+
+/// org1's CA enrolls (makes keys), its peer signs, `ops` administers.
+fn policy(peer_role: &str) -> String {
+    format!(
+        r#"
+        [[identity]]
+        name = "org1-ca"
+        certificate_cn = "org1-ca"
+        role = "enroller"
+
+        [[identity]]
+        name = "org1-peer0"
+        certificate_cn = "org1-peer0"
+        role = "{peer_role}"
+        allow_mechanisms = ["CKM_ECDSA", "CKM_EC_KEY_PAIR_GEN"]
+
+        [[identity]]
+        name = "ops"
+        certificate_cn = "ops"
+        role = "admin"
+        "#
+    )
+}
+
+struct Setup {
+    _hsm: SoftHsm,
+    dir: TempDir,
+    pki: Pki,
+    server: ProxyServer,
+    policy_file: std::path::PathBuf,
+}
+
+fn setup(tag: &str) -> Setup {
+    let hsm = SoftHsm::new(tag);
+    let dir = TempDir::new(tag);
+    let pki = Pki::new(dir.path(), tag);
+    let server_id = pki.server("server");
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(&policy_file, policy("signer")).unwrap();
+    let server = tls_server(
+        &hsm,
+        &pki,
+        &server_id,
+        &["--policy", policy_file.to_str().unwrap()],
+    );
+    Setup {
+        _hsm: hsm,
+        dir,
+        pki,
+        server,
+        policy_file,
+    }
+}
+
+impl Setup {
+    /// An application presenting a certificate with CN `cn`: C_Initialize's answer.
+    fn connect(&self, cn: &str) -> (CK_RV, RawModule) {
+        let id = self.pki.client(cn, false);
+        tls_client(&self.dir, &self.server.address, Some(&self.pki), Some(&id))
+    }
+
+    fn app(&self, cn: &str) -> (RawModule, CK_SESSION_HANDLE) {
+        let (rv, m) = self.connect(cn);
+        assert_eq!(rv, CKR_OK, "{cn}");
+        let s = m.open_rw(m.first_slot());
+        (m, s)
+    }
+}
+
+fn destroy(m: &RawModule, s: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
+    // SAFETY: a session of `m`.
+    unsafe { m.f().C_DestroyObject.unwrap()(s, o) }
+}
+
+fn set_label(m: &RawModule, s: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
+    let label = b"renamed";
+    let mut t = [tests::fabric::attr(CKA_LABEL, label)];
+    // SAFETY: a session of `m`, a valid template.
+    unsafe { m.f().C_SetAttributeValue.unwrap()(s, o, t.as_mut_ptr(), 1) }
+}
+
+fn so_login(m: &RawModule, s: CK_SESSION_HANDLE) -> CK_RV {
+    // SAFETY: a session of `m`, the SO PIN's bytes.
+    unsafe {
+        m.f().C_Login.unwrap()(
+            s,
+            CKU_SO,
+            SO_PIN.as_ptr() as *mut u8,
+            SO_PIN.len() as CK_ULONG,
+        )
+    }
+}
+
+fn private_key(m: &RawModule, s: CK_SESSION_HANDLE, id: &[u8]) -> CK_OBJECT_HANDLE {
+    // SAFETY: a logged-in session of `m`.
+    unsafe { tests::fabric::find_signing_key(m, s, id) }.unwrap()
+}
+
+#[test]
+fn each_identity_is_held_to_its_role_and_strangers_are_refused_at_the_handshake() {
+    let t = setup("policy");
+    // The CA (enroller) makes the peer's key, names it, and may destroy what it made.
+    let (ca, s) = t.app("org1-ca");
+    assert_eq!(ca.login(s, PIN), CKR_OK);
+    assert_eq!(make_token_key_with_id(&ca, s, b"peer0-key"), CKR_OK);
+    assert_eq!(make_token_key_with_id(&ca, s, b"scratch"), CKR_OK);
+    let scratch = private_key(&ca, s, b"scratch");
+    assert_eq!(set_label(&ca, s, scratch), CKR_OK);
+    assert_eq!(destroy(&ca, s, scratch), CKR_OK);
+    assert_eq!(so_login(&ca, s), CKR_USER_TYPE_INVALID);
+
+    // The peer (signer) signs with it, and can do nothing else to it.
+    let (peer, s) = t.app("org1-peer0");
+    assert_eq!(peer.login(s, PIN), CKR_OK);
+    // SAFETY: a logged-in session.
+    assert_eq!(
+        unsafe { fabric_sign_data(&peer, s, b"peer0-key", &[1; 32]) },
+        CKR_OK
+    );
+    let key = private_key(&peer, s, b"peer0-key");
+    assert_eq!(
+        make_token_key_with_id(&peer, s, b"mine"),
+        CKR_FUNCTION_NOT_SUPPORTED
+    );
+    assert_eq!(set_label(&peer, s, key), CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(destroy(&peer, s, key), CKR_FUNCTION_NOT_SUPPORTED);
+    assert_eq!(so_login(&peer, s), CKR_USER_TYPE_INVALID);
+    // A mechanism beyond its list: CKM_ECDSA_SHA256 on the same key.
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_ECDSA_SHA256,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    // SAFETY: a logged-in session, a valid mechanism.
+    let rv = unsafe { peer.f().C_SignInit.unwrap()(s, &mut mech, key) };
+    assert_eq!(rv, CKR_MECHANISM_INVALID);
+
+    // The admin logs in as the Security Officer (on an application of its own).
+    let (ops, s) = t.app("ops");
+    assert_eq!(so_login(&ops, s), CKR_OK);
+
+    // A certificate of the right CA that no identity names: refused at C_Initialize.
+    let (rv, _) = t.connect("org2-peer0");
+    assert_ne!(rv, CKR_OK);
+    assert!(t
+        .server
+        .log_contains("handshake refused: no identity of the policy matches this client"));
+    assert!(t.server.log_contains("CN org2-peer0"));
+    // So is a client on the plain TCP listener: it presents nothing.
+    let plain = t
+        .server
+        .log_lines_containing("listening on")
+        .first()
+        .and_then(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("tcp://"))
+                .map(str::to_string)
+        })
+        .unwrap();
+    let (rv, _) = tls_client(&t.dir, &plain, None, None);
+    assert_ne!(rv, CKR_OK);
+    assert!(t.server.log_contains("no credentials (plain TCP)"));
+    assert!(t
+        .server
+        .log_contains("call refused by policy: C_GenerateKeyPair is not among its functions"));
+}
+
+#[test]
+fn a_reloaded_policy_applies_to_live_applications_at_their_next_call() {
+    let t = setup("reload");
+    let (peer, s) = t.app("org1-peer0");
+    assert_eq!(peer.login(s, PIN), CKR_OK);
+    assert_eq!(
+        make_token_key_with_id(&peer, s, b"k1"),
+        CKR_FUNCTION_NOT_SUPPORTED
+    );
+    // The operator makes the peer an enroller and reloads: its next call may generate.
+    std::fs::write(&t.policy_file, policy("enroller")).unwrap();
+    t.server.signal(libc::SIGHUP);
+    assert!(t.server.log_contains("policy reloaded"));
+    assert_eq!(make_token_key_with_id(&peer, s, b"k1"), CKR_OK);
+    // A policy with a mistake is refused; the rules in force stay.
+    std::fs::write(&t.policy_file, "[[identity]]\nname = \"x\"\n").unwrap();
+    t.server.signal(libc::SIGHUP);
+    assert!(t
+        .server
+        .log_contains("policy reload failed; keeping the rules in force"));
+    assert_eq!(make_token_key_with_id(&peer, s, b"k2"), CKR_OK);
+}
+
+/// A second token, labelled `label`, in `hsm`.
+fn add_token(hsm: &SoftHsm, label: &str) {
+    let out = std::process::Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            PIN,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The slots with a token, as the application sees them.
+fn slots(m: &RawModule) -> Vec<CK_SLOT_ID> {
+    let mut n = 0;
+    // SAFETY: size query, then a buffer of that size.
+    unsafe {
+        assert_eq!(
+            m.f().C_GetSlotList.unwrap()(CK_TRUE, std::ptr::null_mut(), &mut n),
+            CKR_OK
+        );
+        let mut v = vec![0; n as usize];
+        assert_eq!(
+            m.f().C_GetSlotList.unwrap()(CK_TRUE, v.as_mut_ptr(), &mut n),
+            CKR_OK
+        );
+        v.truncate(n as usize);
+        v
+    }
+}
+
+fn token_label(m: &RawModule, slot: CK_SLOT_ID) -> Result<String, CK_RV> {
+    let mut info = CK_TOKEN_INFO::default();
+    // SAFETY: a valid out pointer.
+    match unsafe { m.f().C_GetTokenInfo.unwrap()(slot, &mut info) } {
+        CKR_OK => Ok(String::from_utf8_lossy(&info.label).trim_end().to_string()),
+        rv => Err(rv),
+    }
+}
+
+fn open_session(m: &RawModule, slot: CK_SLOT_ID) -> CK_RV {
+    let mut s = 0;
+    // SAFETY: a valid out pointer.
+    unsafe {
+        m.f().C_OpenSession.unwrap()(
+            slot,
+            CKF_SERIAL_SESSION | CKF_RW_SESSION,
+            std::ptr::null_mut(),
+            None,
+            &mut s,
+        )
+    }
+}
+
+#[test]
+fn two_organisations_behind_one_proxy_each_see_only_their_own_token() {
+    let hsm = SoftHsm::new("org1");
+    add_token(&hsm, "org2");
+    let dir = TempDir::new("tokens");
+    let pki = Pki::new(dir.path(), "tokens");
+    let server_id = pki.server("server");
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_file,
+        r#"
+        [[identity]]
+        name = "org1-peer0"
+        certificate_cn = "org1-peer0"
+        tokens = ["org1"]
+
+        [[identity]]
+        name = "org2-peer0"
+        certificate_cn = "org2-peer0"
+        tokens = ["org2"]
+
+        [[identity]]
+        name = "ops"
+        certificate_cn = "ops"
+        role = "admin"
+        "#,
+    )
+    .unwrap();
+    let server = tls_server(
+        &hsm,
+        &pki,
+        &server_id,
+        &["--policy", policy_file.to_str().unwrap()],
+    );
+    let connect = |cn: &str| {
+        let id = pki.client(cn, false);
+        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(&id));
+        assert_eq!(rv, CKR_OK);
+        m
+    };
+    // Loaded directly, every application sees both tokens.
+    let direct = RawModule::load(&hsm.module_copy());
+    tests::with_env(&[("SOFTHSM2_CONF", hsm.conf.to_str().unwrap())], || {
+        assert_eq!(direct.initialize(), CKR_OK)
+    });
+    // Two tokens, and SoftHSM2's free slot (a token not initialised yet, with a blank label).
+    let all = slots(&direct);
+    assert_eq!(all.len(), 3);
+    let ops = connect("ops");
+    assert_eq!(
+        slots(&ops),
+        all,
+        "an identity without `tokens` sees every token"
+    );
+
+    let (org1, org2) = (connect("org1-peer0"), connect("org2-peer0"));
+    let (mine1, mine2) = (slots(&org1), slots(&org2));
+    assert_eq!((mine1.len(), mine2.len()), (1, 1));
+    assert_eq!(token_label(&org1, mine1[0]).as_deref(), Ok("org1"));
+    assert_eq!(token_label(&org2, mine2[0]).as_deref(), Ok("org2"));
+    // The other's slot is not there, whatever the call.
+    assert_eq!(token_label(&org1, mine2[0]), Err(CKR_SLOT_ID_INVALID));
+    assert_eq!(open_session(&org1, mine2[0]), CKR_SLOT_ID_INVALID);
+    assert_eq!(open_session(&org2, mine1[0]), CKR_SLOT_ID_INVALID);
+    assert_eq!(open_session(&org1, mine1[0]), CKR_OK);
+    // A buffer too small for its one slot: the count of its own.
+    let mut n = 0;
+    // SAFETY: a buffer of 0 slots, given.
+    let rv = unsafe { org1.f().C_GetSlotList.unwrap()(CK_TRUE, [0u64; 1].as_mut_ptr(), &mut n) };
+    assert_eq!((rv, n), (CKR_BUFFER_TOO_SMALL, 1));
+    assert!(server.log_contains("slot hidden by policy"));
+}
