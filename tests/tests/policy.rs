@@ -330,3 +330,212 @@ fn two_organisations_behind_one_proxy_each_see_only_their_own_token() {
     assert_eq!((rv, n), (CKR_BUFFER_TOO_SMALL, 1));
     assert!(server.log_contains("slot hidden by policy"));
 }
+
+/// Private keys found by a search with `id` as CKA_ID (all private keys when `None`).
+fn private_keys(m: &RawModule, s: CK_SESSION_HANDLE, id: Option<&[u8]>) -> Vec<CK_OBJECT_HANDLE> {
+    let class = CKO_PRIVATE_KEY.to_ne_bytes();
+    let mut t = vec![tests::fabric::attr(CKA_CLASS, &class)];
+    if let Some(id) = id {
+        t.push(tests::fabric::attr(CKA_ID, id));
+    }
+    let mut found = [0; 16];
+    let mut n = 0;
+    // SAFETY: a session of `m`, a valid template and buffer.
+    unsafe {
+        let f = m.f();
+        assert_eq!(
+            f.C_FindObjectsInit.unwrap()(s, t.as_mut_ptr(), t.len() as CK_ULONG),
+            CKR_OK
+        );
+        assert_eq!(
+            f.C_FindObjects.unwrap()(s, found.as_mut_ptr(), 16, &mut n),
+            CKR_OK
+        );
+        assert_eq!(f.C_FindObjectsFinal.unwrap()(s), CKR_OK);
+    }
+    found[..n as usize].to_vec()
+}
+
+fn label_of(m: &RawModule, s: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> Result<String, CK_RV> {
+    let mut buf = [0u8; 64];
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: buf.as_mut_ptr().cast(),
+        ulValueLen: 64,
+    }];
+    // SAFETY: a session of `m`, a template with a 64-byte buffer.
+    match unsafe { m.f().C_GetAttributeValue.unwrap()(s, o, t.as_mut_ptr(), 1) } {
+        CKR_OK => Ok(String::from_utf8_lossy(&buf[..t[0].ulValueLen as usize]).into_owned()),
+        rv => Err(rv),
+    }
+}
+
+/// The CA names both keys of CKA_ID `id` with `label`.
+fn name_keys(m: &RawModule, s: CK_SESSION_HANDLE, id: &[u8], label: &str) {
+    for class in [CKO_PRIVATE_KEY, CKO_PUBLIC_KEY] {
+        let c = class.to_ne_bytes();
+        let mut t = [
+            tests::fabric::attr(CKA_CLASS, &c),
+            tests::fabric::attr(CKA_ID, id),
+        ];
+        let (mut o, mut n) = (0, 0);
+        let mut l = [tests::fabric::attr(CKA_LABEL, label.as_bytes())];
+        // SAFETY: a logged-in session of `m`, valid templates.
+        unsafe {
+            let f = m.f();
+            assert_eq!(f.C_FindObjectsInit.unwrap()(s, t.as_mut_ptr(), 2), CKR_OK);
+            assert_eq!(f.C_FindObjects.unwrap()(s, &mut o, 1, &mut n), CKR_OK);
+            f.C_FindObjectsFinal.unwrap()(s);
+            assert_eq!(n, 1);
+            assert_eq!(
+                f.C_SetAttributeValue.unwrap()(s, o, l.as_mut_ptr(), 1),
+                CKR_OK
+            );
+        }
+    }
+}
+
+#[test]
+fn two_peers_on_one_token_each_see_and_sign_with_their_own_key_only() {
+    let hsm = SoftHsm::new("fabric");
+    let dir = TempDir::new("objects");
+    let pki = Pki::new(dir.path(), "objects");
+    let server_id = pki.server("server");
+    let policy_file = dir.path().join("policy.toml");
+    let org2_id_hex: String = b"org2-key".iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        &policy_file,
+        format!(
+            r#"
+            [[identity]]
+            name = "ca"
+            certificate_cn = "ca"
+            role = "enroller"
+
+            [[identity]]
+            name = "org1-ca"
+            certificate_cn = "org1-ca"
+            role = "enroller"
+            object_labels = ["org1-*"]
+
+            [[identity]]
+            name = "org1-peer0"
+            certificate_cn = "org1-peer0"
+            object_labels = ["org1-*"]
+
+            [[identity]]
+            name = "org2-peer0"
+            certificate_cn = "org2-peer0"
+            object_ids = ["{org2_id_hex}"]
+            "#
+        ),
+    )
+    .unwrap();
+    let server = tls_server(
+        &hsm,
+        &pki,
+        &server_id,
+        &["--policy", policy_file.to_str().unwrap()],
+    );
+    let app = |cn: &str| {
+        let id = pki.client(cn, false);
+        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(&id));
+        assert_eq!(rv, CKR_OK);
+        let s = m.open_rw(m.first_slot());
+        let rv = m.login(s, PIN);
+        assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+        (m, s)
+    };
+    // The CA makes both peers' keys, the way Fabric's BCCSP names them, and sees both.
+    let (ca, s) = app("ca");
+    assert_eq!(make_token_key_with_id(&ca, s, b"org1-key"), CKR_OK);
+    assert_eq!(make_token_key_with_id(&ca, s, b"org2-key"), CKR_OK);
+    name_keys(&ca, s, b"org1-key", "org1-peer0");
+    name_keys(&ca, s, b"org2-key", "org2-peer0");
+    assert_eq!(private_keys(&ca, s, None).len(), 2);
+
+    let mut peers = Vec::new();
+    for (cn, mine, theirs, my_label) in [
+        (
+            "org1-peer0",
+            &b"org1-key"[..],
+            &b"org2-key"[..],
+            "org1-peer0",
+        ),
+        (
+            "org2-peer0",
+            &b"org2-key"[..],
+            &b"org1-key"[..],
+            "org2-peer0",
+        ),
+    ] {
+        let (m, s) = app(cn);
+        // Its own key: found by its CKA_ID, and it signs.
+        assert_eq!(private_keys(&m, s, Some(mine)).len(), 1, "{cn}");
+        // SAFETY: a logged-in session.
+        assert_eq!(
+            unsafe { fabric_sign_data(&m, s, mine, &[3; 32]) },
+            CKR_OK,
+            "{cn}"
+        );
+        // The other's: not found by its CKA_ID, not among all private keys.
+        assert!(private_keys(&m, s, Some(theirs)).is_empty(), "{cn}");
+        assert_eq!(private_keys(&m, s, None).len(), 1, "{cn}");
+        // Nor behind any handle the application holds: each that answers is its own key.
+        let answered: Vec<String> = (1..=64).filter_map(|h| label_of(&m, s, h).ok()).collect();
+        assert!(!answered.is_empty(), "{cn}");
+        assert!(answered.iter().all(|l| l == my_label), "{cn}: {answered:?}");
+        let key = private_keys(&m, s, Some(mine))[0];
+        peers.push((m, s, key));
+    }
+    // A handle it holds of an object its rules no longer show (the operator narrowed them and
+    // reloaded): the vendor's codes for a handle that names nothing.
+    let narrowed = std::fs::read_to_string(&policy_file).unwrap().replacen(
+        "certificate_cn = \"org1-peer0\"\n            object_labels = [\"org1-*\"]",
+        "certificate_cn = \"org1-peer0\"\n            object_labels = [\"nobody-*\"]",
+        1,
+    );
+    assert!(narrowed.contains("nobody-*"));
+    std::fs::write(&policy_file, narrowed).unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(server.log_contains("policy reloaded"));
+    let (org1, s1, key1) = &peers[0];
+    // SAFETY: a logged-in session; a handle the application holds.
+    let rv = unsafe { tests::fabric::sign_with_key(org1, *s1, *key1, &[5; 32]) };
+    assert_eq!(rv, CKR_KEY_HANDLE_INVALID);
+    assert_eq!(label_of(org1, *s1, *key1), Err(CKR_OBJECT_HANDLE_INVALID));
+    let (org2, s2, key2) = &peers[1];
+    // SAFETY: as above.
+    let rv = unsafe { tests::fabric::sign_with_key(org2, *s2, *key2, &[5; 32]) };
+    assert_eq!(rv, CKR_OK);
+    assert!(server.log_contains("object hidden by policy"));
+
+    // An enroller limited to org1's names generates a key as Fabric does (a temporary CKA_ID,
+    // then CKA_ID = the SKI and CKA_LABEL its hex): the key is its own, though no pattern
+    // names it; another application of the same identity does not see it.
+    let (org1_ca, s) = app("org1-ca");
+    assert_eq!(make_token_key_with_id(&org1_ca, s, b"tmp"), CKR_OK);
+    name_keys(&org1_ca, s, b"tmp", "abcdef0123");
+    assert_eq!(private_keys(&org1_ca, s, Some(b"tmp")).len(), 1);
+    // SAFETY: a logged-in session.
+    assert_eq!(
+        unsafe { fabric_sign_data(&org1_ca, s, b"tmp", &[4; 32]) },
+        CKR_OK
+    );
+    let (again, s2) = app("org1-ca");
+    assert!(private_keys(&again, s2, Some(b"tmp")).is_empty());
+    assert_eq!(
+        private_keys(&again, s2, None).len(),
+        1,
+        "org1's own key only"
+    );
+
+    // Loaded directly, any application sees every key.
+    let direct = RawModule::load(&hsm.module_copy());
+    tests::with_env(&[("SOFTHSM2_CONF", hsm.conf.to_str().unwrap())], || {
+        assert_eq!(direct.initialize(), CKR_OK)
+    });
+    let s = direct.open_rw(direct.first_slot());
+    assert_eq!(direct.login(s, PIN), CKR_OK);
+    assert_eq!(private_keys(&direct, s, None).len(), 3);
+}

@@ -12,6 +12,8 @@
 //! allow_mechanisms = ["CKM_ECDSA", "CKM_EC_KEY_PAIR_GEN"]   # only these (names or numbers)
 //! deny_mechanisms = ["0x1"]
 //! tokens = ["org1", "shared-*"]               # token labels it sees (`*`: any run)
+//! object_labels = ["org1-*"]                  # token objects it sees, by CKA_LABEL
+//! object_ids = ["3a5f*"]                      # or by CKA_ID (lower-case hex)
 //! ```
 //!
 //! What a call beyond an identity's rights gets (each with a log line naming the identity):
@@ -20,7 +22,12 @@
 //! C_LoginUser as the Security Officer by an identity that is not `admin`,
 //! `CKR_USER_TYPE_INVALID`. With `tokens`, a slot whose token's label matches none of them is
 //! not there: absent from C_GetSlotList, and `CKR_SLOT_ID_INVALID` for every call naming it
-//! (one proxy then serves several partitions, each identity seeing its own).
+//! (one proxy then serves several partitions, each identity seeing its own). With
+//! `object_labels` or `object_ids`, a token object whose CKA_LABEL matches none of the first
+//! and whose CKA_ID (in hex) matches none of the second is not there either: absent from
+//! searches, and `CKR_OBJECT_HANDLE_INVALID` (`CKR_KEY_HANDLE_INVALID` where the handle is a
+//! key) for every call naming it. Session objects, and the objects the application made
+//! itself, are always its own.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -53,6 +60,8 @@ struct IdentityFile {
     #[serde(default)]
     deny_mechanisms: Vec<String>,
     tokens: Option<Vec<String>>,
+    object_labels: Option<Vec<String>>,
+    object_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +133,10 @@ pub struct Identity {
     denied_mechanisms: HashSet<u64>,
     /// Patterns of the token labels it sees; `None`: every token.
     tokens: Option<Vec<String>>,
+    /// Patterns of the CKA_LABEL and CKA_ID (hex) of the token objects it sees; both `None`:
+    /// every object.
+    object_labels: Option<Vec<String>>,
+    object_ids: Option<Vec<String>>,
 }
 
 impl Identity {
@@ -141,6 +154,27 @@ impl Identity {
     /// Whether it sees only some tokens.
     pub fn limits_tokens(&self) -> bool {
         self.tokens.is_some()
+    }
+
+    /// Whether it sees only some token objects.
+    pub fn limits_objects(&self) -> bool {
+        self.object_labels.is_some() || self.object_ids.is_some()
+    }
+
+    /// Whether it sees the token object of CKA_LABEL `label` and CKA_ID `id` (`None`: the
+    /// object has none, or the vendor did not say).
+    pub fn sees_object(&self, label: Option<&[u8]>, id: Option<&[u8]>) -> bool {
+        if !self.limits_objects() {
+            return true;
+        }
+        let any = |patterns: &Option<Vec<String>>, value: Option<&[u8]>| match (patterns, value) {
+            (Some(patterns), Some(v)) => patterns
+                .iter()
+                .any(|p| super::glob::matches(p.as_bytes(), v)),
+            _ => false,
+        };
+        let hex = id.map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        any(&self.object_labels, label) || any(&self.object_ids, hex.as_deref().map(str::as_bytes))
     }
 
     /// The refusal of `request`, if this identity may not make it.
@@ -274,6 +308,10 @@ fn build(i: IdentityFile) -> Result<Identity, String> {
         denied_mechanisms: mechanisms(&i.deny_mechanisms, "deny_mechanisms")?,
         access: i.role.into(),
         tokens: i.tokens,
+        object_labels: i.object_labels,
+        object_ids: i
+            .object_ids
+            .map(|ids| ids.iter().map(|p| p.to_ascii_lowercase()).collect()),
         matched_by,
         name,
     })
@@ -435,6 +473,22 @@ mod tests {
         assert!(!a.sees_token(&padded("org10")));
         assert!(a.limits_tokens() && !b.limits_tokens());
         assert!(b.sees_token(&padded("anything")));
+    }
+
+    #[test]
+    fn token_objects_are_seen_by_label_or_by_id_in_hex() {
+        let ids = Identities::parse(
+            "[[identity]]\nname = \"a\"\nuid = 1\nobject_labels = [\"org1-*\"]\nobject_ids = [\"0A1B*\"]\n\
+             [[identity]]\nname = \"b\"\nuid = 2\n",
+        )
+        .unwrap();
+        let a = ids.find(&Presented::Uid(1)).unwrap();
+        let b = ids.find(&Presented::Uid(2)).unwrap();
+        assert!(a.sees_object(Some(b"org1-peer0"), None));
+        assert!(a.sees_object(Some(b"other"), Some(&[0x0a, 0x1b, 0xff])));
+        assert!(!a.sees_object(Some(b"org2-peer0"), Some(&[0x0a, 0x1c])));
+        assert!(!a.sees_object(None, None));
+        assert!(b.sees_object(None, None) && !b.limits_objects());
     }
 
     #[test]

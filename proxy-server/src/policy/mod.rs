@@ -90,6 +90,14 @@ impl Rights {
         }
     }
 
+    /// The identity, when it sees only some token objects.
+    pub fn object_limits(&self) -> Option<&Identity> {
+        match self {
+            Self::Of(identity) if identity.limits_objects() => Some(identity),
+            _ => None,
+        }
+    }
+
     /// The answer to a request these rights refuse (with a log line naming the identity).
     pub fn check(&self, request: &protocol::message::Request) -> Result<(), cryptoki_sys::CK_RV> {
         let function = request.descriptor().name;

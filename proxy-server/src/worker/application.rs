@@ -32,6 +32,16 @@ pub struct Application {
     /// Its rights under the identities they were worked out from (found again when a reload
     /// replaces them: live applications get new rules at their next call).
     rights: Mutex<(Option<Arc<Identities>>, Rights)>,
+    /// Under an identity that sees only some token objects: what it was found to see, by
+    /// handle, and the objects it made itself (`super::confine`).
+    objects: Mutex<ObjectViews>,
+}
+
+/// Token objects as an identity sees them.
+#[derive(Default)]
+struct ObjectViews {
+    visible: HashMap<u64, bool>,
+    made: HashSet<u64>,
 }
 
 /// Most objects remembered as identified for one application; past it the memory starts
@@ -48,6 +58,7 @@ impl Application {
             identified: Mutex::new(HashSet::new()),
             presented,
             rights: Mutex::new((None, Rights::Everything)),
+            objects: Mutex::new(ObjectViews::default()),
         }
     }
 
@@ -63,8 +74,42 @@ impl Application {
         if !same {
             cached.1 = Rights::of(current.as_deref(), &self.presented);
             cached.0 = current;
+            // What it saw under other rules counts no more.
+            self.objects.lock().visible.clear();
         }
         cached.1.clone()
+    }
+
+    /// Whether its identity sees `object`, as last found (objects it made: always).
+    pub fn object_view(&self, object: u64) -> Option<bool> {
+        let views = self.objects.lock();
+        if views.made.contains(&object) {
+            return Some(true);
+        }
+        views.visible.get(&object).copied()
+    }
+
+    /// Remembers whether its identity sees `object`.
+    pub fn remember_object_view(&self, object: u64, visible: bool) {
+        let mut views = self.objects.lock();
+        if views.visible.len() >= MAX_IDENTIFIED {
+            views.visible.clear();
+        }
+        views.visible.insert(object, visible);
+    }
+
+    /// It made `object` (generated, created, copied, unwrapped, derived): its own.
+    pub fn made_object(&self, object: u64) {
+        let mut views = self.objects.lock();
+        if views.made.len() >= MAX_IDENTIFIED {
+            views.made.clear();
+        }
+        views.made.insert(object);
+    }
+
+    /// `object`'s attributes changed: whether its identity sees it is to be found again.
+    pub fn object_changed(&self, object: u64) {
+        self.objects.lock().visible.remove(&object);
     }
 
     /// Whether `object` is handed out to the application for the first time (its identity
@@ -80,6 +125,9 @@ impl Application {
     /// `object` was destroyed: its handle may name another object later.
     pub fn forget_object(&self, object: u64) {
         self.identified.lock().remove(&object);
+        let mut views = self.objects.lock();
+        views.visible.remove(&object);
+        views.made.remove(&object);
     }
 
     /// Whether other applications share this application's vendor instance.

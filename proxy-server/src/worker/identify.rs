@@ -102,7 +102,7 @@ fn read(
 
 /// The values the vendor gives for `query` (type, buffer in wire units); an attribute it
 /// answers without a value (too long, or an answer of its own) is left out.
-fn get(
+pub(super) fn get(
     worker: &WorkerState,
     session: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,

@@ -16,6 +16,7 @@ use protocol::message::{Function, Request, Response};
 use protocol::objects::Handout;
 
 use crate::worker::application::Application;
+use crate::worker::confine;
 use crate::worker::heal::Seen;
 use crate::worker::identify;
 use crate::worker::state::WorkerState;
@@ -33,9 +34,12 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
     if let Err(refusal) = rights.check(&request) {
         return Response::Rv(wire(refusal));
     }
-    if let Some(rv) = crate::worker::confine::hidden_slot(worker, &rights, &request) {
+    if let Some(rv) = confine::hidden_slot(worker, &rights, &request)
+        .or_else(|| confine::hidden_object(worker, app, &rights, &request))
+    {
         return Response::Rv(wire(rv));
     }
+    let changes = confine::Changes::of(&rights, &request);
     let seen = Seen::from(&request);
     if let (Some(rv), false) = (worker.heal.fail_fast(), seen.function == Function::Finalize) {
         return Response::Rv(wire(rv));
@@ -64,6 +68,9 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
     .unwrap_or_else(|rv| Response::Rv(wire(rv)));
     if let Ok(rv) = to_ulong(answer.rv()) {
         worker.heal.observe(&seen, rv, || worker.initialised());
+    }
+    if let Some(changes) = changes {
+        confine::note(app, changes, &answer);
     }
     match handout {
         Some(handout) => identify::with_identities(worker, app, handout, answer),

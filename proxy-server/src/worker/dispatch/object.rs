@@ -9,6 +9,7 @@ use protocol::shape::Array;
 
 use super::answer::{handle, misrouted, object_handle, ok_then, out_ptr, rv};
 use crate::worker::application::Application;
+use crate::worker::confine;
 use crate::worker::identify;
 use crate::worker::state::WorkerState;
 use crate::worker::template::CTemplate;
@@ -99,7 +100,8 @@ pub fn call(w: &WorkerState, app: &Application, request: Request) -> Result<Resp
             } else {
                 Err(to_ulong(max_count)?)
             };
-            let (r, found) = b.find_objects(s, max, outputs.has(1));
+            let rights = app.rights(&w.policy);
+            let (r, found) = confine::find_objects(w, app, &rights, s, max, outputs.has(1));
             let values: Vec<u64> = found.into_iter().map(wire).collect();
             Ok(Response::Ulongs {
                 rv: wire(r),
@@ -184,7 +186,8 @@ fn find_objects_init(
         return rv(r);
     }
     let asked = prefetch.min(MAX_FIND_COUNT) as usize;
-    let (find_rv, found) = b.find_objects(s, Ok(asked), true);
+    let rights = app.rights(&w.policy);
+    let (find_rv, found) = confine::find_objects(w, app, &rights, s, Ok(asked), true);
     let final_rv = (find_rv == CKR_OK && found.len() < asked)
         .then(|| wire(b.session(f.C_FindObjectsFinal, s)));
     Ok(Response::Found {
