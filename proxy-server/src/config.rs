@@ -118,6 +118,20 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
 
+    /// Audit log (JSON lines, hash-chained; `pkcs11-proxy-server audit verify PATH...`).
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
+
+    /// What the audit log records: management (logins, key and token management, wrapping,
+    /// policy refusals) or all (and every use of a key) [default: management].
+    #[arg(long, value_name = "LEVEL")]
+    pub audit: Option<crate::audit::Level>,
+
+    /// Size past which the audit log is rotated (the chain continues in the new file)
+    /// [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub audit_max_bytes: Option<u64>,
+
     /// Heal what the HSM breaks (DESIGN.md, "Healing the HSM side"): an application's vendor
     /// instance that lost its device (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, a token gone,
     /// CKR_CRYPTOKI_NOT_INITIALIZED after C_Initialize) is replaced by a new one, with backoff,
@@ -205,6 +219,9 @@ struct FileConfig {
     deny_function: Option<Vec<String>>,
     deny_mechanism: Option<Vec<String>>,
     policy: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    audit: Option<crate::audit::Level>,
+    audit_max_bytes: Option<u64>,
     heal: Option<Switch>,
     call_deadline: Option<u64>,
     slow_call_deadline: Option<u64>,
@@ -235,6 +252,8 @@ pub struct Settings {
     pub deny_mechanisms: Vec<String>,
     /// `--policy`: identities and their rights.
     pub policy: Option<PathBuf>,
+    /// `--audit-log`, with its level and rotation size.
+    pub audit: Option<(PathBuf, crate::audit::Level, u64)>,
     /// Broken vendor instances are replaced (`--heal`).
     pub heal: bool,
     /// `--call-deadline` and `--slow-call-deadline`, with `--heal on`.
@@ -379,6 +398,18 @@ impl Settings {
             deny_functions: list(&args.deny_function, file.deny_function),
             deny_mechanisms: list(&args.deny_mechanism, file.deny_mechanism),
             policy: args.policy.clone().or(file.policy),
+            audit: args.audit_log.clone().or(file.audit_log).map(|path| {
+                (
+                    path,
+                    args.audit
+                        .or(file.audit)
+                        .unwrap_or(crate::audit::Level::Management),
+                    args.audit_max_bytes
+                        .or(file.audit_max_bytes)
+                        .unwrap_or(64 << 20)
+                        .max(4096),
+                )
+            }),
             heal: args.heal.or(file.heal).unwrap_or(Switch::On) == Switch::On,
             call_deadline: seconds(
                 "call_deadline",

@@ -67,6 +67,8 @@ pub struct WorkerSettings {
     pub deny_mechanisms: Vec<String>,
     /// `--policy`: read by the worker at start and at each reload.
     pub policy: Option<std::path::PathBuf>,
+    /// What its application's calls the audit log gets (`--audit-log`, `--audit`).
+    pub audit: Option<crate::audit::Level>,
     pub json_logs: bool,
     pub heal: HealSettings,
     /// Trace every call of the application (`worker::trace`).
@@ -173,6 +175,8 @@ pub enum ToRouter {
     Leaving { replaced: Option<Replaced> },
     /// A vendor call outlived its deadline and was abandoned (`slow`: `--slow-call-deadline`).
     Abandoned { slow: bool },
+    /// An event for the audit log (`crate::audit`).
+    Audit(Box<crate::audit::Event>),
 }
 
 /// One end of a control channel.
@@ -182,6 +186,13 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// Another end on the same socket (the worker's audit events go out on it).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     /// A connected pair (router end, worker end), close-on-exec both.
     pub fn pair() -> io::Result<(Self, Self)> {
         let mut fds = [0; 2];

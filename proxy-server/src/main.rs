@@ -6,6 +6,7 @@
 //! pkcs11-proxy-server /usr/lib/softhsm/libsofthsm2.so [-]      # address from PKCS11_DAEMON_SOCKET
 //! ```
 
+mod audit;
 mod config;
 mod control;
 mod metrics;
@@ -24,6 +25,10 @@ use clap::Parser;
 use crate::config::{Args, LogFormat, Settings};
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("audit") {
+        return audit::verify::run(&argv[2..]);
+    }
     let args = Args::parse();
     if args.worker {
         return worker::run();

@@ -77,6 +77,9 @@ pub struct RouterCounters {
     pub reinitialisations: [AtomicU64; 5],
     /// Vendor calls abandoned at their deadline, by deadline ([`ABANDONED_AT`]).
     pub abandoned: [AtomicU64; 2],
+    /// Lines the audit log wrote, and events it dropped (`crate::audit::log`).
+    pub audit_written: std::sync::Arc<AtomicU64>,
+    pub audit_dropped: std::sync::Arc<AtomicU64>,
 }
 
 /// Why vendor instances were replaced (`--heal`), as metrics label them, in the order of
@@ -201,6 +204,8 @@ impl Snapshot {
             Scalar::gauge("pkcs11_proxy_unauthenticated_connections", "Data-port connections that have not sent their routing prelude yet.", startups.open() as i64),
             Scalar::counter("pkcs11_proxy_unauthenticated_refused", "Data-port connections refused before their prelude (a new one of an address over its share that has sent nothing yet, random early drop, or nothing valid sent).", load(&startups.refused_total)),
             Scalar::counter("pkcs11_proxy_unauthenticated_dropped", "Data-port connections dropped before their prelude to make room (for a new one of the same address that talks, or --max-startups full).", load(&startups.dropped_total)),
+            Scalar::counter("pkcs11_proxy_audit_lines", "Lines written to the audit log (--audit-log).", load(&router.audit_written)),
+            Scalar::counter("pkcs11_proxy_audit_dropped", "Audit events dropped because the audit log's queue was full (a `gap` record in the log counts them too).", load(&router.audit_dropped)),
             Scalar::counter("pkcs11_proxy_readiness_checks", "Readiness checks that reached the vendor library (/readyz answers from the last one for a second).", load(&router.readiness_checks)),
         ];
         let mut registry = prometheus_client::registry::Registry::default();

@@ -57,6 +57,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         deny_functions: settings.deny_functions.clone(),
         deny_mechanisms: settings.deny_mechanisms.clone(),
         policy: settings.policy.clone(),
+        audit: settings.audit.as_ref().map(|(_, level, _)| *level),
         json_logs: settings.log_format == LogFormat::Json,
         heal: HealSettings {
             // One vendor instance for every application: replacing it is not one
@@ -74,6 +75,10 @@ pub fn run(settings: Settings) -> Result<(), String> {
         settings.max_applications,
         settings.max_pending_applications,
     )?;
+    if let Some((path, level, max_bytes)) = &settings.audit {
+        workers.open_audit(path, *max_bytes)?;
+        tracing::info!(path = %path.display(), ?level, "audit log open");
+    }
     workers.start_probe()?;
     tracing::info!(
         module = settings.module,

@@ -150,6 +150,8 @@ pub struct Workers {
     replaced: Mutex<HashMap<RoutingId, (InstanceId, Replaced)>>,
     /// Every application's calls are traced (SIGUSR1 to the router), those to come too.
     trace_all: AtomicBool,
+    /// The audit log, which the workers' events go to (`--audit-log`).
+    audit: std::sync::OnceLock<crate::audit::log::AuditLog>,
 }
 
 impl Workers {
@@ -177,6 +179,7 @@ impl Workers {
             interface: Mutex::new((0, 0)),
             replaced: Mutex::new(HashMap::new()),
             trace_all: AtomicBool::new(false),
+            audit: std::sync::OnceLock::new(),
         }))
     }
 
@@ -404,6 +407,11 @@ impl Workers {
                     ToRouter::Authenticated => {
                         worker.authenticated.store(true, Ordering::Release);
                     }
+                    ToRouter::Audit(event) => {
+                        if let Some(log) = self.audit.get() {
+                            log.record(*event);
+                        }
+                    }
                     ToRouter::Abandoned { slow } => {
                         self.counters.abandoned[slow as usize].fetch_add(1, Ordering::Relaxed);
                     }
@@ -532,6 +540,18 @@ impl Workers {
     }
 
     /// Sends SIGHUP's reload to every worker.
+    /// Opens the audit log the workers' events go to.
+    pub fn open_audit(&self, path: &std::path::Path, max_bytes: u64) -> Result<(), String> {
+        let log = crate::audit::log::AuditLog::open(
+            path,
+            max_bytes,
+            self.counters.audit_written.clone(),
+            self.counters.audit_dropped.clone(),
+        )?;
+        let _ = self.audit.set(log);
+        Ok(())
+    }
+
     /// Every application's call trace on or off, those to come included.
     pub fn trace(&self, on: bool) {
         self.trace_all.store(on, Ordering::Relaxed);

@@ -151,6 +151,11 @@ impl Application {
         self.sessions.lock().insert(session, slot);
     }
 
+    /// The slot `session` was opened on, if it was opened through this view.
+    pub fn slot_of(&self, session: CK_SESSION_HANDLE) -> Option<CK_SLOT_ID> {
+        self.sessions.lock().get(&session).copied()
+    }
+
     pub fn remove_session(&self, session: CK_SESSION_HANDLE) {
         self.sessions.lock().remove(&session);
     }

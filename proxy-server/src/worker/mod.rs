@@ -11,6 +11,7 @@
 //! channel closing (the router is gone) stops it too: no orphans.
 
 mod application;
+mod audit;
 mod backend;
 mod confine;
 mod connection;
@@ -106,7 +107,24 @@ pub fn run() -> ExitCode {
     let span = tracing::info_span!("worker", app = %label);
     let _entered = span.enter();
     trace::set(settings.trace);
-    let state = match start(settings) {
+    let sink = match settings
+        .audit
+        .map(|level| channel.try_clone().map(|c| (c, level)))
+    {
+        Some(Ok((c, level))) => Some(crate::audit::Sink::new(
+            level,
+            label.clone(),
+            Box::new(move |event| {
+                let _ = c.send(&ToRouter::Audit(Box::new(event)), None);
+            }),
+        )),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot open the audit channel");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    let mut state = match start(settings) {
         Ok(s) => s,
         Err(reason) => {
             tracing::error!("{reason}");
@@ -114,6 +132,7 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    state.audit = sink;
     let interface = state.backend.interface_version();
     if channel
         .send(&ToRouter::Started { interface }, None)

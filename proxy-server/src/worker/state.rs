@@ -68,6 +68,8 @@ pub struct WorkerState {
     pub heal: Heal,
     /// The deadlines of vendor calls (with `--heal`).
     pub watchdog: Watchdog,
+    /// Where audited calls go (`--audit-log`).
+    pub audit: Option<crate::audit::Sink>,
 }
 
 impl WorkerState {
@@ -87,6 +89,7 @@ impl WorkerState {
             _ => Default::default(),
         };
         Self {
+            audit: None,
             watchdog: Watchdog::new(&healing),
             heal: Heal::new(healing),
             instance_id: settings.instance_id,

@@ -16,6 +16,7 @@ use protocol::message::{Function, Request, Response};
 use protocol::objects::Handout;
 
 use crate::worker::application::Application;
+use crate::worker::audit;
 use crate::worker::confine;
 use crate::worker::heal::Seen;
 use crate::worker::identify;
@@ -27,22 +28,32 @@ use crate::worker::ulong::{to_ulong, wire};
 /// the instance goes to the vendor), else the vendor, whose answer tells whether the instance
 /// lost its device.
 pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Response {
-    if let Some(rv) = worker.policy.denials.check(&request) {
-        return Response::Rv(wire(rv));
-    }
     let rights = app.rights(&worker.policy);
-    if let Err(refusal) = rights.check(&request) {
-        return Response::Rv(wire(refusal));
-    }
-    if let Some(rv) = confine::hidden_slot(worker, &rights, &request)
-        .or_else(|| confine::hidden_object(worker, app, &rights, &request))
-    {
+    let refused = worker
+        .policy
+        .denials
+        .check(&request)
+        .or_else(|| rights.check(&request).err())
+        .or_else(|| confine::hidden_slot(worker, &rights, &request))
+        .or_else(|| confine::hidden_object(worker, app, &rights, &request));
+    if let Some(rv) = refused {
+        if let Some(sink) = &worker.audit {
+            audit::refused(sink, worker, app, &rights, &request, rv);
+        }
         return Response::Rv(wire(rv));
     }
     let changes = confine::Changes::of(&rights, &request);
+    let audited = worker
+        .audit
+        .as_ref()
+        .and_then(|sink| audit::before(sink, worker, app, &rights, &request));
     let seen = Seen::from(&request);
     if let (Some(rv), false) = (worker.heal.fail_fast(), seen.function == Function::Finalize) {
-        return Response::Rv(wire(rv));
+        let answer = Response::Rv(wire(rv));
+        if let (Some(sink), Some(pending)) = (&worker.audit, audited) {
+            audit::after(sink, pending, &answer);
+        }
+        return answer;
     }
     // The identity of the objects an answer hands out travels with it (one round trip), read
     // as the application itself could read it (not where C_GetAttributeValue is denied).
@@ -71,6 +82,9 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
     }
     if let Some(changes) = changes {
         confine::note(app, changes, &answer);
+    }
+    if let (Some(sink), Some(pending)) = (&worker.audit, audited) {
+        audit::after(sink, pending, &answer);
     }
     match handout {
         Some(handout) => identify::with_identities(worker, app, handout, answer),

@@ -1,0 +1,144 @@
+//! The audit log (DESIGN.md, "Identities, policy and audit"; `--audit-log PATH`,
+//! `--audit management|all`): JSON lines, one per auditable event, each carrying `prev`, the
+//! hex SHA-256 of the line before it, so that an edited, removed or reordered line breaks the
+//! chain (`pkcs11-proxy-server audit verify PATH...`, [`verify`]).
+//!
+//! Workers see the calls and send their events to the router ([`Event`]); the router alone
+//! writes the file ([`log`]), so that every application's events are on one chain.
+//!
+//! What is audited: with `management` (the default), C_Login, C_LoginUser and C_Logout,
+//! every call that may change the token (objects created, copied, destroyed, their
+//! attributes set, keys generated, unwrapped or derived, token and PIN management), C_WrapKey
+//! (a key leaves the HSM), and every call the policy refused; with `all`, also every use of a
+//! key (each call naming a key: C_SignInit, C_VerifyInit, C_EncryptInit...).
+
+pub mod log;
+pub mod verify;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use protocol::message::{Function, Request};
+use serde::{Deserialize, Serialize};
+
+/// How much is audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Logins, key and token management, wrapping, policy refusals.
+    Management,
+    /// Management, and every use of a key.
+    All,
+}
+
+/// Whether a call of `request` is audited at `level` (refusals always are).
+pub fn audited(level: Level, request: &Request) -> bool {
+    let d = request.descriptor();
+    let management = d.changes_token
+        || d.carries_pin
+        || matches!(request.function(), Function::Logout | Function::WrapKey);
+    management || (level == Level::All && request.object_handles()[0].is_some())
+}
+
+/// One auditable event, as a worker tells it to the router.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch, when the call was answered.
+    pub at_ms: u64,
+    /// `call`, `refused` (by the policy), and the log's own: `start`, `gap`, `rotated`.
+    pub event: String,
+    pub identity: Option<String>,
+    /// The application's label (the first digits of its routing id) and its number in its
+    /// worker.
+    pub application: Option<String>,
+    pub client: Option<u64>,
+    pub function: Option<String>,
+    pub slot: Option<u64>,
+    pub token: Option<String>,
+    /// The object the call names: its CKA_ID (hex) and CKA_LABEL, as the vendor gave them.
+    pub object_id: Option<String>,
+    pub object_label: Option<String>,
+    pub mechanism: Option<String>,
+    pub rv: Option<String>,
+    /// What else the record says (a refusal's reason, the events a gap lost, the file a
+    /// rotation continues).
+    pub detail: Option<String>,
+}
+
+/// Where a worker's events go (to the router, over its control channel), and what it
+/// audits.
+pub struct Sink {
+    send: Box<dyn Fn(Event) + Send + Sync>,
+    pub level: Level,
+    /// The application's label.
+    pub label: String,
+    /// Token labels by slot, read once.
+    tokens: parking_lot::Mutex<std::collections::HashMap<u64, String>>,
+}
+
+impl Sink {
+    pub fn new(level: Level, label: String, send: Box<dyn Fn(Event) + Send + Sync>) -> Self {
+        Self {
+            send,
+            level,
+            label,
+            tokens: Default::default(),
+        }
+    }
+
+    pub fn send(&self, event: Event) {
+        (self.send)(event)
+    }
+
+    /// The label of the token in `slot`, read with `read` the first time.
+    pub fn token(&self, slot: u64, read: impl FnOnce() -> Option<String>) -> Option<String> {
+        if let Some(label) = self.tokens.lock().get(&slot) {
+            return Some(label.clone());
+        }
+        let label = read()?;
+        self.tokens.lock().insert(slot, label.clone());
+        Some(label)
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `2026-12-06T03:15:17.123Z` for milliseconds since the Unix epoch (UTC; the days-to-date
+/// conversion of Howard Hinnant's `civil_from_days`).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_796_527_717_456), "2026-12-06T03:28:37.456Z");
+    }
+}
