@@ -69,6 +69,8 @@ pub struct WorkerSettings {
     pub policy: Option<std::path::PathBuf>,
     /// What its application's calls the audit log gets (`--audit-log`, `--audit`).
     pub audit: Option<crate::audit::Level>,
+    /// Identities locked out at its start (PIN custody), until when (ms since the epoch).
+    pub locked: Vec<(String, u64)>,
     pub json_logs: bool,
     pub heal: HealSettings,
     /// Trace every call of the application (`worker::trace`).
@@ -148,6 +150,9 @@ pub enum ToWorker {
     Reload,
     /// Trace the application's calls, or stop (SIGUSR1, SIGUSR2 to the router).
     Trace { on: bool },
+    /// An identity under PIN custody is locked out until then (milliseconds since the Unix
+    /// epoch): too many wrong client secrets across its applications.
+    Locked { identity: String, until_ms: u64 },
     /// Send a [`ToRouter::Report`]; with `ready`, check the vendor library too.
     Report { ready: bool },
     /// Finish the calls in flight (bounded), close sessions, C_Finalize, exit 0.
@@ -177,6 +182,13 @@ pub enum ToRouter {
     Abandoned { slow: bool },
     /// An event for the audit log (`crate::audit`).
     Audit(Box<crate::audit::Event>),
+    /// A wrong client secret of an identity under PIN custody, whose lock-out comes after
+    /// `attempts` of them within `window_ms`.
+    LoginFailed {
+        identity: String,
+        attempts: u32,
+        window_ms: u64,
+    },
 }
 
 /// One end of a control channel.

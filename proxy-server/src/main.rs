@@ -26,8 +26,10 @@ use crate::config::{Args, LogFormat, Settings};
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("audit") {
-        return audit::verify::run(&argv[2..]);
+    match argv.get(1).map(String::as_str) {
+        Some("audit") => return audit::verify::run(&argv[2..]),
+        Some("policy") => return policy::secret::run(&argv[2..]),
+        _ => {}
     }
     let args = Args::parse();
     if args.worker {

@@ -14,6 +14,10 @@
 //! tokens = ["org1", "shared-*"]               # token labels it sees (`*`: any run)
 //! object_labels = ["org1-*"]                  # token objects it sees, by CKA_LABEL
 //! object_ids = ["3a5f*"]                      # or by CKA_ID (lower-case hex)
+//! pin_file = "/run/secrets/org1-user-pin"     # PIN custody: the partition's user PIN
+//! client_secret = "pbkdf2-sha256$100000$...$..."  # what the node presents as its PIN
+//! pin_attempts = 5                            # wrong secrets before a lock-out
+//! pin_lockout_seconds = 300                   # within this window; locked as long
 //! ```
 //!
 //! What a call beyond an identity's rights gets (each with a log line naming the identity):
@@ -62,6 +66,10 @@ struct IdentityFile {
     tokens: Option<Vec<String>>,
     object_labels: Option<Vec<String>>,
     object_ids: Option<Vec<String>>,
+    pin_file: Option<std::path::PathBuf>,
+    client_secret: Option<String>,
+    pin_attempts: Option<u32>,
+    pin_lockout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +145,20 @@ pub struct Identity {
     /// every object.
     object_labels: Option<Vec<String>>,
     object_ids: Option<Vec<String>>,
+    /// PIN custody: the proxy logs in with the partition's PIN.
+    pub custody: Option<Custody>,
+}
+
+/// PIN custody (OPERATIONS.md, "PIN custody"): the partition's user PIN is kept in a file the
+/// proxy reads at each login; the node presents a client secret of its own, checked against
+/// its slow hash; wrong secrets lock the identity out without one bad try reaching the HSM.
+#[derive(Debug)]
+pub struct Custody {
+    pub pin_file: std::path::PathBuf,
+    pub secret: super::secret::Hashed,
+    /// Wrong secrets within `window` that lock the identity out for `window`.
+    pub attempts: u32,
+    pub window: std::time::Duration,
 }
 
 impl Identity {
@@ -307,6 +329,13 @@ fn build(i: IdentityFile) -> Result<Identity, String> {
         allowed_mechanisms: mechanisms(&i.allow_mechanisms, "allow_mechanisms")?,
         denied_mechanisms: mechanisms(&i.deny_mechanisms, "deny_mechanisms")?,
         access: i.role.into(),
+        custody: custody(
+            &name,
+            i.pin_file,
+            i.client_secret,
+            i.pin_attempts,
+            i.pin_lockout_seconds,
+        )?,
         tokens: i.tokens,
         object_labels: i.object_labels,
         object_ids: i
@@ -315,6 +344,38 @@ fn build(i: IdentityFile) -> Result<Identity, String> {
         matched_by,
         name,
     })
+}
+
+/// PIN custody's settings: a PIN file and a client secret, together.
+fn custody(
+    name: &str,
+    pin_file: Option<std::path::PathBuf>,
+    secret: Option<String>,
+    attempts: Option<u32>,
+    lockout: Option<u64>,
+) -> Result<Option<Custody>, String> {
+    let at = |what: String| format!("identity {name:?}: {what}");
+    match (pin_file, secret) {
+        (None, None) => {
+            if attempts.is_some() || lockout.is_some() {
+                return Err(at(
+                    "pin_attempts and pin_lockout_seconds go with pin_file".into()
+                ));
+            }
+            Ok(None)
+        }
+        (Some(pin_file), Some(secret)) => {
+            std::fs::metadata(&pin_file)
+                .map_err(|e| at(format!("pin_file {}: {e}", pin_file.display())))?;
+            Ok(Some(Custody {
+                pin_file,
+                secret: super::secret::Hashed::parse(&secret).map_err(at)?,
+                attempts: attempts.unwrap_or(5).max(1),
+                window: std::time::Duration::from_secs(lockout.unwrap_or(300).max(1)),
+            }))
+        }
+        _ => Err(at("pin_file and client_secret go together".into())),
+    }
 }
 
 /// A label without the blanks (or NULs) that pad it to 32 bytes (v2.40 §3.2, CK_TOKEN_INFO).

@@ -8,9 +8,10 @@ pub mod denials;
 mod glob;
 pub mod identities;
 pub mod presented;
+pub mod secret;
 
 pub use denials::Denials;
-pub use identities::{Identities, Identity};
+pub use identities::{Custody, Identities, Identity};
 pub use presented::Presented;
 
 use std::path::PathBuf;

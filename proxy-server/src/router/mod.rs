@@ -4,6 +4,7 @@
 
 mod http;
 mod listener;
+mod lockouts;
 mod state;
 mod workers;
 
@@ -58,6 +59,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         deny_mechanisms: settings.deny_mechanisms.clone(),
         policy: settings.policy.clone(),
         audit: settings.audit.as_ref().map(|(_, level, _)| *level),
+        locked: Vec::new(),
         json_logs: settings.log_format == LogFormat::Json,
         heal: HealSettings {
             // One vendor instance for every application: replacing it is not one

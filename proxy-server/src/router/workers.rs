@@ -152,6 +152,8 @@ pub struct Workers {
     trace_all: AtomicBool,
     /// The audit log, which the workers' events go to (`--audit-log`).
     audit: std::sync::OnceLock<crate::audit::log::AuditLog>,
+    /// PIN custody's lock-outs, per identity.
+    lockouts: super::lockouts::Lockouts,
 }
 
 impl Workers {
@@ -180,6 +182,7 @@ impl Workers {
             replaced: Mutex::new(HashMap::new()),
             trace_all: AtomicBool::new(false),
             audit: std::sync::OnceLock::new(),
+            lockouts: Default::default(),
         }))
     }
 
@@ -339,6 +342,7 @@ impl Workers {
         drop(theirs);
         let mut settings = self.template.clone();
         settings.trace = self.trace_all.load(Ordering::Relaxed);
+        settings.locked = self.lockouts.current();
         settings.role = role;
         if let Role::Application(id) = role {
             if let Some((_, r)) = self.replaced.lock().get(&id) {
@@ -406,6 +410,28 @@ impl Workers {
                     }
                     ToRouter::Authenticated => {
                         worker.authenticated.store(true, Ordering::Release);
+                    }
+                    ToRouter::LoginFailed {
+                        identity,
+                        attempts,
+                        window_ms,
+                    } => {
+                        if let Some(until_ms) = self.lockouts.failed(&identity, attempts, window_ms)
+                        {
+                            tracing::warn!(
+                                identity,
+                                attempts,
+                                seconds = window_ms / 1000,
+                                "identity locked out: wrong client secrets (PIN custody); the HSM was never asked"
+                            );
+                            for w in self.alive.lock().values() {
+                                let locked = ToWorker::Locked {
+                                    identity: identity.clone(),
+                                    until_ms,
+                                };
+                                let _ = w.channel.send(&locked, None);
+                            }
+                        }
                     }
                     ToRouter::Audit(event) => {
                         if let Some(log) = self.audit.get() {

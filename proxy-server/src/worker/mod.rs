@@ -15,6 +15,7 @@ mod audit;
 mod backend;
 mod confine;
 mod connection;
+mod custody;
 mod deadline;
 mod dispatch;
 mod heal;
@@ -133,6 +134,7 @@ pub fn run() -> ExitCode {
         }
     };
     state.audit = sink;
+    state.router = channel.try_clone().ok();
     let interface = state.backend.interface_version();
     if channel
         .send(&ToRouter::Started { interface }, None)
@@ -253,6 +255,13 @@ impl Worker {
                     }
                 }
                 ToWorker::Trace { on } => trace::set(on),
+                ToWorker::Locked { identity, until_ms } => {
+                    tracing::warn!(
+                        identity,
+                        "identity locked out (PIN custody): too many wrong client secrets"
+                    );
+                    self.state.lock_out(identity, until_ms);
+                }
                 ToWorker::Report { ready } => {
                     let mut snapshot = self.state.metrics.snapshot();
                     (snapshot.applications, snapshot.sessions) = self.state.census(&self.label);

@@ -70,6 +70,10 @@ pub struct WorkerState {
     pub watchdog: Watchdog,
     /// Where audited calls go (`--audit-log`).
     pub audit: Option<crate::audit::Sink>,
+    /// Its own end of the control channel, for messages from the calls (PIN custody).
+    pub router: Option<crate::control::Channel>,
+    /// Identities under PIN custody locked out, until when (ms since the epoch).
+    locked: Mutex<HashMap<String, u64>>,
 }
 
 impl WorkerState {
@@ -89,6 +93,8 @@ impl WorkerState {
             _ => Default::default(),
         };
         Self {
+            router: None,
+            locked: Mutex::new(settings.locked.iter().cloned().collect()),
             audit: None,
             watchdog: Watchdog::new(&healing),
             heal: Heal::new(healing),
@@ -203,6 +209,27 @@ impl WorkerState {
 
     /// Attaches a connection of the application named by `key`; `Err` with a reason when the
     /// hello is not for this worker.
+    /// Whether `identity` is locked out now (PIN custody).
+    pub fn locked_out(&self, identity: &str) -> bool {
+        self.locked
+            .lock()
+            .get(identity)
+            .is_some_and(|&until| crate::audit::now_ms() < until)
+    }
+
+    /// The router locked `identity` out until `until_ms`.
+    pub fn lock_out(&self, identity: String, until_ms: u64) {
+        self.locked.lock().insert(identity, until_ms);
+    }
+
+    /// Sends a message to the router from a call.
+    pub fn tell_router(&self, message: &crate::control::ToRouter) -> std::io::Result<()> {
+        match &self.router {
+            Some(c) => c.send(message, None),
+            None => Ok(()),
+        }
+    }
+
     pub fn attach(&self, key: &AppKey, identify_objects: bool) -> Result<Arc<Application>, String> {
         let mut apps = self.apps.lock();
         if let Role::Application(route) = self.settings.role {

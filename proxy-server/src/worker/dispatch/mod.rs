@@ -18,15 +18,15 @@ use protocol::objects::Handout;
 use crate::worker::application::Application;
 use crate::worker::audit;
 use crate::worker::confine;
+use crate::worker::custody;
 use crate::worker::heal::Seen;
 use crate::worker::identify;
 use crate::worker::state::WorkerState;
 use crate::worker::ulong::{to_ulong, wire};
 
-/// Serves one request for `app`: the policy, then, while the vendor instance is broken
-/// (`--heal`), its last fatal answer at once (C_Finalize aside: the application's own end of
-/// the instance goes to the vendor), else the vendor, whose answer tells whether the instance
-/// lost its device.
+/// Serves one request for `app`: the operator's policy first (what it refuses is refused
+/// with an audit record; a user login under PIN custody is checked and given the partition's
+/// PIN), then [`serve`], with the call's audit record.
 pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Response {
     let rights = app.rights(&worker.policy);
     let refused = worker
@@ -35,7 +35,8 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
         .check(&request)
         .or_else(|| rights.check(&request).err())
         .or_else(|| confine::hidden_slot(worker, &rights, &request))
-        .or_else(|| confine::hidden_object(worker, app, &rights, &request));
+        .or_else(|| confine::hidden_object(worker, app, &rights, &request))
+        .or_else(|| custody::refused(&rights, &request));
     if let Some(rv) = refused {
         if let Some(sink) = &worker.audit {
             audit::refused(sink, worker, app, &rights, &request, rv);
@@ -47,13 +48,27 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
         .audit
         .as_ref()
         .and_then(|sink| audit::before(sink, worker, app, &rights, &request));
+    let answer = match custody::login(worker, &rights, request) {
+        Ok(request) => serve(worker, app, request),
+        Err(rv) => Response::Rv(wire(rv)),
+    };
+    if let Some(changes) = changes {
+        confine::note(app, changes, &answer);
+    }
+    if let (Some(sink), Some(pending)) = (&worker.audit, audited) {
+        audit::after(sink, pending, &answer);
+    }
+    answer
+}
+
+/// Serves a request the policy lets through: while the vendor instance is broken
+/// (`--heal`), its last fatal answer at once (C_Finalize aside: the application's own end of
+/// the instance goes to the vendor), else the vendor, whose answer tells whether the instance
+/// lost its device.
+fn serve(worker: &WorkerState, app: &Application, request: Request) -> Response {
     let seen = Seen::from(&request);
     if let (Some(rv), false) = (worker.heal.fail_fast(), seen.function == Function::Finalize) {
-        let answer = Response::Rv(wire(rv));
-        if let (Some(sink), Some(pending)) = (&worker.audit, audited) {
-            audit::after(sink, pending, &answer);
-        }
-        return answer;
+        return Response::Rv(wire(rv));
     }
     // The identity of the objects an answer hands out travels with it (one round trip), read
     // as the application itself could read it (not where C_GetAttributeValue is denied).
@@ -79,12 +94,6 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
     .unwrap_or_else(|rv| Response::Rv(wire(rv)));
     if let Ok(rv) = to_ulong(answer.rv()) {
         worker.heal.observe(&seen, rv, || worker.initialised());
-    }
-    if let Some(changes) = changes {
-        confine::note(app, changes, &answer);
-    }
-    if let (Some(sink), Some(pending)) = (&worker.audit, audited) {
-        audit::after(sink, pending, &answer);
     }
     match handout {
         Some(handout) => identify::with_identities(worker, app, handout, answer),
