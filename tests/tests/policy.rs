@@ -539,3 +539,58 @@ fn two_peers_on_one_token_each_see_and_sign_with_their_own_key_only() {
     assert_eq!(direct.login(s, PIN), CKR_OK);
     assert_eq!(private_keys(&direct, s, None).len(), 3);
 }
+
+#[test]
+fn an_identitys_rate_is_held_and_its_sessions_capped() {
+    let hsm = SoftHsm::new("limits");
+    let dir = TempDir::new("limits");
+    let pki = Pki::new(dir.path(), "limits");
+    let server_id = pki.server("server");
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_file,
+        "[[identity]]\nname = \"slow\"\ncertificate_cn = \"slow\"\nrate_limit = 200\nmax_sessions = 2\n\n\
+         [[identity]]\nname = \"free\"\ncertificate_cn = \"free\"\n",
+    )
+    .unwrap();
+    let server = tls_server(
+        &hsm,
+        &pki,
+        &server_id,
+        &["--policy", policy_file.to_str().unwrap()],
+    );
+    let connect = |cn: &str| {
+        let id = pki.client(cn, false);
+        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(&id));
+        assert_eq!(rv, CKR_OK);
+        m
+    };
+    let randoms = |m: &RawModule, s: CK_SESSION_HANDLE, n: usize| {
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            let mut r = [0u8; 8];
+            // SAFETY: a session of `m`, a valid buffer.
+            assert_eq!(
+                unsafe { m.f().C_GenerateRandom.unwrap()(s, r.as_mut_ptr(), 8) },
+                CKR_OK
+            );
+        }
+        started.elapsed()
+    };
+    let slow = connect("slow");
+    let slot = slow.first_slot();
+    let (a, b) = (slow.open_rw(slot), slow.open_rw(slot));
+    assert_eq!(open_session(&slow, slot), CKR_SESSION_COUNT);
+    // SAFETY: a session of `slow`.
+    assert_eq!(unsafe { slow.f().C_CloseSession.unwrap()(b) }, CKR_OK);
+    assert_eq!(open_session(&slow, slot), CKR_OK);
+    // 300 calls at 200 a second, a second's worth at once: the last 100 wait their turn.
+    let took = randoms(&slow, a, 300);
+    let free = connect("free");
+    let s = free.open_rw(free.first_slot());
+    let free_took = randoms(&free, s, 300);
+    eprintln!("300 calls: {took:?} at 200/s, {free_took:?} unlimited");
+    assert!(took >= std::time::Duration::from_millis(450), "{took:?}");
+    assert!(free_took < took, "{free_took:?} {took:?}");
+    assert!(server.log_contains("max_sessions reached"));
+}

@@ -18,6 +18,8 @@
 //! client_secret = "pbkdf2-sha256$100000$...$..."  # what the node presents as its PIN
 //! pin_attempts = 5                            # wrong secrets before a lock-out
 //! pin_lockout_seconds = 300                   # within this window; locked as long
+//! rate_limit = 2000                           # calls a second, per application
+//! max_sessions = 64                           # sessions open at once, per application
 //! ```
 //!
 //! What a call beyond an identity's rights gets (each with a log line naming the identity):
@@ -70,6 +72,8 @@ struct IdentityFile {
     client_secret: Option<String>,
     pin_attempts: Option<u32>,
     pin_lockout_seconds: Option<u64>,
+    rate_limit: Option<u32>,
+    max_sessions: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +151,10 @@ pub struct Identity {
     object_ids: Option<Vec<String>>,
     /// PIN custody: the proxy logs in with the partition's PIN.
     pub custody: Option<Custody>,
+    /// Calls a second each of its applications may make (a burst of one second's worth).
+    pub rate_limit: Option<u32>,
+    /// Sessions each of its applications may have open at once.
+    pub max_sessions: Option<u32>,
 }
 
 /// PIN custody (OPERATIONS.md, "PIN custody"): the partition's user PIN is kept in a file the
@@ -336,6 +344,11 @@ fn build(i: IdentityFile) -> Result<Identity, String> {
             i.pin_attempts,
             i.pin_lockout_seconds,
         )?,
+        rate_limit: match i.rate_limit {
+            Some(0) => return Err(at("rate_limit = 0 would refuse every call".into())),
+            r => r,
+        },
+        max_sessions: i.max_sessions,
         tokens: i.tokens,
         object_labels: i.object_labels,
         object_ids: i

@@ -4,6 +4,7 @@
 //! matched by what its client presents ([`presented`]), with what it may call
 //! ([`identities`]). Without them the vendor decides everything.
 
+pub mod bucket;
 pub mod denials;
 mod glob;
 pub mod identities;

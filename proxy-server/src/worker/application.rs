@@ -35,6 +35,8 @@ pub struct Application {
     /// Under an identity that sees only some token objects: what it was found to see, by
     /// handle, and the objects it made itself (`super::confine`).
     objects: Mutex<ObjectViews>,
+    /// Its turns under its identity's `rate_limit`.
+    bucket: Mutex<crate::policy::bucket::Bucket>,
 }
 
 /// Token objects as an identity sees them.
@@ -59,6 +61,7 @@ impl Application {
             presented,
             rights: Mutex::new((None, Rights::Everything)),
             objects: Mutex::new(ObjectViews::default()),
+            bucket: Mutex::new(Default::default()),
         }
     }
 
@@ -78,6 +81,15 @@ impl Application {
             self.objects.lock().visible.clear();
         }
         cached.1.clone()
+    }
+
+    /// A turn under its identity's rate limit: how long to wait for it.
+    pub fn take_turn(
+        &self,
+        rate: f64,
+        max_wait: std::time::Duration,
+    ) -> Result<std::time::Duration, ()> {
+        self.bucket.lock().take(rate, max_wait)
     }
 
     /// Whether its identity sees `object`, as last found (objects it made: always).

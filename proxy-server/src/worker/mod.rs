@@ -20,6 +20,7 @@ mod deadline;
 mod dispatch;
 mod heal;
 mod identify;
+mod limits;
 mod mechanism;
 mod readiness;
 mod state;

@@ -21,6 +21,7 @@ use crate::worker::confine;
 use crate::worker::custody;
 use crate::worker::heal::Seen;
 use crate::worker::identify;
+use crate::worker::limits;
 use crate::worker::state::WorkerState;
 use crate::worker::ulong::{to_ulong, wire};
 
@@ -36,7 +37,8 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
         .or_else(|| rights.check(&request).err())
         .or_else(|| confine::hidden_slot(worker, &rights, &request))
         .or_else(|| confine::hidden_object(worker, app, &rights, &request))
-        .or_else(|| custody::refused(&rights, &request));
+        .or_else(|| custody::refused(&rights, &request))
+        .or_else(|| limits::check(app, &rights, &request));
     if let Some(rv) = refused {
         if let Some(sink) = &worker.audit {
             audit::refused(sink, worker, app, &rights, &request, rv);
