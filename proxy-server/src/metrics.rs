@@ -27,10 +27,39 @@ pub struct FunctionStats {
     sum: f64,
 }
 
+/// Most keys counted apart for one identity; the others count as `other` (bounded label
+/// cardinality whatever the token holds).
+const MAX_KEYS: usize = 32;
+
+/// One identity's calls (`--policy`), summed over its applications.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct IdentityStats {
+    calls: u64,
+    refusals: u64,
+    /// Signatures begun (C_SignInit answered CKR_OK), by the key's CKA_ID (hex).
+    signatures: HashMap<String, u64>,
+}
+
+impl IdentityStats {
+    fn add(&mut self, other: IdentityStats) {
+        self.calls += other.calls;
+        self.refusals += other.refusals;
+        for (key, n) in other.signatures {
+            let key = if self.signatures.len() >= MAX_KEYS && !self.signatures.contains_key(&key) {
+                "other".to_string()
+            } else {
+                key
+            };
+            *self.signatures.entry(key).or_default() += n;
+        }
+    }
+}
+
 /// Counters and gauges of one worker.
 #[derive(Default)]
 pub struct Metrics {
     functions: Mutex<HashMap<&'static str, FunctionStats>>,
+    identities: Mutex<HashMap<String, IdentityStats>>,
     pub connections_open: AtomicI64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
@@ -53,6 +82,8 @@ pub struct Snapshot {
     pub applications: u64,
     /// Sessions open, by application label.
     pub sessions: Vec<(String, u64)>,
+    /// Calls by identity of the policy.
+    pub identities: HashMap<String, IdentityStats>,
 }
 
 /// The router's own counters.
@@ -132,8 +163,28 @@ impl Metrics {
     }
 
     /// The counters as they are now; `applications` and `sessions` are the worker's to fill.
+    /// A call of an application of `identity`: refused by the policy, or (`signed`) a
+    /// signature begun with the key of that CKA_ID.
+    pub fn identity_call(&self, identity: &str, refused: bool, signed: Option<String>) {
+        let mut all = self.identities.lock();
+        let stats = match all.get_mut(identity) {
+            Some(s) => s,
+            None => all.entry(identity.to_string()).or_default(),
+        };
+        let mut one = IdentityStats {
+            calls: 1,
+            refusals: u64::from(refused),
+            signatures: HashMap::new(),
+        };
+        if let Some(key) = signed {
+            one.signatures.insert(key, 1);
+        }
+        stats.add(one);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
+            identities: self.identities.lock().clone(),
             functions: self
                 .functions
                 .lock()
@@ -174,6 +225,9 @@ impl Snapshot {
         self.backend_errors += other.backend_errors;
         self.applications += other.applications;
         self.sessions.extend(other.sessions);
+        for (name, stats) in other.identities {
+            self.identities.entry(name).or_default().add(stats);
+        }
     }
 
     /// The OpenMetrics text exposition of the sum over workers and the router's counters
@@ -212,6 +266,7 @@ impl Snapshot {
         registry.register_collector(Box::new(Exposition {
             functions: self.functions.clone(),
             sessions: self.sessions.clone(),
+            identities: self.identities.clone(),
             by_reason: vec![
                 ByReason {
                     name: "pkcs11_proxy_vendor_reinitialisations",
@@ -291,6 +346,7 @@ impl Scalar {
 struct Exposition {
     functions: HashMap<String, FunctionStats>,
     sessions: Vec<(String, u64)>,
+    identities: HashMap<String, IdentityStats>,
     by_reason: Vec<ByReason>,
     scalars: Vec<Scalar>,
     /// Whether each token answers, as the readiness probe saw it.
@@ -373,6 +429,46 @@ impl prometheus_client::collector::Collector for Exposition {
             for (reason, n) in &family.counts {
                 counter
                     .encode_family(&[("reason", *reason)])?
+                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+            }
+        }
+        let mut names: Vec<&String> = self.identities.keys().collect();
+        names.sort_unstable();
+        for (family, help) in [
+            (
+                "pkcs11_proxy_identity_calls",
+                "PKCS#11 calls by identity of the policy (--policy).",
+            ),
+            (
+                "pkcs11_proxy_identity_refusals",
+                "Calls the policy refused, by identity.",
+            ),
+        ] {
+            let mut counter = encoder.encode_descriptor(family, help, None, MetricType::Counter)?;
+            for name in &names {
+                let s = &self.identities[*name];
+                let n = if family.ends_with("calls") {
+                    s.calls
+                } else {
+                    s.refusals
+                };
+                counter
+                    .encode_family(&[("identity", name.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        let mut signatures = encoder.encode_descriptor(
+            "pkcs11_proxy_identity_signatures",
+            "Signatures begun (C_SignInit answered CKR_OK), by identity and key (its CKA_ID in hex; past 32 keys of one identity, `other`).",
+            None,
+            MetricType::Counter,
+        )?;
+        for name in &names {
+            let mut keys: Vec<_> = self.identities[*name].signatures.iter().collect();
+            keys.sort();
+            for (key, n) in keys {
+                signatures
+                    .encode_family(&[("identity", name.as_str()), ("key", key.as_str())])?
                     .encode_counter::<NoLabelSet, _, u64>(n, None)?;
             }
         }

@@ -72,15 +72,57 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The series names of a real server's `/metrics`, after calls, with a session open.
+/// The series names of a real server's `/metrics`, after calls, with a session open: a
+/// server with a policy (this process's uid on a Unix socket is its identity) and an audit
+/// log, so that every family has a series.
 fn exported() -> BTreeSet<String> {
     let hsm = SoftHsm::new("monitoring");
-    let server = ProxyServer::start_with_metrics(&hsm);
     let dir = TempDir::new("monitoring");
+    let policy = dir.path().join("policy.toml");
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    std::fs::write(
+        &policy,
+        format!("[[identity]]\nname = \"me\"\nuid = {uid}\nrole = \"enroller\"\n"),
+    )
+    .unwrap();
+    let listen = format!("unix://{}", dir.path().join("p.sock").display());
+    let audit = dir.path().join("audit.jsonl");
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            tests::SOFTHSM,
+            "--listen",
+            &listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+        &[],
+    );
     let m = proxy_client(&server.address, &dir);
+    tests::fabric::make_token_key(&m);
     let s = m.open_rw(m.first_slot());
-    assert_eq!(m.login(s, PIN), CKR_OK);
+    assert_eq!(m.login(s, PIN), CKR_USER_ALREADY_LOGGED_IN);
+    // SAFETY: a logged-in session.
+    assert_eq!(unsafe { tests::fabric::fabric_sign(&m, s) }, CKR_OK);
+    // A refusal: SO login needs the admin role.
+    // SAFETY: a session of `m`, the PIN's bytes.
+    let rv = unsafe { m.f().C_Login.unwrap()(s, CKU_SO, PIN.as_ptr() as *mut u8, 4) };
+    assert_eq!(rv, CKR_USER_TYPE_INVALID);
     let text = http_get(&server.metrics_address(), "/metrics").1;
+    assert!(
+        text.contains(&format!(
+            "pkcs11_proxy_identity_signatures_total{{identity=\"me\",key=\"{}\"}} 1",
+            tests::fabric::KEY_ID.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("pkcs11_proxy_identity_refusals_total{identity=\"me\"} 1"), "{text}");
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())

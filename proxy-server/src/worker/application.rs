@@ -37,7 +37,13 @@ pub struct Application {
     objects: Mutex<ObjectViews>,
     /// Its turns under its identity's `rate_limit`.
     bucket: Mutex<crate::policy::bucket::Bucket>,
+    /// The CKA_ID (hex) and CKA_LABEL of objects it named, as read for the audit log and
+    /// the identity metrics, by handle.
+    names: Mutex<HashMap<u64, ObjectNames>>,
 }
+
+/// An object's CKA_ID (hex) and CKA_LABEL, when it has them.
+pub type ObjectNames = (Option<String>, Option<String>);
 
 /// Token objects as an identity sees them.
 #[derive(Default)]
@@ -62,6 +68,7 @@ impl Application {
             rights: Mutex::new((None, Rights::Everything)),
             objects: Mutex::new(ObjectViews::default()),
             bucket: Mutex::new(Default::default()),
+            names: Mutex::new(HashMap::new()),
         }
     }
 
@@ -119,9 +126,25 @@ impl Application {
         views.made.insert(object);
     }
 
-    /// `object`'s attributes changed: whether its identity sees it is to be found again.
+    /// `object`'s attributes changed: whether its identity sees it, and its names, are to be
+    /// read again.
     pub fn object_changed(&self, object: u64) {
         self.objects.lock().visible.remove(&object);
+        self.names.lock().remove(&object);
+    }
+
+    /// The names of `object`, read with `read` the first time.
+    pub fn object_names(&self, object: u64, read: impl FnOnce() -> ObjectNames) -> ObjectNames {
+        if let Some(n) = self.names.lock().get(&object) {
+            return n.clone();
+        }
+        let n = read();
+        let mut names = self.names.lock();
+        if names.len() >= MAX_IDENTIFIED {
+            names.clear();
+        }
+        names.insert(object, n.clone());
+        n
     }
 
     /// Whether `object` is handed out to the application for the first time (its identity
@@ -140,6 +163,7 @@ impl Application {
         let mut views = self.objects.lock();
         views.visible.remove(&object);
         views.made.remove(&object);
+        self.names.lock().remove(&object);
     }
 
     /// Whether other applications share this application's vendor instance.

@@ -11,7 +11,7 @@ use protocol::attribute::AttrValue;
 use protocol::message::{Request, Response};
 use protocol::names;
 
-use super::application::Application;
+use super::application::{Application, ObjectNames};
 use super::identify;
 use super::state::WorkerState;
 use super::ulong::{to_ulong, wire};
@@ -76,7 +76,7 @@ fn event(
         None => session.and_then(|s| app.slot_of(s)),
     };
     let (object_id, object_label) = match (session, request.object_handles()[0]) {
-        (Some(s), Some(o)) => object_names(worker, s, o),
+        (Some(s), Some(o)) => object_names(worker, app, s, o),
         _ => (None, None),
     };
     Event {
@@ -107,12 +107,18 @@ fn token_label(worker: &WorkerState, slot: CK_SLOT_ID) -> Option<String> {
         .then(|| String::from_utf8_lossy(&info.label).trim_end().to_string())
 }
 
-/// The CKA_ID (hex) and CKA_LABEL of `object`, as the vendor gives them on `session`.
-fn object_names(
+/// The CKA_ID (hex) and CKA_LABEL of `object`, as the vendor gives them on `session` (read
+/// once per handle and application, again after the application changed them).
+pub fn object_names(
     worker: &WorkerState,
+    app: &Application,
     session: CK_SESSION_HANDLE,
     object: u64,
-) -> (Option<String>, Option<String>) {
+) -> ObjectNames {
+    app.object_names(object, || read_names(worker, session, object))
+}
+
+fn read_names(worker: &WorkerState, session: CK_SESSION_HANDLE, object: u64) -> ObjectNames {
     let Ok(handle) = to_ulong(object) else {
         return (None, None);
     };

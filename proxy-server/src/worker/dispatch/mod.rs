@@ -13,6 +13,8 @@ mod slot;
 
 use protocol::function::Chapter;
 use protocol::message::{Function, Request, Response};
+
+use crate::policy::Rights;
 use protocol::objects::Handout;
 
 use crate::worker::application::Application;
@@ -43,8 +45,19 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
         if let Some(sink) = &worker.audit {
             audit::refused(sink, worker, app, &rights, &request, rv);
         }
+        if let Rights::Of(identity) = &rights {
+            worker.metrics.identity_call(&identity.name, true, None);
+        }
         return Response::Rv(wire(rv));
     }
+    let renamed = match &request {
+        Request::SetAttributeValue { object, .. } => Some(*object),
+        _ => None,
+    };
+    let signing = match (&rights, &request) {
+        (Rights::Of(_), Request::SignInit { session, key, .. }) => Some((*session, *key)),
+        _ => None,
+    };
     let changes = confine::Changes::of(&rights, &request);
     let audited = worker
         .audit
@@ -57,8 +70,22 @@ pub fn dispatch(worker: &WorkerState, app: &Application, request: Request) -> Re
     if let Some(changes) = changes {
         confine::note(app, changes, &answer);
     }
+    if let Some(object) = renamed {
+        app.object_changed(object);
+    }
     if let (Some(sink), Some(pending)) = (&worker.audit, audited) {
         audit::after(sink, pending, &answer);
+    }
+    if let Rights::Of(identity) = &rights {
+        let signed = signing
+            .filter(|_| answer.rv() == 0)
+            .and_then(|(session, key)| Some((app.check(session).ok()?, key)))
+            .map(|(session, key)| {
+                audit::object_names(worker, app, session, key)
+                    .0
+                    .unwrap_or_else(|| "unnamed".into())
+            });
+        worker.metrics.identity_call(&identity.name, false, signed);
     }
     answer
 }
