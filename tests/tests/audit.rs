@@ -97,6 +97,11 @@ fn a_day(run: &Run) {
     assert_eq!(make_token_key_with_id(&ca, s, b"scratch"), CKR_OK);
     // SAFETY: a logged-in session.
     let scratch = unsafe { find_signing_key(&ca, s, b"scratch") }.unwrap();
+    let label = b"renamed";
+    let mut t = [tests::fabric::attr(CKA_LABEL, label)];
+    // SAFETY: a logged-in session, a valid template.
+    let rv = unsafe { ca.f().C_SetAttributeValue.unwrap()(s, scratch, t.as_mut_ptr(), 1) };
+    assert_eq!(rv, CKR_OK);
     // SAFETY: as above.
     assert_eq!(
         unsafe { ca.f().C_DestroyObject.unwrap()(s, scratch) },
@@ -148,6 +153,11 @@ fn every_management_call_key_use_and_refusal_is_on_a_chain_that_finds_tampering(
         r#""function":"C_GenerateKeyPair""#,
         r#""mechanism":"CKM_EC_KEY_PAIR_GEN""#,
         r#""rv":"CKR_OK""#,
+    ]);
+    // A key named after it was made: the new CKA_ID is in the record.
+    find(&[
+        r#""function":"C_SetAttributeValue""#,
+        r#""detail":"sets CKA_LABEL renamed""#,
     ]);
     // The destroyed key is named by what it was.
     find(&[

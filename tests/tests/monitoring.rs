@@ -118,11 +118,17 @@ fn exported() -> BTreeSet<String> {
     assert!(
         text.contains(&format!(
             "pkcs11_proxy_identity_signatures_total{{identity=\"me\",key=\"{}\"}} 1",
-            tests::fabric::KEY_ID.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            tests::fabric::KEY_ID
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         )),
         "{text}"
     );
-    assert!(text.contains("pkcs11_proxy_identity_refusals_total{identity=\"me\"} 1"), "{text}");
+    assert!(
+        text.contains("pkcs11_proxy_identity_refusals_total{identity=\"me\"} 1"),
+        "{text}"
+    );
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())

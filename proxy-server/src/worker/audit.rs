@@ -10,6 +10,7 @@ use cryptoki_sys::*;
 use protocol::attribute::AttrValue;
 use protocol::message::{Request, Response};
 use protocol::names;
+use protocol::shape::Array;
 
 use super::application::{Application, ObjectNames};
 use super::identify;
@@ -96,8 +97,35 @@ fn event(
         mechanism: request
             .mechanism()
             .map(|m| names::or_hex(names::mechanism(m.ty), m.ty)),
+        detail: new_names(request),
         ..Event::default()
     }
+}
+
+/// The CKA_ID and CKA_LABEL that C_SetAttributeValue gives its object (how Fabric names a key
+/// it generated: by its SKI), so that the log names the key after the call too.
+fn new_names(request: &Request) -> Option<String> {
+    let Request::SetAttributeValue {
+        template: Array::Given(template),
+        ..
+    } = request
+    else {
+        return None;
+    };
+    let names: Vec<String> = template
+        .iter()
+        .filter_map(|a| match (a.ty, &a.value) {
+            (ty, AttrValue::Bytes(b)) if ty == wire(CKA_ID) => Some(format!(
+                "CKA_ID {}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            )),
+            (ty, AttrValue::Bytes(b)) if ty == wire(CKA_LABEL) => {
+                Some(format!("CKA_LABEL {}", String::from_utf8_lossy(b)))
+            }
+            _ => None,
+        })
+        .collect();
+    (!names.is_empty()).then(|| format!("sets {}", names.join(", ")))
 }
 
 /// The label of the token in `slot`, as the vendor gives it.
