@@ -180,8 +180,12 @@ pub enum ToRouter {
     Leaving { replaced: Option<Replaced> },
     /// A vendor call outlived its deadline and was abandoned (`slow`: `--slow-call-deadline`).
     Abandoned { slow: bool },
-    /// An event for the audit log (`crate::audit`).
-    Audit(Box<crate::audit::Event>),
+    /// Events for the audit log (`crate::audit`), and how many the worker dropped before
+    /// them (its queue was full).
+    Audit {
+        events: Vec<crate::audit::Event>,
+        dropped: u64,
+    },
     /// A wrong client secret of an identity under PIN custody, whose lock-out comes after
     /// `attempts` of them within `window_ms`.
     LoginFailed {

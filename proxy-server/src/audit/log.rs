@@ -7,8 +7,9 @@
 //! starts a new one with a `rotated` record whose `prev` is the hash of the old file's last
 //! line, so the chain runs on across files.
 //!
-//! Writing never holds a call for long: workers' events go through a bounded queue to one
-//! writer thread. When the queue is full (the disk stalls), events are dropped and counted
+//! Writing never holds a call for long: workers send their events in batches
+//! (`super::Sink`), through a bounded queue to one writer thread, which writes what is
+//! queued before a stopping server exits ([`AuditLog::close`]). When the queue is full (the disk stalls), events are dropped and counted
 //! (`pkcs11_proxy_audit_dropped_total`, a log line), and the next line written is a `gap`
 //! record that says how many: the log shows where it lost events and how many. Lines are
 //! handed to the operating system after each batch (no fsync: a crash of the machine may
@@ -93,7 +94,9 @@ impl<'a> Line<'a> {
 
 /// The router's audit log: events in, lines out.
 pub struct AuditLog {
-    queue: SyncSender<Event>,
+    /// Taken away at [`AuditLog::close`].
+    queue: parking_lot::Mutex<Option<SyncSender<Event>>>,
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     pub written: Arc<AtomicU64>,
     pub dropped: Arc<AtomicU64>,
 }
@@ -118,7 +121,8 @@ impl AuditLog {
         let size = file.metadata().map_err(at)?.len();
         let (queue, events) = mpsc::sync_channel(QUEUE);
         let log = Self {
-            queue,
+            queue: parking_lot::Mutex::new(Some(queue)),
+            writer: parking_lot::Mutex::new(None),
             written,
             dropped,
         };
@@ -140,16 +144,41 @@ impl AuditLog {
                 ..Event::default()
             })
             .map_err(at)?;
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("p11-audit".into())
             .spawn(move || writer.run(events))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        *log.writer.lock() = Some(handle);
         Ok(log)
+    }
+
+    /// Writes what is queued and closes the file (the server stops).
+    pub fn close(&self) {
+        self.queue.lock().take();
+        if let Some(writer) = self.writer.lock().take() {
+            let _ = writer.join();
+        }
+    }
+
+    /// Counts events a worker dropped before they reached the router.
+    pub fn lost(&self, dropped: u64) {
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+            tracing::error!(
+                dropped,
+                "audit events dropped in a worker (a `gap` record will count them)"
+            );
+        }
     }
 
     /// Queues an event; drops (and counts) it when the writer is that far behind.
     pub fn record(&self, event: Event) {
-        match self.queue.try_send(event) {
+        let queue = self.queue.lock();
+        let Some(queue) = queue.as_ref() else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match queue.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 if self

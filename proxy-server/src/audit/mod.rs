@@ -64,29 +64,87 @@ pub struct Event {
     pub detail: Option<String>,
 }
 
-/// Where a worker's events go (to the router, over its control channel), and what it
-/// audits.
+/// Events a worker holds for the router, at most (its disk or the router far behind).
+const MAX_PENDING: usize = 65_536;
+/// Events that make a worker send its batch at once, and most events in one message to the
+/// router (a message holds 128 KiB at most: an event is a few hundred bytes).
+const BATCH: usize = 128;
+/// Longest an event waits in a worker before it is sent.
+const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Events waiting to be sent, and those dropped since the last batch.
+#[derive(Default)]
+struct Batch {
+    events: Vec<Event>,
+    dropped: u64,
+}
+
+/// Where a worker's events go (to the router, over its control channel, in batches: a call
+/// only adds its event to a list), and what it audits.
 pub struct Sink {
-    send: Box<dyn Fn(Event) + Send + Sync>,
+    send: Box<dyn Fn(Vec<Event>, u64) + Send + Sync>,
     pub level: Level,
     /// The application's label.
     pub label: String,
     /// Token labels by slot, read once.
     tokens: parking_lot::Mutex<std::collections::HashMap<u64, String>>,
+    batch: parking_lot::Mutex<Batch>,
+    full: parking_lot::Condvar,
 }
 
 impl Sink {
-    pub fn new(level: Level, label: String, send: Box<dyn Fn(Event) + Send + Sync>) -> Self {
+    /// `send` gets each batch with the number of events dropped before it.
+    pub fn new(
+        level: Level,
+        label: String,
+        send: Box<dyn Fn(Vec<Event>, u64) + Send + Sync>,
+    ) -> Self {
         Self {
             send,
             level,
             label,
             tokens: Default::default(),
+            batch: Default::default(),
+            full: Default::default(),
         }
     }
 
+    /// Adds an event to the next batch (dropped and counted when too many wait).
     pub fn send(&self, event: Event) {
-        (self.send)(event)
+        let mut batch = self.batch.lock();
+        if batch.events.len() >= MAX_PENDING {
+            batch.dropped += 1;
+            return;
+        }
+        batch.events.push(event);
+        if batch.events.len() >= BATCH {
+            self.full.notify_one();
+        }
+    }
+
+    /// Sends batches every [`BATCH_DELAY`] (or sooner when one fills), for ever: the
+    /// worker's audit thread.
+    pub fn run(&self) {
+        loop {
+            {
+                let mut batch = self.batch.lock();
+                if batch.events.len() < BATCH {
+                    self.full.wait_for(&mut batch, BATCH_DELAY);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// Sends what waits now, [`BATCH`] events a message.
+    pub fn flush(&self) {
+        let mut batch = std::mem::take(&mut *self.batch.lock());
+        let mut dropped = batch.dropped;
+        while !batch.events.is_empty() || dropped > 0 {
+            let rest = batch.events.split_off(batch.events.len().min(BATCH));
+            (self.send)(std::mem::replace(&mut batch.events, rest), dropped);
+            dropped = 0;
+        }
     }
 
     /// The label of the token in `slot`, read with `read` the first time.

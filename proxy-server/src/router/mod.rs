@@ -156,6 +156,7 @@ pub fn run(settings: Settings) -> Result<(), String> {
         l.stop();
     }
     router.workers.stop(STOP_TIMEOUT);
+    router.workers.close_audit();
     tracing::info!("stopped");
     Ok(())
 }

@@ -433,9 +433,12 @@ impl Workers {
                             }
                         }
                     }
-                    ToRouter::Audit(event) => {
+                    ToRouter::Audit { events, dropped } => {
                         if let Some(log) = self.audit.get() {
-                            log.record(*event);
+                            log.lost(dropped);
+                            for event in events {
+                                log.record(event);
+                            }
                         }
                     }
                     ToRouter::Abandoned { slow } => {
@@ -576,6 +579,13 @@ impl Workers {
         )?;
         let _ = self.audit.set(log);
         Ok(())
+    }
+
+    /// Writes the audit events queued and closes the log (after the workers stopped).
+    pub fn close_audit(&self) {
+        if let Some(log) = self.audit.get() {
+            log.close();
+        }
     }
 
     /// Every application's call trace on or off, those to come included.

@@ -116,8 +116,11 @@ pub fn run() -> ExitCode {
         Some(Ok((c, level))) => Some(crate::audit::Sink::new(
             level,
             label.clone(),
-            Box::new(move |event| {
-                let _ = c.send(&ToRouter::Audit(Box::new(event)), None);
+            Box::new(move |events, dropped| {
+                let n = events.len();
+                if let Err(e) = c.send(&ToRouter::Audit { events, dropped }, None) {
+                    tracing::error!(error = %e, events = n, "audit events could not be sent to the router");
+                }
             }),
         )),
         Some(Err(e)) => {
@@ -174,6 +177,13 @@ pub fn run() -> ExitCode {
     {
         worker.start_healing(&span);
         worker.start_watchdog(&span);
+    }
+    if worker.state.audit.is_some() {
+        worker.background("p11-audit", &span, |worker| {
+            if let Some(sink) = &worker.state.audit {
+                sink.run();
+            }
+        });
     }
     worker.control_loop(&span);
     worker.stop();
@@ -553,6 +563,10 @@ impl Worker {
             tracing::info!(rv = %rv::name(r), "vendor library finalised; worker stopped");
         } else {
             tracing::debug!("worker stopped");
+        }
+        // The last calls' audit records go before the worker does.
+        if let Some(sink) = &state.audit {
+            sink.flush();
         }
     }
 }
