@@ -82,6 +82,11 @@ impl Pki {
     pub fn client(&self, file: &str, expired: bool) -> Identity {
         self.issue(file, &[], ExtendedKeyUsagePurpose::ClientAuth, expired)
     }
+
+    /// A client certificate with these DNS names in its subjectAltName.
+    pub fn client_with_names(&self, file: &str, names: &[&str]) -> Identity {
+        self.issue(file, names, ExtendedKeyUsagePurpose::ClientAuth, false)
+    }
 }
 
 /// An application through the proxy at `socket` (a private copy of the shim), trusting the

@@ -594,3 +594,51 @@ fn an_identitys_rate_is_held_and_its_sessions_capped() {
     assert!(free_took < took, "{free_took:?} {took:?}");
     assert!(server.log_contains("max_sessions reached"));
 }
+
+#[test]
+fn identities_match_by_a_dns_name_or_the_fingerprint_openssl_prints() {
+    let hsm = SoftHsm::new("match");
+    let dir = TempDir::new("match");
+    let pki = Pki::new(dir.path(), "match");
+    let server_id = pki.server("server");
+    let by_dns = pki.client_with_names("some-cn", &["peer1.org1.example.com"]);
+    let by_print = pki.client("other-cn", false);
+    // The fingerprint as operators read it: `openssl x509 -noout -fingerprint -sha256`.
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&by_print.cert)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let fingerprint = printed.trim().rsplit('=').next().unwrap().to_string();
+    assert_eq!(fingerprint.len(), 95, "{printed}");
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy_file,
+        format!(
+            "[[identity]]\nname = \"by-dns\"\ncertificate_dns = \"PEER1.org1.example.com\"\n\n\
+             [[identity]]\nname = \"by-fingerprint\"\ncertificate_sha256 = \"{fingerprint}\"\n"
+        ),
+    )
+    .unwrap();
+    let server = tls_server(
+        &hsm,
+        &pki,
+        &server_id,
+        &["--policy", policy_file.to_str().unwrap()],
+    );
+    for id in [&by_dns, &by_print] {
+        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(id));
+        assert_eq!(rv, CKR_OK);
+        let s = m.open_rw(m.first_slot());
+        assert_eq!(m.login(s, PIN), CKR_OK);
+    }
+    // The same CN without the name or the fingerprint is nobody.
+    let (rv, _) = tls_client(
+        &dir,
+        &server.address,
+        Some(&pki),
+        Some(&pki.client("some-cn", false)),
+    );
+    assert_ne!(rv, CKR_OK);
+}
