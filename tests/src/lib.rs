@@ -108,25 +108,7 @@ impl SoftHsm {
             ),
         )
         .unwrap();
-        let out = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--pin",
-                PIN,
-                "--so-pin",
-                SO_PIN,
-            ])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .expect("softhsm2-util (Debian package softhsm2) must be installed");
-        assert!(
-            out.status.success(),
-            "softhsm2-util failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        init_token(&conf, label);
         Self {
             dir,
             conf,
@@ -134,10 +116,38 @@ impl SoftHsm {
         }
     }
 
+    /// Initialises another token, labelled `label`, in SoftHSM2's free slot.
+    pub fn add_token(&self, label: &str) {
+        init_token(&self.conf, label);
+    }
+
     /// A private copy of the SoftHSM2 module, so this process can hold several instances.
     pub fn module_copy(&self) -> PathBuf {
         private_copy(Path::new(SOFTHSM), self.dir.path())
     }
+}
+
+/// `softhsm2-util --init-token --free` with the test PINs, under configuration `conf`.
+fn init_token(conf: &Path, label: &str) {
+    let out = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            PIN,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .expect("softhsm2-util (Debian package softhsm2) must be installed");
+    assert!(
+        out.status.success(),
+        "softhsm2-util failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Copies a shared object under a unique name in `dir`: `dlopen` of a new path gives a new

@@ -141,3 +141,63 @@ pub fn tls_server(
     args.extend_from_slice(extra);
     crate::ProxyServer::start_with(hsm, &args, &[])
 }
+
+/// A server with TLS and a policy (`--policy`), on its own SoftHSM2 token, and clients that
+/// present certificates of its CA by common name.
+pub struct PolicyServer {
+    pub hsm: crate::SoftHsm,
+    pub dir: crate::TempDir,
+    pub pki: Pki,
+    pub server: crate::ProxyServer,
+    pub policy_file: PathBuf,
+}
+
+impl PolicyServer {
+    /// A server named `tag` with the policy `policy` (TOML) and `extra` flags.
+    pub fn start(tag: &str, policy: &str, extra: &[&str]) -> Self {
+        Self::start_on(crate::SoftHsm::new(tag), tag, policy, extra)
+    }
+
+    /// [`PolicyServer::start`] on the token(s) of `hsm`.
+    pub fn start_on(hsm: crate::SoftHsm, tag: &str, policy: &str, extra: &[&str]) -> Self {
+        let dir = crate::TempDir::new(tag);
+        let pki = Pki::new(dir.path(), tag);
+        let server_id = pki.server("server");
+        let policy_file = dir.path().join("policy.toml");
+        std::fs::write(&policy_file, policy).unwrap();
+        let mut args = vec!["--policy", policy_file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let server = tls_server(&hsm, &pki, &server_id, &args);
+        Self {
+            hsm,
+            dir,
+            pki,
+            server,
+            policy_file,
+        }
+    }
+
+    /// An application presenting a certificate with CN `cn`: C_Initialize's answer.
+    pub fn connect(&self, cn: &str) -> (CK_RV, crate::raw::RawModule) {
+        self.connect_as(&self.pki.client(cn, false))
+    }
+
+    /// An application presenting `id`: C_Initialize's answer.
+    pub fn connect_as(&self, id: &Identity) -> (CK_RV, crate::raw::RawModule) {
+        tls_client(&self.dir, &self.server.address, Some(&self.pki), Some(id))
+    }
+
+    /// An initialised application of CN `cn`.
+    pub fn client(&self, cn: &str) -> crate::raw::RawModule {
+        let (rv, m) = self.connect(cn);
+        assert_eq!(rv, cryptoki_sys::CKR_OK, "{cn}");
+        m
+    }
+
+    /// An application of CN `cn` with an RW session on its first slot (not logged in).
+    pub fn app(&self, cn: &str) -> (crate::raw::RawModule, cryptoki_sys::CK_SESSION_HANDLE) {
+        let m = self.client(cn);
+        let s = m.open_rw(m.first_slot());
+        (m, s)
+    }
+}

@@ -8,9 +8,9 @@ use std::process::Command;
 
 use cryptoki_sys::*;
 use tests::fabric::{fabric_sign_data, find_signing_key, make_token_key_with_id};
-use tests::pki::{tls_client, tls_server, Pki};
+use tests::pki::PolicyServer;
 use tests::raw::RawModule;
-use tests::{server_path, ProxyServer, SoftHsm, TempDir, PIN};
+use tests::{server_path, TempDir, PIN};
 
 const POLICY: &str = r#"
     [[identity]]
@@ -48,51 +48,28 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-struct Run {
-    _hsm: SoftHsm,
-    dir: TempDir,
-    pki: Pki,
-    server: ProxyServer,
-}
-
-fn start(hsm: SoftHsm, dir: TempDir, pki: Pki, log: PathBuf, extra: &[&str]) -> Run {
-    let server_id = pki.server("server");
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let mut args = vec![
-        "--policy",
-        policy.to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-    ];
+/// A server with the policy and an audit log at `log` (kept in a directory of its own, so
+/// that a later server can go on with it), and `extra` flags.
+fn start(tag: &str, log: &Path, extra: &[&str]) -> PolicyServer {
+    let mut args = vec!["--audit-log", log.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let server = tls_server(&hsm, &pki, &server_id, &args);
-    Run {
-        _hsm: hsm,
-        dir,
-        pki,
-        server,
-    }
+    PolicyServer::start(tag, POLICY, &args)
 }
 
-impl Run {
-    fn app(&self, cn: &str) -> (RawModule, CK_SESSION_HANDLE) {
-        let id = self.pki.client(cn, false);
-        let (rv, m) = tls_client(&self.dir, &self.server.address, Some(&self.pki), Some(&id));
-        assert_eq!(rv, CKR_OK);
-        let s = m.open_rw(m.first_slot());
-        assert!(matches!(
-            m.login(s, PIN),
-            CKR_OK | CKR_USER_ALREADY_LOGGED_IN
-        ));
-        (m, s)
-    }
+/// An application of CN `cn`, logged in.
+fn app(run: &PolicyServer, cn: &str) -> (RawModule, CK_SESSION_HANDLE) {
+    let (m, s) = run.app(cn);
+    assert!(matches!(
+        m.login(s, PIN),
+        CKR_OK | CKR_USER_ALREADY_LOGGED_IN
+    ));
+    (m, s)
 }
 
 /// What a CA and a peer do on a first day: keys made, named, one destroyed; signatures; a
 /// refused call.
-fn a_day(run: &Run) {
-    let (ca, s) = run.app("org1-ca");
+fn a_day(run: &PolicyServer) {
+    let (ca, s) = app(run, "org1-ca");
     assert_eq!(make_token_key_with_id(&ca, s, b"peer0-key"), CKR_OK);
     assert_eq!(make_token_key_with_id(&ca, s, b"scratch"), CKR_OK);
     // SAFETY: a logged-in session.
@@ -107,7 +84,7 @@ fn a_day(run: &Run) {
         unsafe { ca.f().C_DestroyObject.unwrap()(s, scratch) },
         CKR_OK
     );
-    let (peer, s) = run.app("org1-peer0");
+    let (peer, s) = app(run, "org1-peer0");
     for _ in 0..3 {
         // SAFETY: a logged-in session.
         assert_eq!(
@@ -123,16 +100,9 @@ fn a_day(run: &Run) {
 
 #[test]
 fn every_management_call_key_use_and_refusal_is_on_a_chain_that_finds_tampering() {
-    let dir = TempDir::new("audit");
-    let pki = Pki::new(dir.path(), "audit");
-    let log = dir.path().join("audit.jsonl");
-    let mut run = start(
-        SoftHsm::new("audit"),
-        dir,
-        pki,
-        log.clone(),
-        &["--audit", "all"],
-    );
+    let logs = TempDir::new("audit-log");
+    let log = logs.path().join("audit.jsonl");
+    let mut run = start("audit", &log, &["--audit", "all"]);
     a_day(&run);
     run.server.stop();
     let text = lines(&log);
@@ -189,7 +159,7 @@ fn every_management_call_key_use_and_refusal_is_on_a_chain_that_finds_tampering(
     assert!(out.contains(&format!("{} lines", text.len())), "{out}");
 
     // Each kind of tampering is found, and the line named.
-    let tampered = run.dir.path().join("tampered.jsonl");
+    let tampered = logs.path().join("tampered.jsonl");
     let k = text
         .iter()
         .position(|l| l.contains("C_SignInit") && l.contains("CKR_OK"))
@@ -235,32 +205,18 @@ fn every_management_call_key_use_and_refusal_is_on_a_chain_that_finds_tampering(
 
 #[test]
 fn rotation_and_restarts_keep_one_chain() {
-    let dir = TempDir::new("rotate");
-    let pki = Pki::new(dir.path(), "rotate");
-    let log = dir.path().join("audit.jsonl");
-    let hsm = SoftHsm::new("rotate");
-    let mut run = start(
-        hsm,
-        dir,
-        pki,
-        log.clone(),
-        &["--audit", "all", "--audit-max-bytes", "4096"],
-    );
+    let logs = TempDir::new("rotate-log");
+    let log = logs.path().join("audit.jsonl");
+    let flags = ["--audit", "all", "--audit-max-bytes", "4096"];
+    let mut run = start("rotate", &log, &flags);
     a_day(&run);
     a_day(&run);
     run.server.stop();
     // The same log, a new server: the chain goes on.
-    let (hsm, dir, pki) = (run._hsm, run.dir, run.pki);
-    let mut run = start(
-        hsm,
-        dir,
-        pki,
-        log.clone(),
-        &["--audit", "all", "--audit-max-bytes", "4096"],
-    );
+    let mut run = start("rotate-again", &log, &flags);
     a_day(&run);
     run.server.stop();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(run.dir.path())
+    let mut files: Vec<PathBuf> = std::fs::read_dir(logs.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {

@@ -6,9 +6,9 @@
 use std::process::{Command, Stdio};
 
 use cryptoki_sys::*;
-use tests::pki::{tls_client, tls_server, Pki};
+use tests::pki::PolicyServer;
 use tests::raw::RawModule;
-use tests::{server_path, SoftHsm, TempDir, PIN};
+use tests::{server_path, TempDir, PIN};
 
 const SECRET: &str = "org1-peer0 has its own secret";
 
@@ -47,16 +47,12 @@ fn pin_flags(m: &RawModule) -> CK_FLAGS {
 
 #[test]
 fn the_node_holds_only_its_secret_and_wrong_ones_never_reach_the_hsm() {
-    let hsm = SoftHsm::new("custody");
-    let dir = TempDir::new("custody");
-    let pki = Pki::new(dir.path(), "custody");
-    let server_id = pki.server("server");
-    let pin_file = dir.path().join("org1-user-pin");
+    let secrets = TempDir::new("custody-secrets");
+    let pin_file = secrets.path().join("org1-user-pin");
     std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    let t = PolicyServer::start(
+        "custody",
+        &format!(
             r#"
             [[identity]]
             name = "org1-peer0"
@@ -74,21 +70,9 @@ fn the_node_holds_only_its_secret_and_wrong_ones_never_reach_the_hsm() {
             pin_file.display(),
             hash_secret(SECRET)
         ),
-    )
-    .unwrap();
-    let server = tls_server(
-        &hsm,
-        &pki,
-        &server_id,
-        &["--policy", policy.to_str().unwrap()],
+        &[],
     );
-    let app = |cn: &str| {
-        let id = pki.client(cn, false);
-        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(&id));
-        assert_eq!(rv, CKR_OK);
-        let s = m.open_rw(m.first_slot());
-        (m, s)
-    };
+    let (server, app) = (&t.server, |cn: &str| t.app(cn));
 
     // The node logs in with its secret; the vendor got the partition's PIN.
     let (peer, s) = app("org1-peer0");
@@ -136,36 +120,20 @@ fn the_node_holds_only_its_secret_and_wrong_ones_never_reach_the_hsm() {
 
 #[test]
 fn the_partition_pin_is_rotated_in_one_place() {
-    let hsm = SoftHsm::new("rotate-pin");
-    let dir = TempDir::new("rotate-pin");
-    let pki = Pki::new(dir.path(), "rotate-pin");
-    let server_id = pki.server("server");
-    let pin_file = dir.path().join("user-pin");
+    let secrets = TempDir::new("rotate-pin-secrets");
+    let pin_file = secrets.path().join("user-pin");
     std::fs::write(&pin_file, PIN).unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
+    let t = PolicyServer::start(
+        "rotate-pin",
+        &format!(
             "[[identity]]\nname = \"peer\"\ncertificate_cn = \"peer\"\npin_file = \"{}\"\nclient_secret = \"{}\"\n\n\
              [[identity]]\nname = \"ops\"\ncertificate_cn = \"ops\"\nrole = \"admin\"\n",
             pin_file.display(),
             hash_secret(SECRET)
         ),
-    )
-    .unwrap();
-    let server = tls_server(
-        &hsm,
-        &pki,
-        &server_id,
-        &["--policy", policy.to_str().unwrap()],
+        &[],
     );
-    let app = |cn: &str| {
-        let id = pki.client(cn, false);
-        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(&id));
-        assert_eq!(rv, CKR_OK);
-        let s = m.open_rw(m.first_slot());
-        (m, s)
-    };
+    let app = |cn: &str| t.app(cn);
     // The operator changes the partition's user PIN, and writes the new one in the file.
     let (ops, s) = app("ops");
     assert_eq!(login(&ops, s, PIN), CKR_OK);

@@ -4,9 +4,9 @@
 
 use cryptoki_sys::*;
 use tests::fabric::{fabric_sign_data, make_token_key_with_id};
-use tests::pki::{tls_client, tls_server, Pki};
+use tests::pki::{tls_client, PolicyServer};
 use tests::raw::RawModule;
-use tests::{ProxyServer, SoftHsm, TempDir, PIN, SO_PIN};
+use tests::{SoftHsm, PIN, SO_PIN};
 
 /// org1's CA enrolls (makes keys), its peer signs, `ops` administers.
 fn policy(peer_role: &str) -> String {
@@ -31,49 +31,8 @@ fn policy(peer_role: &str) -> String {
     )
 }
 
-struct Setup {
-    _hsm: SoftHsm,
-    dir: TempDir,
-    pki: Pki,
-    server: ProxyServer,
-    policy_file: std::path::PathBuf,
-}
-
-fn setup(tag: &str) -> Setup {
-    let hsm = SoftHsm::new(tag);
-    let dir = TempDir::new(tag);
-    let pki = Pki::new(dir.path(), tag);
-    let server_id = pki.server("server");
-    let policy_file = dir.path().join("policy.toml");
-    std::fs::write(&policy_file, policy("signer")).unwrap();
-    let server = tls_server(
-        &hsm,
-        &pki,
-        &server_id,
-        &["--policy", policy_file.to_str().unwrap()],
-    );
-    Setup {
-        _hsm: hsm,
-        dir,
-        pki,
-        server,
-        policy_file,
-    }
-}
-
-impl Setup {
-    /// An application presenting a certificate with CN `cn`: C_Initialize's answer.
-    fn connect(&self, cn: &str) -> (CK_RV, RawModule) {
-        let id = self.pki.client(cn, false);
-        tls_client(&self.dir, &self.server.address, Some(&self.pki), Some(&id))
-    }
-
-    fn app(&self, cn: &str) -> (RawModule, CK_SESSION_HANDLE) {
-        let (rv, m) = self.connect(cn);
-        assert_eq!(rv, CKR_OK, "{cn}");
-        let s = m.open_rw(m.first_slot());
-        (m, s)
-    }
+fn setup(tag: &str) -> PolicyServer {
+    PolicyServer::start(tag, &policy("signer"), &[])
 }
 
 fn destroy(m: &RawModule, s: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
@@ -197,25 +156,6 @@ fn a_reloaded_policy_applies_to_live_applications_at_their_next_call() {
     assert_eq!(make_token_key_with_id(&peer, s, b"k2"), CKR_OK);
 }
 
-/// A second token, labelled `label`, in `hsm`.
-fn add_token(hsm: &SoftHsm, label: &str) {
-    let out = std::process::Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--pin",
-            PIN,
-            "--so-pin",
-            SO_PIN,
-        ])
-        .env("SOFTHSM2_CONF", &hsm.conf)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// The slots with a token, as the application sees them.
 fn slots(m: &RawModule) -> Vec<CK_SLOT_ID> {
     let mut n = 0;
@@ -261,13 +201,10 @@ fn open_session(m: &RawModule, slot: CK_SLOT_ID) -> CK_RV {
 #[test]
 fn two_organisations_behind_one_proxy_each_see_only_their_own_token() {
     let hsm = SoftHsm::new("org1");
-    add_token(&hsm, "org2");
-    let dir = TempDir::new("tokens");
-    let pki = Pki::new(dir.path(), "tokens");
-    let server_id = pki.server("server");
-    let policy_file = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy_file,
+    hsm.add_token("org2");
+    let t = PolicyServer::start_on(
+        hsm,
+        "tokens",
         r#"
         [[identity]]
         name = "org1-peer0"
@@ -284,20 +221,10 @@ fn two_organisations_behind_one_proxy_each_see_only_their_own_token() {
         certificate_cn = "ops"
         role = "admin"
         "#,
-    )
-    .unwrap();
-    let server = tls_server(
-        &hsm,
-        &pki,
-        &server_id,
-        &["--policy", policy_file.to_str().unwrap()],
+        &[],
     );
-    let connect = |cn: &str| {
-        let id = pki.client(cn, false);
-        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(&id));
-        assert_eq!(rv, CKR_OK);
-        m
-    };
+    let connect = |cn: &str| t.client(cn);
+    let (hsm, server) = (&t.hsm, &t.server);
     // Loaded directly, every application sees both tokens.
     let direct = RawModule::load(&hsm.module_copy());
     tests::with_env(&[("SOFTHSM2_CONF", hsm.conf.to_str().unwrap())], || {
@@ -397,15 +324,11 @@ fn name_keys(m: &RawModule, s: CK_SESSION_HANDLE, id: &[u8], label: &str) {
 
 #[test]
 fn two_peers_on_one_token_each_see_and_sign_with_their_own_key_only() {
-    let hsm = SoftHsm::new("fabric");
-    let dir = TempDir::new("objects");
-    let pki = Pki::new(dir.path(), "objects");
-    let server_id = pki.server("server");
-    let policy_file = dir.path().join("policy.toml");
     let org2_id_hex: String = b"org2-key".iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(
-        &policy_file,
-        format!(
+    let t = PolicyServer::start_on(
+        SoftHsm::new("fabric"),
+        "objects",
+        &format!(
             r#"
             [[identity]]
             name = "ca"
@@ -429,19 +352,11 @@ fn two_peers_on_one_token_each_see_and_sign_with_their_own_key_only() {
             object_ids = ["{org2_id_hex}"]
             "#
         ),
-    )
-    .unwrap();
-    let server = tls_server(
-        &hsm,
-        &pki,
-        &server_id,
-        &["--policy", policy_file.to_str().unwrap()],
+        &[],
     );
+    let (hsm, server, policy_file) = (&t.hsm, &t.server, &t.policy_file);
     let app = |cn: &str| {
-        let id = pki.client(cn, false);
-        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(&id));
-        assert_eq!(rv, CKR_OK);
-        let s = m.open_rw(m.first_slot());
+        let (m, s) = t.app(cn);
         let rv = m.login(s, PIN);
         assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
         (m, s)
@@ -490,13 +405,13 @@ fn two_peers_on_one_token_each_see_and_sign_with_their_own_key_only() {
     }
     // A handle it holds of an object its rules no longer show (the operator narrowed them and
     // reloaded): the vendor's codes for a handle that names nothing.
-    let narrowed = std::fs::read_to_string(&policy_file).unwrap().replacen(
+    let narrowed = std::fs::read_to_string(policy_file).unwrap().replacen(
         "certificate_cn = \"org1-peer0\"\n            object_labels = [\"org1-*\"]",
         "certificate_cn = \"org1-peer0\"\n            object_labels = [\"nobody-*\"]",
         1,
     );
     assert!(narrowed.contains("nobody-*"));
-    std::fs::write(&policy_file, narrowed).unwrap();
+    std::fs::write(policy_file, narrowed).unwrap();
     server.signal(libc::SIGHUP);
     assert!(server.log_contains("policy reloaded"));
     let (org1, s1, key1) = &peers[0];
@@ -542,29 +457,13 @@ fn two_peers_on_one_token_each_see_and_sign_with_their_own_key_only() {
 
 #[test]
 fn an_identitys_rate_is_held_and_its_sessions_capped() {
-    let hsm = SoftHsm::new("limits");
-    let dir = TempDir::new("limits");
-    let pki = Pki::new(dir.path(), "limits");
-    let server_id = pki.server("server");
-    let policy_file = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy_file,
+    let t = PolicyServer::start(
+        "limits",
         "[[identity]]\nname = \"slow\"\ncertificate_cn = \"slow\"\nrate_limit = 200\nmax_sessions = 2\n\n\
          [[identity]]\nname = \"free\"\ncertificate_cn = \"free\"\n",
-    )
-    .unwrap();
-    let server = tls_server(
-        &hsm,
-        &pki,
-        &server_id,
-        &["--policy", policy_file.to_str().unwrap()],
+        &[],
     );
-    let connect = |cn: &str| {
-        let id = pki.client(cn, false);
-        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(&id));
-        assert_eq!(rv, CKR_OK);
-        m
-    };
+    let (connect, server) = (|cn: &str| t.client(cn), &t.server);
     let randoms = |m: &RawModule, s: CK_SESSION_HANDLE, n: usize| {
         let started = std::time::Instant::now();
         for _ in 0..n {
@@ -597,12 +496,16 @@ fn an_identitys_rate_is_held_and_its_sessions_capped() {
 
 #[test]
 fn identities_match_by_a_dns_name_or_the_fingerprint_openssl_prints() {
-    let hsm = SoftHsm::new("match");
-    let dir = TempDir::new("match");
-    let pki = Pki::new(dir.path(), "match");
-    let server_id = pki.server("server");
-    let by_dns = pki.client_with_names("some-cn", &["peer1.org1.example.com"]);
-    let by_print = pki.client("other-cn", false);
+    // The certificates come from the server's CA; the policy naming them is loaded after.
+    let t = PolicyServer::start(
+        "match",
+        "[[identity]]\nname = \"nobody\"\nuid = 4000000000\n",
+        &[],
+    );
+    let by_dns = t
+        .pki
+        .client_with_names("some-cn", &["peer1.org1.example.com"]);
+    let by_print = t.pki.client("other-cn", false);
     // The fingerprint as operators read it: `openssl x509 -noout -fingerprint -sha256`.
     let out = std::process::Command::new("openssl")
         .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
@@ -612,33 +515,22 @@ fn identities_match_by_a_dns_name_or_the_fingerprint_openssl_prints() {
     let printed = String::from_utf8(out.stdout).unwrap();
     let fingerprint = printed.trim().rsplit('=').next().unwrap().to_string();
     assert_eq!(fingerprint.len(), 95, "{printed}");
-    let policy_file = dir.path().join("policy.toml");
     std::fs::write(
-        &policy_file,
+        &t.policy_file,
         format!(
             "[[identity]]\nname = \"by-dns\"\ncertificate_dns = \"PEER1.org1.example.com\"\n\n\
              [[identity]]\nname = \"by-fingerprint\"\ncertificate_sha256 = \"{fingerprint}\"\n"
         ),
     )
     .unwrap();
-    let server = tls_server(
-        &hsm,
-        &pki,
-        &server_id,
-        &["--policy", policy_file.to_str().unwrap()],
-    );
+    t.server.signal(libc::SIGHUP);
+    assert!(t.server.log_contains("policy reloaded"));
     for id in [&by_dns, &by_print] {
-        let (rv, m) = tls_client(&dir, &server.address, Some(&pki), Some(id));
+        let (rv, m) = t.connect_as(id);
         assert_eq!(rv, CKR_OK);
         let s = m.open_rw(m.first_slot());
         assert_eq!(m.login(s, PIN), CKR_OK);
     }
     // The same CN without the name or the fingerprint is nobody.
-    let (rv, _) = tls_client(
-        &dir,
-        &server.address,
-        Some(&pki),
-        Some(&pki.client("some-cn", false)),
-    );
-    assert_ne!(rv, CKR_OK);
+    assert_ne!(t.connect("some-cn").0, CKR_OK);
 }
