@@ -89,12 +89,22 @@ unsafe fn param<T>(m: &CK_MECHANISM) -> Rv<T> {
     Ok((m.pParameter as *const T).read_unaligned())
 }
 
+/// A NULL `pMechanism`, as it travels: the vendor gets NULL and answers (the vendor decides).
+fn absent() -> Mechanism {
+    Mechanism {
+        ty: 0,
+        param: MechParam::Absent,
+    }
+}
+
 /// Reads a mechanism.
 ///
 /// # Safety
 /// `p` must be NULL or point to a valid `CK_MECHANISM` whose parameter is readable.
 pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
-    let m = p.as_ref().ok_or(CKR_ARGUMENTS_BAD)?;
+    let Some(m) = p.as_ref() else {
+        return Ok(absent());
+    };
     let ty = m.mechanism;
     let param = if m.pParameter.is_null() {
         match m.ulParameterLen {
@@ -205,7 +215,9 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
 /// # Safety
 /// As [`read`].
 pub unsafe fn read_message_init(p: *const CK_MECHANISM) -> Rv<Mechanism> {
-    let m = p.as_ref().ok_or(CKR_ARGUMENTS_BAD)?;
+    let Some(m) = p.as_ref() else {
+        return Ok(absent());
+    };
     Ok(Mechanism {
         ty: wire(m.mechanism),
         param: match crate::message::read(m.mechanism, m.pParameter, m.ulParameterLen)? {

@@ -17,6 +17,13 @@ pub struct Mechanism {
     pub param: MechParam,
 }
 
+impl Mechanism {
+    /// The mechanism the caller gave, or `None` for a NULL `pMechanism`.
+    pub fn given(&self) -> Option<&Mechanism> {
+        (!matches!(self.param, MechParam::Absent)).then_some(self)
+    }
+}
+
 /// The parameter of a mechanism.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MechParam {
@@ -85,6 +92,10 @@ pub enum MechParam {
     Message(MsgParam),
     /// `pParameter == NULL` with this nonzero `ulParameterLen`: the vendor answers it.
     Null(u64),
+    /// `pMechanism` itself was NULL (the type means nothing): the vendor gets NULL and
+    /// answers it (most answer CKR_ARGUMENTS_BAD; the vendor decides). Last, so that older
+    /// peers' encodings are unchanged.
+    Absent,
 }
 
 /// The per-message parameter of the PKCS#11 v3.0 message-based functions (v3.0 §5.9 to

@@ -127,9 +127,13 @@ impl Traced for AttrQuery {
 /// `CKM_ECDSA`, with `(+param)` when it has a parameter (its bytes never show).
 impl Traced for Mechanism {
     fn trace(&self, out: &mut String) {
-        out.push_str(&names::or_hex(names::mechanism(self.ty), self.ty));
-        if !matches!(self.param, MechParam::None) {
-            out.push_str("(+param)");
+        match self.param {
+            MechParam::Absent => out.push_str("NULL"),
+            MechParam::None => out.push_str(&names::or_hex(names::mechanism(self.ty), self.ty)),
+            _ => {
+                out.push_str(&names::or_hex(names::mechanism(self.ty), self.ty));
+                out.push_str("(+param)");
+            }
         }
     }
 }

@@ -66,7 +66,7 @@ impl Denials {
             tracing::warn!(function = name, "call refused by policy (--deny-function)");
             return Some(CKR_FUNCTION_NOT_SUPPORTED);
         }
-        let mech = request.mechanism()?.ty;
+        let mech = request.mechanism()?.given()?.ty;
         if self.mechanisms.contains(&mech) {
             tracing::warn!(
                 function = name,

@@ -226,7 +226,7 @@ impl Identity {
                 });
             }
         }
-        if let Some(m) = request.mechanism() {
+        if let Some(m) = request.mechanism().and_then(|m| m.given()) {
             let allowed =
                 self.allowed_mechanisms.is_empty() || self.allowed_mechanisms.contains(&m.ty);
             if !allowed || self.denied_mechanisms.contains(&m.ty) {

@@ -94,9 +94,10 @@ fn event(
         token: slot.and_then(|s| sink.token(wire(s), || token_label(worker, s))),
         object_id,
         object_label,
-        mechanism: request
-            .mechanism()
-            .map(|m| names::or_hex(names::mechanism(m.ty), m.ty)),
+        mechanism: request.mechanism().map(|m| match m.given() {
+            Some(m) => names::or_hex(names::mechanism(m.ty), m.ty),
+            None => "NULL".into(),
+        }),
         detail: new_names(request),
         ..Event::default()
     }

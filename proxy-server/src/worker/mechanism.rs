@@ -40,6 +40,8 @@ enum Param {
 pub struct CMechanism {
     mech: CK_MECHANISM,
     _param: Param,
+    /// The caller's `pMechanism` was NULL: the vendor gets NULL.
+    absent: bool,
 }
 
 fn ptr_len(b: &mut [u8]) -> Result<(*mut u8, CK_ULONG), CK_RV> {
@@ -69,10 +71,14 @@ impl CMechanism {
                 ulParameterLen: CK_ULONG::try_from(len).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?,
             },
             _param: param,
+            absent: matches!(m.param, MechParam::Absent),
         })
     }
 
     pub fn as_mut_ptr(&mut self) -> *mut CK_MECHANISM {
+        if self.absent {
+            return ptr::null_mut();
+        }
         &mut self.mech
     }
 }
@@ -80,7 +86,7 @@ impl CMechanism {
 impl Param {
     fn from_wire(param: &MechParam) -> Result<Self, CK_RV> {
         Ok(match param {
-            MechParam::None => Param::None,
+            MechParam::None | MechParam::Absent => Param::None,
             MechParam::Null(n) => {
                 Param::Null(usize::try_from(*n).map_err(|_| CKR_MECHANISM_PARAM_INVALID)?)
             }
