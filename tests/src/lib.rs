@@ -3,6 +3,7 @@
 
 pub mod delay;
 pub mod fabric;
+pub mod kryoptic;
 pub mod matrix;
 pub mod parity;
 pub mod pki;

@@ -3,6 +3,7 @@
 //! shape, the mechanisms SoftHSM2 offers), run against two modules and compared call by call.
 //! Used by `tests/tests/parity.rs` and by the `parity` runner binary.
 
+use std::path::Path;
 use std::ptr;
 
 use cryptoki_sys::*;
@@ -12,6 +13,13 @@ use crate::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PI
 
 /// What one call gave: its name, return value and deterministic output.
 pub type Step = (String, CK_RV, Vec<u8>);
+
+/// The first `n` bytes of `buf` as the vendor reported them, at most all of it: a vendor that
+/// reports a length beyond the buffer it was given is recorded as such, not a panic.
+fn upto(buf: &[u8], n: CK_ULONG) -> Vec<u8> {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    buf[..n.min(buf.len())].to_vec()
+}
 
 fn ulong_bytes(v: &[CK_ULONG]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_ne_bytes()).collect()
@@ -23,6 +31,15 @@ fn attr(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
         pValue: v.as_ptr() as *mut _,
         ulValueLen: v.len() as CK_ULONG,
     }
+}
+
+/// Whether `m` reads C_Initialize's pReserved as a configuration string (kryoptic), so
+/// that the scenario's non-NULL pReserved must not be given to it.
+fn reads_reserved(m: &RawModule) -> bool {
+    let mut info = CK_INFO::default();
+    // SAFETY: a valid out pointer.
+    unsafe { m.f().C_GetInfo.unwrap()(&mut info) };
+    info.manufacturerID.starts_with(b"Kryoptic")
 }
 
 /// The scenario; `m` is initialised already.
@@ -329,7 +346,7 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         d.as_mut_ptr(),
         &mut dl,
     );
-    rec("Digest", rv, d[..dl as usize].to_vec());
+    rec("Digest", rv, upto(&d, dl));
     let rv = f.C_Digest.unwrap()(
         s,
         data.as_ptr() as *mut u8,
@@ -361,7 +378,7 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
     );
     let mut dl: CK_ULONG = 64;
     let rv = f.C_DigestFinal.unwrap()(s, d.as_mut_ptr(), &mut dl);
-    rec("DigestFinal", rv, d[..dl as usize].to_vec());
+    rec("DigestFinal", rv, upto(&d, dl));
 
     // HMAC with a known key: deterministic signature, and verification both ways.
     let key_class = CKO_SECRET_KEY.to_ne_bytes();
@@ -510,7 +527,7 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         ct.as_mut_ptr(),
         &mut cl,
     );
-    rec("Encrypt", rv, ct[..cl as usize].to_vec());
+    rec("Encrypt", rv, upto(&ct, cl));
     rec(
         "DecryptInit(CBC_PAD)",
         f.C_DecryptInit.unwrap()(s, &mut cbc, aes),
@@ -519,10 +536,12 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
     let mut pt = [0u8; 64];
     let mut pl: CK_ULONG = 64;
     let rv = f.C_DecryptUpdate.unwrap()(s, ct.as_mut_ptr(), cl, pt.as_mut_ptr(), &mut pl);
-    rec("DecryptUpdate", rv, pt[..pl as usize].to_vec());
-    let mut fl: CK_ULONG = 64;
-    let rv = f.C_DecryptFinal.unwrap()(s, pt.as_mut_ptr().add(pl as usize), &mut fl);
-    rec("DecryptFinal", rv, pt[..(pl + fl) as usize].to_vec());
+    rec("DecryptUpdate", rv, upto(&pt, pl));
+    // The rest of the buffer after what C_DecryptUpdate reported (none if it reported more).
+    let used = (pl as usize).min(pt.len());
+    let mut fl = (pt.len() - used) as CK_ULONG;
+    let rv = f.C_DecryptFinal.unwrap()(s, pt.as_mut_ptr().add(used), &mut fl);
+    rec("DecryptFinal", rv, upto(&pt, used as CK_ULONG + fl));
     let mut short_iv = CK_MECHANISM {
         mechanism: CKM_AES_CBC_PAD,
         pParameter: iv.as_mut_ptr().cast(),
@@ -548,7 +567,7 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
     );
     let mut el: CK_ULONG = 64;
     let rv = f.C_Encrypt.unwrap()(s, block.as_ptr() as *mut u8, 32, ct.as_mut_ptr(), &mut el);
-    rec("Encrypt(ECB)", rv, ct[..el as usize].to_vec());
+    rec("Encrypt(ECB)", rv, upto(&ct, el));
     let mut ctr_params = CK_AES_CTR_PARAMS {
         ulCounterBits: 32,
         cb: [0x44; 16],
@@ -571,7 +590,7 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         ct.as_mut_ptr(),
         &mut el,
     );
-    rec("Encrypt(CTR)", rv, ct[..el as usize].to_vec());
+    rec("Encrypt(CTR)", rv, upto(&ct, el));
     let mut gcm_iv = [0x55u8; 12];
     let aad = b"header";
     let mut gcm_params = CK_GCM_PARAMS {
@@ -600,7 +619,7 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
         ct.as_mut_ptr(),
         &mut el,
     );
-    rec("Encrypt(GCM)", rv, ct[..el as usize].to_vec());
+    rec("Encrypt(GCM)", rv, upto(&ct, el));
     /// The original CK_GCM_PARAMS layout, without ulIvBits.
     #[repr(C)]
     struct GcmNoIvBits {
@@ -678,7 +697,7 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
     );
     rec("WrapKey(short)", rv, ulong_bytes(&[short]));
     let rv = f.C_WrapKey.unwrap()(s, &mut kw, wrapper, target, wrapped.as_mut_ptr(), &mut wl);
-    rec("WrapKey", rv, wrapped[..wl as usize].to_vec());
+    rec("WrapKey", rv, upto(&wrapped, wl));
 
     // Array attributes: CKA_ALLOWED_MECHANISMS (mechanism array) and CKA_WRAP_TEMPLATE
     // (nested template), each read with a length query, then per-entry lengths, then values.
@@ -1011,21 +1030,25 @@ pub unsafe fn scenario(m: &RawModule) -> Vec<Step> {
 
     // C_Initialize / C_Finalize rules (v2.40 §5.4).
     rec("Initialize(again)", m.initialize(), vec![]);
-    let mut reserved = CK_C_INITIALIZE_ARGS {
-        flags: CKF_OS_LOCKING_OK,
-        pReserved: ptr::dangling_mut(),
-        ..Default::default()
-    };
-    rec(
-        "Initialize(pReserved)",
-        f.C_Initialize.unwrap()(&mut reserved as *mut _ as *mut _),
-        vec![],
-    );
-    rec(
-        "Finalize(non-NULL)",
-        f.C_Finalize.unwrap()(ptr::dangling_mut()),
-        vec![],
-    );
+    // pReserved must be NULL (v2.40 §5.4.1); some modules read it as their configuration
+    // string (NSS softokn, kryoptic), and a pointer to nothing crashes them directly.
+    if !reads_reserved(m) {
+        let mut reserved = CK_C_INITIALIZE_ARGS {
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: ptr::dangling_mut(),
+            ..Default::default()
+        };
+        rec(
+            "Initialize(pReserved)",
+            f.C_Initialize.unwrap()(&mut reserved as *mut _ as *mut _),
+            vec![],
+        );
+        rec(
+            "Finalize(non-NULL)",
+            f.C_Finalize.unwrap()(ptr::dangling_mut()),
+            vec![],
+        );
+    }
     rec("Finalize", f.C_Finalize.unwrap()(ptr::null_mut()), vec![]);
     rec(
         "GetSlotList(finalized)",
@@ -1100,18 +1123,34 @@ impl Report {
 /// Runs the scenario on a fresh SoftHSM2 token directly, then through a fresh server.
 pub fn run() -> Report {
     let hsm = SoftHsm::new("parity");
-    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    run_on(
+        &hsm.module_copy(),
+        Path::new(crate::SOFTHSM),
+        ("SOFTHSM2_CONF", &conf),
+    )
+}
+
+/// Runs the scenario on the vendor module `module` (a private copy of it, loaded here)
+/// directly, then through a fresh server that loads `server_module`; `env` is the vendor's
+/// configuration variable, for both.
+pub fn run_on(module: &Path, server_module: &Path, env: (&str, &str)) -> Report {
+    let server = ProxyServer::start_args(
+        &[
+            "--module",
+            server_module.to_str().unwrap(),
+            "--listen",
+            "tcp://127.0.0.1:0",
+        ],
+        &[env],
+    );
     let dir = TempDir::new("parity");
 
-    let direct = RawModule::load(&hsm.module_copy());
-    let conf = hsm.conf.to_string_lossy().into_owned();
-    assert_eq!(
-        with_env(&[("SOFTHSM2_CONF", &conf)], || direct.initialize()),
-        CKR_OK
-    );
+    let direct = RawModule::load(module);
+    assert_eq!(with_env(&[env], || direct.initialize()), CKR_OK);
     // Each side keeps its configuration for the whole scenario, which initialises again at
     // its end. SAFETY: the scenario passes valid buffers except where it tests NULL handling.
-    let expected = with_env(&[("SOFTHSM2_CONF", &conf)], || unsafe { scenario(&direct) });
+    let expected = with_env(&[env], || unsafe { scenario(&direct) });
 
     let proxy = RawModule::load(&private_copy(&shim_path(), dir.path()));
     assert_eq!(

@@ -1,0 +1,84 @@
+//! The suite's second vendor (issue 27): kryoptic, an independent PKCS#11 implementation
+//! with the 3.2 interface. Differences between SoftHSM2 and kryoptic are theirs; between
+//! kryoptic loaded directly and kryoptic through the proxy there must be none.
+
+use std::process::Command;
+
+use tests::kryoptic::{module_path, Kryoptic};
+
+use tests::{ProxyServer, TempDir};
+
+#[test]
+fn the_parity_scenario_answers_the_same_directly_and_through_the_proxy_on_kryoptic() {
+    // In a process of its own (the `parity` runner): see its documentation.
+    let out = Command::new(tests::build_dir().join("parity"))
+        .arg("--kryoptic")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text.lines().last().unwrap_or_default().to_string();
+    eprintln!("kryoptic: {summary}");
+    assert!(out.status.success(), "{text}");
+    let passed: usize = summary
+        .strip_prefix("parity: ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed > 100, "{summary}");
+}
+
+#[test]
+fn pkcs11_tool_tests_the_same_on_kryoptic_directly_and_through_the_proxy() {
+    let k = Kryoptic::new("tool");
+    let (key, value) = k.env();
+    let server = ProxyServer::start_args(
+        &[
+            "--module",
+            module_path().to_str().unwrap(),
+            "--listen",
+            "tcp://127.0.0.1:0",
+        ],
+        &[(key, &value)],
+    );
+    let dir = TempDir::new("kryoptic-tool");
+    let shim = tests::private_copy(&tests::shim_path(), dir.path());
+    let tool = |module: &std::path::Path, args: &[&str]| {
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(module)
+            .args(args)
+            .env(key, &value)
+            .env("PKCS11_PROXY_SOCKET", &server.address)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // A key to test with, made through the proxy.
+    let (code, out) = tool(
+        &shim,
+        &[
+            "-l",
+            "--pin",
+            tests::PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "k1",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let direct = tool(&module_path(), &["-l", "--pin", tests::PIN, "--test"]);
+    let proxied = tool(&shim, &["-l", "--pin", tests::PIN, "--test"]);
+    assert_eq!(direct.0, Some(0), "{}", direct.1);
+    assert_eq!(direct, proxied);
+    // The library's information, the 3.2 version it reports included.
+    let direct = tool(&module_path(), &["-I"]);
+    let proxied = tool(&shim, &["-I"]);
+    assert!(direct.1.contains("Cryptoki version 3.2"), "{}", direct.1);
+    assert_eq!(direct, proxied);
+}
