@@ -52,6 +52,21 @@ fn tcp_connect(host: &str, port: u16, config: &Config) -> Result<TcpStream, Stri
 fn routed_or_refused(
     answer: Result<RouteAnswer, ProtocolError>,
 ) -> Result<(u8, u8), ProtocolError> {
+    // Closed before any answer: the server's budget of connections that have not sent their
+    // prelude was full (an address over its share, random early drop, the oldest dropped to
+    // make room). Nothing was refused: try again, as when it says it is busy.
+    if let Err(ProtocolError::Io(e)) = &answer {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+        ) {
+            return Err(ProtocolError::Busy(
+                "closed before answering (its budget of new connections was full)".into(),
+            ));
+        }
+    }
     match answer? {
         RouteAnswer::Routed { interface } => Ok(interface),
         RouteAnswer::Refused(reason) => Err(ProtocolError::Refused(reason)),
