@@ -52,21 +52,6 @@ fn tcp_connect(host: &str, port: u16, config: &Config) -> Result<TcpStream, Stri
 fn routed_or_refused(
     answer: Result<RouteAnswer, ProtocolError>,
 ) -> Result<(u8, u8), ProtocolError> {
-    // Closed before any answer: the server's budget of connections that have not sent their
-    // prelude was full (an address over its share, random early drop, the oldest dropped to
-    // make room). Nothing was refused: try again, as when it says it is busy.
-    if let Err(ProtocolError::Io(e)) = &answer {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::ConnectionAborted
-        ) {
-            return Err(ProtocolError::Busy(
-                "closed before answering (its budget of new connections was full)".into(),
-            ));
-        }
-    }
     match answer? {
         RouteAnswer::Routed { interface } => Ok(interface),
         RouteAnswer::Refused(reason) => Err(ProtocolError::Refused(reason)),
@@ -75,11 +60,19 @@ fn routed_or_refused(
     }
 }
 
+/// Connections closed before any answer that one open makes again at once, before it waits
+/// between tries as with a busy server.
+const CLOSED_AT_ONCE: usize = 3;
+
 /// Why a connection could not be made: for now (the server said to try again), not here
 /// (the server does not hold the application's instance), no server there (nothing accepts
 /// at the address, or its name does not resolve), or not at all.
 enum OpenError {
     Busy(String),
+    /// Closed before any answer: a load balancer's dead target, or the server's budget of
+    /// connections that have not sent their prelude was full (an address over its share,
+    /// random early drop). Nothing was refused.
+    Closed(String),
     Elsewhere(String),
     Unreachable(String),
     Failed(String),
@@ -128,6 +121,16 @@ impl From<&str> for OpenError {
 impl From<ProtocolError> for OpenError {
     fn from(e: ProtocolError) -> Self {
         match e {
+            ProtocolError::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                Self::Closed(e.to_string())
+            }
             ProtocolError::Busy(reason) => Self::Busy(reason),
             ProtocolError::Elsewhere(reason) => Self::Elsewhere(reason),
             e => Self::Failed(e.to_string()),
@@ -211,6 +214,7 @@ impl Connection {
             // 50 to 250 ms, within the connect timeout.
             let deadline = Instant::now() + config.connect_timeout;
             let mut wait = Duration::from_millis(50);
+            let mut closed = 0;
             loop {
                 match Self::open_one(addr, config, client_id, init, instance) {
                     Ok(mut c) => {
@@ -228,6 +232,22 @@ impl Connection {
                     Err(OpenError::Busy(reason)) => {
                         unreachable = false;
                         errors.push(format!("{addr}: server busy: {reason}"));
+                        break;
+                    }
+                    // Closed before any answer: at once a few times (behind a balancer the
+                    // next connection may reach a live server), then as a busy server.
+                    Err(OpenError::Closed(_)) if closed < CLOSED_AT_ONCE => closed += 1,
+                    Err(OpenError::Closed(reason)) if Instant::now() + wait < deadline => {
+                        crate::log::log(
+                            crate::log::LogLevel::Debug,
+                            &format!("{addr}: closed before answering ({reason}); trying again"),
+                        );
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_millis(250));
+                    }
+                    Err(OpenError::Closed(reason)) => {
+                        unreachable = false;
+                        errors.push(format!("{addr}: closed before answering: {reason}"));
                         break;
                     }
                     Err(OpenError::Elsewhere(reason)) => {
