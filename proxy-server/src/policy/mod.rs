@@ -43,6 +43,11 @@ impl Policy {
         })
     }
 
+    /// Whether there are identities at all (`--policy`): without, nothing is looked up.
+    pub fn applies(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// The identities in force: `None` without `--policy` (every client served).
     pub fn identities(&self) -> Option<Arc<Identities>> {
         self.identities.read().clone()
