@@ -20,7 +20,11 @@
 /* Version of the wire protocol between shim and server (refused on mismatch). */
 #define PKCS11_PROXY_PROTOCOL_VERSION 3
 
-/* PKCS#11 interface versions offered by C_GetInterface, default first: 3.0, then 2.40. */
+/* PKCS#11 interface versions offered by C_GetInterface, default (newest) first, as far as the
+ * vendor library behind the server offers them: 3.2 (its 12 added functions exported too:
+ * C_EncapsulateKey, C_DecapsulateKey, C_VerifySignature*, C_GetSessionValidationFlags,
+ * C_Async*, C_WrapKeyAuthenticated, C_UnwrapKeyAuthenticated), then 3.0, then 2.40. A 2.x
+ * vendor is offered as 2.40 alone; with no server to ask, 3.0 and 2.40. */
 #define PKCS11_PROXY_INTERFACE_NAME "PKCS 11"
 
 /*

@@ -2,8 +2,8 @@
 //!
 //! Exported three ways (PKCS#11 v3.0 §5.2): every `C_*` symbol, `C_GetFunctionList` (the
 //! v2.40 table; Hyperledger Fabric's miekg/pkcs11 uses only this), and
-//! `C_GetInterfaceList`/`C_GetInterface` (the "PKCS 11" interface at 3.0, the default, and
-//! at 2.40). The tables are typed `static`s, so a shell with a wrong signature does not compile.
+//! `C_GetInterfaceList`/`C_GetInterface` (the "PKCS 11" interface at 3.2, 3.0 and 2.40, as
+//! far as the vendor library offers them, newest first). The tables are typed `static`s, so a shell with a wrong signature does not compile.
 //!
 //! API conventions: every export runs behind a panic boundary (a panic is CKR_GENERAL_ERROR,
 //! never an unwind into C); every pointer is checked (CKR_ARGUMENTS_BAD); nothing is read or
@@ -41,6 +41,7 @@ const V2_40: CK_VERSION = CK_VERSION {
     minor: 40,
 };
 const V3_0: CK_VERSION = CK_VERSION { major: 3, minor: 0 };
+const V3_2: CK_VERSION = CK_VERSION { major: 3, minor: 2 };
 
 /// Calls `$then!` with the 68 functions of the v2.40 table (v2.40 §5.4.4, in the order of
 /// `CK_FUNCTION_LIST`) inserted before its other arguments: the one list both tables share.
@@ -68,8 +69,24 @@ macro_rules! with_v2_functions {
 /// A function table of type `$ty`: each named field holds the export of the same name, so a
 /// shell with a wrong signature does not compile.
 macro_rules! table {
-    ($ty:ident, $version:expr, [$($f:ident),* $(,)?] $([$($g:ident),* $(,)?])?) => {
-        $ty { version: $version, $($f: Some($f),)* $($($g: Some($g),)*)? }
+    ($ty:ident, $version:expr, $([$($f:ident),* $(,)?])*) => {
+        $ty { version: $version, $($($f: Some($f),)*)* }
+    };
+}
+
+/// Calls `$then!` as [`with_v2_functions`] does, with the 24 functions v3.0 adds (v3.0 §5.2,
+/// in the order of `CK_FUNCTION_LIST_3_0`) as the next list: the one list the 3.0 and 3.2
+/// tables share.
+macro_rules! with_v3_0_functions {
+    ($then:ident { $($before:tt)* } $($after:tt)*) => {
+        with_v2_functions! { $then { $($before)* } [
+        C_GetInterfaceList, C_GetInterface, C_LoginUser, C_SessionCancel, C_MessageEncryptInit,
+        C_EncryptMessage, C_EncryptMessageBegin, C_EncryptMessageNext, C_MessageEncryptFinal,
+        C_MessageDecryptInit, C_DecryptMessage, C_DecryptMessageBegin, C_DecryptMessageNext,
+        C_MessageDecryptFinal, C_MessageSignInit, C_SignMessage, C_SignMessageBegin,
+        C_SignMessageNext, C_MessageSignFinal, C_MessageVerifyInit, C_VerifyMessage,
+        C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal,
+        ] $($after)* }
     };
 }
 
@@ -80,24 +97,38 @@ static FUNCTION_LIST: CK_FUNCTION_LIST = with_v2_functions!(table {
 });
 
 /// The PKCS#11 v3.0 function table (v3.0 §5.2): the v2.40 functions and the 24 added by 3.0.
-static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = with_v2_functions!(table { CK_FUNCTION_LIST_3_0, V3_0, } [
-        C_GetInterfaceList, C_GetInterface, C_LoginUser, C_SessionCancel, C_MessageEncryptInit,
-        C_EncryptMessage, C_EncryptMessageBegin, C_EncryptMessageNext, C_MessageEncryptFinal,
-        C_MessageDecryptInit, C_DecryptMessage, C_DecryptMessageBegin, C_DecryptMessageNext,
-        C_MessageDecryptFinal, C_MessageSignInit, C_SignMessage, C_SignMessageBegin,
-        C_SignMessageNext, C_MessageSignFinal, C_MessageVerifyInit, C_VerifyMessage,
-        C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal,
+static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = with_v3_0_functions!(table {
+    CK_FUNCTION_LIST_3_0,
+    V3_0,
+});
+
+/// The PKCS#11 v3.2 function table (`CK_FUNCTION_LIST_3_2`): the v3.0 table and the 12
+/// functions 3.2 adds (key encapsulation, verification with the signature at init, session
+/// validation flags, asynchronous calls, authenticated wrapping).
+static FUNCTION_LIST_3_2: CK_FUNCTION_LIST_3_2 = with_v3_0_functions!(table {
+    CK_FUNCTION_LIST_3_2,
+    V3_2,
+} [
+    C_EncapsulateKey, C_DecapsulateKey, C_VerifySignatureInit, C_VerifySignature,
+    C_VerifySignatureUpdate, C_VerifySignatureFinal, C_GetSessionValidationFlags,
+    C_AsyncComplete, C_AsyncGetID, C_AsyncJoin, C_WrapKeyAuthenticated,
+    C_UnwrapKeyAuthenticated,
 ]);
 
 /// "PKCS 11", the name of the standard interface (v3.0 §5.2).
 const INTERFACE_NAME: &[u8; 8] = b"PKCS 11\0";
 
-/// The interfaces this module offers, default first.
-struct Interfaces([CK_INTERFACE; 2]);
+/// The interfaces this module can offer, newest first (the default is the first offered).
+struct Interfaces([CK_INTERFACE; 3]);
 // SAFETY: the pointers refer to immutable statics.
 unsafe impl Sync for Interfaces {}
 
 static INTERFACES: Interfaces = Interfaces([
+    CK_INTERFACE {
+        pInterfaceName: INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
+        pFunctionList: &FUNCTION_LIST_3_2 as *const CK_FUNCTION_LIST_3_2 as *mut c_void,
+        flags: 0,
+    },
     CK_INTERFACE {
         pInterfaceName: INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
         pFunctionList: &FUNCTION_LIST_3_0 as *const CK_FUNCTION_LIST_3_0 as *mut c_void,
@@ -110,25 +141,32 @@ static INTERFACES: Interfaces = Interfaces([
     },
 ]);
 
+/// How many of [`INTERFACES`] (the oldest ones) a vendor interface of `version` gets: a 3.2
+/// or later vendor "PKCS 11" 3.2, 3.0 and 2.40; a 3.0 or 3.1 vendor 3.0 and 2.40; a 2.x
+/// vendor 2.40 alone.
+fn offered_for(version: (u8, u8)) -> usize {
+    match version {
+        v if v >= (3, 2) => 3,
+        v if v >= (3, 0) => 2,
+        _ => 1,
+    }
+}
+
 /// The interfaces this shim offers: the versions the vendor library offers (DESIGN.md, "Shim
-/// configuration"): a 3.x vendor gets "PKCS 11" 3.0 and 2.40, a 2.x vendor 2.40 alone, so a
-/// 3.0-aware client (the Rust cryptoki crate's `is_fn_supported` among them) sees a 2.40
-/// library as the 2.40 library it is. With no server to ask, 3.0 and 2.40. The first answer
-/// a server gives is kept for the process: the tables handed out stay the same.
+/// configuration"), so a 3.x-aware client (the Rust cryptoki crate's `is_fn_supported` among
+/// them) sees a 2.40 library as the 2.40 library it is, and is offered 3.2 only over a 3.2
+/// vendor. With no server to ask, 3.0 and 2.40. The first answer a server gives is kept for
+/// the process: the tables handed out stay the same.
 fn offered() -> &'static [CK_INTERFACE] {
-    static VENDOR_IS_3: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let v3 = match VENDOR_IS_3.get() {
-        Some(v3) => *v3,
+    static VENDOR: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let n = match VENDOR.get() {
+        Some(n) => *n,
         None => match client::vendor_interface() {
-            Some((major, _)) => *VENDOR_IS_3.get_or_init(|| major >= 3),
-            None => true,
+            Some(version) => *VENDOR.get_or_init(|| offered_for(version)),
+            None => 2,
         },
     };
-    if v3 {
-        &INTERFACES.0
-    } else {
-        &INTERFACES.0[1..]
-    }
+    &INTERFACES.0[INTERFACES.0.len() - n..]
 }
 
 /// C_GetFunctionList (v2.40 §5.4.4): the v2.40 table; callable before C_Initialize.

@@ -52,6 +52,37 @@ const DERIVATION_STRING: &[CK_MECHANISM_TYPE] = &[
     CKM_AES_ECB_ENCRYPT_DATA,
 ];
 
+/// Mechanisms whose parameter is a `CK_SIGN_ADDITIONAL_CONTEXT` (PKCS#11 v3.2 Mechanisms,
+/// ML-DSA and SLH-DSA: pure, and pre-hashed with the hash named by the mechanism).
+const SIGN_CONTEXT: &[CK_MECHANISM_TYPE] = &[
+    CKM_ML_DSA,
+    CKM_HASH_ML_DSA_SHA224,
+    CKM_HASH_ML_DSA_SHA256,
+    CKM_HASH_ML_DSA_SHA384,
+    CKM_HASH_ML_DSA_SHA512,
+    CKM_HASH_ML_DSA_SHA3_224,
+    CKM_HASH_ML_DSA_SHA3_256,
+    CKM_HASH_ML_DSA_SHA3_384,
+    CKM_HASH_ML_DSA_SHA3_512,
+    CKM_HASH_ML_DSA_SHAKE128,
+    CKM_HASH_ML_DSA_SHAKE256,
+    CKM_SLH_DSA,
+    CKM_HASH_SLH_DSA_SHA224,
+    CKM_HASH_SLH_DSA_SHA256,
+    CKM_HASH_SLH_DSA_SHA384,
+    CKM_HASH_SLH_DSA_SHA512,
+    CKM_HASH_SLH_DSA_SHA3_224,
+    CKM_HASH_SLH_DSA_SHA3_256,
+    CKM_HASH_SLH_DSA_SHA3_384,
+    CKM_HASH_SLH_DSA_SHA3_512,
+    CKM_HASH_SLH_DSA_SHAKE128,
+    CKM_HASH_SLH_DSA_SHAKE256,
+];
+
+/// Mechanisms whose parameter is a `CK_HASH_SIGN_ADDITIONAL_CONTEXT` (v3.2 Mechanisms: the
+/// pre-hash mechanism is in the parameter).
+const HASH_SIGN_CONTEXT: &[CK_MECHANISM_TYPE] = &[CKM_HASH_ML_DSA, CKM_HASH_SLH_DSA];
+
 /// Mechanisms whose parameter structure holds pointers and is not in the typed catalogue yet:
 /// sending their bytes would send this process's addresses, so they are refused.
 const POINTER_PARAMS: &[CK_MECHANISM_TYPE] = &[
@@ -78,13 +109,18 @@ const POINTER_PARAMS: &[CK_MECHANISM_TYPE] = &[
     CKM_TLS_KEY_AND_MAC_DERIVE,
 ];
 
-/// Reads the caller's parameter as a `T`, checking its length first.
+/// [`param`]'s answer for a parameter whose length is not its structure's: never returned by
+/// [`read`], which sends such a parameter as zeros of the caller's length instead.
+const MISFIT: CK_RV = CKR_VENDOR_DEFINED | 0x0050_524f;
+
+/// Reads the caller's parameter as a `T`, checking its length first: a parameter of another
+/// length is [`MISFIT`].
 ///
 /// # Safety
 /// `m.pParameter` must point to `m.ulParameterLen` readable bytes.
 unsafe fn param<T>(m: &CK_MECHANISM) -> Rv<T> {
     if m.pParameter.is_null() || m.ulParameterLen as usize != size_of::<T>() {
-        return Err(CKR_MECHANISM_PARAM_INVALID);
+        return Err(MISFIT);
     }
     Ok((m.pParameter as *const T).read_unaligned())
 }
@@ -97,11 +133,32 @@ fn absent() -> Mechanism {
     }
 }
 
-/// Reads a mechanism.
+/// Reads a mechanism. A parameter whose length is not that of its mechanism's structure
+/// travels as that many zero bytes (DESIGN.md, "The vendor decides"): the vendor answers the
+/// length it sees (kryoptic and SoftHSM2 CKR_ARGUMENTS_BAD, others
+/// CKR_MECHANISM_PARAM_INVALID), and no pointer of this process leaves it.
 ///
 /// # Safety
 /// `p` must be NULL or point to a valid `CK_MECHANISM` whose parameter is readable.
 pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
+    match read_typed(p) {
+        Err(MISFIT) => {
+            let m = &*p;
+            let n = crate::ffi::carried(m.ulParameterLen)?;
+            Ok(Mechanism {
+                ty: wire(m.mechanism),
+                param: MechParam::Bytes(vec![0; n]),
+            })
+        }
+        other => other,
+    }
+}
+
+/// [`read`], with a misfit parameter [`MISFIT`].
+///
+/// # Safety
+/// As [`read`].
+unsafe fn read_typed(p: *const CK_MECHANISM) -> Rv<Mechanism> {
     let Some(m) = p.as_ref() else {
         return Ok(absent());
     };
@@ -192,6 +249,20 @@ pub unsafe fn read(p: *const CK_MECHANISM) -> Rv<Mechanism> {
             prehash: p.phFlag != 0,
             context: param_bytes(p.pContextData, p.ulContextDataLen)?,
         }
+    } else if SIGN_CONTEXT.contains(&ty) {
+        let p: CK_SIGN_ADDITIONAL_CONTEXT = param(m)?;
+        MechParam::SignContext {
+            hedge: wire(p.hedgeVariant),
+            context: context(p.pContext, p.ulContextLen)?,
+            hash: None,
+        }
+    } else if HASH_SIGN_CONTEXT.contains(&ty) {
+        let p: CK_HASH_SIGN_ADDITIONAL_CONTEXT = param(m)?;
+        MechParam::SignContext {
+            hedge: wire(p.hedgeVariant),
+            context: context(p.pContext, p.ulContextLen)?,
+            hash: Some(wire(p.hash)),
+        }
     } else if MAC_GENERAL.contains(&ty) && m.ulParameterLen as usize == ULONG {
         MechParam::Ulong(wire(param::<CK_ULONG>(m)?))
     } else if POINTER_PARAMS.contains(&ty) {
@@ -235,6 +306,12 @@ unsafe fn oaep(p: CK_RSA_PKCS_OAEP_PARAMS) -> Rv<MechParam> {
         source: wire(p.source),
         source_data: param_bytes(p.pSourceData as *const u8, p.ulSourceDataLen)?,
     })
+}
+
+/// A signature context string (v3.2 Mechanisms, ML-DSA): NULL travels as NULL with its length,
+/// for the vendor to answer; a length no frame carries is a parameter error.
+unsafe fn context(p: *const u8, n: CK_ULONG) -> Rv<protocol::shape::Bytes> {
+    crate::ffi::input(p, n).map_err(|_| CKR_MECHANISM_PARAM_INVALID)
 }
 
 /// Bytes a parameter structure points to; a bad pointer/length pair is a parameter error.

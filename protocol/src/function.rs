@@ -45,6 +45,8 @@ pub enum OpKind {
     MessageDecrypt,
     MessageSign,
     MessageVerify,
+    /// C_VerifySignatureInit's operation (v3.2): the signature is given at init.
+    VerifySignature,
 }
 
 /// What a function does to the operations of its session.

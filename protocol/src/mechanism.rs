@@ -96,6 +96,16 @@ pub enum MechParam {
     /// answers it (most answer CKR_ARGUMENTS_BAD; the vendor decides). Last, so that older
     /// peers' encodings are unchanged.
     Absent,
+    /// `CK_SIGN_ADDITIONAL_CONTEXT` (`hash` is `None`: CKM_ML_DSA, CKM_SLH_DSA and their
+    /// `CKM_HASH_*_SHA*` forms) or `CK_HASH_SIGN_ADDITIONAL_CONTEXT` (`hash` is the pre-hash
+    /// mechanism: CKM_HASH_ML_DSA, CKM_HASH_SLH_DSA), PKCS#11 v3.2 Mechanisms (ML-DSA,
+    /// SLH-DSA): the hedging variant and the context string, NULL or given as the caller gave
+    /// it.
+    SignContext {
+        hedge: u64,
+        context: crate::shape::Bytes,
+        hash: Option<u64>,
+    },
 }
 
 /// The per-message parameter of the PKCS#11 v3.0 message-based functions (v3.0 §5.9 to

@@ -132,6 +132,15 @@ impl Handout {
             | Request::DeriveKey {
                 session, template, ..
             }
+            | Request::EncapsulateKey {
+                session, template, ..
+            }
+            | Request::DecapsulateKey {
+                session, template, ..
+            }
+            | Request::UnwrapKeyAuthenticated {
+                session, template, ..
+            }
             | Request::GenerateKey {
                 session, template, ..
             }
@@ -174,7 +183,10 @@ fn made_session_objects(request: &Request) -> [bool; 2] {
         Request::CreateObject { template, .. }
         | Request::GenerateKey { template, .. }
         | Request::UnwrapKey { template, .. }
-        | Request::DeriveKey { template, .. } => [session(template), false],
+        | Request::DeriveKey { template, .. }
+        | Request::EncapsulateKey { template, .. }
+        | Request::DecapsulateKey { template, .. }
+        | Request::UnwrapKeyAuthenticated { template, .. } => [session(template), false],
         Request::CopyObject { template, .. } => [token_flag(template) == Some(false), false],
         Request::GenerateKeyPair {
             public_template,
@@ -218,6 +230,7 @@ impl Handout {
             | Response::Found {
                 objects: values, ..
             } => values.iter_mut().collect(),
+            Response::Encapsulated { key, .. } => key.iter_mut().collect(),
             _ => Vec::new(),
         }
     }

@@ -9,6 +9,7 @@ pub mod parity;
 pub mod pki;
 pub mod raw;
 pub mod relay;
+pub mod v3_2;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -85,6 +85,55 @@ impl RawModule {
         }
     }
 
+    /// The "PKCS 11" 3.2 function table (C_GetInterface asked for version 3.2), if the module
+    /// offers it.
+    pub fn f32(&self) -> Option<&CK_FUNCTION_LIST_3_2> {
+        // SAFETY: C_GetInterface as the v3.0 specification defines it.
+        unsafe {
+            let get: libloading::Symbol<CK_C_GetInterface> =
+                self._lib.get(b"C_GetInterface\0").ok()?;
+            let mut iface: *mut CK_INTERFACE = ptr::null_mut();
+            let mut version = CK_VERSION { major: 3, minor: 2 };
+            let rv = get.unwrap()(c"PKCS 11".as_ptr() as *mut u8, &mut version, &mut iface, 0);
+            if rv != CKR_OK || iface.is_null() {
+                return None;
+            }
+            Some(&*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_2))
+        }
+    }
+
+    /// The versions of the "PKCS 11" interfaces C_GetInterfaceList lists, in its order.
+    pub fn interface_versions(&self) -> Vec<(u8, u8)> {
+        // SAFETY: C_GetInterfaceList with the two-call convention; each table starts with its
+        // CK_VERSION.
+        unsafe {
+            let Ok(get) = self
+                ._lib
+                .get::<CK_C_GetInterfaceList>(b"C_GetInterfaceList\0")
+            else {
+                return Vec::new();
+            };
+            let get = get.unwrap();
+            let mut n = 0;
+            assert_eq!(get(ptr::null_mut(), &mut n), CKR_OK);
+            let mut list = vec![
+                CK_INTERFACE {
+                    pInterfaceName: ptr::null_mut(),
+                    pFunctionList: ptr::null_mut(),
+                    flags: 0,
+                };
+                n as usize
+            ];
+            assert_eq!(get(list.as_mut_ptr(), &mut n), CKR_OK);
+            list.iter()
+                .map(|i| {
+                    let v = *(i.pFunctionList as *const CK_VERSION);
+                    (v.major, v.minor)
+                })
+                .collect()
+        }
+    }
+
     /// The first slot with a token.
     pub fn first_slot(&self) -> CK_SLOT_ID {
         let mut slots = [0 as CK_SLOT_ID; 8];

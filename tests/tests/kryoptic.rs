@@ -28,6 +28,39 @@ fn the_parity_scenario_answers_the_same_directly_and_through_the_proxy_on_kryopt
 }
 
 #[test]
+fn post_quantum_and_the_3_2_calls_answer_the_same_directly_and_through_the_proxy() {
+    // ML-DSA-65 signatures (with and without a context, deterministic, the 3.2
+    // C_VerifySignature* calls), ML-KEM-768 encapsulation and decapsulation with the two-call
+    // convention, C_GetSessionValidationFlags, the asynchronous calls, authenticated wrapping:
+    // in the `parity` runner's process (see its documentation).
+    let out = Command::new(tests::build_dir().join("parity"))
+        .args(["--kryoptic", "--v3.2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text.lines().last().unwrap_or_default().to_string();
+    eprintln!("kryoptic 3.2: {summary}");
+    assert!(out.status.success(), "{text}");
+    for step in [
+        "ok    ML-DSA C_Sign ",
+        "ok    ML-DSA tampered C_VerifySignature ",
+        "ok    ML-KEM C_EncapsulateKey ",
+        "ok    ML-KEM the same secret ",
+        "ok    C_GetInterfaceList ",
+    ] {
+        assert!(text.contains(step), "{step}: {text}");
+    }
+    // Signatures verified and secrets matched directly, so the same through the proxy.
+    assert!(text.contains("ML-KEM the same secret                        rv=0x0"));
+    let passed: usize = summary
+        .strip_prefix("parity: ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 60, "{summary}");
+}
+
+#[test]
 fn pkcs11_tool_tests_the_same_on_kryoptic_directly_and_through_the_proxy() {
     let k = Kryoptic::new("tool");
     let (key, value) = k.env();

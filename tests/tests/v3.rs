@@ -394,6 +394,95 @@ fn v3_functions_on_a_2_40_library_answer_function_not_supported() {
     }
 }
 
+#[test]
+fn v3_2_functions_on_a_2_40_library_answer_function_not_supported() {
+    let hsm = SoftHsm::new("v240-32");
+    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+    let dir = TempDir::new("v240-32");
+    let proxy = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let address = [("PKCS11_PROXY_SOCKET", server.address.as_str())];
+    assert_eq!(with_env(&address, || proxy.initialize()), CKR_OK);
+    let s = proxy.open_rw(proxy.first_slot());
+    // Like SoftHSM2, the shim offers no 3.2 interface (nor 3.0) ...
+    assert!(proxy.f32().is_none());
+    assert_eq!(proxy.interface_versions(), vec![(2, 40)]);
+    // ... and the 12 functions 3.2 adds, exported by name, answer what a library without
+    // them answers: CKR_FUNCTION_NOT_SUPPORTED (each reaches its arm on the server, which
+    // finds no 3.2 table; a request routed to no arm would answer CKR_GENERAL_ERROR).
+    let nul: *mut u8 = ptr::null_mut();
+    let mut n: CK_ULONG = 0;
+    let mut h: CK_OBJECT_HANDLE = 0;
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_ML_KEM,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let m = &mut mech as *mut CK_MECHANISM;
+    let mut data = *b"data";
+    let d = data.as_mut_ptr();
+    let name = c"C_Sign".as_ptr() as *mut u8;
+    // SAFETY: valid arguments; the symbols have the types of the 3.2 header.
+    let rvs: Vec<(&str, CK_RV)> = unsafe {
+        macro_rules! call {
+            ($t:ty, $name:literal, ($($arg:expr),*)) => {{
+                let f: $t = proxy.symbol(concat!($name, "\0").as_bytes()).unwrap();
+                ($name, f.unwrap()($($arg),*))
+            }};
+        }
+        vec![
+            call!(
+                CK_C_EncapsulateKey,
+                "C_EncapsulateKey",
+                (s, m, 1, nul.cast(), 0, nul.cast(), &mut n, &mut h)
+            ),
+            call!(
+                CK_C_DecapsulateKey,
+                "C_DecapsulateKey",
+                (s, m, 1, nul.cast(), 0, d, 4, &mut h)
+            ),
+            call!(
+                CK_C_VerifySignatureInit,
+                "C_VerifySignatureInit",
+                (s, m, 1, d, 4)
+            ),
+            call!(CK_C_VerifySignature, "C_VerifySignature", (s, d, 4)),
+            call!(
+                CK_C_VerifySignatureUpdate,
+                "C_VerifySignatureUpdate",
+                (s, d, 4)
+            ),
+            call!(CK_C_VerifySignatureFinal, "C_VerifySignatureFinal", (s)),
+            call!(
+                CK_C_GetSessionValidationFlags,
+                "C_GetSessionValidationFlags",
+                (s, 1, &mut n)
+            ),
+            call!(CK_C_AsyncComplete, "C_AsyncComplete", (s, name, nul.cast())),
+            call!(CK_C_AsyncGetID, "C_AsyncGetID", (s, name, &mut n)),
+            call!(CK_C_AsyncJoin, "C_AsyncJoin", (s, name, 1, d, 4)),
+            call!(
+                CK_C_WrapKeyAuthenticated,
+                "C_WrapKeyAuthenticated",
+                (s, m, 1, 2, d, 4, nul.cast(), &mut n)
+            ),
+            call!(
+                CK_C_UnwrapKeyAuthenticated,
+                "C_UnwrapKeyAuthenticated",
+                (s, m, 1, d, 4, nul.cast(), 0, d, 4, &mut h)
+            ),
+        ]
+    };
+    let wrong: Vec<_> = rvs
+        .iter()
+        .filter(|(_, rv)| *rv != CKR_FUNCTION_NOT_SUPPORTED)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "not CKR_FUNCTION_NOT_SUPPORTED: {wrong:x?}"
+    );
+    assert_eq!(rvs.len(), 12);
+}
+
 /// The versions of the "PKCS 11" interfaces `module` lists, before C_Initialize.
 fn listed_versions(module: &Path) -> Vec<(u8, u8)> {
     // SAFETY: C_GetInterfaceList as v3.0 §5.2.1 defines it (size query, then the list).

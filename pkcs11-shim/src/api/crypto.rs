@@ -1,5 +1,5 @@
 //! Encryption, decryption, digest, signing, verification and dual-function functions
-//! (PKCS#11 v2.40 §5.8 to §5.13).
+//! (PKCS#11 v2.40 §5.8 to §5.13), and v3.2's verification with the signature given at init.
 //!
 //! Outputs follow the two-call convention (v2.40 §5.2): the request carries the caller's
 //! buffer capacity (or its absence) and the vendor library's answer is reproduced as it is,
@@ -175,6 +175,42 @@ init_fn!(/// C_VerifyRecoverInit (v2.40 §5.12.5).
     C_VerifyRecoverInit => VerifyRecoverInit);
 update_fn!(/// C_VerifyRecover (v2.40 §5.12.6).
     C_VerifyRecover => VerifyRecover { signature });
+
+/// C_VerifySignatureInit (v3.2): C_VerifyInit with the signature given at init.
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifySignatureInit(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+    signature: *mut CK_BYTE,
+    signature_len: CK_ULONG,
+) -> CK_RV {
+    entry!("C_VerifySignatureInit", {
+        let client = client::current()?;
+        let mechanism = mechanism::read(mech)?;
+        let signature = input(signature, signature_len)?;
+        rv_of(client.call(Request::VerifySignatureInit {
+            session: wire(session),
+            mechanism,
+            key: wire(key),
+            signature,
+        })?)
+    })
+}
+input_fn!(/// C_VerifySignature (v3.2): the data, single-part; ends the operation.
+    C_VerifySignature => VerifySignature { data });
+input_fn!(/// C_VerifySignatureUpdate (v3.2).
+    C_VerifySignatureUpdate => VerifySignatureUpdate { data });
+/// C_VerifySignatureFinal (v3.2): the signature was given at init.
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifySignatureFinal(session: CK_SESSION_HANDLE) -> CK_RV {
+    entry!("C_VerifySignatureFinal", {
+        let client = client::current()?;
+        rv_of(client.call(Request::VerifySignatureFinal {
+            session: wire(session),
+        })?)
+    })
+}
 
 update_fn!(/// C_DigestEncryptUpdate (v2.40 §5.13.1).
     C_DigestEncryptUpdate => DigestEncryptUpdate { data });

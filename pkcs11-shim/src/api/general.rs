@@ -1,11 +1,11 @@
-//! General-purpose functions (PKCS#11 v2.40 §5.4).
+//! General-purpose functions (PKCS#11 v2.40 §5.4), and v3.2's asynchronous calls.
 
 use std::ffi::c_void;
 
 use cryptoki_sys::*;
 use protocol::handshake::InitArgs;
 use protocol::message::{Request, Response};
-use protocol::shape::Outputs;
+use protocol::shape::{Bytes, Out, Outputs};
 
 use crate::client;
 use crate::ffi::{entry, narrow, padded, rv_of, wire, write_answer};
@@ -98,6 +98,90 @@ pub unsafe extern "C" fn C_CancelFunction(session: CK_SESSION_HANDLE) -> CK_RV {
     entry!("C_CancelFunction", {
         rv_of(client::call(Request::CancelFunction {
             session: wire(session),
+        })?)
+    })
+}
+
+/// Longest asynchronous function name read from the caller (C_AsyncComplete and its kin
+/// name a PKCS#11 function: `C_UnwrapKeyAuthenticated` is the longest).
+const FUNCTION_NAME_MAX: usize = 64;
+
+/// The caller's NUL-terminated function name, read up to its NUL or [`FUNCTION_NAME_MAX`]
+/// bytes; NULL travels as NULL.
+///
+/// # Safety
+/// `p` must be NULL or point to a NUL-terminated string (or at least the bytes read).
+unsafe fn function_name(p: *const CK_UTF8CHAR) -> Bytes {
+    if p.is_null() {
+        return Bytes::Null(0);
+    }
+    let mut name = Vec::new();
+    while name.len() < FUNCTION_NAME_MAX {
+        match *p.add(name.len()) {
+            0 => break,
+            b => name.push(b),
+        }
+    }
+    Bytes::Given(name)
+}
+
+/// C_AsyncComplete (v3.2). This proxy opens no asynchronous session on the vendor, so the
+/// server answers it as a library without asynchronous support (see the server's
+/// `worker/dispatch/asynchronous.rs`).
+#[no_mangle]
+pub unsafe extern "C" fn C_AsyncComplete(
+    session: CK_SESSION_HANDLE,
+    name: *mut CK_UTF8CHAR,
+    result: *mut CK_ASYNC_DATA,
+) -> CK_RV {
+    entry!("C_AsyncComplete", {
+        let client = client::current()?;
+        rv_of(client.call(Request::AsyncComplete {
+            session: wire(session),
+            function_name: function_name(name),
+            outputs: Outputs::of(&[!result.is_null()]),
+        })?)
+    })
+}
+
+/// C_AsyncGetID (v3.2), answered as [`C_AsyncComplete`] is.
+#[no_mangle]
+pub unsafe extern "C" fn C_AsyncGetID(
+    session: CK_SESSION_HANDLE,
+    name: *mut CK_UTF8CHAR,
+    id: *mut CK_ULONG,
+) -> CK_RV {
+    entry!("C_AsyncGetID", {
+        let client = client::current()?;
+        rv_of(client.call(Request::AsyncGetId {
+            session: wire(session),
+            function_name: function_name(name),
+            outputs: Outputs::of(&[!id.is_null()]),
+        })?)
+    })
+}
+
+/// C_AsyncJoin (v3.2), answered as [`C_AsyncComplete`] is; the caller's buffer is never
+/// handed to anyone.
+#[no_mangle]
+pub unsafe extern "C" fn C_AsyncJoin(
+    session: CK_SESSION_HANDLE,
+    name: *mut CK_UTF8CHAR,
+    id: CK_ULONG,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+) -> CK_RV {
+    entry!("C_AsyncJoin", {
+        let client = client::current()?;
+        rv_of(client.call(Request::AsyncJoin {
+            session: wire(session),
+            function_name: function_name(name),
+            operation_id: wire(id),
+            capacity: Out {
+                buffer: !data.is_null(),
+                len: Some(wire(data_len)),
+                complete: false,
+            },
         })?)
     })
 }

@@ -1,4 +1,5 @@
-//! Key management and random number functions (PKCS#11 v2.40 §5.14, §5.15).
+//! Key management and random number functions (PKCS#11 v2.40 §5.14, §5.15), and v3.2's key
+//! encapsulation and authenticated wrapping.
 
 use cryptoki_sys::*;
 use protocol::message::{Request, Response};
@@ -145,6 +146,141 @@ pub unsafe extern "C" fn C_DeriveKey(
             mechanism,
             base_key: wire(base_key),
             template,
+            outputs: Outputs::of(&[!key.is_null()]),
+        })?;
+        write_handle(r, key)
+    })
+}
+
+/// C_EncapsulateKey (v3.2): a new key and its ciphertext from the other party's public key;
+/// the ciphertext with the two-call size convention (the key is made only by the call that
+/// writes it).
+#[no_mangle]
+pub unsafe extern "C" fn C_EncapsulateKey(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    public_key: CK_OBJECT_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    ciphertext: *mut CK_BYTE,
+    ciphertext_len: *mut CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!("C_EncapsulateKey", {
+        let client = client::current()?;
+        let mechanism = mechanism::read(mech)?;
+        let template = template::read(t, count)?;
+        let buf = OutBuf::new(ciphertext, ciphertext_len)?;
+        let r = client.call(Request::EncapsulateKey {
+            session: wire(session),
+            mechanism,
+            public_key: wire(public_key),
+            template,
+            capacity: buf.capacity(),
+            outputs: Outputs::of(&[!key.is_null()]),
+        })?;
+        match r {
+            Response::Encapsulated {
+                rv,
+                len,
+                data,
+                key: made,
+            } => {
+                if let Some(made) = made {
+                    put(key, narrow(made)?);
+                }
+                buf.write(rv, len, &data)
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+}
+
+/// C_DecapsulateKey (v3.2): the key the ciphertext carries, with the private key.
+#[no_mangle]
+pub unsafe extern "C" fn C_DecapsulateKey(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    private_key: CK_OBJECT_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    ciphertext: *mut CK_BYTE,
+    ciphertext_len: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!("C_DecapsulateKey", {
+        let client = client::current()?;
+        let mechanism = mechanism::read(mech)?;
+        let template = template::read(t, count)?;
+        let ciphertext = input(ciphertext, ciphertext_len)?;
+        let r = client.call(Request::DecapsulateKey {
+            session: wire(session),
+            mechanism,
+            private_key: wire(private_key),
+            template,
+            ciphertext,
+            outputs: Outputs::of(&[!key.is_null()]),
+        })?;
+        write_handle(r, key)
+    })
+}
+
+/// C_WrapKeyAuthenticated (v3.2): C_WrapKey with associated data, two-call convention.
+#[no_mangle]
+pub unsafe extern "C" fn C_WrapKeyAuthenticated(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    wrapping_key: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    associated_data: *mut CK_BYTE,
+    associated_data_len: CK_ULONG,
+    wrapped: *mut CK_BYTE,
+    wrapped_len: *mut CK_ULONG,
+) -> CK_RV {
+    entry!("C_WrapKeyAuthenticated", {
+        let client = client::current()?;
+        let mechanism = mechanism::read(mech)?;
+        let associated_data = input(associated_data, associated_data_len)?;
+        let buf = OutBuf::new(wrapped, wrapped_len)?;
+        let r = client.call(Request::WrapKeyAuthenticated {
+            session: wire(session),
+            mechanism,
+            wrapping_key: wire(wrapping_key),
+            key: wire(key),
+            associated_data,
+            capacity: buf.capacity(),
+        })?;
+        buf.write_output(r)
+    })
+}
+
+/// C_UnwrapKeyAuthenticated (v3.2): C_UnwrapKey with associated data.
+#[no_mangle]
+pub unsafe extern "C" fn C_UnwrapKeyAuthenticated(
+    session: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    unwrapping_key: CK_OBJECT_HANDLE,
+    wrapped: *mut CK_BYTE,
+    wrapped_len: CK_ULONG,
+    t: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    associated_data: *mut CK_BYTE,
+    associated_data_len: CK_ULONG,
+    key: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry!("C_UnwrapKeyAuthenticated", {
+        let client = client::current()?;
+        let mechanism = mechanism::read(mech)?;
+        let wrapped_key = input(wrapped, wrapped_len)?;
+        let template = template::read(t, count)?;
+        let associated_data = input(associated_data, associated_data_len)?;
+        let r = client.call(Request::UnwrapKeyAuthenticated {
+            session: wire(session),
+            mechanism,
+            unwrapping_key: wire(unwrapping_key),
+            wrapped_key,
+            template,
+            associated_data,
             outputs: Outputs::of(&[!key.is_null()]),
         })?;
         write_handle(r, key)

@@ -175,3 +175,21 @@ pub unsafe extern "C" fn C_SessionCancel(session: CK_SESSION_HANDLE, flags: CK_F
         })?)
     })
 }
+
+/// C_GetSessionValidationFlags (v3.2): the session's validation flags of `flags_type`.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetSessionValidationFlags(
+    session: CK_SESSION_HANDLE,
+    flags_type: CK_SESSION_VALIDATION_FLAGS_TYPE,
+    flags: *mut CK_FLAGS,
+) -> CK_RV {
+    entry!("C_GetSessionValidationFlags", {
+        let client = client::current()?;
+        let r = client.call(Request::GetSessionValidationFlags {
+            session: wire(session),
+            flags_type: wire(flags_type),
+            outputs: Outputs::of(&[!flags.is_null()]),
+        })?;
+        write_answer!(r, Response::Flags, flags, |f| narrow(f)?)
+    })
+}

@@ -505,6 +505,89 @@ requests! {
         session: u64,
         objects: Vec<u64>,
     } => d(Object, "C_GetAttributeValue").access(Signer),
+    // PKCS#11 v3.2 additions, after every earlier row so that earlier encodings are unchanged
+    // (an older server does not decode them: the shim sends them only when the server says
+    // the vendor offers the 3.2 interface). Key encapsulation (v3.2 C_EncapsulateKey,
+    // C_DecapsulateKey): a new key from the other party's key, like a derivation.
+    /// `capacity` is the ciphertext buffer (two-call convention); the key is made only by a
+    /// call that writes the ciphertext.
+    EncapsulateKey {
+        session: u64,
+        mechanism: Mechanism,
+        public_key: u64,
+        template: Array<Attribute>,
+        capacity: Out,
+        outputs: Outputs,
+    } => d(Key, "C_EncapsulateKey").changes_token().hands_out().deadline(Slow),
+    DecapsulateKey {
+        session: u64,
+        mechanism: Mechanism,
+        private_key: u64,
+        template: Array<Attribute>,
+        ciphertext: Bytes,
+        outputs: Outputs,
+    } => d(Key, "C_DecapsulateKey").changes_token().hands_out().deadline(Slow),
+    // Verifying a signature given at init (v3.2 C_VerifySignatureInit and its steps).
+    VerifySignatureInit {
+        session: u64,
+        mechanism: Mechanism,
+        key: u64,
+        signature: Bytes,
+    } => d(Crypto, "C_VerifySignatureInit").step(Step::Init(Op::VerifySignature)).access(Signer),
+    VerifySignature {
+        session: u64,
+        data: Bytes,
+    } => d(Crypto, "C_VerifySignature").step(Step::Ends(Op::VerifySignature)).access(Signer),
+    VerifySignatureUpdate {
+        session: u64,
+        data: Bytes,
+    } => d(Crypto, "C_VerifySignatureUpdate").step(Step::Data(&[Op::VerifySignature])).access(Signer),
+    VerifySignatureFinal {
+        session: u64,
+    } => d(Crypto, "C_VerifySignatureFinal").step(Step::Ends(Op::VerifySignature)).access(Signer),
+    // Session validation flags (v3.2 C_GetSessionValidationFlags): read only.
+    GetSessionValidationFlags {
+        session: u64,
+        flags_type: u64,
+        outputs: Outputs,
+    } => d(Session, "C_GetSessionValidationFlags").repeatable().access(Signer),
+    // Asynchronous operations (v3.2 C_AsyncComplete, C_AsyncGetID, C_AsyncJoin): answered by
+    // the worker as a library without asynchronous support answers them, never given to the
+    // vendor (see `worker/dispatch/general.rs`).
+    AsyncComplete {
+        session: u64,
+        function_name: Bytes,
+        outputs: Outputs,
+    } => d(General, "C_AsyncComplete").repeatable().access(Signer),
+    AsyncGetId {
+        session: u64,
+        function_name: Bytes,
+        outputs: Outputs,
+    } => d(General, "C_AsyncGetID").repeatable().access(Signer),
+    AsyncJoin {
+        session: u64,
+        function_name: Bytes,
+        operation_id: u64,
+        capacity: Out,
+    } => d(General, "C_AsyncJoin").repeatable().access(Signer),
+    // Authenticated key wrapping (v3.2 C_WrapKeyAuthenticated, C_UnwrapKeyAuthenticated).
+    WrapKeyAuthenticated {
+        session: u64,
+        mechanism: Mechanism,
+        wrapping_key: u64,
+        key: u64,
+        associated_data: Bytes,
+        capacity: Out,
+    } => d(Key, "C_WrapKeyAuthenticated").deadline(Slow),
+    UnwrapKeyAuthenticated {
+        session: u64,
+        mechanism: Mechanism,
+        unwrapping_key: u64,
+        wrapped_key: Bytes,
+        template: Array<Attribute>,
+        associated_data: Bytes,
+        outputs: Outputs,
+    } => d(Key, "C_UnwrapKeyAuthenticated").changes_token().hands_out().deadline(Slow),
 }
 
 impl Request {
@@ -538,6 +621,9 @@ macro_rules! object_handles {
             } => [Some(encryption_key), Some(authentication_key)],
             WrapKey {
                 wrapping_key, key, ..
+            }
+            | WrapKeyAuthenticated {
+                wrapping_key, key, ..
             } => [Some(wrapping_key), Some(key)],
             CopyObject { object, .. }
             | DestroyObject { object, .. }
@@ -554,8 +640,13 @@ macro_rules! object_handles {
             | MessageEncryptInit { key, .. }
             | MessageDecryptInit { key, .. }
             | MessageSignInit { key, .. }
-            | MessageVerifyInit { key, .. } => [Some(key), None],
-            UnwrapKey { unwrapping_key, .. } => [Some(unwrapping_key), None],
+            | MessageVerifyInit { key, .. }
+            | VerifySignatureInit { key, .. } => [Some(key), None],
+            UnwrapKey { unwrapping_key, .. } | UnwrapKeyAuthenticated { unwrapping_key, .. } => {
+                [Some(unwrapping_key), None]
+            }
+            EncapsulateKey { public_key, .. } => [Some(public_key), None],
+            DecapsulateKey { private_key, .. } => [Some(private_key), None],
             DeriveKey { base_key, .. } => [Some(base_key), None],
             _ => [None, None],
         }

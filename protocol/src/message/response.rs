@@ -162,10 +162,20 @@ pub enum Response {
     /// Not an answer of the vendor: the server instance is leaving (stopping, or replacing a
     /// vendor instance the HSM broke) and did not execute the request, which the client may
     /// send again on a new connection, whatever the function. Sent unasked too, on an idle
-    /// connection, before the server closes it. It is the last variant, so that a client
-    /// built before it fails to decode it and takes it for what it took before: a connection
-    /// closed without an answer.
+    /// connection, before the server closes it. Its index is past every variant a client
+    /// built before it knows, so that such a client fails to decode it and takes it for what
+    /// it took before: a connection closed without an answer.
     Retired,
+    /// C_EncapsulateKey (v3.2): the ciphertext as [`Response::Output`], and the key the call
+    /// made (`Some` only when the vendor answered CKR_OK to a call with a ciphertext buffer).
+    Encapsulated {
+        rv: u64,
+        len: u64,
+        data: Vec<u8>,
+        key: Option<u64>,
+    },
+    /// `CKR_OK` with a `CK_FLAGS` (C_GetSessionValidationFlags, v3.2).
+    Flags(u64),
 }
 
 impl Response {
@@ -192,6 +202,11 @@ impl Response {
             Response::Output { len, .. }
             | Response::Completed { out_len: len, .. }
             | Response::Message { len, .. } => format!("{len} bytes"),
+            Response::Encapsulated { len, key, .. } => match key {
+                Some(key) => format!("{len} bytes, key {key}"),
+                None => format!("{len} bytes"),
+            },
+            Response::Flags(flags) => format!("flags {flags:#x}"),
             Response::Found { objects, .. } => handles(objects),
             Response::Identified { answer, .. } => answer.trace_answer(),
             Response::Attributes { values, .. } | Response::AttributesCompleted { values, .. } => {
@@ -208,7 +223,8 @@ impl Response {
             | Response::Ulongs { rv, .. }
             | Response::Output { rv, .. }
             | Response::Attributes { rv, .. }
-            | Response::Message { rv, .. } => *rv,
+            | Response::Message { rv, .. }
+            | Response::Encapsulated { rv, .. } => *rv,
             Response::Identified { answer, .. } => answer.rv(),
             // CKR_DEVICE_ERROR, should anything take it for an answer.
             Response::Retired => 0x30,

@@ -101,15 +101,35 @@ impl Heal {
 
     /// After the vendor answered `request` with `rv`: notes a token seen present, or the
     /// instance broken. `initialised`: whether the instance's C_Initialize succeeded (and no
-    /// C_Finalize came). Never a PIN, argument or policy error: only the codes that mean the
+    /// C_Finalize came). `answers(slot)`: whether the token in `slot` still answers
+    /// C_GetTokenInfo. Never a PIN, argument or policy error: only the codes that mean the
     /// instance lost its device.
-    pub fn observe(&self, request: &Seen, rv: CK_RV, initialised: impl FnOnce() -> bool) {
+    ///
+    /// A CKR_DEVICE_ERROR is confirmed first: if a token this instance saw present still
+    /// answers, the device is there, and the code was the vendor's answer to this call alone
+    /// (kryoptic, a software token, answers a short ML-KEM ciphertext with it). Replacing the
+    /// instance then would only destroy the application's session objects, on demand of
+    /// whoever sent the bad input.
+    pub fn observe(
+        &self,
+        request: &Seen,
+        rv: CK_RV,
+        initialised: impl FnOnce() -> bool,
+        answers: impl Fn(u64) -> bool,
+    ) {
         if !self.settings.enabled {
             return;
         }
         let by = match rv {
             CKR_OK => {
                 self.seen_ok(request);
+                return;
+            }
+            CKR_DEVICE_ERROR if self.device_answers(answers) => {
+                tracing::info!(
+                    function = request.function.descriptor().name,
+                    "CKR_DEVICE_ERROR, yet the token still answers: the vendor instance is kept"
+                );
                 return;
             }
             CKR_DEVICE_ERROR => BrokenBy::DeviceError,
@@ -158,6 +178,13 @@ impl Heal {
 
     /// Whether the token `request` concerns was there before: a call on a session (its
     /// token was there when it was opened), or on a slot this instance saw a token in.
+    /// Whether a token this instance saw present still answers (`answers(slot)`), asked
+    /// without holding the lock.
+    fn device_answers(&self, answers: impl Fn(u64) -> bool) -> bool {
+        let slots: Vec<u64> = self.present.lock().iter().copied().collect();
+        slots.into_iter().any(answers)
+    }
+
     fn token_was_present(&self, request: &Seen) -> bool {
         request.session.is_some()
             || request
@@ -329,7 +356,7 @@ mod tests {
             CKR_ARGUMENTS_BAD,
             CKR_FUNCTION_NOT_SUPPORTED,
         ] {
-            h.observe(&(&sign).into(), rv, || true);
+            h.observe(&(&sign).into(), rv, || true, |_| false);
         }
         // A slot that never had a token; not initialised by the application (yet).
         for rv in [
@@ -337,14 +364,20 @@ mod tests {
             CKR_TOKEN_NOT_RECOGNIZED,
             CKR_SLOT_ID_INVALID,
         ] {
-            h.observe(&Seen::from(&open(3)), rv, || true);
+            h.observe(&Seen::from(&open(3)), rv, || true, |_| false);
         }
-        h.observe(&Seen::from(&open(0)), CKR_CRYPTOKI_NOT_INITIALIZED, || {
-            false
-        });
-        h.observe(&Seen::from(&Request::Finalize {}), CKR_DEVICE_ERROR, || {
-            true
-        });
+        h.observe(
+            &Seen::from(&open(0)),
+            CKR_CRYPTOKI_NOT_INITIALIZED,
+            || false,
+            |_| false,
+        );
+        h.observe(
+            &Seen::from(&Request::Finalize {}),
+            CKR_DEVICE_ERROR,
+            || true,
+            |_| false,
+        );
         assert_eq!(h.fail_fast(), None);
         // A token that answers C_GetTokenInfo but is not initialised yet (SoftHSM2's free
         // slot) refuses a session: not a token gone.
@@ -352,15 +385,25 @@ mod tests {
             slot: 5,
             outputs: Outputs::ALL,
         };
-        h.observe(&Seen::from(&token_info), CKR_OK, || true);
-        h.observe(&Seen::from(&open(5)), CKR_TOKEN_NOT_RECOGNIZED, || true);
+        h.observe(&Seen::from(&token_info), CKR_OK, || true, |_| false);
+        h.observe(
+            &Seen::from(&open(5)),
+            CKR_TOKEN_NOT_RECOGNIZED,
+            || true,
+            |_| false,
+        );
         assert_eq!(h.fail_fast(), None);
         // The token of slot 0 was there, then went.
-        h.observe(&Seen::from(&open(0)), CKR_OK, || true);
-        h.observe(&Seen::from(&open(0)), CKR_TOKEN_NOT_PRESENT, || true);
+        h.observe(&Seen::from(&open(0)), CKR_OK, || true, |_| false);
+        h.observe(
+            &Seen::from(&open(0)),
+            CKR_TOKEN_NOT_PRESENT,
+            || true,
+            |_| false,
+        );
         assert_eq!(h.fail_fast(), Some(CKR_TOKEN_NOT_PRESENT));
         // The first reason stays.
-        h.observe(&(&sign).into(), CKR_DEVICE_ERROR, || true);
+        h.observe(&(&sign).into(), CKR_DEVICE_ERROR, || true, |_| false);
         let b = h.wait_replacement();
         assert_eq!(
             (b.by, b.rv),
@@ -370,9 +413,27 @@ mod tests {
     }
 
     #[test]
+    fn a_device_error_while_the_token_still_answers_keeps_the_instance() {
+        let h = heal(0);
+        h.observe(&Seen::from(&open(0)), CKR_OK, || true, |_| false);
+        // Asked about slot 0, the token this instance saw, only.
+        let asked = Mutex::new(Vec::new());
+        let answers = |slot| {
+            asked.lock().push(slot);
+            true
+        };
+        h.observe(&Seen::from(&open(0)), CKR_DEVICE_ERROR, || true, answers);
+        assert_eq!(h.fail_fast(), None);
+        assert_eq!(*asked.lock(), [0]);
+        // It no longer answers: the device is gone.
+        h.observe(&Seen::from(&open(0)), CKR_DEVICE_ERROR, || true, |_| false);
+        assert_eq!(h.fail_fast(), Some(CKR_DEVICE_ERROR));
+    }
+
+    #[test]
     fn an_outage_that_goes_on_inherits_its_start_and_waits_longer() {
         let h = heal(3);
-        h.observe(&Seen::from(&open(0)), CKR_DEVICE_ERROR, || true);
+        h.observe(&Seen::from(&open(0)), CKR_DEVICE_ERROR, || true, |_| false);
         let b = h.broken.lock().clone().expect("broken");
         let waited = b.replace_at - b.at;
         assert!((2000..=2500).contains(&waited.as_millis()), "{waited:?}");
@@ -380,11 +441,16 @@ mod tests {
         // The slot a previous instance saw a token in: its token is gone now.
         assert!(b.replaced.present.contains(&7));
         let inherited = heal(1);
-        inherited.observe(&Seen::from(&open(7)), CKR_SLOT_ID_INVALID, || true);
+        inherited.observe(
+            &Seen::from(&open(7)),
+            CKR_SLOT_ID_INVALID,
+            || true,
+            |_| false,
+        );
         assert_eq!(inherited.fail_fast(), Some(CKR_SLOT_ID_INVALID));
         // Off: nothing breaks.
         let off = Heal::new(HealSettings::default());
-        off.observe(&Seen::from(&open(0)), CKR_DEVICE_ERROR, || true);
+        off.observe(&Seen::from(&open(0)), CKR_DEVICE_ERROR, || true, |_| false);
         assert_eq!(off.fail_fast(), None);
     }
 }

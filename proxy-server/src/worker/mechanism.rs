@@ -32,6 +32,8 @@ enum Param {
     DesCbcEncryptData(Box<CK_DES_CBC_ENCRYPT_DATA_PARAMS>, Vec<u8>),
     Eddsa(Box<CK_EDDSA_PARAMS>, Vec<u8>),
     RsaAesKeyWrap(Box<CK_RSA_AES_KEY_WRAP_PARAMS>, Option<Box<Param>>),
+    SignContext(Box<CK_SIGN_ADDITIONAL_CONTEXT>, Vec<u8>),
+    HashSignContext(Box<CK_HASH_SIGN_ADDITIONAL_CONTEXT>, Vec<u8>),
     /// A `C_Message*Init` parameter, in the message-based structure.
     Message(CMsgParam),
 }
@@ -176,6 +178,49 @@ impl Param {
             MechParam::RsaAesKeyWrap { aes_key_bits, oaep } => {
                 Param::rsa_aes_key_wrap(*aes_key_bits, oaep.as_deref())?
             }
+            MechParam::SignContext {
+                hedge,
+                context,
+                hash,
+            } => Param::sign_context(*hedge, context, *hash)?,
+        })
+    }
+
+    /// CK_SIGN_ADDITIONAL_CONTEXT, or CK_HASH_SIGN_ADDITIONAL_CONTEXT with its pre-hash
+    /// mechanism (PKCS#11 v3.2 Mechanisms, ML-DSA and SLH-DSA): the context NULL or given as
+    /// the caller gave it.
+    fn sign_context(
+        hedge: u64,
+        context: &protocol::shape::Bytes,
+        hash: Option<u64>,
+    ) -> Result<Self, CK_RV> {
+        let (mut bytes, null_len) = match context {
+            protocol::shape::Array::Null(n) => (Vec::new(), Some(to_ulong(*n)?)),
+            protocol::shape::Array::Given(v) => (v.clone(), None),
+        };
+        let (p, n) = match null_len {
+            Some(n) => (ptr::null_mut(), n),
+            None => ptr_len(&mut bytes)?,
+        };
+        let hedge = to_ulong(hedge)?;
+        Ok(match hash {
+            None => Param::SignContext(
+                Box::new(CK_SIGN_ADDITIONAL_CONTEXT {
+                    hedgeVariant: hedge,
+                    pContext: p,
+                    ulContextLen: n,
+                }),
+                bytes,
+            ),
+            Some(hash) => Param::HashSignContext(
+                Box::new(CK_HASH_SIGN_ADDITIONAL_CONTEXT {
+                    hedgeVariant: hedge,
+                    pContext: p,
+                    ulContextLen: n,
+                    hash: to_ulong(hash)?,
+                }),
+                bytes,
+            ),
         })
     }
 
@@ -293,6 +338,8 @@ impl Param {
             Param::DesCbcEncryptData(b, _) => boxed(b),
             Param::Eddsa(b, _) => boxed(b),
             Param::RsaAesKeyWrap(b, _) => boxed(b),
+            Param::SignContext(b, _) => boxed(b),
+            Param::HashSignContext(b, _) => boxed(b),
             Param::Message(m) => {
                 let (p, n) = m.ptr_len();
                 (p, n as usize)

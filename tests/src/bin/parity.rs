@@ -1,4 +1,5 @@
-//! `parity [--kryoptic]`: runs the direct-versus-proxy parity scenario on a throwaway
+//! `parity [--kryoptic [--v3.2]]`: runs the direct-versus-proxy parity scenario (or, with
+//! `--v3.2`, the PKCS#11 3.2 and post-quantum scenario of `tests::v3_2`) on a throwaway
 //! SoftHSM2 token (or kryoptic token) and a server it starts, prints one line per call and a
 //! summary `N passed, N failed`. Exits non-zero when any call differs.
 //!
@@ -7,11 +8,18 @@
 //! unloaded.
 
 fn main() {
-    let report = if std::env::args().any(|a| a == "--kryoptic") {
+    let arg = |a: &str| std::env::args().any(|b| b == a);
+    let report = if arg("--kryoptic") {
         let k = tests::kryoptic::Kryoptic::new("parity");
         let (key, value) = k.env();
         let module = tests::private_copy(&tests::kryoptic::module_path(), k.dir.path());
-        tests::parity::run_on(&module, &tests::kryoptic::module_path(), (key, &value))
+        let server_module = tests::kryoptic::module_path();
+        if arg("--v3.2") {
+            let slot = tests::kryoptic::SLOT;
+            tests::v3_2::run_on(&module, &server_module, (key, &value), slot)
+        } else {
+            tests::parity::run_on(&module, &server_module, (key, &value))
+        }
     } else {
         tests::parity::run()
     };

@@ -92,6 +92,8 @@ pub struct Backend {
     list: &'static CK_FUNCTION_LIST,
     /// The v3.0 table, when the library offers the "PKCS 11" interface at 3.x.
     list3: Option<&'static CK_FUNCTION_LIST_3_0>,
+    /// The v3.2 table, when the library offers the "PKCS 11" interface at 3.2 or later.
+    list32: Option<&'static CK_FUNCTION_LIST_3_2>,
     _library: Library,
 }
 
@@ -116,6 +118,7 @@ macro_rules! func {
 mod buffers;
 mod calls;
 mod message;
+mod v3_2;
 
 impl Backend {
     /// Loads `path` and finds its function table; C_Initialize is [`Backend::initialize`]'s.
@@ -123,10 +126,18 @@ impl Backend {
         // SAFETY: loading a PKCS#11 module runs its initialisers; that is the point.
         let library = unsafe { Library::new(path) }
             .map_err(|e| format!("cannot load PKCS#11 module {path}: {e}"))?;
-        let (list, list3) = Self::function_list(&library, path)?;
+        let list = Self::function_list(&library, path)?;
+        // SAFETY: a table of version 3.x (3.2 and later) starts with the 3.0 (3.2) table's
+        // fields (v3.0 §5.2, v3.2 CK_FUNCTION_LIST_3_2): the interface's own layout.
+        let at_least = |major, minor| (list.version.major, list.version.minor) >= (major, minor);
+        let list3 = at_least(3, 0)
+            .then(|| unsafe { &*(list as *const CK_FUNCTION_LIST).cast::<CK_FUNCTION_LIST_3_0>() });
+        let list32 = at_least(3, 2)
+            .then(|| unsafe { &*(list as *const CK_FUNCTION_LIST).cast::<CK_FUNCTION_LIST_3_2>() });
         Ok(Self {
             list,
             list3,
+            list32,
             _library: library,
         })
     }
@@ -176,30 +187,23 @@ impl Backend {
         unsafe { f(&mut c as *mut _ as *mut c_void) }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn function_list(
-        library: &Library,
-        path: &str,
-    ) -> Result<
-        (
-            &'static CK_FUNCTION_LIST,
-            Option<&'static CK_FUNCTION_LIST_3_0>,
-        ),
-        String,
-    > {
+    /// The vendor's "PKCS 11" function table (v3.0 §5.2): at 3.2 when the library offers it
+    /// (so that its 3.2 functions are forwarded, even where its default interface is older),
+    /// else its default interface, else C_GetFunctionList's (a 2.x library).
+    fn function_list(library: &Library, path: &str) -> Result<&'static CK_FUNCTION_LIST, String> {
         // SAFETY: symbol types are those of the PKCS#11 headers; the table a module returns
         // lives as long as the module, which this server never unloads.
         unsafe {
             if let Ok(get_interface) = library.get::<CK_C_GetInterface>(b"C_GetInterface\0") {
                 if let Some(get_interface) = *get_interface {
-                    let mut iface: *mut CK_INTERFACE = ptr::null_mut();
                     let name = c"PKCS 11".as_ptr() as *mut CK_UTF8CHAR;
-                    let rv = get_interface(name, ptr::null_mut(), &mut iface, 0);
-                    if rv == CKR_OK && !iface.is_null() && !(*iface).pFunctionList.is_null() {
-                        let list = &*((*iface).pFunctionList as *const CK_FUNCTION_LIST);
-                        let list3 = (list.version.major >= 3)
-                            .then(|| &*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0));
-                        return Ok((list, list3));
+                    let mut v3_2 = CK_VERSION { major: 3, minor: 2 };
+                    for version in [&mut v3_2 as *mut CK_VERSION, ptr::null_mut()] {
+                        let mut iface: *mut CK_INTERFACE = ptr::null_mut();
+                        let rv = get_interface(name, version, &mut iface, 0);
+                        if rv == CKR_OK && !iface.is_null() && !(*iface).pFunctionList.is_null() {
+                            return Ok(&*((*iface).pFunctionList as *const CK_FUNCTION_LIST));
+                        }
                     }
                 }
             }
@@ -215,7 +219,7 @@ impl Backend {
                     crate::rv::name(rv)
                 ));
             }
-            Ok((&*list, None))
+            Ok(&*list)
         }
     }
 

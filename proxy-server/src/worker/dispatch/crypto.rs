@@ -1,5 +1,5 @@
 //! Encryption, decryption, digests, signatures and MACs, verification and the dual-function
-//! calls (v2.40 §5.8 to §5.13). Most arms are one of four shapes: an Init (mechanism and
+//! calls (v2.40 §5.8 to §5.13), and v3.2's verification with the signature given at init. Most arms are one of four shapes: an Init (mechanism and
 //! key), a call with input and output (single-part or Update), a Final with output, and a
 //! call with input only.
 
@@ -145,6 +145,10 @@ pub fn call(w: &WorkerState, app: &Application, request: R) -> Result<Response, 
             data,
             capacity: c,
         } => update(w, app, f.C_DecryptVerifyUpdate, s, &data, c),
+        R::VerifySignatureInit { .. }
+        | R::VerifySignature { .. }
+        | R::VerifySignatureUpdate { .. }
+        | R::VerifySignatureFinal { .. } => verify_signature(w, app, request),
         other => Err(misrouted(&other)),
     }
 }
@@ -200,4 +204,32 @@ fn input(
     data: &Bytes,
 ) -> Result<Response, CK_RV> {
     rv(w.backend.input(f, app.check(session)?, data))
+}
+
+/// Verification with the signature given at init (v3.2 C_VerifySignatureInit, then
+/// C_VerifySignature, or C_VerifySignatureUpdate and C_VerifySignatureFinal).
+fn verify_signature(w: &WorkerState, app: &Application, request: R) -> Result<Response, CK_RV> {
+    match request {
+        R::VerifySignatureInit {
+            session,
+            mechanism,
+            key,
+            signature,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let key = object_handle(key)?;
+            rv(w.backend.verify_signature_init(s, &mut m, key, &signature))
+        }
+        R::VerifySignature { session: s, data } => {
+            input(w, app, w.backend.verify_signature_input(false), s, &data)
+        }
+        R::VerifySignatureUpdate { session: s, data } => {
+            input(w, app, w.backend.verify_signature_input(true), s, &data)
+        }
+        R::VerifySignatureFinal { session } => rv(w
+            .backend
+            .session(w.backend.verify_signature_final(), app.check(session)?)),
+        other => Err(misrouted(&other)),
+    }
 }

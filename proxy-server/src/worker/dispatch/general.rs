@@ -2,6 +2,8 @@
 //! (§5.16). An application's worker forwards them: the vendor instance is the application's
 //! own. A shared worker's instance is everybody's: a later C_Initialize is answered as the
 //! vendor would (already initialised), and C_Finalize closes only the application's sessions.
+//! The v3.2 asynchronous calls are answered here as a library without them answers
+//! ([`super::asynchronous`]).
 
 use cryptoki_sys::*;
 use protocol::message::{Info, Request, Response};
@@ -50,6 +52,9 @@ pub fn call(w: &WorkerState, app: &Application, request: Request) -> Result<Resp
         }
         Request::CancelFunction { session } => {
             rv(b.session(f.C_CancelFunction, app.check(session)?))
+        }
+        Request::AsyncComplete { .. } | Request::AsyncGetId { .. } | Request::AsyncJoin { .. } => {
+            rv(super::asynchronous::ANSWER)
         }
         other => Err(misrouted(&other)),
     }

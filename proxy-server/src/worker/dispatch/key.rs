@@ -1,4 +1,5 @@
-//! Key management (v2.40 §5.14) and random numbers (§5.15).
+//! Key management (v2.40 §5.14; v3.2 key encapsulation and authenticated wrapping) and random
+//! numbers (§5.15).
 
 use cryptoki_sys::*;
 use protocol::frame::MAX_DATA_LEN;
@@ -138,6 +139,119 @@ pub fn call(w: &WorkerState, app: &Application, request: Request) -> Result<Resp
                 len,
                 data,
             })
+        }
+        Request::EncapsulateKey { .. } | Request::DecapsulateKey { .. } => {
+            encapsulation(w, app, request)
+        }
+        Request::WrapKeyAuthenticated { .. } | Request::UnwrapKeyAuthenticated { .. } => {
+            authenticated_wrapping(w, app, request)
+        }
+        other => Err(misrouted(&other)),
+    }
+}
+
+/// Key encapsulation (v3.2 C_EncapsulateKey, C_DecapsulateKey).
+fn encapsulation(w: &WorkerState, app: &Application, request: Request) -> Result<Response, CK_RV> {
+    let b = &w.backend;
+    match request {
+        Request::EncapsulateKey {
+            session,
+            mechanism,
+            public_key,
+            template,
+            capacity,
+            outputs,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            let mut h = 0;
+            let key = out_ptr(outputs, 0, &mut h);
+            let o = b.encapsulate_key(s, &mut m, object_handle(public_key)?, &mut t, capacity, key);
+            // The vendor makes the key only when it writes the ciphertext (v3.2).
+            let made = o.rv == CKR_OK && capacity.buffer && outputs.has(0);
+            Ok(Response::Encapsulated {
+                rv: wire(o.rv),
+                len: wire(o.len),
+                data: o.data,
+                key: made.then(|| wire(h)),
+            })
+        }
+        Request::DecapsulateKey {
+            session,
+            mechanism,
+            private_key,
+            template,
+            ciphertext,
+            outputs,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            let mut h = 0;
+            let key = out_ptr(outputs, 0, &mut h);
+            let private_key = object_handle(private_key)?;
+            handle(
+                b.decapsulate_key(s, &mut m, private_key, &mut t, &ciphertext, key),
+                h,
+            )
+        }
+        other => Err(misrouted(&other)),
+    }
+}
+
+/// Authenticated key wrapping (v3.2 C_WrapKeyAuthenticated, C_UnwrapKeyAuthenticated).
+fn authenticated_wrapping(
+    w: &WorkerState,
+    app: &Application,
+    request: Request,
+) -> Result<Response, CK_RV> {
+    let b = &w.backend;
+    match request {
+        Request::WrapKeyAuthenticated {
+            session,
+            mechanism,
+            wrapping_key,
+            key,
+            associated_data,
+            capacity,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let keys = (object_handle(wrapping_key)?, object_handle(key)?);
+            Ok(output(b.wrap_key_authenticated(
+                s,
+                &mut m,
+                keys,
+                &associated_data,
+                capacity,
+            )))
+        }
+        Request::UnwrapKeyAuthenticated {
+            session,
+            mechanism,
+            unwrapping_key,
+            wrapped_key,
+            template,
+            associated_data,
+            outputs,
+        } => {
+            let s = app.check(session)?;
+            let mut m = CMechanism::from_wire(&mechanism)?;
+            let mut t = CTemplate::from_wire(&template)?;
+            let mut h = 0;
+            let key = out_ptr(outputs, 0, &mut h);
+            handle(
+                b.unwrap_key_authenticated(
+                    s,
+                    &mut m,
+                    object_handle(unwrapping_key)?,
+                    (&wrapped_key, &associated_data),
+                    &mut t,
+                    key,
+                ),
+                h,
+            )
         }
         other => Err(misrouted(&other)),
     }

@@ -3,6 +3,7 @@
 //! PKCS#11 function. The request's descriptor names its chapter.
 
 mod answer;
+mod asynchronous;
 mod crypto;
 mod general;
 mod key;
@@ -122,7 +123,15 @@ fn serve(worker: &WorkerState, app: &Application, request: Request) -> Response 
     }
     .unwrap_or_else(|rv| Response::Rv(wire(rv)));
     if let Ok(rv) = to_ulong(answer.rv()) {
-        worker.heal.observe(&seen, rv, || worker.initialised());
+        let answers = |slot| {
+            let mut info = cryptoki_sys::CK_TOKEN_INFO::default();
+            to_ulong(slot).is_ok_and(|slot| {
+                worker.backend.get_token_info(slot, &mut info) == cryptoki_sys::CKR_OK
+            })
+        };
+        worker
+            .heal
+            .observe(&seen, rv, || worker.initialised(), answers);
     }
     match handout {
         Some(handout) => identify::with_identities(worker, app, handout, answer),

@@ -20,6 +20,9 @@ pub fn call(w: &WorkerState, app: &Application, request: Request) -> Result<Resp
             outputs,
         } => {
             let slot = to_ulong(slot)?;
+            if let Some(refused) = super::asynchronous::refused_session(w, slot, to_ulong(flags)?) {
+                return Err(refused);
+            }
             let mut h = 0;
             let r = b.open_session(slot, to_ulong(flags)?, out_ptr(outputs, 0, &mut h));
             if r == CKR_OK && outputs.has(0) {
@@ -108,6 +111,20 @@ pub fn call(w: &WorkerState, app: &Application, request: Request) -> Result<Resp
         )),
         Request::SessionCancel { session, flags } => {
             rv(b.session_cancel(app.check(session)?, to_ulong(flags)?))
+        }
+        Request::GetSessionValidationFlags {
+            session,
+            flags_type,
+            outputs,
+        } => {
+            let s = app.check(session)?;
+            let mut flags = 0;
+            let r = b.get_session_validation_flags(
+                s,
+                to_ulong(flags_type)?,
+                out_ptr(outputs, 0, &mut flags),
+            );
+            ok_then(r, || Response::Flags(wire(flags)))
         }
         other => Err(misrouted(&other)),
     }

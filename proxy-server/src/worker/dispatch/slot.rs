@@ -44,6 +44,7 @@ pub fn call(w: &WorkerState, app: &Application, request: Request) -> Result<Resp
         Request::GetTokenInfo { slot, outputs } => {
             let mut i = CK_TOKEN_INFO::default();
             let r = b.get_token_info(to_ulong(slot)?, out_ptr(outputs, 0, &mut i));
+            i.flags = super::asynchronous::token_flags(i.flags);
             ok_then(r, || Response::TokenInfo(token_info(&i)))
         }
         Request::WaitForSlotEvent {
