@@ -7,7 +7,7 @@ use protocol::codec;
 use protocol::frame::{read_frame, write_frame, MAX_FRAME_LEN};
 use protocol::fuzzing::decode_stream;
 use protocol::mechanism::{MechParam, Mechanism};
-use protocol::message::Request;
+use protocol::message::{Request, Response};
 use protocol::shape::{Bytes, Out, Outputs};
 use protocol::ProtocolError;
 
@@ -87,14 +87,135 @@ fn seeds() -> Vec<Vec<u8>> {
     ];
     requests
         .iter()
-        .map(|r| {
-            let mut payload = Vec::new();
-            codec::encode(r, &mut payload).unwrap();
-            let mut framed = Vec::new();
-            write_frame(&mut framed, &payload, &mut Vec::new()).unwrap();
-            framed
-        })
+        .chain(&v3_2_requests())
+        .map(framed)
+        .chain(v3_2_responses().iter().map(framed))
         .collect()
+}
+
+/// `message` encoded in one frame.
+fn framed<T: serde::Serialize>(message: &T) -> Vec<u8> {
+    let mut payload = Vec::new();
+    codec::encode(message, &mut payload).unwrap();
+    let mut framed = Vec::new();
+    write_frame(&mut framed, &payload, &mut Vec::new()).unwrap();
+    framed
+}
+
+/// Requests of the functions PKCS#11 3.2 adds, with their new parameter (the ML-DSA
+/// signature context).
+fn v3_2_requests() -> Vec<Request> {
+    let ml_dsa = Mechanism {
+        ty: 0x1d,
+        param: MechParam::SignContext {
+            hedge: 2,
+            context: Bytes::Given(b"fabric-channel".to_vec()),
+            hash: None,
+        },
+    };
+    let hash_ml_dsa = Mechanism {
+        ty: 0x1f,
+        param: MechParam::SignContext {
+            hedge: 0,
+            context: Bytes::Null(0),
+            hash: Some(0x250),
+        },
+    };
+    let ml_kem = Mechanism {
+        ty: 0x17,
+        param: MechParam::None,
+    };
+    let secret = vec![Attribute {
+        ty: 0x161,
+        value: AttrValue::Ulong(32),
+    }];
+    vec![
+        Request::EncapsulateKey {
+            session: 7,
+            mechanism: ml_kem.clone(),
+            public_key: 9,
+            template: secret.clone().into(),
+            capacity: Out::buffer(1088),
+            outputs: Outputs::ALL,
+        },
+        Request::DecapsulateKey {
+            session: 7,
+            mechanism: ml_kem,
+            private_key: 10,
+            template: secret.clone().into(),
+            ciphertext: vec![0x5a; 1088].into(),
+            outputs: Outputs::ALL,
+        },
+        Request::VerifySignatureInit {
+            session: 7,
+            mechanism: ml_dsa.clone(),
+            key: 9,
+            signature: vec![0x33; 3309].into(),
+        },
+        Request::VerifySignatureUpdate {
+            session: 7,
+            data: vec![1; 64].into(),
+        },
+        Request::VerifySignatureFinal { session: 7 },
+        Request::SignInit {
+            session: 7,
+            mechanism: hash_ml_dsa,
+            key: 10,
+        },
+        Request::GetSessionValidationFlags {
+            session: 7,
+            flags_type: 1,
+            outputs: Outputs::ALL,
+        },
+        Request::AsyncJoin {
+            session: 7,
+            function_name: Bytes::Given(b"C_Sign".to_vec()),
+            operation_id: 3,
+            capacity: Out::buffer(16),
+        },
+        Request::UnwrapKeyAuthenticated {
+            session: 7,
+            mechanism: ml_dsa,
+            unwrapping_key: 11,
+            wrapped_key: vec![2; 40].into(),
+            template: secret.into(),
+            associated_data: Bytes::Null(0),
+            outputs: Outputs::ALL,
+        },
+    ]
+}
+
+/// Answers only PKCS#11 3.2 calls get.
+fn v3_2_responses() -> Vec<Response> {
+    vec![
+        Response::Encapsulated {
+            rv: 0,
+            len: 1088,
+            data: vec![0x77; 1088],
+            key: Some(12),
+        },
+        Response::Encapsulated {
+            rv: 0x150,
+            len: 1088,
+            data: Vec::new(),
+            key: None,
+        },
+        Response::Flags(1),
+    ]
+}
+
+#[test]
+fn v3_2_messages_round_trip() {
+    for request in v3_2_requests() {
+        let mut payload = Vec::new();
+        codec::encode(&request, &mut payload).unwrap();
+        assert_eq!(codec::decode::<Request>(&payload).unwrap(), request);
+    }
+    for response in v3_2_responses() {
+        let mut payload = Vec::new();
+        codec::encode(&response, &mut payload).unwrap();
+        assert_eq!(codec::decode::<Response>(&payload).unwrap(), response);
+    }
 }
 
 proptest! {

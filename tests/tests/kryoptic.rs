@@ -61,6 +61,43 @@ fn post_quantum_and_the_3_2_calls_answer_the_same_directly_and_through_the_proxy
 }
 
 #[test]
+fn the_edge_case_matrix_answers_the_same_on_kryoptic_while_initialised() {
+    // Every v2.40 function with every argument shape (`tests/src/matrix.rs`), on two kryoptic
+    // tokens alike, one direct and one through the proxy, in the `parity` runner's process.
+    let out = Command::new(tests::build_dir().join("parity"))
+        .args(["--kryoptic", "--matrix"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "kryoptic matrix: {}",
+        text.lines().last().unwrap_or_default()
+    );
+    let initialised_ok = text
+        .lines()
+        .filter(|l| l.starts_with("ok    [initialised]"))
+        .count();
+    assert!(initialised_ok > 2000, "{initialised_ok} cases: {text}");
+    // While initialised: no difference at all.
+    let differ: Vec<&str> = text.lines().filter(|l| l.starts_with("DIFF")).collect();
+    let inside: Vec<&&str> = differ
+        .iter()
+        .filter(|l| !l.contains("[before C_Initialize]") && !l.contains("[after C_Finalize]"))
+        .collect();
+    assert!(inside.is_empty(), "{}", text);
+    // Before C_Initialize and after C_Finalize there is no vendor instance for the
+    // application: the shim answers CKR_CRYPTOKI_NOT_INITIALIZED to every call, as the
+    // specification says a library does (v2.40 §5.4; SoftHSM2 does, and its matrix is equal
+    // there too), while kryoptic checks its arguments first and answers C_GetInfo. Those are
+    // the only differences.
+    assert!(
+        differ.iter().all(|l| l.contains("proxy rv=0x190 ")),
+        "{}",
+        differ.join("\n")
+    );
+}
+
+#[test]
 fn pkcs11_tool_tests_the_same_on_kryoptic_directly_and_through_the_proxy() {
     let k = Kryoptic::new("tool");
     let (key, value) = k.env();

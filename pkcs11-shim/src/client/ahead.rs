@@ -106,6 +106,11 @@ pub struct Search {
     /// The vendor's C_FindObjectsFinal answer, when the prefetch ended its search; `None`:
     /// the vendor's search goes on.
     pub ended: Option<u64>,
+    /// A C_FindObjects the shim cannot serve (a NULL pointer) came: the vendor gets the
+    /// search back where the application's is (the handles served so far consumed) and
+    /// answers from then on, since what a failed C_FindObjects does to a search is the
+    /// vendor's (SoftHSM2 keeps it, kryoptic ends it).
+    pub give_back: bool,
 }
 
 /// What a search run ahead answers of a C_FindObjects.

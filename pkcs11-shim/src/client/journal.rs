@@ -56,7 +56,8 @@ impl OpRecord {
     /// search run to its end): the vendor must get it back before it answers another call
     /// on the session.
     pub fn ended_early(&self) -> bool {
-        self.completed.is_some() || self.search.as_ref().is_some_and(|f| f.ended.is_some())
+        self.completed.is_some()
+            || (self.search.as_ref()).is_some_and(|f| f.ended.is_some() || f.give_back)
     }
 }
 
@@ -292,6 +293,10 @@ impl Journal {
                 max_count, outputs, ..
             } if outputs.has(0) && outputs.has(1) => {
                 Some(s.ops[i].search.as_mut()?.serve(max_count))
+            }
+            Request::FindObjects { .. } => {
+                s.ops[i].search.as_mut()?.give_back = true;
+                None
             }
             Request::FindObjectsFinal { .. } => {
                 let ended = s.ops[i].search.as_ref()?.ended?;
@@ -538,6 +543,7 @@ impl Journal {
                 found: objects.into(),
                 asked,
                 ended: final_rv,
+                give_back: false,
             });
         }
         Response::Rv(wire(CKR_OK))

@@ -335,8 +335,10 @@ fn init_again(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<us
 /// single-part size query leaves nothing behind); a search run to its end gets its Init and
 /// the same C_FindObjects replayed, which leaves the vendor's search where the application's
 /// is (its handles are still served by the shim). The vendor then answers the application's
-/// next call on the session as it would have (DESIGN.md, "Two-call functions"). One the vendor
-/// refuses now is gone, as it would be on a new server.
+/// next call on the session as it would have (DESIGN.md, "Two-call functions"). A search to
+/// give back ([`crate::client::ahead::Search::give_back`]) is ended on the vendor if it was
+/// not, and replayed up to the handles the application has had: the vendor's from then on.
+/// One the vendor refuses now is gone, as it would be on a new server.
 pub fn restore_ended(conn: &mut Connection, journal: &mut Journal, h: u64) -> Result<(), Stopped> {
     let Some(s) = journal.session(h) else {
         return Ok(());
@@ -344,33 +346,47 @@ pub fn restore_ended(conn: &mut Connection, journal: &mut Journal, h: u64) -> Re
     let Some(session) = s.real else {
         return Ok(());
     };
-    let ended: Vec<(OpKind, Request, Option<u64>)> = s
+    // Each operation to give back: its kind, its Init, and for a search the handles to
+    // fetch again, whether it is given back whole, and whether the vendor's is still going.
+    type Ended = (OpKind, Request, Option<(u64, bool, bool)>);
+    let ended: Vec<Ended> = s
         .ops
         .iter()
-        .filter_map(|o| {
-            let search = o.search.as_ref().filter(|f| f.ended.is_some());
-            (o.completed.is_some() || search.is_some())
-                .then(|| (o.kind, o.init.clone(), search.map(|f| f.asked)))
+        .filter(|o| o.ended_early())
+        .map(|o| {
+            let search = o.search.as_ref().map(|f| match f.give_back {
+                true => (f.asked - f.found.len() as u64, true, f.ended.is_none()),
+                false => (f.asked, false, false),
+            });
+            (o.kind, o.init.clone(), search)
         })
         .collect();
-    for (kind, init, asked) in ended {
+    for (kind, init, search) in ended {
+        if let Some((_, _, true)) = search {
+            vendor(conn, &Request::FindObjectsFinal { session })?;
+        }
         let replayed = replay_init(conn, journal, h, session, &init)?;
-        if let (true, Some(asked)) = (replayed, asked) {
-            vendor(
-                conn,
-                &Request::FindObjects {
-                    session,
-                    max_count: asked,
-                    outputs: Outputs::ALL,
-                },
-            )?;
+        if let (true, Some((fetched, _, _))) = (replayed, search) {
+            if fetched > 0 {
+                vendor(
+                    conn,
+                    &Request::FindObjects {
+                        session,
+                        max_count: fetched,
+                        outputs: Outputs::ALL,
+                    },
+                )?;
+            }
         }
         let s = journal.session_mut(h).expect("listed");
         if replayed {
             for op in s.ops.iter_mut().filter(|o| o.kind == kind) {
                 op.completed = None;
-                if let Some(search) = op.search.as_mut() {
-                    search.ended = None;
+                if let Some(f) = op.search.as_mut() {
+                    f.ended = None;
+                }
+                if let Some((_, true, _)) = search {
+                    op.search = None;
                 }
             }
         } else {

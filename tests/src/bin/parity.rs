@@ -1,11 +1,48 @@
-//! `parity [--kryoptic [--v3.2]]`: runs the direct-versus-proxy parity scenario (or, with
-//! `--v3.2`, the PKCS#11 3.2 and post-quantum scenario of `tests::v3_2`) on a throwaway
+//! `parity [--kryoptic [--v3.2 | --matrix]]`: runs the direct-versus-proxy parity scenario (or,
+//! with `--v3.2`, the PKCS#11 3.2 and post-quantum scenario of `tests::v3_2`; with
+//! `--matrix`, the edge-case matrix of `tests::matrix`) on a throwaway
 //! SoftHSM2 token (or kryoptic token) and a server it starts, prints one line per call and a
 //! summary `N passed, N failed`. Exits non-zero when any call differs.
 //!
 //! kryoptic runs here, in a process of its own, rather than in a test thread: OpenSSL, linked
 //! into it, leaves thread-local destructors that crash a thread ending after the module was
 //! unloaded.
+
+/// The edge-case matrix (`tests::matrix`) on two kryoptic tokens alike: one loaded directly,
+/// one behind a server.
+fn matrix_on_kryoptic(direct_token: &tests::kryoptic::Kryoptic) -> tests::parity::Report {
+    use tests::raw::RawModule;
+    let proxy_token = tests::kryoptic::Kryoptic::new("parity");
+    let (key, value) = proxy_token.env();
+    let server = tests::ProxyServer::start_args(
+        &[
+            "--module",
+            tests::kryoptic::module_path().to_str().unwrap(),
+            "--listen",
+            "tcp://127.0.0.1:0",
+        ],
+        &[(key, &value)],
+    );
+    let dir = tests::TempDir::new("matrix");
+    let direct = RawModule::load(&tests::private_copy(
+        &tests::kryoptic::module_path(),
+        direct_token.dir.path(),
+    ));
+    let (key, value) = direct_token.env();
+    // SAFETY: the matrix passes valid buffers except where it tests their shapes.
+    let expected = tests::with_env(&[(key, &value)], || unsafe {
+        tests::matrix::run(&direct, || direct.initialize())
+    });
+    let proxy = RawModule::load(&tests::private_copy(&tests::shim_path(), dir.path()));
+    let address = [("PKCS11_PROXY_SOCKET", server.address.as_str())];
+    // SAFETY: as above.
+    let got = tests::with_env(&address, || unsafe {
+        tests::matrix::run(&proxy, || proxy.initialize())
+    });
+    std::mem::forget(direct);
+    std::mem::forget(proxy);
+    tests::parity::Report { expected, got }
+}
 
 fn main() {
     let arg = |a: &str| std::env::args().any(|b| b == a);
@@ -17,6 +54,8 @@ fn main() {
         if arg("--v3.2") {
             let slot = tests::kryoptic::SLOT;
             tests::v3_2::run_on(&module, &server_module, (key, &value), slot)
+        } else if arg("--matrix") {
+            matrix_on_kryoptic(&k)
         } else {
             tests::parity::run_on(&module, &server_module, (key, &value))
         }
