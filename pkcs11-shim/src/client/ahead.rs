@@ -123,6 +123,27 @@ pub enum Served {
 }
 
 impl Search {
+    /// C_FindObjects and C_FindObjectsFinal on this search (v2.40 §5.7.8, §5.7.9): handles
+    /// from those fetched ([`Search::serve`]); the vendor's C_FindObjectsFinal answer, when it
+    /// was made (and `true`: the search is over). `None` for any other call, or a
+    /// C_FindObjects with a NULL pointer, which the vendor answers once it has the search
+    /// back ([`Search::give_back`]).
+    pub fn answer(&mut self, request: &mut Request) -> Option<(Served, bool)> {
+        match request {
+            Request::FindObjects {
+                max_count, outputs, ..
+            } if outputs.has(0) && outputs.has(1) => Some((self.serve(max_count), false)),
+            Request::FindObjects { .. } => {
+                self.give_back = true;
+                None
+            }
+            Request::FindObjectsFinal { .. } => {
+                Some((Served::All(Response::Rv(self.ended?)), true))
+            }
+            _ => None,
+        }
+    }
+
     /// C_FindObjects (v2.40 §5.7.8) for `max_count` handles: from those fetched, as many as
     /// asked, or all that are left and the vendor's search gives the rest (`max_count` is
     /// then what it still asks).

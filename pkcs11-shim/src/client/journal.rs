@@ -281,30 +281,16 @@ impl Journal {
         self.attributes_ahead.serve(request)
     }
 
-    /// C_FindObjects and C_FindObjectsFinal on a search run ahead (v2.40 §5.7.8, §5.7.9):
-    /// handles from those fetched ([`Search::serve`]); the vendor's C_FindObjectsFinal
-    /// answer, when it was made. `None` for any other call, or shape (NULL pointers), which
-    /// the vendor answers.
+    /// C_FindObjects and C_FindObjectsFinal on a search run ahead ([`Search::answer`]); the
+    /// operation is gone once its C_FindObjectsFinal is answered.
     pub fn serve_search(&mut self, request: &mut Request) -> Option<Served> {
         let s = self.sessions.get_mut(&request.session()?)?;
         let i = s.ops.iter().position(|o| o.search.is_some())?;
-        match request {
-            Request::FindObjects {
-                max_count, outputs, ..
-            } if outputs.has(0) && outputs.has(1) => {
-                Some(s.ops[i].search.as_mut()?.serve(max_count))
-            }
-            Request::FindObjects { .. } => {
-                s.ops[i].search.as_mut()?.give_back = true;
-                None
-            }
-            Request::FindObjectsFinal { .. } => {
-                let ended = s.ops[i].search.as_ref()?.ended?;
-                s.ops.remove(i);
-                Some(Served::All(Response::Rv(ended)))
-            }
-            _ => None,
+        let (served, ended) = s.ops[i].search.as_mut()?.answer(request)?;
+        if ended {
+            s.ops.remove(i);
         }
+        Some(served)
     }
 
     /// The request to send to the current server: a copy of `request` with the server's
