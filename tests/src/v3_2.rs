@@ -20,7 +20,7 @@ use crate::raw::RawModule;
 use crate::{private_copy, shim_path, with_env, ProxyServer, TempDir, PIN};
 
 /// An attribute pointing at `v`.
-fn attr<T>(ty: CK_ATTRIBUTE_TYPE, v: &T) -> CK_ATTRIBUTE {
+pub fn attr<T>(ty: CK_ATTRIBUTE_TYPE, v: &T) -> CK_ATTRIBUTE {
     CK_ATTRIBUTE {
         type_: ty,
         pValue: v as *const T as *mut c_void,
@@ -29,7 +29,7 @@ fn attr<T>(ty: CK_ATTRIBUTE_TYPE, v: &T) -> CK_ATTRIBUTE {
 }
 
 /// A mechanism without a parameter.
-fn mech(ty: CK_MECHANISM_TYPE) -> CK_MECHANISM {
+pub fn mech(ty: CK_MECHANISM_TYPE) -> CK_MECHANISM {
     CK_MECHANISM {
         mechanism: ty,
         pParameter: ptr::null_mut(),

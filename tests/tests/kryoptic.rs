@@ -4,7 +4,12 @@
 
 use std::process::Command;
 
-use tests::kryoptic::{module_path, Kryoptic};
+use std::ptr;
+
+use cryptoki_sys::*;
+use tests::kryoptic::{module_path, Kryoptic, SLOT};
+use tests::raw::RawModule;
+use tests::v3_2::{attr, mech};
 
 use tests::{ProxyServer, TempDir};
 
@@ -151,4 +156,150 @@ fn pkcs11_tool_tests_the_same_on_kryoptic_directly_and_through_the_proxy() {
     let proxied = tool(&shim, &["-I"]);
     assert!(direct.1.contains("Cryptoki version 3.2"), "{}", direct.1);
     assert_eq!(direct, proxied);
+}
+
+/// A token key pair of `gen` with CKA_PARAMETER_SET `set`, labelled `label`.
+///
+/// # Safety
+/// `f` must be an initialised module's table; `s` a logged-in read-write session of it.
+unsafe fn token_key_pair(
+    f: &CK_FUNCTION_LIST_3_2,
+    s: CK_SESSION_HANDLE,
+    gen: CK_MECHANISM_TYPE,
+    set: CK_ULONG,
+    usage: (CK_ATTRIBUTE_TYPE, CK_ATTRIBUTE_TYPE),
+    label: &[u8; 2],
+) -> (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) {
+    let t = CK_TRUE;
+    let mut public = [
+        attr(CKA_TOKEN, &t),
+        attr(CKA_PARAMETER_SET, &set),
+        attr(CKA_LABEL, label),
+        attr(usage.0, &t),
+    ];
+    let mut private = [
+        attr(CKA_TOKEN, &t),
+        attr(CKA_PRIVATE, &t),
+        attr(CKA_LABEL, label),
+        attr(usage.1, &t),
+    ];
+    let (mut pubk, mut privk) = (0, 0);
+    let rv = f.C_GenerateKeyPair.unwrap()(
+        s,
+        &mut mech(gen),
+        public.as_mut_ptr(),
+        4,
+        private.as_mut_ptr(),
+        4,
+        &mut pubk,
+        &mut privk,
+    );
+    assert_eq!(rv, CKR_OK);
+    (pubk, privk)
+}
+
+#[test]
+fn a_restart_keeps_post_quantum_keys_their_handles_and_an_initialised_ml_dsa_signature() {
+    let k = Kryoptic::new("pq-restart");
+    let (key, value) = k.env();
+    let dir = TempDir::new("pq-restart");
+    let address = format!("unix://{}", dir.path().join("p.sock").display());
+    let module = module_path();
+    let args = ["--module", module.to_str().unwrap(), "--listen", &address];
+    let mut server = ProxyServer::start_args(&args, &[(key, &value)]);
+    let m = RawModule::load(&tests::private_copy(&tests::shim_path(), dir.path()));
+    let socket = [("PKCS11_PROXY_SOCKET", address.as_str())];
+    assert_eq!(tests::with_env(&socket, || m.initialize()), CKR_OK);
+    let f = m.f32().expect("the 3.2 interface, offered over kryoptic");
+    let s = m.open_rw(SLOT);
+    assert_eq!(m.login(s, tests::PIN), CKR_OK);
+    let data = b"a block to order".to_vec();
+    // SAFETY: valid arguments throughout.
+    unsafe {
+        let dsa = (CKA_VERIFY, CKA_SIGN);
+        let (dsa_public, dsa_private) =
+            token_key_pair(f, s, CKM_ML_DSA_KEY_PAIR_GEN, CKP_ML_DSA_65, dsa, b"pq");
+        let kem = (CKA_ENCAPSULATE, CKA_DECAPSULATE);
+        let (kem_public, kem_private) =
+            token_key_pair(f, s, CKM_ML_KEM_KEY_PAIR_GEN, CKP_ML_KEM_768, kem, b"pq");
+        assert_eq!(
+            f.C_SignInit.unwrap()(s, &mut mech(CKM_ML_DSA), dsa_private),
+            CKR_OK
+        );
+
+        server.kill();
+        let _server = ProxyServer::start_args(&args, &[(key, &value)]);
+
+        // The signature initialised before the restart, with the two-call convention.
+        let (d, dn) = (data.as_ptr() as *mut u8, data.len() as CK_ULONG);
+        let mut n = 0;
+        assert_eq!(f.C_Sign.unwrap()(s, d, dn, ptr::null_mut(), &mut n), CKR_OK);
+        let mut sig = vec![0u8; n as usize];
+        assert_eq!(
+            f.C_Sign.unwrap()(s, d, dn, sig.as_mut_ptr(), &mut n),
+            CKR_OK
+        );
+        assert_eq!(n, 3309, "an ML-DSA-65 signature");
+        // The public key's old handle, found again on the new server, verifies it (3.2).
+        let (sp, sn) = (sig.as_mut_ptr(), sig.len() as CK_ULONG);
+        assert_eq!(
+            f.C_VerifySignatureInit.unwrap()(s, &mut mech(CKM_ML_DSA), dsa_public, sp, sn),
+            CKR_OK
+        );
+        assert_eq!(f.C_VerifySignature.unwrap()(s, d, dn), CKR_OK);
+        // The ML-KEM keys' old handles: the same secret on both ends.
+        let (class, kind, len, fals) =
+            (CKO_SECRET_KEY, CKK_GENERIC_SECRET, 32 as CK_ULONG, CK_FALSE);
+        let mut t = [
+            attr(CKA_CLASS, &class),
+            attr(CKA_KEY_TYPE, &kind),
+            attr(CKA_VALUE_LEN, &len),
+            attr(CKA_SENSITIVE, &fals),
+            attr(CKA_EXTRACTABLE, &CK_TRUE),
+        ];
+        let mut ct = vec![0u8; 1088];
+        let mut ctn = ct.len() as CK_ULONG;
+        let (mut sent, mut received) = (0, 0);
+        let mut ml_kem = mech(CKM_ML_KEM);
+        assert_eq!(
+            f.C_EncapsulateKey.unwrap()(
+                s,
+                &mut ml_kem,
+                kem_public,
+                t.as_mut_ptr(),
+                5,
+                ct.as_mut_ptr(),
+                &mut ctn,
+                &mut sent
+            ),
+            CKR_OK
+        );
+        assert_eq!(
+            f.C_DecapsulateKey.unwrap()(
+                s,
+                &mut ml_kem,
+                kem_private,
+                t.as_mut_ptr(),
+                5,
+                ct.as_mut_ptr(),
+                ctn,
+                &mut received
+            ),
+            CKR_OK
+        );
+        let value = |h| {
+            let mut v = [0u8; 32];
+            let mut a = [CK_ATTRIBUTE {
+                type_: CKA_VALUE,
+                pValue: v.as_mut_ptr().cast(),
+                ulValueLen: 32,
+            }];
+            assert_eq!(
+                f.C_GetAttributeValue.unwrap()(s, h, a.as_mut_ptr(), 1),
+                CKR_OK
+            );
+            v
+        };
+        assert_eq!(value(sent), value(received));
+    }
 }

@@ -11,6 +11,7 @@ use std::ptr;
 
 use cryptoki_sys::*;
 use tests::fabric::attr;
+use tests::kryoptic::Kryoptic;
 use tests::raw::RawModule;
 use tests::{private_copy, shim_path, with_env, ProxyServer, SoftHsm, TempDir, PIN};
 
@@ -741,26 +742,72 @@ fn every_get_attribute_value_sequence_after_a_completed_size_query_answers_what_
     );
 }
 
+/// The vendor library a comparison runs on: SoftHSM2, or kryoptic (issue 27).
+#[derive(Clone, Copy)]
+enum Vendor {
+    SoftHsm2,
+    Kryoptic,
+}
+
 /// Runs `scenario` directly on SoftHSM2 and through the proxy with each setting of
 /// `variable`, and compares the calls one by one.
 fn compare(tag: &str, variable: &str, scenario: fn(&RawModule) -> Vec<Step>) {
-    let hsm = SoftHsm::new(tag);
-    let conf = hsm.conf.to_string_lossy().into_owned();
-    let direct = RawModule::load(&hsm.module_copy());
-    let expected = with_env(&[("SOFTHSM2_CONF", &conf)], || {
+    compare_on(Vendor::SoftHsm2, tag, variable, scenario);
+}
+
+/// [`compare`] on `vendor`: its token, loaded directly, then through a server that loads it.
+fn compare_on(vendor: Vendor, tag: &str, variable: &str, scenario: fn(&RawModule) -> Vec<Step>) {
+    let (hsm, kryoptic);
+    let (direct, env, server) = match vendor {
+        Vendor::SoftHsm2 => {
+            hsm = SoftHsm::new(tag);
+            let conf = hsm.conf.to_string_lossy().into_owned();
+            let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
+            (hsm.module_copy(), ("SOFTHSM2_CONF", conf), server)
+        }
+        Vendor::Kryoptic => {
+            kryoptic = Kryoptic::new(tag);
+            let (key, value) = kryoptic.env();
+            let module = tests::kryoptic::module_path();
+            let server = ProxyServer::start_args(
+                &[
+                    "--module",
+                    module.to_str().unwrap(),
+                    "--listen",
+                    "tcp://127.0.0.1:0",
+                ],
+                &[(key, &value)],
+            );
+            (
+                private_copy(&module, kryoptic.dir.path()),
+                (key, value),
+                server,
+            )
+        }
+    };
+    // kryoptic hands out search results in no set order (its own hash map's, another in each
+    // instance): compared there as each call's count and every object found, in any order.
+    let record = |steps: Vec<Step>| match vendor {
+        Vendor::SoftHsm2 => steps,
+        Vendor::Kryoptic => in_any_order(steps),
+    };
+    let direct = RawModule::load(&direct);
+    let expected = record(with_env(&[(env.0, &env.1)], || {
         assert_eq!(direct.initialize(), CKR_OK);
         scenario(&direct)
-    });
+    }));
+    // kryoptic stays loaded: OpenSSL, inside it, leaves thread-local destructors that must
+    // find it when this thread ends.
+    std::mem::forget(direct);
     if std::env::var_os("SHOW_STEPS").is_some() {
         for (name, rv, out) in &expected {
             println!("{name}: {rv:#x} {}", String::from_utf8_lossy(out));
         }
     }
-    let server = ProxyServer::start(&hsm, "tcp://127.0.0.1:0");
     for setting in ["on", "off"] {
         let dir = TempDir::new(tag);
         let m = proxy(&server, &dir, &[(variable, setting)]);
-        let got = scenario(&m);
+        let got = record(scenario(&m));
         assert_eq!(got.len(), expected.len());
         for (e, g) in expected.iter().zip(&got) {
             assert_eq!(e, g, "{variable}={setting}: {} differs", e.0);
@@ -768,6 +815,57 @@ fn compare(tag: &str, variable: &str, scenario: fn(&RawModule) -> Vec<Step>) {
         // SAFETY: no call in progress.
         unsafe { m.f().C_Finalize.unwrap()(ptr::null_mut()) };
     }
+}
+
+/// `steps` with each search call's labels (16 bytes each, after the count) taken out, and
+/// every label found, sorted, as one last step.
+fn in_any_order(steps: Vec<Step>) -> Vec<Step> {
+    let mut found: Vec<Vec<u8>> = Vec::new();
+    let mut steps: Vec<Step> = steps
+        .into_iter()
+        .map(|(name, rv, out)| {
+            if name.starts_with("Find") && out.len() > 8 && (out.len() - 8) % 16 == 0 {
+                found.extend(out[8..].chunks(16).map(<[u8]>::to_vec));
+                (name, rv, out[..8].to_vec())
+            } else {
+                (name, rv, out)
+            }
+        })
+        .collect();
+    found.sort();
+    steps.push((
+        "every object found, in any order".into(),
+        CKR_OK,
+        found.concat(),
+    ));
+    steps
+}
+
+/// The three comparisons above, on kryoptic.
+#[test]
+fn on_kryoptic_every_two_call_and_search_sequence_answers_what_it_answers_directly() {
+    compare_on(
+        Vendor::Kryoptic,
+        "twocall-k",
+        "PKCS11_PROXY_COMPLETE_SIZE_QUERIES",
+        scenario,
+    );
+    compare_on(
+        Vendor::Kryoptic,
+        "attrahead-k",
+        "PKCS11_PROXY_COMPLETE_SIZE_QUERIES",
+        attributes_scenario,
+    );
+    compare_on(
+        Vendor::Kryoptic,
+        "searchahead-k",
+        "PKCS11_PROXY_PREFETCH_SEARCHES",
+        |m: &RawModule| {
+            let s = m.open_rw(m.first_slot());
+            assert_eq!(m.login(s, PIN), CKR_OK);
+            search_scenario(m)
+        },
+    );
 }
 
 #[test]
