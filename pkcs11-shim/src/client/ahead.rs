@@ -111,6 +111,8 @@ pub struct Search {
     /// answers from then on, since what a failed C_FindObjects does to a search is the
     /// vendor's (SoftHSM2 keeps it, kryoptic ends it).
     pub give_back: bool,
+    /// How many of the handles fetched the application has had.
+    pub served: u64,
 }
 
 /// What a search run ahead answers of a C_FindObjects.
@@ -150,6 +152,7 @@ impl Search {
     pub fn serve(&mut self, max_count: &mut u64) -> Served {
         let n = (*max_count).min(self.found.len() as u64) as usize;
         let handles: Vec<u64> = self.found.drain(..n).collect();
+        self.served += n as u64;
         if n as u64 == *max_count || self.ended.is_some() {
             Served::All(Response::Ulongs {
                 rv: wire(CKR_OK),

@@ -530,6 +530,7 @@ impl Journal {
                 asked,
                 ended: final_rv,
                 give_back: false,
+                served: 0,
             });
         }
         Response::Rv(wire(CKR_OK))

@@ -34,6 +34,7 @@ use super::connection::Connection;
 use protocol::function::OpKind;
 
 use super::journal::Journal;
+use super::journal::OpRecord;
 use crate::log::{log, LogLevel};
 
 /// Why a replay stopped before its end.
@@ -346,37 +347,36 @@ pub fn restore_ended(conn: &mut Connection, journal: &mut Journal, h: u64) -> Re
     let Some(session) = s.real else {
         return Ok(());
     };
-    // Each operation to give back: its kind, its Init, and for a search the handles to
-    // fetch again, whether it is given back whole, and whether the vendor's is still going.
-    type Ended = (OpKind, Request, Option<(u64, bool, bool)>);
-    let ended: Vec<Ended> = s
+    let ended: Vec<(OpKind, Request, Restore)> = s
         .ops
         .iter()
         .filter(|o| o.ended_early())
-        .map(|o| {
-            let search = o.search.as_ref().map(|f| match f.give_back {
-                true => (f.asked - f.found.len() as u64, true, f.ended.is_none()),
-                false => (f.asked, false, false),
-            });
-            (o.kind, o.init.clone(), search)
-        })
+        .map(|o| (o.kind, o.init.clone(), Restore::of(o)))
         .collect();
-    for (kind, init, search) in ended {
-        if let Some((_, _, true)) = search {
+    for (kind, init, back) in ended {
+        let s = journal.session_mut(h).expect("listed");
+        let (end_first, fetch, give_back) = match back {
+            Restore::InPlace => {
+                for op in s.ops.iter_mut().filter(|o| o.kind == kind) {
+                    op.search = None;
+                }
+                continue;
+            }
+            Restore::Init => (false, 0, false),
+            Restore::Search { fetch } => (false, fetch, false),
+            Restore::Handover { end_first, fetch } => (end_first, fetch, true),
+        };
+        if end_first {
             vendor(conn, &Request::FindObjectsFinal { session })?;
         }
         let replayed = replay_init(conn, journal, h, session, &init)?;
-        if let (true, Some((fetched, _, _))) = (replayed, search) {
-            if fetched > 0 {
-                vendor(
-                    conn,
-                    &Request::FindObjects {
-                        session,
-                        max_count: fetched,
-                        outputs: Outputs::ALL,
-                    },
-                )?;
-            }
+        if replayed && fetch > 0 {
+            let find = Request::FindObjects {
+                session,
+                max_count: fetch,
+                outputs: Outputs::ALL,
+            };
+            vendor(conn, &find)?;
         }
         let s = journal.session_mut(h).expect("listed");
         if replayed {
@@ -385,7 +385,7 @@ pub fn restore_ended(conn: &mut Connection, journal: &mut Journal, h: u64) -> Re
                 if let Some(f) = op.search.as_mut() {
                     f.ended = None;
                 }
-                if let Some((_, true, _)) = search {
+                if give_back {
                     op.search = None;
                 }
             }
@@ -394,6 +394,35 @@ pub fn restore_ended(conn: &mut Connection, journal: &mut Journal, h: u64) -> Re
         }
     }
     Ok(())
+}
+
+/// What giving an operation back to the vendor takes ([`restore_ended`]).
+enum Restore {
+    /// A completed size query: its Init replayed.
+    Init,
+    /// A search run to its end: its Init and the prefetch's C_FindObjects replayed; the shim
+    /// still serves the handles it holds.
+    Search { fetch: u64 },
+    /// A search given back: ended first if the vendor's still goes on, its Init and as many
+    /// handles as the application has had replayed; the vendor's from then on.
+    Handover { end_first: bool, fetch: u64 },
+    /// A search given back whose vendor search is where the application's is (it goes on,
+    /// and the shim holds no handle): the vendor's from now on, nothing to send.
+    InPlace,
+}
+
+impl Restore {
+    fn of(op: &OpRecord) -> Self {
+        match &op.search {
+            None => Restore::Init,
+            Some(f) if !f.give_back => Restore::Search { fetch: f.asked },
+            Some(f) if f.ended.is_none() && f.found.is_empty() => Restore::InPlace,
+            Some(f) => Restore::Handover {
+                end_first: f.ended.is_none(),
+                fetch: f.served,
+            },
+        }
+    }
 }
 
 /// Replays `init` (an Init the journal recorded, with the shim's handles) on server session
