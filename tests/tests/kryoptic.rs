@@ -303,3 +303,155 @@ fn a_restart_keeps_post_quantum_keys_their_handles_and_an_initialised_ml_dsa_sig
         assert_eq!(value(sent), value(received));
     }
 }
+
+/// What a client of the Rust `cryptoki` binding (its 3.2 support) sees of post-quantum keys
+/// through `ctx`: one line per step, with the outcomes and lengths, never random bytes.
+fn cryptoki_post_quantum(ctx: &cryptoki::context::Pkcs11) -> Vec<String> {
+    use cryptoki::context::Function as F;
+    use cryptoki::mechanism::dsa::{HedgeType, SignAdditionalContext};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{
+        Attribute, KeyType, MlDsaParameterSetType, MlKemParameterSetType, ObjectClass,
+    };
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    let mut out = Vec::new();
+    let info = ctx.get_library_info().unwrap();
+    let version = info.cryptoki_version();
+    out.push(format!("version {}.{}", version.major(), version.minor()));
+    for f in [F::EncapsulateKey, F::VerifySignatureInit, F::AsyncComplete] {
+        out.push(format!("{f:?} supported {}", ctx.is_fn_supported(f)));
+    }
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id() == SLOT)
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(tests::PIN.into())))
+        .unwrap();
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::MlDsaKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ParameterSet(MlDsaParameterSetType::ML_DSA_87.into()),
+                Attribute::Verify(true),
+            ],
+            &[Attribute::Token(false), Attribute::Sign(true)],
+        )
+        .unwrap();
+    let data = b"an orderer's block header";
+    let context = SignAdditionalContext::new(HedgeType::DeterministicRequired, Some(b"ch1"));
+    let ml_dsa = Mechanism::MlDsa(context);
+    let signature = session.sign(&ml_dsa, private, data).unwrap();
+    let again = session.sign(&ml_dsa, private, data).unwrap();
+    out.push(format!(
+        "ML-DSA-87 signature {} bytes, deterministic {}",
+        signature.len(),
+        signature == again
+    ));
+    out.push(format!(
+        "verify {:?}",
+        session.verify(&ml_dsa, public, data, &signature)
+    ));
+    let other = Mechanism::MlDsa(SignAdditionalContext::new(HedgeType::Preferred, None));
+    out.push(format!(
+        "verify without the context {:?}",
+        session.verify(&other, public, data, &signature)
+    ));
+    session
+        .verify_signature_init(&ml_dsa, public, &signature)
+        .unwrap();
+    session.verify_signature_update(&data[..10]).unwrap();
+    session.verify_signature_update(&data[10..]).unwrap();
+    out.push(format!(
+        "verify_signature {:?}",
+        session.verify_signature_final()
+    ));
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::MlKemKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ParameterSet(MlKemParameterSetType::ML_KEM_1024.into()),
+                Attribute::Encapsulate(true),
+            ],
+            &[Attribute::Token(false), Attribute::Decapsulate(true)],
+        )
+        .unwrap();
+    let secret = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ];
+    let (ciphertext, sent) = session
+        .encapsulate_key(&Mechanism::MlKem, public, &secret)
+        .unwrap();
+    let received = session
+        .decapsulate_key(&Mechanism::MlKem, private, &secret, &ciphertext)
+        .unwrap();
+    let value = |h| session.get_attributes(h, &[cryptoki::object::AttributeType::Value]);
+    out.push(format!(
+        "ML-KEM-1024 ciphertext {} bytes, same secret {}",
+        ciphertext.len(),
+        value(sent).unwrap() == value(received).unwrap()
+    ));
+    out
+}
+
+#[test]
+fn the_cryptoki_binding_sees_the_same_post_quantum_outcomes_directly_and_through_the_proxy() {
+    let k = Kryoptic::new("cryptoki-pq");
+    let (key, value) = k.env();
+    let server = ProxyServer::start_args(
+        &[
+            "--module",
+            module_path().to_str().unwrap(),
+            "--listen",
+            "tcp://127.0.0.1:0",
+        ],
+        &[(key, &value)],
+    );
+    let direct =
+        cryptoki::context::Pkcs11::new(tests::private_copy(&module_path(), k.dir.path())).unwrap();
+    tests::with_env(&[(key, &value)], || {
+        direct.initialize(cryptoki::context::CInitializeArgs::new(
+            cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+        ))
+    })
+    .unwrap();
+    let expected = cryptoki_post_quantum(&direct);
+    // kryoptic stays loaded: OpenSSL, inside it, leaves thread-local destructors that must
+    // find it when this thread ends.
+    std::mem::forget(direct);
+    // The shim is loaded with the server's address set, as an application's environment has
+    // it: cryptoki picks its function table (C_GetInterface) at load, before C_Initialize.
+    let dir = TempDir::new("cryptoki-pq");
+    let shim = tests::private_copy(&tests::shim_path(), dir.path());
+    let proxy = tests::with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || {
+        let ctx = cryptoki::context::Pkcs11::new(shim).unwrap();
+        ctx.initialize(cryptoki::context::CInitializeArgs::new(
+            cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+        ))
+        .unwrap();
+        ctx
+    });
+    let got = cryptoki_post_quantum(&proxy);
+    eprintln!("{}", expected.join("\n"));
+    assert!(
+        expected.contains(&"verify Ok(())".to_string()),
+        "{expected:?}"
+    );
+    assert!(
+        expected.iter().any(|l| l.ends_with("same secret true")),
+        "{expected:?}"
+    );
+    assert_eq!(expected, got);
+}
