@@ -247,6 +247,7 @@ pub fn note(app: &Application, changes: Changes, answer: &Response) {
             app.made_object(*public_key);
             app.made_object(*private_key);
         }
+        Response::Encapsulated { key: Some(h), .. } => app.made_object(*h),
         _ => {}
     }
 }

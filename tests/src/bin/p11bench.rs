@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! p11bench --module PATH --pin 1234 --token-label LABEL \
-//!     --op random|sign-ecdsa-p256|digest-sha256|find-object|fabric|fabric-endorse \
+//!     --op random|sign-ecdsa-p256|digest-sha256|find-object|fabric|fabric-endorse|sign-ml-dsa65 \
 //!     --threads N --seconds S [--json]
 //! ```
 //! Each thread has its own session; what an operation needs (an EC P-256 key pair, a data
@@ -13,6 +13,8 @@
 //! `fabric-endorse` is Fabric 2.2's BCCSP sequence for one endorsement: the private key found
 //! by CKA_ID (C_FindObjectsInit, C_FindObjects, C_FindObjectsFinal), then `fabric`. The JSON
 //! line carries the CPU time of this process per operation (`cpu_us_per_op`, user + system).
+//! `sign-ml-dsa65` is `fabric` with an ML-DSA-65 key (PKCS#11 3.2; kryoptic): C_SignInit,
+//! then C_Sign twice, a 3,309-byte signature.
 
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,8 @@ enum Op {
     /// C_GetAttributeValue's two calls (lengths, then values) of CKA_EC_PARAMS and
     /// CKA_EC_POINT on a public key, as Fabric's BCCSP reads one.
     GetAttributes,
+    /// `fabric` with a post-quantum key: ML-DSA-65 (PKCS#11 3.2 CKM_ML_DSA).
+    SignMlDsa65,
 }
 
 #[derive(Parser, Debug)]
@@ -151,6 +155,32 @@ fn setup(m: &RawModule, s: CK_SESSION_HANDLE, op: Op) -> CK_OBJECT_HANDLE {
             check("data object", rv).unwrap();
             h
         }
+        Op::SignMlDsa65 => {
+            let set: CK_ULONG = CKP_ML_DSA_65;
+            let set = set.to_ne_bytes();
+            let mut public = [
+                attr(CKA_TOKEN, &fals),
+                attr(CKA_PARAMETER_SET, &set),
+                attr(CKA_VERIFY, &tru),
+            ];
+            let mut private = [attr(CKA_TOKEN, &fals), attr(CKA_SIGN, &tru)];
+            let (mut public_key, mut private_key) = (0, 0);
+            // SAFETY: valid templates and out pointers.
+            let rv = unsafe {
+                f.C_GenerateKeyPair.unwrap()(
+                    s,
+                    &mut mechanism(CKM_ML_DSA_KEY_PAIR_GEN),
+                    public.as_mut_ptr(),
+                    3,
+                    private.as_mut_ptr(),
+                    2,
+                    &mut public_key,
+                    &mut private_key,
+                )
+            };
+            check("ML-DSA-65 key generation", rv).unwrap();
+            private_key
+        }
         Op::Random | Op::DigestSha256 => CK_INVALID_HANDLE,
     }
 }
@@ -235,6 +265,13 @@ fn one(m: &RawModule, s: CK_SESSION_HANDLE, op: Op, key: CK_OBJECT_HANDLE) -> Re
                     &mut len,
                 )
             })
+        }
+        Op::SignMlDsa65 => {
+            // SAFETY: a valid mechanism and key.
+            check("C_SignInit", unsafe {
+                f.C_SignInit.unwrap()(s, &mut mechanism(CKM_ML_DSA), key)
+            })?;
+            two_call("C_Sign", f.C_Sign.unwrap(), s, &DIGEST)
         }
         Op::Fabric | Op::FabricEndorse => {
             let key = match op {
