@@ -335,6 +335,41 @@ pub unsafe fn scenario(m: &RawModule, slot: CK_SLOT_ID) -> Vec<Step> {
     let rv = f.C_SignInit.unwrap()(s, &mut bad_len, private);
     run.step("ML-DSA parameter of a wrong length C_SignInit", rv, vec![]);
 
+    // HashML-DSA (CK_HASH_SIGN_ADDITIONAL_CONTEXT: the pre-hash named in the parameter).
+    let mut hash_ctx = CK_HASH_SIGN_ADDITIONAL_CONTEXT {
+        hedgeVariant: CKH_HEDGE_PREFERRED,
+        pContext: context.as_mut_ptr(),
+        ulContextLen: context.len() as CK_ULONG,
+        hash: CKM_SHA256,
+    };
+    let mut hash_ml_dsa = mech_with(CKM_HASH_ML_DSA, &mut hash_ctx);
+    let digest = [0x5au8; 32];
+    let sig = run.sign(s, &mut hash_ml_dsa, private, &digest, "HashML-DSA SHA-256");
+    run.verify_signature(s, &mut hash_ml_dsa, public, &sig, &digest, 0, "HashML-DSA");
+    let mut prehashed = mech_with(CKM_HASH_ML_DSA_SHA256, &mut ctx);
+    let sig = run.sign(s, &mut prehashed, private, &data, "ML-DSA with SHA-256");
+    run.verify(
+        s,
+        &mut prehashed,
+        public,
+        &sig,
+        &data,
+        "ML-DSA with SHA-256",
+    );
+
+    // SLH-DSA-SHA2-128f (FIPS 205) with a context.
+    let (public, private) = run.key_pair(
+        s,
+        CKM_SLH_DSA_KEY_PAIR_GEN,
+        CKP_SLH_DSA_SHA2_128F,
+        (CKA_VERIFY, CKA_SIGN),
+        "SLH-DSA-SHA2-128f",
+    );
+    let mut slh = mech_with(CKM_SLH_DSA, &mut ctx);
+    let sig = run.sign(s, &mut slh, private, &data, "SLH-DSA");
+    run.verify_signature(s, &mut slh, public, &sig, &data, 2, "SLH-DSA");
+    run.verify(s, &mut slh, public, &sig, b"other", "SLH-DSA other data");
+
     // ML-KEM-768: encapsulation with the two-call convention, decapsulation, the same secret.
     let (public, private) = run.key_pair(
         s,
