@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use cryptoki_sys::*;
 
 use crate::raw::RawModule;
-use crate::{with_env, TempDir, PIN, SO_PIN};
+use crate::{with_env, ProxyServer, TempDir, PIN, SO_PIN};
 
 /// The slot kryoptic's configuration gives the token.
 pub const SLOT: CK_SLOT_ID = 42;
@@ -52,6 +52,16 @@ impl Kryoptic {
         };
         k.init_token();
         k
+    }
+
+    /// A proxy server listening on `listen` that loads kryoptic with this configuration.
+    pub fn server(&self, listen: &str) -> ProxyServer {
+        let (key, value) = self.env();
+        let module = module_path();
+        ProxyServer::start_args(
+            &["--module", module.to_str().unwrap(), "--listen", listen],
+            &[(key, &value)],
+        )
     }
 
     /// `KRYOPTIC_CONF` for a process that loads the module.

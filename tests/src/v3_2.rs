@@ -390,56 +390,35 @@ pub unsafe fn scenario(m: &RawModule, slot: CK_SLOT_ID) -> Vec<Step> {
     ];
     let tn = template.len() as CK_ULONG;
     let mut kem = mech(CKM_ML_KEM);
-    let mut n = 0;
-    let mut made = 0;
-    let rv = f.C_EncapsulateKey.unwrap()(
-        s,
-        &mut kem,
-        public,
-        template.as_mut_ptr(),
-        tn,
-        ptr::null_mut(),
-        &mut n,
-        &mut made,
-    );
+    // C_EncapsulateKey with `key` and a buffer of `cap` bytes (`None`: a size query); the
+    // return value, the length and the key.
+    let mut encapsulate = |key, cap: Option<usize>| {
+        let mut buf = vec![0u8; cap.unwrap_or(0)];
+        let mut n = buf.len() as CK_ULONG;
+        let out = cap.map_or(ptr::null_mut(), |_| buf.as_mut_ptr());
+        let mut made = 0;
+        let t = template.as_mut_ptr();
+        let rv = f.C_EncapsulateKey.unwrap()(s, &mut kem, key, t, tn, out, &mut n, &mut made);
+        buf.truncate(n as usize);
+        (rv, n, buf, made)
+    };
+    let (rv, n, _, _) = encapsulate(public, None);
     run.step("ML-KEM C_EncapsulateKey size", rv, length(n));
-    let mut short = [0u8; 8];
-    let mut sn = short.len() as CK_ULONG;
-    let rv = f.C_EncapsulateKey.unwrap()(
-        s,
-        &mut kem,
-        public,
-        template.as_mut_ptr(),
-        tn,
-        short.as_mut_ptr(),
-        &mut sn,
-        &mut made,
-    );
-    run.step("ML-KEM C_EncapsulateKey short", rv, length(sn));
-    let mut ct = vec![0u8; n as usize];
-    let mut sent = 0;
-    let rv = f.C_EncapsulateKey.unwrap()(
-        s,
-        &mut kem,
-        public,
-        template.as_mut_ptr(),
-        tn,
-        ct.as_mut_ptr(),
-        &mut n,
-        &mut sent,
-    );
+    let (rv, short, _, _) = encapsulate(public, Some(8));
+    run.step("ML-KEM C_EncapsulateKey short", rv, length(short));
+    let (rv, n, mut ct, sent) = encapsulate(public, Some(n as usize));
     run.step("ML-KEM C_EncapsulateKey", rv, length(n));
-    let mut received = 0;
-    let rv = f.C_DecapsulateKey.unwrap()(
-        s,
-        &mut kem,
-        private,
-        template.as_mut_ptr(),
-        tn,
-        ct.as_mut_ptr(),
-        n,
-        &mut received,
-    );
+    let (rv, _, _, _) = encapsulate(private, None);
+    run.step("ML-KEM with the private key C_EncapsulateKey", rv, vec![]);
+    // C_DecapsulateKey of the first `len` bytes of `ct`; the return value and the key.
+    let mut kem = mech(CKM_ML_KEM);
+    let mut decapsulate = |ct: &mut [u8], len: usize| {
+        let mut key = 0;
+        let (t, c) = (template.as_mut_ptr(), ct.as_mut_ptr());
+        let rv = f.C_DecapsulateKey.unwrap()(s, &mut kem, private, t, tn, c, len as _, &mut key);
+        (rv, key)
+    };
+    let (rv, received) = decapsulate(&mut ct, n as usize);
     run.step("ML-KEM C_DecapsulateKey", rv, vec![]);
     let (a, b) = (run.value(s, sent), run.value(s, received));
     run.step(
@@ -450,17 +429,7 @@ pub unsafe fn scenario(m: &RawModule, slot: CK_SLOT_ID) -> Vec<Step> {
     run.step("ML-KEM secret length", CKR_OK, length(a.len() as CK_ULONG));
     // A tampered ciphertext: ML-KEM's implicit rejection gives another secret, not an error.
     ct[5] ^= 1;
-    let mut rejected = 0;
-    let rv = f.C_DecapsulateKey.unwrap()(
-        s,
-        &mut kem,
-        private,
-        template.as_mut_ptr(),
-        tn,
-        ct.as_mut_ptr(),
-        n,
-        &mut rejected,
-    );
+    let (rv, rejected) = decapsulate(&mut ct, n as usize);
     run.step("ML-KEM tampered C_DecapsulateKey", rv, vec![]);
     let c = run.value(s, rejected);
     run.step(
@@ -468,28 +437,8 @@ pub unsafe fn scenario(m: &RawModule, slot: CK_SLOT_ID) -> Vec<Step> {
         holds(!c.is_empty() && c != a),
         vec![],
     );
-    let rv = f.C_DecapsulateKey.unwrap()(
-        s,
-        &mut kem,
-        private,
-        template.as_mut_ptr(),
-        tn,
-        ct.as_mut_ptr(),
-        7,
-        &mut rejected,
-    );
+    let (rv, _) = decapsulate(&mut ct, 7);
     run.step("ML-KEM short ciphertext C_DecapsulateKey", rv, vec![]);
-    let rv = f.C_EncapsulateKey.unwrap()(
-        s,
-        &mut kem,
-        private,
-        template.as_mut_ptr(),
-        tn,
-        ptr::null_mut(),
-        &mut n,
-        &mut made,
-    );
-    run.step("ML-KEM with the private key C_EncapsulateKey", rv, vec![]);
 
     // The rest of what 3.2 adds.
     let mut flags = 0xdead;

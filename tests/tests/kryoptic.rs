@@ -11,7 +11,7 @@ use tests::kryoptic::{module_path, Kryoptic, SLOT};
 use tests::raw::RawModule;
 use tests::v3_2::{attr, mech};
 
-use tests::{ProxyServer, TempDir};
+use tests::TempDir;
 
 #[test]
 fn the_parity_scenario_answers_the_same_directly_and_through_the_proxy_on_kryoptic() {
@@ -106,15 +106,7 @@ fn the_edge_case_matrix_answers_the_same_on_kryoptic_while_initialised() {
 fn pkcs11_tool_tests_the_same_on_kryoptic_directly_and_through_the_proxy() {
     let k = Kryoptic::new("tool");
     let (key, value) = k.env();
-    let server = ProxyServer::start_args(
-        &[
-            "--module",
-            module_path().to_str().unwrap(),
-            "--listen",
-            "tcp://127.0.0.1:0",
-        ],
-        &[(key, &value)],
-    );
+    let server = k.server("tcp://127.0.0.1:0");
     let dir = TempDir::new("kryoptic-tool");
     let shim = tests::private_copy(&tests::shim_path(), dir.path());
     let tool = |module: &std::path::Path, args: &[&str]| {
@@ -201,12 +193,9 @@ unsafe fn token_key_pair(
 #[test]
 fn a_restart_keeps_post_quantum_keys_their_handles_and_an_initialised_ml_dsa_signature() {
     let k = Kryoptic::new("pq-restart");
-    let (key, value) = k.env();
     let dir = TempDir::new("pq-restart");
     let address = format!("unix://{}", dir.path().join("p.sock").display());
-    let module = module_path();
-    let args = ["--module", module.to_str().unwrap(), "--listen", &address];
-    let mut server = ProxyServer::start_args(&args, &[(key, &value)]);
+    let mut server = k.server(&address);
     let m = RawModule::load(&tests::private_copy(&tests::shim_path(), dir.path()));
     let socket = [("PKCS11_PROXY_SOCKET", address.as_str())];
     assert_eq!(tests::with_env(&socket, || m.initialize()), CKR_OK);
@@ -228,7 +217,7 @@ fn a_restart_keeps_post_quantum_keys_their_handles_and_an_initialised_ml_dsa_sig
         );
 
         server.kill();
-        let _server = ProxyServer::start_args(&args, &[(key, &value)]);
+        let _server = k.server(&address);
 
         // The signature initialised before the restart, with the two-call convention.
         let (d, dn) = (data.as_ptr() as *mut u8, data.len() as CK_ULONG);
@@ -410,15 +399,7 @@ fn cryptoki_post_quantum(ctx: &cryptoki::context::Pkcs11) -> Vec<String> {
 fn the_cryptoki_binding_sees_the_same_post_quantum_outcomes_directly_and_through_the_proxy() {
     let k = Kryoptic::new("cryptoki-pq");
     let (key, value) = k.env();
-    let server = ProxyServer::start_args(
-        &[
-            "--module",
-            module_path().to_str().unwrap(),
-            "--listen",
-            "tcp://127.0.0.1:0",
-        ],
-        &[(key, &value)],
-    );
+    let server = k.server("tcp://127.0.0.1:0");
     let direct =
         cryptoki::context::Pkcs11::new(tests::private_copy(&module_path(), k.dir.path())).unwrap();
     tests::with_env(&[(key, &value)], || {

@@ -768,21 +768,8 @@ fn compare_on(vendor: Vendor, tag: &str, variable: &str, scenario: fn(&RawModule
         Vendor::Kryoptic => {
             kryoptic = Kryoptic::new(tag);
             let (key, value) = kryoptic.env();
-            let module = tests::kryoptic::module_path();
-            let server = ProxyServer::start_args(
-                &[
-                    "--module",
-                    module.to_str().unwrap(),
-                    "--listen",
-                    "tcp://127.0.0.1:0",
-                ],
-                &[(key, &value)],
-            );
-            (
-                private_copy(&module, kryoptic.dir.path()),
-                (key, value),
-                server,
-            )
+            let module = private_copy(&tests::kryoptic::module_path(), kryoptic.dir.path());
+            (module, (key, value), kryoptic.server("tcp://127.0.0.1:0"))
         }
     };
     // kryoptic hands out search results in no set order (its own hash map's, another in each

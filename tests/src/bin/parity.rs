@@ -13,16 +13,7 @@
 fn matrix_on_kryoptic(direct_token: &tests::kryoptic::Kryoptic) -> tests::parity::Report {
     use tests::raw::RawModule;
     let proxy_token = tests::kryoptic::Kryoptic::new("parity");
-    let (key, value) = proxy_token.env();
-    let server = tests::ProxyServer::start_args(
-        &[
-            "--module",
-            tests::kryoptic::module_path().to_str().unwrap(),
-            "--listen",
-            "tcp://127.0.0.1:0",
-        ],
-        &[(key, &value)],
-    );
+    let server = proxy_token.server("tcp://127.0.0.1:0");
     let dir = tests::TempDir::new("matrix");
     let direct = RawModule::load(&tests::private_copy(
         &tests::kryoptic::module_path(),
