@@ -8,9 +8,10 @@
 //!
 //! What is audited: with `management` (the default), C_Login, C_LoginUser and C_Logout,
 //! every call that may change the token (objects created, copied, destroyed, their
-//! attributes set, keys generated, unwrapped or derived, token and PIN management), C_WrapKey
-//! (a key leaves the HSM), and every call the policy refused; with `all`, also every use of a
-//! key (each call naming a key: C_SignInit, C_VerifyInit, C_EncryptInit...).
+//! attributes set, keys generated, unwrapped, derived, encapsulated or decapsulated, token and
+//! PIN management), C_WrapKey and C_WrapKeyAuthenticated (a key leaves the HSM), and every
+//! call the policy refused; with `all`, also every use of a key (each call naming a key:
+//! C_SignInit, C_VerifyInit, C_VerifySignatureInit, C_EncryptInit...).
 
 pub mod log;
 pub mod verify;
@@ -35,7 +36,10 @@ pub fn audited(level: Level, request: &Request) -> bool {
     let d = request.descriptor();
     let management = d.changes_token
         || d.carries_pin
-        || matches!(request.function(), Function::Logout | Function::WrapKey);
+        || matches!(
+            request.function(),
+            Function::Logout | Function::WrapKey | Function::WrapKeyAuthenticated
+        );
     management || (level == Level::All && request.object_handles()[0].is_some())
 }
 
@@ -192,6 +196,53 @@ pub fn rfc3339(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn management_covers_every_way_a_key_is_made_or_leaves_the_hsm() {
+        use protocol::mechanism::{MechParam, Mechanism};
+        use protocol::shape::{Array, Bytes, Out, Outputs};
+        let m = Mechanism {
+            ty: 0x17,
+            param: MechParam::None,
+        };
+        let management = [
+            Request::WrapKeyAuthenticated {
+                session: 1,
+                mechanism: m.clone(),
+                wrapping_key: 2,
+                key: 3,
+                associated_data: Bytes::Null(0),
+                capacity: Out::query(0),
+            },
+            Request::EncapsulateKey {
+                session: 1,
+                mechanism: m.clone(),
+                public_key: 2,
+                template: Array::Given(Vec::new()),
+                capacity: Out::query(0),
+                outputs: Outputs::ALL,
+            },
+            Request::DecapsulateKey {
+                session: 1,
+                mechanism: m.clone(),
+                private_key: 2,
+                template: Array::Given(Vec::new()),
+                ciphertext: Bytes::Null(0),
+                outputs: Outputs::ALL,
+            },
+        ];
+        for r in &management {
+            assert!(audited(Level::Management, r), "{:?}", r.function());
+        }
+        let use_of_a_key = Request::VerifySignatureInit {
+            session: 1,
+            mechanism: m,
+            key: 2,
+            signature: Bytes::Null(0),
+        };
+        assert!(!audited(Level::Management, &use_of_a_key));
+        assert!(audited(Level::All, &use_of_a_key));
+    }
 
     #[test]
     fn times_read_as_utc_dates() {
