@@ -483,6 +483,78 @@ fn v3_2_functions_on_a_2_40_library_answer_function_not_supported() {
     assert_eq!(rvs.len(), 12);
 }
 
+#[test]
+fn an_asynchronous_session_never_reaches_a_vendor_that_supports_them() {
+    // SoftHSM2 behind a wrapper that says it supports 3.2 asynchronous sessions, and records
+    // every C_OpenSession that asks for one (`tests/c/async_module.c`).
+    let hsm = SoftHsm::new("async");
+    let dir = TempDir::new("async");
+    let module = tests::build_c_module("async_module", &dir);
+    let seen = dir.path().join("async-seen");
+    let seen_env = seen.to_string_lossy().into_owned();
+    let server = ProxyServer::start_with(
+        &hsm,
+        &[
+            "--module",
+            module.to_str().unwrap(),
+            "--listen",
+            "tcp://127.0.0.1:0",
+        ],
+        &[("ASYNC_SEEN", &seen_env)],
+    );
+    // Directly, the wrapper says so and takes the request (the control).
+    // (Its own copies of the wrapper and SoftHSM2: an instance of its own in this process.)
+    let conf = hsm.conf.to_string_lossy().into_owned();
+    let own = hsm.module_copy().to_string_lossy().into_owned();
+    let softhsm = [
+        ("SOFTHSM2_CONF", conf.as_str()),
+        ("ASYNC_SEEN", &seen_env),
+        ("ASYNC_MODULE", &own),
+    ];
+    let direct = with_env(&softhsm, || {
+        RawModule::load(&private_copy(&module, dir.path()))
+    });
+    assert_eq!(with_env(&softhsm, || direct.initialize()), CKR_OK);
+    let slot = direct.first_slot();
+    let open = |m: &RawModule| {
+        let mut h = 0;
+        // SAFETY: a valid out pointer.
+        let rv = unsafe {
+            m.f().C_OpenSession.unwrap()(
+                slot,
+                CKF_SERIAL_SESSION | CKF_ASYNC_SESSION,
+                ptr::null_mut(),
+                None,
+                &mut h,
+            )
+        };
+        (rv, h)
+    };
+    let async_flag = |m: &RawModule| {
+        let mut info = CK_TOKEN_INFO::default();
+        // SAFETY: a valid out pointer.
+        assert_eq!(
+            unsafe { m.f().C_GetTokenInfo.unwrap()(slot, &mut info) },
+            CKR_OK
+        );
+        info.flags & CKF_ASYNC_SESSION_SUPPORTED != 0
+    };
+    assert!(async_flag(&direct));
+    assert_eq!(with_env(&softhsm, || open(&direct)).0, CKR_OK);
+    assert_eq!(std::fs::read(&seen).unwrap(), b"a");
+    std::fs::remove_file(&seen).unwrap();
+    // Through the proxy: a token without asynchronous support, and the request refused with
+    // the code of one, never given to the vendor (its buffers would outlive the request).
+    let proxy = RawModule::load(&private_copy(&shim_path(), dir.path()));
+    let address = [("PKCS11_PROXY_SOCKET", server.address.as_str())];
+    assert_eq!(with_env(&address, || proxy.initialize()), CKR_OK);
+    assert!(!async_flag(&proxy));
+    assert_eq!(open(&proxy).0, CKR_SESSION_ASYNC_NOT_SUPPORTED);
+    assert!(!seen.exists(), "an asynchronous session reached the vendor");
+    // An ordinary session is opened as ever.
+    assert_ne!(proxy.open_rw(slot), 0);
+}
+
 /// The versions of the "PKCS 11" interfaces `module` lists, before C_Initialize.
 fn listed_versions(module: &Path) -> Vec<(u8, u8)> {
     // SAFETY: C_GetInterfaceList as v3.0 §5.2.1 defines it (size query, then the list).
