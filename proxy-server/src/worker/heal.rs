@@ -176,8 +176,6 @@ impl Heal {
         }
     }
 
-    /// Whether the token `request` concerns was there before: a call on a session (its
-    /// token was there when it was opened), or on a slot this instance saw a token in.
     /// Whether a token this instance saw present still answers (`answers(slot)`), asked
     /// without holding the lock.
     fn device_answers(&self, answers: impl Fn(u64) -> bool) -> bool {
@@ -185,6 +183,8 @@ impl Heal {
         slots.into_iter().any(answers)
     }
 
+    /// Whether the token `request` concerns was there before: a call on a session (its
+    /// token was there when it was opened), or on a slot this instance saw a token in.
     fn token_was_present(&self, request: &Seen) -> bool {
         request.session.is_some()
             || request
