@@ -1135,6 +1135,21 @@ pub fn run() -> Report {
 /// directly, then through a fresh server that loads `server_module`; `env` is the vendor's
 /// configuration variable, for both.
 pub fn run_on(module: &Path, server_module: &Path, env: (&str, &str)) -> Report {
+    // SAFETY: the scenario passes valid buffers except where it tests NULL handling.
+    compare_on(module, server_module, env, |m| unsafe { scenario(m) })
+}
+
+/// Runs `scenario` on `module` loaded directly, then on the shim in front of a fresh server
+/// that loads `server_module`, each side with its configuration set for the whole scenario
+/// (`env`, the vendor's, and the server's address), and pairs the two runs. Both modules stay
+/// loaded until the process ends: a vendor linked with OpenSSL (kryoptic) leaves thread-local
+/// destructors that must find it (see the `parity` runner).
+pub fn compare_on(
+    module: &Path,
+    server_module: &Path,
+    env: (&str, &str),
+    scenario: impl Fn(&RawModule) -> Vec<Step>,
+) -> Report {
     let server = ProxyServer::start_args(
         &[
             "--module",
@@ -1145,22 +1160,14 @@ pub fn run_on(module: &Path, server_module: &Path, env: (&str, &str)) -> Report 
         &[env],
     );
     let dir = TempDir::new("parity");
-
     let direct = RawModule::load(module);
     assert_eq!(with_env(&[env], || direct.initialize()), CKR_OK);
-    // Each side keeps its configuration for the whole scenario, which initialises again at
-    // its end. SAFETY: the scenario passes valid buffers except where it tests NULL handling.
-    let expected = with_env(&[env], || unsafe { scenario(&direct) });
-
+    let expected = with_env(&[env], || scenario(&direct));
     let proxy = RawModule::load(&private_copy(&shim_path(), dir.path()));
-    assert_eq!(
-        with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || proxy
-            .initialize()),
-        CKR_OK
-    );
-    // SAFETY: as above.
-    let got = with_env(&[("PKCS11_PROXY_SOCKET", &server.address)], || unsafe {
-        scenario(&proxy)
-    });
+    let address = [("PKCS11_PROXY_SOCKET", server.address.as_str())];
+    assert_eq!(with_env(&address, || proxy.initialize()), CKR_OK);
+    let got = with_env(&address, || scenario(&proxy));
+    std::mem::forget(direct);
+    std::mem::forget(proxy);
     Report { expected, got }
 }

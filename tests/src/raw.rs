@@ -102,7 +102,8 @@ impl RawModule {
         }
     }
 
-    /// The versions of the "PKCS 11" interfaces C_GetInterfaceList lists, in its order.
+    /// The versions of the "PKCS 11" interfaces C_GetInterfaceList lists, in its order (a
+    /// vendor's own interfaces, NSS softokn's among them, left out).
     pub fn interface_versions(&self) -> Vec<(u8, u8)> {
         // SAFETY: C_GetInterfaceList with the two-call convention; each table starts with its
         // CK_VERSION.
@@ -126,6 +127,10 @@ impl RawModule {
             ];
             assert_eq!(get(list.as_mut_ptr(), &mut n), CKR_OK);
             list.iter()
+                .filter(|i| {
+                    std::ffi::CStr::from_ptr(i.pInterfaceName as *const std::ffi::c_char).to_bytes()
+                        == b"PKCS 11"
+                })
                 .map(|i| {
                     let v = *(i.pFunctionList as *const CK_VERSION);
                     (v.major, v.minor)

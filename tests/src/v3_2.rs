@@ -17,7 +17,7 @@ use cryptoki_sys::*;
 
 use crate::parity::{Report, Step};
 use crate::raw::RawModule;
-use crate::{private_copy, shim_path, with_env, ProxyServer, TempDir, PIN};
+use crate::PIN;
 
 /// An attribute pointing at `v`.
 pub fn attr<T>(ty: CK_ATTRIBUTE_TYPE, v: &T) -> CK_ATTRIBUTE {
@@ -517,27 +517,6 @@ pub unsafe fn scenario(m: &RawModule, slot: CK_SLOT_ID) -> Vec<Step> {
 /// The scenario on `module` loaded directly, then through the shim to a server that loads
 /// `server_module`, both with `env` (the vendor's configuration).
 pub fn run_on(module: &Path, server_module: &Path, env: (&str, &str), slot: CK_SLOT_ID) -> Report {
-    let server = ProxyServer::start_args(
-        &[
-            "--module",
-            server_module.to_str().unwrap(),
-            "--listen",
-            "tcp://127.0.0.1:0",
-        ],
-        &[env],
-    );
-    let dir = TempDir::new("v3_2");
-    let direct = RawModule::load(module);
-    assert_eq!(with_env(&[env], || direct.initialize()), CKR_OK);
     // SAFETY: the scenario passes valid buffers except where it tests NULL handling.
-    let expected = with_env(&[env], || unsafe { scenario(&direct, slot) });
-    let proxy = RawModule::load(&private_copy(&shim_path(), dir.path()));
-    let address = [("PKCS11_PROXY_SOCKET", server.address.as_str())];
-    assert_eq!(with_env(&address, || proxy.initialize()), CKR_OK);
-    // SAFETY: as above.
-    let got = with_env(&address, || unsafe { scenario(&proxy, slot) });
-    // Both modules stay loaded until the process ends (see the `parity` runner).
-    std::mem::forget(direct);
-    std::mem::forget(proxy);
-    Report { expected, got }
+    crate::parity::compare_on(module, server_module, env, |m| unsafe { scenario(m, slot) })
 }

@@ -557,33 +557,7 @@ fn an_asynchronous_session_never_reaches_a_vendor_that_supports_them() {
 
 /// The versions of the "PKCS 11" interfaces `module` lists, before C_Initialize.
 fn listed_versions(module: &Path) -> Vec<(u8, u8)> {
-    // SAFETY: C_GetInterfaceList as v3.0 §5.2.1 defines it (size query, then the list).
-    unsafe {
-        let lib = libloading::Library::new(module).unwrap();
-        let get: libloading::Symbol<CK_C_GetInterfaceList> =
-            lib.get(b"C_GetInterfaceList\0").unwrap();
-        let mut n = 0;
-        assert_eq!(get.unwrap()(ptr::null_mut(), &mut n), CKR_OK);
-        let mut list = vec![
-            CK_INTERFACE {
-                pInterfaceName: ptr::null_mut(),
-                pFunctionList: ptr::null_mut(),
-                flags: 0,
-            };
-            n as usize
-        ];
-        assert_eq!(get.unwrap()(list.as_mut_ptr(), &mut n), CKR_OK);
-        list.iter()
-            .filter(|i| {
-                std::ffi::CStr::from_ptr(i.pInterfaceName as *const std::ffi::c_char).to_bytes()
-                    == b"PKCS 11"
-            })
-            .map(|i| {
-                let v = *(i.pFunctionList as *const CK_VERSION);
-                (v.major, v.minor)
-            })
-            .collect()
-    }
+    RawModule::load(module).interface_versions()
 }
 
 #[test]
